@@ -1,0 +1,3 @@
+from resablate_cli.app import main
+
+main()

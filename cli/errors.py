@@ -1,0 +1,56 @@
+"""How the CLI reports failures: one line, a non-zero exit, a traceback only with ``--debug``."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from resablate.errors import ResablateError
+from resablate_cli.console import err
+
+
+def debug_enabled(ctx: click.Context | None) -> bool:
+    """True when ``--debug`` was given (or ``RESABLATE_DEBUG=1`` is set)."""
+    if os.environ.get("RESABLATE_DEBUG") == "1":
+        return True
+    root = ctx.find_root() if ctx is not None else None
+    return bool(root is not None and isinstance(root.obj, dict) and root.obj.get("debug"))
+
+
+class ResablateGroup(TyperGroup):
+    """The root group: turns exceptions into one line on stderr and an exit code.
+
+    ``ResablateError`` (bad input) exits with its ``exit_code`` (2); anything else is a bug and
+    exits 1 with its type and message; Ctrl-C exits 130. ``--debug`` re-raises instead.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except ResablateError as exc:
+            if debug_enabled(ctx):
+                raise
+            err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            if debug_enabled(ctx):
+                raise
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+        except Exception as exc:
+            if debug_enabled(ctx):
+                raise
+            message = " ".join(str(exc).split())
+            err.print(
+                f"[bold red]internal error:[/] {type(exc).__name__}: {message} "
+                "(rerun with --debug for the traceback)",
+                markup=True,
+                highlight=False,
+            )
+            raise typer.Exit(1) from None

@@ -1,0 +1,65 @@
+"""resablate: ablation studies of CNN architectures.
+
+The core is importable on its own and cheaply::
+
+    from resablate import build_model, drop_residual, freeze, count
+
+Names are resolved lazily (PEP 562), so ``import resablate`` loads neither torch nor the
+training stack until one of them is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "build_model": "resablate.weights",
+    "list_architectures": "resablate.families",
+    "drop_residual": "resablate.surgery",
+    "restore_residual": "resablate.surgery",
+    "scale_residual": "resablate.surgery",
+    "residual_blocks": "resablate.surgery",
+    "SurgeryReport": "resablate.surgery",
+    "freeze": "resablate.freezing",
+    "unfreeze": "resablate.freezing",
+    "trainable_parameters": "resablate.freezing",
+    "FreezeReport": "resablate.freezing",
+    "count": "resablate.counting",
+    "Counts": "resablate.counting",
+    "lesion": "resablate.diagnostics.lesion",
+    "ResablateError": "resablate.errors",
+}
+
+__all__ = [*sorted(_EXPORTS), "__version__"]
+
+if TYPE_CHECKING:
+    from resablate.counting import Counts, count
+    from resablate.diagnostics.lesion import lesion
+    from resablate.errors import ResablateError
+    from resablate.families import list_architectures
+    from resablate.freezing import FreezeReport, freeze, trainable_parameters, unfreeze
+    from resablate.surgery import (
+        SurgeryReport,
+        drop_residual,
+        residual_blocks,
+        restore_residual,
+        scale_residual,
+    )
+    from resablate.weights import build_model
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'resablate' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

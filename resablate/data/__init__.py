@@ -1,0 +1,1 @@
+"""Datasets: layout detection, decode-once cache, batched device augmentation, demo data."""

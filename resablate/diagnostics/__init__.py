@@ -1,0 +1,1 @@
+"""Diagnostics that explain why an ablation matters: lesions, gradient flow, CKA."""

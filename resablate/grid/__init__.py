@@ -1,0 +1,1 @@
+"""Grids of ablation cells: specification, execution, resumable results."""

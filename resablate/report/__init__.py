@@ -1,0 +1,1 @@
+"""Reports: the papers' tables and figures regenerated from a grid's store."""

@@ -1,0 +1,29 @@
+"""Shared test set-up: offline, deterministic, caches in a temporary folder."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # Keep every cache (decoded datasets, weights, demo weights) inside the test session.
+    os.environ["RESABLATE_CACHE"] = str(tmp_path_factory.mktemp("resablate-cache"))
+    os.environ["TORCH_HOME"] = str(tmp_path_factory.mktemp("torch-home"))
+    os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    torch.manual_seed(0)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not torch.cuda.is_available():
+        skip_gpu = pytest.mark.skip(reason="needs CUDA; none is visible")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip_gpu)
