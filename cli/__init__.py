@@ -1,1 +1,1 @@
-"""The ``resablate`` command line: a thin Typer shell over the library (installed as resablate_cli)."""
+"""The ``resablate`` command line: a thin Typer shell (installed as resablate_cli)."""

@@ -34,7 +34,24 @@ _EXPORTS: dict[str, str] = {
     "ResablateError": "resablate.errors",
 }
 
-__all__ = [*sorted(_EXPORTS), "__version__"]
+__all__ = [
+    "Counts",
+    "FreezeReport",
+    "ResablateError",
+    "SurgeryReport",
+    "__version__",
+    "build_model",
+    "count",
+    "drop_residual",
+    "freeze",
+    "lesion",
+    "list_architectures",
+    "residual_blocks",
+    "restore_residual",
+    "scale_residual",
+    "trainable_parameters",
+    "unfreeze",
+]
 
 if TYPE_CHECKING:
     from resablate.counting import Counts, count
