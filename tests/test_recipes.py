@@ -1,0 +1,71 @@
+"""Recipes: the published settings, overrides, validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from resablate.errors import ConfigError
+from resablate.recipes import IMAGENET_MEAN, IMAGENET_STD, RECIPES, Recipe, get_recipe
+
+
+def test_cifake_matches_the_study() -> None:
+    r = get_recipe("cifake")
+    assert (r.optimizer, r.lr, r.batch_size, r.grad_accum, r.epochs) == ("adamw", 5e-5, 32, 4, 5)
+    assert (r.schedule, r.warmup_fraction) == ("linear", 0.1)
+    assert (r.train_transform, r.image_size, r.hflip) == ("random_resized_crop", 224, True)
+    assert (r.mean, r.std) == (IMAGENET_MEAN, IMAGENET_STD)
+    assert (r.eval_every, r.checkpoint_every, r.positive) == (600, 1200, 1)
+    assert r.images_per_step == 128
+
+
+def test_food_matches_the_study() -> None:
+    r = get_recipe("food")
+    assert (r.optimizer, r.lr, r.momentum, r.batch_size, r.epochs) == ("sgd", 1e-3, 0.9, 4, 25)
+    assert (r.schedule, r.train_transform, r.image_size) == ("constant", "resize", 224)
+    assert r.hflip
+
+
+def test_names() -> None:
+    assert sorted(RECIPES) == ["cifake", "demo", "food"]
+    assert get_recipe("demo").image_size == 32
+
+
+def test_overrides_and_native_resolution() -> None:
+    r = get_recipe("cifake", image_size=32, epochs=1)
+    assert (r.image_size, r.epochs, r.name, r.lr) == (32, 1, "cifake", 5e-5)
+    assert RECIPES["cifake"].image_size == 224  # the named recipe is untouched
+
+
+def test_unknown_override_lists_fields() -> None:
+    with pytest.raises(ConfigError, match=r"unknown recipe field\(s\): epoch; known fields: name,"):
+        get_recipe("cifake", epoch=3)
+
+
+def test_unknown_recipe_lists_names() -> None:
+    with pytest.raises(ConfigError, match="unknown recipe 'imagenet'; known recipes: cifake, food"):
+        get_recipe("imagenet")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"amp": "fp8"}, "amp='fp8' is not valid; use bf16, fp16, none"),
+        ({"batch_size": 0}, "batch_size=0 must be a positive integer"),
+        ({"lr": -1.0}, "lr=-1.0 must be > 0"),
+        ({"warmup_fraction": 1.0}, r"warmup_fraction=1.0 not in \[0, 1\)"),
+        ({"storage_size": 16}, "storage_size=16 is smaller than image_size=32"),
+        ({"max_steps": True}, "max_steps=True must be a positive integer"),
+    ],
+)
+def test_invalid_values(override: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        get_recipe("demo", **override)
+
+
+def test_round_trip_and_frozen() -> None:
+    r = get_recipe("food", max_steps=10)
+    assert Recipe.from_dict(r.to_dict()) == r
+    assert r.to_dict()["mean"] == list(IMAGENET_MEAN)
+    with pytest.raises(AttributeError):
+        r.lr = 1.0  # type: ignore[misc]
+    assert hash(r) == hash(Recipe.from_dict(r.to_dict()))
