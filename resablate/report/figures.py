@@ -1,0 +1,312 @@
+"""Report figures from plain data, written as PNG files of a fixed pixel size.
+
+Every function here takes plain values (records, lists, arrays), draws one matplotlib figure with
+the Agg canvas (no pyplot, no global backend switch, no display needed), writes it atomically and
+returns a :class:`FigureFile`. matplotlib is imported inside the functions, so importing this
+module is cheap. The pixel size of each figure is ``size × DPI`` (no tight bounding box), which
+keeps reports stable and lets tests check it.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from resablate.atomic import write_bytes
+from resablate.errors import ConfigError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from resablate.report.stats import MeanInterval
+
+DPI = 100
+CURVES_SIZE = (9.0, 3.5)
+LR_SIZE = (6.0, 3.0)
+CONFUSION_SIZE = (4.0, 3.6)
+GALLERY_SIZE = (9.0, 3.8)
+FEATURES_SIZE = (9.0, 6.0)
+DEPTH_SIZE = (6.0, 3.8)
+GALLERY_MAX = 12
+FEATURE_CHANNELS = 8
+
+
+@dataclass(frozen=True)
+class FigureFile:
+    """A figure written to disk.
+
+    Attributes:
+        path: The PNG file.
+        title: What the figure shows, one line (used as its caption).
+        width: Width in pixels.
+        height: Height in pixels.
+    """
+
+    path: Path
+    title: str
+    width: int
+    height: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready fields."""
+        return {
+            "path": str(self.path),
+            "title": self.title,
+            "width": self.width,
+            "height": self.height,
+        }
+
+
+@dataclass(frozen=True)
+class GallerySample:
+    """One misclassified test image.
+
+    Attributes:
+        image: RGB pixels, uint8, shape ``[H, W, 3]``.
+        true_label: Class name of the ground truth.
+        predicted_label: Class name the model predicted.
+        confidence: The model's probability of the predicted class, in [0, 1].
+    """
+
+    image: np.ndarray
+    true_label: str
+    predicted_label: str
+    confidence: float
+
+
+def _new_figure(size: tuple[float, float]) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: str | Path, title: str) -> FigureFile:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    target = Path(path)
+    write_bytes(target, buffer.getvalue())
+    width, height = fig.get_size_inches()
+    return FigureFile(target, title, round(width * DPI), round(height * DPI))
+
+
+def curves_figure(
+    history: Sequence[Mapping[str, Any]],
+    path: str | Path,
+    *,
+    metric: str = "f1",
+    title: str = "",
+) -> FigureFile:
+    """Training and validation loss (left) and ``metric`` (right) against the optimiser step.
+
+    Args:
+        history: Records with ``step`` (optimiser steps), ``split`` (e.g. ``"train"``, ``"val"``)
+            and ``loss`` and/or ``metric`` values; missing or ``None`` values are skipped.
+        path: Where to write the PNG.
+        metric: The metric plotted on the right.
+        title: A caption, e.g. the cell's label.
+
+    Raises:
+        ConfigError: ``history`` is empty.
+    """
+    if not history:
+        raise ConfigError(f"no evaluation history to plot for {title or 'this cell'}")
+    fig = _new_figure(CURVES_SIZE)
+    axes = fig.subplots(1, 2)
+    splits = sorted({str(r["split"]) for r in history})
+    for ax, key in zip(axes, ("loss", metric), strict=True):
+        for split in splits:
+            points = [
+                (int(r["step"]), float(r[key]))
+                for r in history
+                if str(r["split"]) == split and r.get(key) is not None
+            ]
+            if points:
+                xs, ys = zip(*sorted(points), strict=True)
+                ax.plot(xs, ys, marker="o", markersize=3, label=split)
+        ax.set_xlabel("step")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title or "training curves", fontsize=10)
+    return _save(fig, path, f"loss and {metric} curves · {title}" if title else "curves")
+
+
+def lr_schedule_figure(
+    learning_rates: Sequence[float], path: str | Path, *, title: str = ""
+) -> FigureFile:
+    """The learning rate at each optimiser step (index = step, starting at 0).
+
+    Raises:
+        ConfigError: ``learning_rates`` is empty.
+    """
+    if not learning_rates:
+        raise ConfigError("no learning rates to plot")
+    fig = _new_figure(LR_SIZE)
+    ax = fig.subplots()
+    ax.plot(range(len(learning_rates)), learning_rates)
+    ax.set_xlabel("step")
+    ax.set_ylabel("learning rate")
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "learning-rate schedule", fontsize=10)
+    return _save(fig, path, f"learning-rate schedule · {title}" if title else "lr schedule")
+
+
+def confusion_figure(
+    confusion: Sequence[Sequence[int]],
+    classes: Sequence[str],
+    path: str | Path,
+    *,
+    title: str = "",
+) -> FigureFile:
+    """A confusion matrix: rows the true class, columns the predicted class, cells the counts.
+
+    Raises:
+        ConfigError: The matrix is not square with one row per class.
+    """
+    n = len(classes)
+    if len(confusion) != n or any(len(row) != n for row in confusion):
+        raise ConfigError(f"confusion matrix is not {n}×{n} for classes {list(classes)}")
+    fig = _new_figure(CONFUSION_SIZE)
+    ax = fig.subplots()
+    image = ax.imshow([[int(v) for v in row] for row in confusion], cmap="Blues")
+    peak = max((int(v) for row in confusion for v in row), default=0)
+    for i, row in enumerate(confusion):
+        for j, value in enumerate(row):
+            ax.text(
+                j,
+                i,
+                str(int(value)),
+                ha="center",
+                va="center",
+                color="white" if int(value) > peak / 2 else "black",
+            )
+    ax.set_xticks(range(n), list(classes))
+    ax.set_yticks(range(n), list(classes))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    ax.set_title(title or "confusion matrix", fontsize=9)
+    return _save(fig, path, f"confusion matrix · {title}" if title else "confusion matrix")
+
+
+def gallery_figure(
+    samples: Sequence[GallerySample], path: str | Path, *, title: str = ""
+) -> FigureFile:
+    """Up to :data:`GALLERY_MAX` misclassified images with true / predicted label and confidence.
+
+    An empty ``samples`` draws a figure saying that nothing was misclassified.
+    """
+    fig = _new_figure(GALLERY_SIZE)
+    shown = list(samples[:GALLERY_MAX])
+    columns = 6
+    rows = max(1, math.ceil(len(shown) / columns))
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for index, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if index < len(shown):
+            sample = shown[index]
+            ax.imshow(sample.image, interpolation="nearest")
+            ax.set_title(
+                f"true {sample.true_label}\npred {sample.predicted_label} "
+                f"({sample.confidence:.2f})",
+                fontsize=7,
+            )
+    if not shown:
+        axes.flat[0].text(0, 0.5, "no misclassified test images", fontsize=10)
+    fig.suptitle(title or "misclassified test images", fontsize=10)
+    label = f"misclassified test images · {title}" if title else "misclassified test images"
+    return _save(fig, path, label)
+
+
+def feature_maps_figure(
+    maps: Mapping[str, Mapping[str, np.ndarray]],
+    path: str | Path,
+    *,
+    channels: int = FEATURE_CHANNELS,
+    title: str = "",
+) -> FigureFile:
+    """Feature maps of the first stages for one image, one row per (variant, stage).
+
+    Args:
+        maps: ``variant -> stage -> activations [C, H, W]``, e.g.
+            ``{"residual on": {"conv1": a, "conv2_x": b}, "residual off": {...}}``.
+        path: Where to write the PNG.
+        channels: The first ``channels`` channels of each map are shown, each min-max scaled.
+        title: A caption.
+
+    Raises:
+        ConfigError: ``maps`` holds no feature map, or one that is not three-dimensional.
+    """
+    rows = [(variant, stage, act) for variant, by in maps.items() for stage, act in by.items()]
+    if not rows:
+        raise ConfigError("no feature maps to plot")
+    bad = [f"{v}/{s}" for v, s, a in rows if getattr(a, "ndim", 0) != 3]
+    if bad:
+        raise ConfigError(f"feature maps must be [C, H, W] arrays; not so for {', '.join(bad)}")
+    fig = _new_figure(FEATURES_SIZE)
+    axes = fig.subplots(len(rows), channels, squeeze=False)
+    for (variant, stage, act), row_axes in zip(rows, axes, strict=True):
+        for channel, ax in enumerate(row_axes):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if channel < act.shape[0]:
+                plane = act[channel]
+                low, high = float(plane.min()), float(plane.max())
+                scaled = (plane - low) / (high - low) if high > low else plane * 0.0
+                ax.imshow(scaled, cmap="viridis", vmin=0.0, vmax=1.0)
+            else:
+                ax.set_axis_off()
+        row_axes[0].set_ylabel(f"{variant}\n{stage}", fontsize=7)
+    fig.suptitle(title or "feature maps", fontsize=10)
+    return _save(fig, path, f"feature maps · {title}" if title else "feature maps")
+
+
+def depth_figure(
+    series: Mapping[str, Sequence[tuple[int, MeanInterval]]],
+    path: str | Path,
+    *,
+    metric: str = "f1",
+    title: str = "",
+) -> FigureFile:
+    """``metric`` against depth, one line per scenario, the confidence interval as error bars.
+
+    Args:
+        series: ``scenario label -> [(depth, mean and interval), ...]``; a point with no interval
+            (one seed) is drawn without an error bar.
+        path: Where to write the PNG.
+        metric: The metric's name (y-axis label).
+        title: A caption.
+
+    Raises:
+        ConfigError: No point to plot.
+    """
+    if not any(series.values()):
+        raise ConfigError(f"no {metric} values to plot against depth")
+    fig = _new_figure(DEPTH_SIZE)
+    ax = fig.subplots()
+    depths: set[int] = set()
+    for label, points in series.items():
+        if not points:
+            continue
+        ordered = sorted(points, key=lambda p: p[0])
+        xs = [d for d, _ in ordered]
+        ys = [m.mean for _, m in ordered]
+        errors = [m.half_width or 0.0 for _, m in ordered]
+        depths.update(xs)
+        ax.errorbar(xs, ys, yerr=errors, marker="o", capsize=4, label=label)
+    ax.set_xticks(sorted(depths))
+    ax.set_xlabel("depth")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or f"{metric} vs depth (error bars: 95 % t-interval)", fontsize=10)
+    return _save(fig, path, f"{metric} vs depth per scenario")
