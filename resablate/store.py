@@ -1,0 +1,698 @@
+"""The results store: one SQLite database per grid run directory (``OUT/store.sqlite``).
+
+The store holds one row per cell (its canonical config, status, metrics, counts, timings and
+environment), the evaluation history of each cell, the per-sample test predictions of each cell
+(for paired tests and misclassification galleries) and the grid spec that produced the cells.
+
+Safety (DESIGN.md §7): WAL journal, ``busy_timeout``, every writing transaction opened with
+``BEGIN IMMEDIATE``, a cell's status and its metrics written in one transaction, the format version
+in ``PRAGMA user_version`` (a store written by a newer resablate is refused), and a store on a
+network file system is refused (SQLite's locking is unreliable there).
+
+Only the grid driver writes; reports and other readers open the store read-only with
+:meth:`ResultStore.open`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from resablate.atomic import write_text
+from resablate.errors import StoreError
+
+if TYPE_CHECKING:
+    from resablate.grid.cell import Cell
+
+STORE_FILENAME = "store.sqlite"
+CSV_FILENAME = "results.csv"
+JSONL_FILENAME = "results.jsonl"
+
+FORMAT_VERSION = 1
+BUSY_TIMEOUT_MS = 30_000
+
+#: Every status a cell can have.
+STATUSES = ("pending", "running", "done", "failed", "diverged", "skipped")
+#: Statuses of a cell whose run is over (it produced a result or a reason).
+FINISHED_STATUSES = ("done", "failed", "diverged", "skipped")
+
+#: File-system types on which SQLite's locks cannot be trusted (``/proc/mounts`` names).
+NETWORK_FILESYSTEMS = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb",
+        "smb2",
+        "smb3",
+        "smbfs",
+        "ncpfs",
+        "afs",
+        "9p",
+        "sshfs",
+        "fuse.sshfs",
+        "fuse.s3fs",
+        "fuse.gcsfuse",
+        "fuse.rclone",
+        "davfs",
+        "fuse.davfs2",
+        "glusterfs",
+        "fuse.glusterfs",
+    }
+)
+
+#: The columns of ``results.csv`` / ``results.jsonl``, in order.
+RESULT_COLUMNS = (
+    "cell_id",
+    "arch",
+    "source",
+    "depth",
+    "residual",
+    "residual_alpha",
+    "pretrained",
+    "freeze",
+    "recipe",
+    "seed",
+    "status",
+    "reason",
+    "accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "loss",
+    "params",
+    "active_params",
+    "flops",
+    "train_seconds",
+    "images_per_second",
+    "device",
+)
+
+#: Metric columns of a cell and of an evaluation record.
+METRIC_COLUMNS = ("accuracy", "precision", "recall", "f1", "loss")
+
+_SCHEMA = """
+CREATE TABLE grid (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    spec TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE cells (
+    cell_id TEXT PRIMARY KEY,
+    config TEXT NOT NULL,
+    arch TEXT NOT NULL,
+    source TEXT NOT NULL,
+    depth INTEGER,
+    residual TEXT NOT NULL,
+    residual_alpha REAL NOT NULL,
+    pretrained TEXT NOT NULL,
+    freeze TEXT NOT NULL,
+    recipe TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    in_grid INTEGER NOT NULL DEFAULT 1,
+    position INTEGER,
+    status TEXT NOT NULL DEFAULT 'pending'
+        CHECK (status IN ('pending','running','done','failed','diverged','skipped')),
+    reason TEXT,
+    accuracy REAL,
+    precision REAL,
+    recall REAL,
+    f1 REAL,
+    loss REAL,
+    params INTEGER,
+    active_params INTEGER,
+    flops INTEGER,
+    steps INTEGER,
+    train_seconds REAL,
+    images_per_second REAL,
+    device TEXT,
+    environment TEXT,
+    run_dir TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX cells_status ON cells (status);
+CREATE TABLE evaluations (
+    cell_id TEXT NOT NULL REFERENCES cells (cell_id),
+    seq INTEGER NOT NULL,
+    step INTEGER,
+    epoch REAL,
+    split TEXT,
+    accuracy REAL,
+    precision REAL,
+    recall REAL,
+    f1 REAL,
+    loss REAL,
+    extra TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (cell_id, seq)
+);
+CREATE TABLE predictions (
+    cell_id TEXT NOT NULL REFERENCES cells (cell_id),
+    idx INTEGER NOT NULL,
+    path TEXT,
+    label INTEGER NOT NULL,
+    pred INTEGER NOT NULL,
+    prob REAL,
+    PRIMARY KEY (cell_id, idx)
+);
+"""
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def network_filesystem(path: str | os.PathLike[str], mounts: str | None = None) -> str | None:
+    """The network file-system type that ``path`` lives on, or ``None`` for a local one.
+
+    Args:
+        path: A file or folder (need not exist; its nearest existing parent is used).
+        mounts: The text of ``/proc/mounts``; read from the system when ``None``. Where it
+            cannot be read (not Linux), the path is taken to be local.
+    """
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text()
+        except OSError:
+            return None
+    target = Path(path).expanduser().resolve()
+    best, best_type = "", ""
+    for line in mounts.splitlines():
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        # /proc/mounts escapes spaces and a few other characters as octal.
+        point = parts[1].encode().decode("unicode_escape")
+        inside = point == "/" or target == Path(point) or Path(point) in target.parents
+        if inside and len(point) >= len(best):
+            best, best_type = point, parts[2]
+    return best_type if best_type.lower() in NETWORK_FILESYSTEMS else None
+
+
+@dataclass(frozen=True)
+class CellRow:
+    """One cell as the store holds it.
+
+    Attributes:
+        cell_id: The cell's id (hash of its canonical config).
+        config: The canonical config (``Cell.to_dict()``); ``Cell.from_dict(config)`` rebuilds it.
+        depth: The ResNet depth, ``None`` for non-ResNet baselines.
+        pretrained: The weights spec (``none``, ``imagenet``, ``demo`` or a path).
+        in_grid: Whether the cell belongs to the grid spec last run in this store (cells that a
+            changed spec dropped stay in the store with ``in_grid`` false).
+        position: The cell's index in that grid (``None`` when not in it).
+        status: One of :data:`STATUSES`; ``reason`` says why for failed/diverged/skipped.
+        accuracy: Test metrics of the final evaluation (fractions in [0, 1]); ``loss`` is the mean
+            cross-entropy in nats. ``None`` until the cell has a result.
+        params: Parameter counts; ``flops`` in fvcore's convention (one multiply-add = one flop)
+            at batch 1 and the cell's image size.
+        steps: Optimiser steps taken.
+        train_seconds: Wall-clock training time in seconds; ``images_per_second`` the training
+            throughput.
+        environment: Versions, device, git revision, dataset fingerprint, weights hash.
+        attempts: How many times the cell was started.
+        created_at: ISO-8601 UTC timestamps (``started_at``/``finished_at`` of the last attempt).
+    """
+
+    cell_id: str
+    config: dict[str, Any]
+    arch: str
+    source: str
+    depth: int | None
+    residual: str
+    residual_alpha: float
+    pretrained: str
+    freeze: str
+    recipe: str
+    seed: int
+    data: str
+    in_grid: bool
+    position: int | None
+    status: str
+    reason: str | None
+    accuracy: float | None
+    precision: float | None
+    recall: float | None
+    f1: float | None
+    loss: float | None
+    params: int | None
+    active_params: int | None
+    flops: int | None
+    steps: int | None
+    train_seconds: float | None
+    images_per_second: float | None
+    device: str | None
+    environment: dict[str, Any]
+    run_dir: str | None
+    attempts: int
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    updated_at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as JSON-ready plain types."""
+        return asdict(self)
+
+    def result_record(self) -> dict[str, Any]:
+        """The row of ``results.csv`` / ``results.jsonl`` (:data:`RESULT_COLUMNS`)."""
+        return {name: getattr(self, name) for name in RESULT_COLUMNS}
+
+
+@dataclass(frozen=True)
+class EvaluationRow:
+    """One evaluation of a cell during training (its history, in order).
+
+    Attributes:
+        seq: Position in the history (0-based).
+        step: Optimiser step after which the evaluation ran.
+        epoch: Training progress in epochs (fractional).
+        split: The split evaluated (``"val"`` or ``"test"``).
+        accuracy: Metrics of that evaluation (fractions); ``loss`` in nats.
+        extra: Any further fields the engine recorded (e.g. training loss, learning rate).
+    """
+
+    cell_id: str
+    seq: int
+    step: int | None
+    epoch: float | None
+    split: str | None
+    accuracy: float | None
+    precision: float | None
+    recall: float | None
+    f1: float | None
+    loss: float | None
+    extra: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as JSON-ready plain types."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PredictionRow:
+    """A cell's prediction for one test sample (test order is the dataset scan's order).
+
+    Attributes:
+        index: The sample's index in the test split.
+        path: The image file.
+        label: The true class index; ``pred`` the predicted one.
+        prob: The predicted probability of the positive class (index 1).
+    """
+
+    cell_id: str
+    index: int
+    path: str | None
+    label: int
+    pred: int
+    prob: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as JSON-ready plain types."""
+        return asdict(self)
+
+
+_CELL_ROW_FIELDS = tuple(f.name for f in fields(CellRow))
+_EVAL_FIELDS = ("step", "epoch", "split", *METRIC_COLUMNS)
+
+
+def _cell_row(row: sqlite3.Row) -> CellRow:
+    values = {name: row[name] for name in _CELL_ROW_FIELDS}
+    values["config"] = json.loads(row["config"])
+    values["environment"] = json.loads(row["environment"] or "{}")
+    values["in_grid"] = bool(row["in_grid"])
+    return CellRow(**values)
+
+
+def _cell_depth(cell: Cell) -> int | None:
+    from resablate.families import get_family
+
+    return get_family(cell.arch, cell.source).depth
+
+
+class ResultStore:
+    """A grid's results database.
+
+    Writers (the grid driver) construct it directly; readers use :meth:`open`. Use it as a
+    context manager, or call :meth:`close`.
+
+    Args:
+        path: The database file, or the run directory holding ``store.sqlite``.
+        readonly: Open an existing store for reading only.
+
+    Raises:
+        StoreError: The store is missing (read-only), not a resablate store, written by a newer
+            format, or on a network file system (writable).
+    """
+
+    FORMAT_VERSION = FORMAT_VERSION
+
+    def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False) -> None:
+        target = Path(path).expanduser()
+        if target.is_dir() or (not target.suffix and not target.exists()):
+            target = target / STORE_FILENAME
+        self.path = target
+        self.readonly = readonly
+        if readonly and not target.is_file():
+            raise StoreError(f"no results store at {target} (run `resablate grid --out ...` first)")
+        if not readonly:
+            fs_type = network_filesystem(target.parent)
+            if fs_type:
+                raise StoreError(
+                    f"{target.parent} is on a network file system ({fs_type}); SQLite's locks "
+                    "are unreliable there: use a local --out folder"
+                )
+            target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if readonly:
+                conn = sqlite3.connect(
+                    f"{target.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None
+                )
+            else:
+                conn = sqlite3.connect(target, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self._conn = conn
+            self._prepare()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{target} is not a usable results store: {exc}") from None
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> ResultStore:
+        """Open an existing store read-only (``path`` = the database or its run directory)."""
+        return cls(path, readonly=True)
+
+    def _prepare(self) -> None:
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > FORMAT_VERSION:
+            raise StoreError(
+                f"{self.path} was written by a newer resablate (store format {version}, this "
+                f"version reads up to {FORMAT_VERSION}); upgrade resablate"
+            )
+        if version == 0:
+            tables = self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            if tables or self.readonly:
+                raise StoreError(f"{self.path} is not a resablate results store")
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            with self._write():
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self._conn.execute(statement)
+                self._conn.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
+        elif not self.readonly:
+            self._conn.execute("PRAGMA journal_mode = WAL")
+        if not self.readonly:
+            # FULL: a committed cell survives a power cut, not only a killed process.
+            self._conn.execute("PRAGMA synchronous = FULL")
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        if self.readonly:
+            raise StoreError(f"{self.path} is open read-only")
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        self._conn.close()
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------------------- writing
+
+    def set_spec(self, spec: Mapping[str, Any]) -> None:
+        """Record the grid spec (JSON-ready mapping) last run in this store."""
+        now = _now()
+        text = json.dumps(spec, sort_keys=True)
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO grid (id, spec, created_at, updated_at) VALUES (1, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET spec = excluded.spec, "
+                "updated_at = excluded.updated_at",
+                (text, now, now),
+            )
+
+    def sync_cells(self, cells: Sequence[Cell], *, run_dirs: Mapping[str, str]) -> int:
+        """Make ``cells`` the current grid: add the new ones as pending, in one transaction.
+
+        Cells already in the store keep their status and results; cells of an earlier grid that
+        are not in ``cells`` stay in the store but leave the current grid (``in_grid`` false).
+
+        Args:
+            cells: The grid's cells in display order.
+            run_dirs: Each cell's run directory, by cell id.
+
+        Returns:
+            How many cells were added.
+        """
+        depths = {(c.arch, c.source): _cell_depth(c) for c in cells}
+        now = _now()
+        added = 0
+        with self._write() as conn:
+            conn.execute("UPDATE cells SET in_grid = 0, position = NULL")
+            for position, cell in enumerate(cells):
+                cursor = conn.execute(
+                    "INSERT INTO cells (cell_id, config, arch, source, depth, residual, "
+                    "residual_alpha, pretrained, freeze, recipe, seed, data, in_grid, position, "
+                    "run_dir, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?) "
+                    "ON CONFLICT (cell_id) DO NOTHING",
+                    (
+                        cell.cell_id,
+                        json.dumps(cell.to_dict(), sort_keys=True),
+                        cell.arch,
+                        cell.source,
+                        depths[(cell.arch, cell.source)],
+                        cell.residual,
+                        cell.residual_alpha,
+                        cell.weights,
+                        cell.freeze,
+                        cell.recipe,
+                        cell.seed,
+                        cell.data,
+                        position,
+                        run_dirs[cell.cell_id],
+                        now,
+                        now,
+                    ),
+                )
+                added += cursor.rowcount
+                conn.execute(
+                    "UPDATE cells SET in_grid = 1, position = ? WHERE cell_id = ?",
+                    (position, cell.cell_id),
+                )
+        return added
+
+    def set_counts(self, cell_id: str, *, params: int, active_params: int, flops: int) -> None:
+        """Record a cell's parameter and FLOP counts (see :class:`CellRow`)."""
+        with self._write() as conn:
+            self._update(conn, cell_id, params=params, active_params=active_params, flops=flops)
+
+    def mark_running(self, cell_id: str, *, device: str | None = None) -> None:
+        """Mark a cell started: status ``running``, one more attempt, ``started_at`` now."""
+        with self._write() as conn:
+            self._update(conn, cell_id, status="running", reason=None, device=device)
+            conn.execute(
+                "UPDATE cells SET attempts = attempts + 1, started_at = ?, finished_at = NULL "
+                "WHERE cell_id = ?",
+                (_now(), cell_id),
+            )
+
+    def set_status(self, cell_id: str, status: str, reason: str | None = None) -> None:
+        """Set a cell's status and reason (without metrics; see :meth:`record_result`)."""
+        with self._write() as conn:
+            self._update(conn, cell_id, status=status, reason=reason)
+
+    def record_result(
+        self,
+        cell_id: str,
+        status: str,
+        *,
+        reason: str | None = None,
+        metrics: Mapping[str, float | None] | None = None,
+        values: Mapping[str, Any] | None = None,
+        environment: Mapping[str, Any] | None = None,
+        evaluations: Sequence[Mapping[str, Any]] = (),
+        predictions: Sequence[Mapping[str, Any]] = (),
+    ) -> None:
+        """Write a finished cell: status, reason, metrics, history and predictions, atomically.
+
+        Args:
+            cell_id: The cell.
+            status: One of :data:`FINISHED_STATUSES`.
+            reason: Why the cell failed, diverged or was skipped.
+            metrics: Final test metrics by name (:data:`METRIC_COLUMNS`).
+            values: Further cell columns: ``params``, ``active_params``, ``flops``, ``steps``,
+                ``train_seconds``, ``images_per_second``, ``device``, ``run_dir``.
+            environment: Versions, device, git revision, fingerprints (JSON-ready).
+            evaluations: The evaluation history in order; keys :data:`METRIC_COLUMNS`, ``step``,
+                ``epoch``, ``split``; other keys are kept in ``extra``.
+            predictions: Per test sample: ``index``, ``path``, ``label``, ``pred``, ``prob``.
+        """
+        if status not in FINISHED_STATUSES:
+            raise ValueError(f"status {status!r} is not a finished status {FINISHED_STATUSES}")
+        columns: dict[str, Any] = dict(values or {})
+        unknown = sorted(set(columns) - set(_CELL_ROW_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown cell columns: {', '.join(unknown)}")
+        for name in METRIC_COLUMNS:
+            columns[name] = None if metrics is None else metrics.get(name)
+        if environment is not None:
+            columns["environment"] = json.dumps(dict(environment), sort_keys=True, default=str)
+        eval_rows = [
+            (
+                cell_id,
+                seq,
+                *(record.get(name) for name in _EVAL_FIELDS),
+                json.dumps(
+                    {k: v for k, v in record.items() if k not in _EVAL_FIELDS},
+                    sort_keys=True,
+                    default=str,
+                ),
+            )
+            for seq, record in enumerate(evaluations)
+        ]
+        pred_rows = [
+            (cell_id, p["index"], p.get("path"), p["label"], p["pred"], p.get("prob"))
+            for p in predictions
+        ]
+        with self._write() as conn:
+            self._update(conn, cell_id, status=status, reason=reason, **columns)
+            conn.execute("UPDATE cells SET finished_at = ? WHERE cell_id = ?", (_now(), cell_id))
+            conn.execute("DELETE FROM evaluations WHERE cell_id = ?", (cell_id,))
+            conn.execute("DELETE FROM predictions WHERE cell_id = ?", (cell_id,))
+            conn.executemany(
+                "INSERT INTO evaluations (cell_id, seq, step, epoch, split, accuracy, precision, "
+                "recall, f1, loss, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                eval_rows,
+            )
+            conn.executemany(
+                "INSERT INTO predictions (cell_id, idx, path, label, pred, prob) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                pred_rows,
+            )
+
+    @staticmethod
+    def _update(conn: sqlite3.Connection, cell_id: str, **columns: Any) -> None:
+        if "status" in columns and columns["status"] not in STATUSES:
+            raise ValueError(f"status {columns['status']!r} is not one of {STATUSES}")
+        columns["updated_at"] = _now()
+        assignments = ", ".join(f"{name} = ?" for name in columns)
+        cursor = conn.execute(
+            f"UPDATE cells SET {assignments} WHERE cell_id = ?", (*columns.values(), cell_id)
+        )
+        if cursor.rowcount != 1:
+            raise StoreError(f"cell {cell_id} is not in the store")
+
+    def write_mirrors(self, folder: str | os.PathLike[str] | None = None) -> tuple[Path, Path]:
+        """Write ``results.csv`` and ``results.jsonl`` (current grid, in order) atomically.
+
+        Args:
+            folder: Where to write them; the store's folder by default.
+
+        Returns:
+            The two paths written.
+        """
+        target = Path(folder) if folder is not None else self.path.parent
+        records = [row.result_record() for row in self.cells()]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=RESULT_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+        csv_path, jsonl_path = target / CSV_FILENAME, target / JSONL_FILENAME
+        write_text(csv_path, buffer.getvalue())
+        write_text(jsonl_path, "".join(json.dumps(r) + "\n" for r in records))
+        return csv_path, jsonl_path
+
+    # ----------------------------------------------------------------------------- reading
+
+    def spec(self) -> dict[str, Any] | None:
+        """The grid spec last run in this store (``GridSpec.to_dict()``), or ``None``."""
+        row = self._conn.execute("SELECT spec FROM grid WHERE id = 1").fetchone()
+        return None if row is None else json.loads(row["spec"])
+
+    def cells(self, status: str | None = None, *, include_dropped: bool = False) -> list[CellRow]:
+        """Cells of the current grid in grid order (optionally only those with ``status``).
+
+        Args:
+            status: Keep only cells with this status.
+            include_dropped: Also return cells an earlier spec had and the current one dropped
+                (after the current grid's cells, by id).
+        """
+        if status is not None and status not in STATUSES:
+            raise StoreError(f"unknown cell status {status!r}; legal: {', '.join(STATUSES)}")
+        query = "SELECT * FROM cells WHERE (? IS NULL OR status = ?)"
+        if not include_dropped:
+            query += " AND in_grid = 1"
+        query += " ORDER BY in_grid DESC, position, cell_id"
+        return [_cell_row(r) for r in self._conn.execute(query, (status, status))]
+
+    def cell(self, cell_id: str) -> CellRow:
+        """One cell by id (``StoreError`` when unknown)."""
+        row = self._conn.execute("SELECT * FROM cells WHERE cell_id = ?", (cell_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"cell {cell_id} is not in the store {self.path}")
+        return _cell_row(row)
+
+    def evaluations(self, cell_id: str) -> list[EvaluationRow]:
+        """The evaluation history of a cell, in order."""
+        rows = self._conn.execute(
+            "SELECT * FROM evaluations WHERE cell_id = ? ORDER BY seq", (cell_id,)
+        )
+        return [
+            EvaluationRow(
+                cell_id=r["cell_id"],
+                seq=r["seq"],
+                **{name: r[name] for name in _EVAL_FIELDS},
+                extra=json.loads(r["extra"]),
+            )
+            for r in rows
+        ]
+
+    def predictions(self, cell_id: str) -> list[PredictionRow]:
+        """A cell's per-sample test predictions, in test order."""
+        rows = self._conn.execute(
+            "SELECT * FROM predictions WHERE cell_id = ? ORDER BY idx", (cell_id,)
+        )
+        return [
+            PredictionRow(r["cell_id"], r["idx"], r["path"], r["label"], r["pred"], r["prob"])
+            for r in rows
+        ]
+
+    def status_counts(self) -> dict[str, int]:
+        """How many cells of the current grid have each status (every status present)."""
+        counts = dict.fromkeys(STATUSES, 0)
+        rows = self._conn.execute(
+            "SELECT status, count(*) AS n FROM cells WHERE in_grid = 1 GROUP BY status"
+        )
+        for row in rows:
+            counts[row["status"]] = row["n"]
+        return counts
+
+    def integrity_check(self) -> str:
+        """SQLite's ``PRAGMA integrity_check`` result (``"ok"`` for a sound database)."""
+        return str(self._conn.execute("PRAGMA integrity_check").fetchone()[0])
