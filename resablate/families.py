@@ -1,0 +1,577 @@
+"""The one registry of architectures: how to build each, its stages, its head, its residual blocks.
+
+Everything else reads these declarations: surgery finds residual blocks through the block
+adapters, freezing and counting read the stage maps, the CLI offers :func:`list_architectures`.
+
+Stage names follow the papers (He et al. 2016, Table 1): ``conv1`` is the stem (conv1, bn1,
+relu, maxpool), ``conv2_x`` … ``conv5_x`` are torchvision's and timm's ``layer1`` … ``layer4``.
+AlexNet and VGG16 have stages ``conv1`` … ``conv5`` (AlexNet's five conv layers, VGG16's five conv
+blocks, each with its ReLUs and following max-pool). EfficientNet-B3/B4 follow the EfficientNet
+paper's Table 1: ``conv1`` is the stem convolution (``features.0``), ``conv2`` … ``conv8`` are the
+seven MBConv stages (``features.1`` … ``features.7``) and ``conv9`` is the final 1×1 convolution
+(``features.8``).
+
+timm is imported only when a timm family is built or a timm block is met.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from torch import Tensor, nn
+
+from resablate.errors import ConfigError
+
+RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
+SOURCES = ("torchvision", "timm")
+RESNET_DEPTHS = (18, 34, 50, 101, 152)
+
+_PAPER_TO_CODE = {
+    "conv2_x": "layer1",
+    "conv3_x": "layer2",
+    "conv4_x": "layer3",
+    "conv5_x": "layer4",
+}
+_CODE_TO_PAPER = {code: paper for paper, code in _PAPER_TO_CODE.items()}
+
+
+@dataclass(frozen=True)
+class Family:
+    """One architecture from one source, declared once.
+
+    Attributes:
+        arch: Architecture name as users type it (``"resnet50"``, ``"vgg16"``, ...).
+        source: ``"torchvision"`` or ``"timm"``.
+        kind: ``"resnet"``, ``"alexnet"``, ``"vgg"`` or ``"efficientnet"``.
+        depth: 18, 34, 50, 101 or 152 for ResNets (ResNeXt/Wide-ResNet included), else None.
+        builder: Builds the model with random initialisation and a 1000-class head.
+        stages: Paper stage name -> module paths of that stage, in forward order.
+        head: Module path of the final classifier (an ``nn.Linear``).
+        imagenet: The official ImageNet weights: a torchvision weights enum name
+            (``"ResNet50_Weights.IMAGENET1K_V1"``) or a timm pretrained tag
+            (``"resnet50.a1_in1k"``).
+        residual: Whether residual surgery applies (the model has residual blocks).
+        model_type: Dotted name of the class ``builder`` returns (used to recognise instances).
+    """
+
+    arch: str
+    source: str
+    kind: str
+    depth: int | None
+    builder: Callable[[], nn.Module] = field(repr=False, compare=False)
+    stages: Mapping[str, tuple[str, ...]]
+    head: str
+    imagenet: str | None
+    residual: bool
+    model_type: str
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        """Paper stage names in forward order."""
+        return tuple(self.stages)
+
+
+@dataclass(frozen=True)
+class BlockAdapter:
+    """How surgery sees one residual block type (faithful to the upstream ``forward``).
+
+    The upstream block computes ``act(main(x) + shortcut(x))``.
+
+    Attributes:
+        block_type: Dotted name of the upstream class (``"torchvision.models.resnet.Bottleneck"``).
+        main: The main (residual) path, everything before the addition.
+        shortcut: The identity, or ``block.downsample(x)`` when the block has a projection.
+        act: The activation applied after the addition.
+        rewired: Dotted name of the module-level subclass surgery swaps in.
+    """
+
+    block_type: str
+    main: Callable[[nn.Module, Tensor], Tensor] = field(repr=False)
+    shortcut: Callable[[nn.Module, Tensor], Tensor] = field(repr=False)
+    act: Callable[[nn.Module, Tensor], Tensor] = field(repr=False)
+    rewired: str
+
+
+_FAMILIES: dict[tuple[str, str], Family] = {}
+_ADAPTERS: dict[str, BlockAdapter] = {}
+
+
+def register(family: Family) -> Family:
+    """Add ``family`` to the registry.
+
+    Raises:
+        ConfigError: ``(family.arch, family.source)`` is already registered, or the source is
+            unknown.
+    """
+    if family.source not in SOURCES:
+        raise ConfigError(
+            f"unknown source {family.source!r} for {family.arch}; sources: {', '.join(SOURCES)}"
+        )
+    key = (family.arch, family.source)
+    if key in _FAMILIES:
+        raise ConfigError(f"architecture {family.arch!r} ({family.source}) is already registered")
+    _FAMILIES[key] = family
+    return family
+
+
+def register_block(adapter: BlockAdapter) -> BlockAdapter:
+    """Declare how surgery handles one residual block type.
+
+    Raises:
+        ConfigError: The block type is already declared.
+    """
+    if adapter.block_type in _ADAPTERS:
+        raise ConfigError(f"block type {adapter.block_type} is already registered")
+    _ADAPTERS[adapter.block_type] = adapter
+    return adapter
+
+
+def list_architectures(source: str | None = None) -> list[str]:
+    """Registered architecture names in registration order, optionally for one source."""
+    if source is not None:
+        _check_source(source)
+    names: list[str] = []
+    for family in _FAMILIES.values():
+        if (source is None or family.source == source) and family.arch not in names:
+            names.append(family.arch)
+    return names
+
+
+def list_families(source: str | None = None) -> list[Family]:
+    """All registered families in registration order, optionally for one source."""
+    if source is not None:
+        _check_source(source)
+    return [f for f in _FAMILIES.values() if source is None or f.source == source]
+
+
+def residual_architectures(source: str | None = None) -> list[str]:
+    """Registered architectures that residual surgery applies to."""
+    return [f.arch for f in list_families(source) if f.residual]
+
+
+def _check_source(source: str) -> None:
+    if source not in SOURCES:
+        raise ConfigError(f"unknown source {source!r}; sources: {', '.join(SOURCES)}")
+
+
+def get_family(arch: str, source: str = "torchvision") -> Family:
+    """The registered family of ``arch`` from ``source`` (``arch`` is case-insensitive).
+
+    Raises:
+        ConfigError: Unknown source, or unknown architecture (the message lists the ResNet depths
+            and the architectures registered for that source).
+    """
+    _check_source(source)
+    key = (arch.strip().lower(), source)
+    family = _FAMILIES.get(key)
+    if family is not None:
+        return family
+    legal = ", ".join(list_architectures(source))
+    others = [s for s in SOURCES if s != source and (key[0], s) in _FAMILIES]
+    where = "" if source == "torchvision" else f" for source {source}"
+    hint = f" (it exists with source {others[0]})" if others else ""
+    depths = ", ".join(str(d) for d in RESNET_DEPTHS)
+    raise ConfigError(
+        f"unknown architecture {arch!r}{where}{hint}; ResNet depths: {depths}; "
+        f"architectures: {legal}"
+    )
+
+
+def canonical_stage(name: str, family: Family | None = None) -> str:
+    """The code name of a stage: ``"conv4_x"``, ``"LAYER3"`` -> ``"layer3"``.
+
+    Args:
+        name: A paper or code stage name, case-insensitive.
+        family: When given, the family's own stage names (``conv1``..``conv5`` for AlexNet/VGG16,
+            ``conv1``..``conv9`` for EfficientNet) are the legal set; otherwise the ResNet names.
+
+    Raises:
+        ConfigError: Unknown stage (the message lists the legal names).
+    """
+    key = name.strip().lower()
+    if key == "stem":
+        key = "conv1"
+    if family is not None and family.kind != "resnet":
+        if key in family.stages:
+            return key
+        raise ConfigError(
+            f"unknown stage {name!r} for {family.arch}; stages: {', '.join(family.stages)}"
+        )
+    if key in _PAPER_TO_CODE:
+        return _PAPER_TO_CODE[key]
+    if key == "conv1" or key in RESNET_STAGES:
+        return key
+    legal = ["conv1", *_PAPER_TO_CODE, *RESNET_STAGES]
+    where = f" for {family.arch}" if family is not None else ""
+    raise ConfigError(f"unknown stage {name!r}{where}; stages: {', '.join(legal)}")
+
+
+def paper_stage(name: str, family: Family | None = None) -> str:
+    """The paper name of a stage: ``"layer3"`` -> ``"conv4_x"`` (any accepted spelling).
+
+    Raises:
+        ConfigError: Unknown stage.
+    """
+    code = canonical_stage(name, family)
+    return _CODE_TO_PAPER.get(code, code)
+
+
+def residual_stage_names(stages: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    """Canonical residual stage names (``layer1``..``layer4``) for a surgery ``stages`` argument.
+
+    Raises:
+        ConfigError: Unknown stage, or a stage without residual blocks (``conv1``).
+    """
+    if stages is None:
+        return RESNET_STAGES
+    if isinstance(stages, str):
+        stages = (stages,)
+    result: list[str] = []
+    for stage in stages:
+        code = canonical_stage(stage)
+        if code not in RESNET_STAGES:
+            raise ConfigError(
+                f"stage {stage!r} has no residual blocks; residual stages: "
+                "conv2_x, conv3_x, conv4_x, conv5_x (layer1..layer4)"
+            )
+        if code not in result:
+            result.append(code)
+    return tuple(result)
+
+
+# --- recognising model instances ---------------------------------------------------------------
+
+
+def type_name(cls: type) -> str:
+    """Dotted name of a class: ``module.qualname``."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def block_adapter(block: nn.Module) -> BlockAdapter | None:
+    """The adapter for ``block`` (an upstream block or its rewired subclass), or None."""
+    cls = type(block)
+    upstream = getattr(cls, "upstream_block", None)
+    if upstream is not None and cls.__dict__.get("upstream_block") is upstream:
+        cls = upstream
+    _ensure_timm_adapters(cls)
+    return _ADAPTERS.get(type_name(cls))
+
+
+def supported_block_types() -> list[str]:
+    """Dotted names of every block type surgery supports (timm's included, loaded or not)."""
+    return sorted({*_ADAPTERS, "timm.models.resnet.BasicBlock", "timm.models.resnet.Bottleneck"})
+
+
+def _ensure_timm_adapters(cls: type) -> None:
+    # timm's adapters are declared with timm's classes; load them when a timm block is met.
+    if cls.__module__.startswith("timm."):
+        import resablate._timm_blocks  # noqa: F401  (registers the timm adapters)
+
+
+def is_resnet_like(model: nn.Module) -> bool:
+    """True when ``model`` has ``layer1``..``layer4`` (torchvision/timm ResNet layout)."""
+    return all(isinstance(getattr(model, s, None), nn.Module) for s in RESNET_STAGES)
+
+
+def resnet_stem(model: nn.Module) -> tuple[str, ...]:
+    """Module paths of a ResNet's stem (``conv1``), those of the usual names that exist."""
+    names = ("conv1", "bn1", "relu", "act1", "maxpool")
+    return tuple(n for n in names if isinstance(getattr(model, n, None), nn.Module))
+
+
+def _has_path(model: nn.Module, path: str) -> bool:
+    try:
+        model.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
+def family_of(model: nn.Module) -> Family | None:
+    """The registered family whose declaration matches ``model``'s class and layout, or None.
+
+    A family matches when the model is an instance of its ``model_type`` and every module path of
+    its stage map and its head exists (VGG16 and VGG11 share a class but not a layout).
+    """
+    name = type_name(type(model))
+    for family in _FAMILIES.values():
+        if family.model_type != name:
+            continue
+        paths = [p for group in family.stages.values() for p in group]
+        if all(_has_path(model, p) for p in (*paths, family.head)) and _covers_container(
+            model, paths
+        ):
+            return family
+    return None
+
+
+def _covers_container(model: nn.Module, paths: list[str]) -> bool:
+    # For sequential feature extractors, the stage map must list every child of the container.
+    containers = {p.rsplit(".", 1)[0] for p in paths if "." in p}
+    for container in containers:
+        children = {f"{container}.{n}" for n, _ in model.get_submodule(container).named_children()}
+        if not children <= set(paths):
+            return False
+    return True
+
+
+def stage_map(model: nn.Module) -> Mapping[str, tuple[str, ...]]:
+    """Paper stage name -> module paths, for any ResNet-like model or a registered family's model.
+
+    Raises:
+        ConfigError: The model is neither ResNet-like nor an instance of a registered family.
+    """
+    family = family_of(model)
+    if family is not None:
+        return family.stages
+    if is_resnet_like(model):
+        stages = {"conv1": resnet_stem(model)}
+        stages.update({_CODE_TO_PAPER[s]: (s,) for s in RESNET_STAGES})
+        return MappingProxyType(stages)
+    raise ConfigError(
+        f"no stage map for {type(model).__name__}; known architectures: "
+        f"{', '.join(list_architectures())}"
+    )
+
+
+def head_of(model: nn.Module) -> str:
+    """Module path of ``model``'s classifier (``"fc"`` for ResNets, else the family's head).
+
+    Raises:
+        ConfigError: No registered family matches and the model has no ``fc``.
+    """
+    family = family_of(model)
+    if family is not None:
+        return family.head
+    if isinstance(getattr(model, "fc", None), nn.Linear):
+        return "fc"
+    raise ConfigError(f"cannot find the classifier head of {type(model).__name__}")
+
+
+# --- torchvision block adapters ------------------------------------------------------------------
+
+
+def _shortcut(block: nn.Module, x: Tensor) -> Tensor:
+    downsample = block.downsample
+    return x if downsample is None else downsample(x)
+
+
+def _tv_basic_main(block: nn.Module, x: Tensor) -> Tensor:
+    out = block.relu(block.bn1(block.conv1(x)))
+    return block.bn2(block.conv2(out))
+
+
+def _tv_bottleneck_main(block: nn.Module, x: Tensor) -> Tensor:
+    out = block.relu(block.bn1(block.conv1(x)))
+    out = block.relu(block.bn2(block.conv2(out)))
+    return block.bn3(block.conv3(out))
+
+
+def _tv_act(block: nn.Module, x: Tensor) -> Tensor:
+    return block.relu(x)
+
+
+TV_BASIC_BLOCK = register_block(
+    BlockAdapter(
+        block_type="torchvision.models.resnet.BasicBlock",
+        main=_tv_basic_main,
+        shortcut=_shortcut,
+        act=_tv_act,
+        rewired="resablate._rewired.RewiredBasicBlock",
+    )
+)
+TV_BOTTLENECK = register_block(
+    BlockAdapter(
+        block_type="torchvision.models.resnet.Bottleneck",
+        main=_tv_bottleneck_main,
+        shortcut=_shortcut,
+        act=_tv_act,
+        rewired="resablate._rewired.RewiredBottleneck",
+    )
+)
+
+
+# --- timm block adapters (functions only; registered by resablate._timm_blocks) ----------------
+
+
+def _timm_tail(block: nn.Module, x: Tensor) -> Tensor:
+    if block.se is not None:
+        x = block.se(x)
+    if block.drop_path is not None:
+        x = block.drop_path(x)
+    return x
+
+
+def timm_basic_main(block: nn.Module, x: Tensor) -> Tensor:
+    """The main path of timm's ``BasicBlock`` (conv1 .. bn2, then se and drop_path)."""
+    x = block.act1(block.drop_block(block.bn1(block.conv1(x))))
+    x = block.bn2(block.conv2(block.aa(x)))
+    return _timm_tail(block, x)
+
+
+def timm_bottleneck_main(block: nn.Module, x: Tensor) -> Tensor:
+    """timm ``Bottleneck`` main path (conv1..3, bn1..3, act1/2, drop_block, aa, se, drop_path)."""
+    x = block.act1(block.bn1(block.conv1(x)))
+    x = block.act2(block.drop_block(block.bn2(block.conv2(x))))
+    x = block.bn3(block.conv3(block.aa(x)))
+    return _timm_tail(block, x)
+
+
+def timm_basic_act(block: nn.Module, x: Tensor) -> Tensor:
+    """timm ``BasicBlock`` final activation (``act2``)."""
+    return block.act2(x)
+
+
+def timm_bottleneck_act(block: nn.Module, x: Tensor) -> Tensor:
+    """timm ``Bottleneck`` final activation (``act3``)."""
+    return block.act3(x)
+
+
+def shortcut_path(block: nn.Module, x: Tensor) -> Tensor:
+    """The shortcut of a torchvision or timm block: ``downsample(x)``, or ``x`` without one."""
+    return _shortcut(block, x)
+
+
+# --- family declarations -------------------------------------------------------------------------
+
+
+def _tv_builder(arch: str) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        import torchvision.models as tvm
+
+        return getattr(tvm, arch)(weights=None, num_classes=1000)
+
+    build.__name__ = f"build_torchvision_{arch}"
+    return build
+
+
+def _timm_builder(arch: str) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        import timm
+
+        return timm.create_model(arch, pretrained=False, num_classes=1000)
+
+    build.__name__ = f"build_timm_{arch}"
+    return build
+
+
+def _resnet_stages(stem: tuple[str, ...]) -> Mapping[str, tuple[str, ...]]:
+    stages = {"conv1": stem}
+    stages.update({paper: (code,) for paper, code in _PAPER_TO_CODE.items()})
+    return MappingProxyType(stages)
+
+
+def _sequential_stages(container: str, bounds: tuple[int, ...]) -> Mapping[str, tuple[str, ...]]:
+    # bounds[i] is the first child index of stage i+1; the last bound is one past the end.
+    return MappingProxyType(
+        {
+            f"conv{i + 1}": tuple(f"{container}.{j}" for j in range(bounds[i], bounds[i + 1]))
+            for i in range(len(bounds) - 1)
+        }
+    )
+
+
+_TV_RESNETS = {
+    # arch: (depth, torchvision weights enum)
+    "resnet18": (18, "ResNet18_Weights.IMAGENET1K_V1"),
+    "resnet34": (34, "ResNet34_Weights.IMAGENET1K_V1"),
+    "resnet50": (50, "ResNet50_Weights.IMAGENET1K_V1"),
+    "resnet101": (101, "ResNet101_Weights.IMAGENET1K_V1"),
+    "resnet152": (152, "ResNet152_Weights.IMAGENET1K_V1"),
+    "resnext50_32x4d": (50, "ResNeXt50_32X4D_Weights.IMAGENET1K_V1"),
+    "resnext101_32x8d": (101, "ResNeXt101_32X8D_Weights.IMAGENET1K_V1"),
+    "resnext101_64x4d": (101, "ResNeXt101_64X4D_Weights.IMAGENET1K_V1"),
+    "wide_resnet50_2": (50, "Wide_ResNet50_2_Weights.IMAGENET1K_V1"),
+    "wide_resnet101_2": (101, "Wide_ResNet101_2_Weights.IMAGENET1K_V1"),
+}
+_TIMM_RESNETS = {
+    # arch: (depth, timm's default pretrained tag)
+    "resnet18": (18, "resnet18.a1_in1k"),
+    "resnet34": (34, "resnet34.a1_in1k"),
+    "resnet50": (50, "resnet50.a1_in1k"),
+    "resnet101": (101, "resnet101.a1h_in1k"),
+    "resnet152": (152, "resnet152.a1h_in1k"),
+}
+
+for _arch, (_depth, _weights) in _TV_RESNETS.items():
+    register(
+        Family(
+            arch=_arch,
+            source="torchvision",
+            kind="resnet",
+            depth=_depth,
+            builder=_tv_builder(_arch),
+            stages=_resnet_stages(("conv1", "bn1", "relu", "maxpool")),
+            head="fc",
+            imagenet=_weights,
+            residual=True,
+            model_type="torchvision.models.resnet.ResNet",
+        )
+    )
+
+for _arch, (_depth, _weights) in _TIMM_RESNETS.items():
+    register(
+        Family(
+            arch=_arch,
+            source="timm",
+            kind="resnet",
+            depth=_depth,
+            builder=_timm_builder(_arch),
+            stages=_resnet_stages(("conv1", "bn1", "act1", "maxpool")),
+            head="fc",
+            imagenet=_weights,
+            residual=True,
+            model_type="timm.models.resnet.ResNet",
+        )
+    )
+
+register(
+    Family(
+        arch="alexnet",
+        source="torchvision",
+        kind="alexnet",
+        depth=None,
+        builder=_tv_builder("alexnet"),
+        # conv(0) relu pool | conv(3) relu pool | conv(6) relu | conv(8) relu | conv(10) relu pool
+        stages=_sequential_stages("features", (0, 3, 6, 8, 10, 13)),
+        head="classifier.6",
+        imagenet="AlexNet_Weights.IMAGENET1K_V1",
+        residual=False,
+        model_type="torchvision.models.alexnet.AlexNet",
+    )
+)
+register(
+    Family(
+        arch="vgg16",
+        source="torchvision",
+        kind="vgg",
+        depth=None,
+        builder=_tv_builder("vgg16"),
+        # five blocks of 2, 2, 3, 3, 3 conv+relu pairs, each closed by a max-pool
+        stages=_sequential_stages("features", (0, 5, 10, 17, 24, 31)),
+        head="classifier.6",
+        imagenet="VGG16_Weights.IMAGENET1K_V1",
+        residual=False,
+        model_type="torchvision.models.vgg.VGG",
+    )
+)
+for _arch, _weights in (
+    ("efficientnet_b3", "EfficientNet_B3_Weights.IMAGENET1K_V1"),
+    ("efficientnet_b4", "EfficientNet_B4_Weights.IMAGENET1K_V1"),
+):
+    register(
+        Family(
+            arch=_arch,
+            source="torchvision",
+            kind="efficientnet",
+            depth=None,
+            builder=_tv_builder(_arch),
+            stages=_sequential_stages("features", tuple(range(10))),
+            head="classifier.1",
+            imagenet=_weights,
+            residual=False,
+            model_type="torchvision.models.efficientnet.EfficientNet",
+        )
+    )
