@@ -1,0 +1,573 @@
+"""The training loop: one model, one dataset, one recipe. It knows nothing about ablations.
+
+Writes only into ``run_dir`` (layout in ``docs/architecture.md``): ``recipe.json``,
+``checkpoints/``, ``history.jsonl``, and at the end ``predictions.csv``, ``model.safetensors`` and
+``train.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resablate.atomic import sweep_stale, write_text
+from resablate.engine import checkpoint as ckpt
+from resablate.engine.data import ImageSource, Transform, to_device
+from resablate.engine.evaluate import evaluate
+from resablate.engine.events import (
+    CheckpointSaved,
+    Evaluated,
+    StepProgress,
+    TrainEvent,
+    TrainFinished,
+    TrainStarted,
+)
+from resablate.engine.optim import build_optimizer
+from resablate.engine.results import EvalRecord, EvalResult, TrainResult
+from resablate.engine.schedule import build_scheduler
+from resablate.engine.seeding import epoch_order, stream_generator, stream_seed
+from resablate.errors import ConfigError, DataError
+from resablate.recipes import Recipe
+from resablate.weights import save_state_dict_file
+
+CHECKPOINT_FORMAT = 1
+# On CUDA, reading the loss back forces a synchronisation; check it every few steps instead.
+_CUDA_CHECK_EVERY = 10
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What an ``on_step`` hook sees: gradients are accumulated (and unscaled), not yet applied.
+
+    Attributes:
+        model: The model being trained (not the compiled wrapper).
+        step: 1-based number of the optimiser step about to be applied.
+        epoch: 0-based epoch the step belongs to.
+        loss: Mean fp32 loss of the step's micro-batches (a 0-d tensor on the device).
+    """
+
+    model: nn.Module
+    step: int
+    epoch: int
+    loss: torch.Tensor
+
+
+StepHook = Callable[[StepInfo], None]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How the run is laid out in micro-batches and optimiser steps."""
+
+    n: int
+    micro_per_epoch: int
+    steps_per_epoch: int
+    total_steps: int
+
+    @classmethod
+    def of(cls, n: int, recipe: Recipe) -> _Plan:
+        # Drop the last partial micro-batch: a batch of one breaks BatchNorm in training mode.
+        micro = n // recipe.batch_size
+        steps = math.ceil(micro / recipe.grad_accum)
+        total = steps * recipe.epochs
+        if recipe.max_steps is not None:
+            total = min(total, recipe.max_steps)
+        return cls(n=n, micro_per_epoch=micro, steps_per_epoch=steps, total_steps=total)
+
+    def group(self, position: int, grad_accum: int) -> range:
+        """Micro-batch indices (within the epoch) of the step that starts at ``position``."""
+        return range(position, min(position + grad_accum, self.micro_per_epoch))
+
+
+def recipe_fingerprint(recipe: Recipe) -> str:
+    """sha256 of the recipe's canonical JSON (a checkpoint resumes only under the same recipe)."""
+    return hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
+
+
+def _default_transforms(recipe: Recipe) -> tuple[Transform, Transform]:
+    from resablate.data import BatchTransform
+
+    return BatchTransform.from_recipe(recipe, train=True), BatchTransform.from_recipe(
+        recipe, train=False
+    )
+
+
+def _frozen_fingerprint(model: nn.Module) -> str | None:
+    """Fingerprint of the frozen parameters and BN statistics (``None`` when nothing is frozen)."""
+    if all(p.requires_grad for p in model.parameters()):
+        return None
+    from resablate.freezing import frozen_fingerprint
+
+    return frozen_fingerprint(model)
+
+
+class _Session:
+    """Mutable state of one call to :func:`train` (kept out of the public API)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_data: ImageSource,
+        evals: Mapping[str, ImageSource],
+        recipe: Recipe,
+        *,
+        run_dir: Path,
+        seed: int,
+        device: torch.device,
+        callback: Callable[[TrainEvent], None] | None,
+        on_step: Sequence[StepHook],
+        transforms: tuple[Transform, Transform],
+    ) -> None:
+        self.model = model
+        self.recipe = recipe
+        self.run_dir = run_dir
+        self.ckpt_dir = run_dir / ckpt.CHECKPOINT_DIR
+        self.seed = seed
+        self.device = device
+        self.callback = callback
+        self.on_step = tuple(on_step)
+        self.train_tf, self.eval_tf = transforms
+        self.plan = _Plan.of(len(train_data), recipe)
+        self.cuda = device.type == "cuda"
+        self.amp = recipe.amp if self.cuda else "none"
+        self.channels_last = self.cuda and recipe.channels_last
+        classes = getattr(train_data, "classes", None)
+        self.num_classes = len(classes) if classes else max(2, int(train_data.labels.max()) + 1)
+
+        model.to(device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.train_data = to_device(train_data, device)
+        self.train_labels = self.train_data.labels.to(device)
+        self.evals = {name: to_device(data, device) for name, data in evals.items()}
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ConfigError("the model has no trainable parameters; nothing to train")
+        self.optimizer = build_optimizer(params, recipe)
+        self.scheduler = build_scheduler(self.optimizer, recipe, self.plan.total_steps)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
+        self.forward = torch.compile(model) if recipe.compile else model
+
+        self.epoch = 0
+        self.position = 0
+        self.step = 0
+        self.history: list[EvalRecord] = []
+        self.train_seconds = 0.0
+        self.images_seen = 0
+        self.resumed_from = 0
+        # Running training loss/accuracy since the last train record (device tensors).
+        self.run_loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.run_correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.run_images = 0
+        # Per-step losses not yet checked for finiteness: (step, loss tensor).
+        self.pending: list[tuple[int, torch.Tensor]] = []
+        self.lr_used = self.lr
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp == "none":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.amp == "bf16" else torch.float16
+        return torch.autocast(device_type="cuda", dtype=dtype)
+
+    def emit(self, event: TrainEvent) -> None:
+        if self.callback is not None:
+            self.callback(event)
+
+    @property
+    def lr(self) -> float:
+        """Learning rate the next update will use."""
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def epochs_done(self) -> float:
+        return self.step / max(1, self.plan.steps_per_epoch)
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "recipe_sha256": recipe_fingerprint(self.recipe),
+            "seed": self.seed,
+            "total_steps": self.plan.total_steps,
+            "epoch": self.epoch,
+            "position": self.position,
+            "step": self.step,
+            "micro_step": 0,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if self.cuda else [],
+            "history": [r.to_dict() for r in self.history],
+            "train_seconds": self.train_seconds,
+            "images_seen": self.images_seen,
+            "lr_used": self.lr_used,
+            "running": {
+                "loss": self.run_loss.cpu(),
+                "correct": self.run_correct.cpu(),
+                "images": self.run_images,
+            },
+        }
+
+    def restore(self, path: Path, state: dict[str, Any]) -> None:
+        if state.get("recipe_sha256") != recipe_fingerprint(self.recipe) or (
+            state.get("seed") != self.seed
+        ):
+            raise ConfigError(
+                f"{path} was written by a run with another recipe or seed; resume with the same "
+                "settings, or start over (--no-resume) or in another output folder"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng_cpu"])
+        if self.cuda and state["rng_cuda"]:
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        self.epoch, self.position, self.step = state["epoch"], state["position"], state["step"]
+        self.history = [EvalRecord.from_dict(r) for r in state["history"]]
+        self.train_seconds = float(state["train_seconds"])
+        self.images_seen = int(state["images_seen"])
+        self.lr_used = float(state["lr_used"])
+        running = state["running"]
+        self.run_loss.copy_(running["loss"])
+        self.run_correct.copy_(running["correct"])
+        self.run_images = int(running["images"])
+        self.resumed_from = self.step
+
+    def save(self) -> None:
+        path = ckpt.save_checkpoint(self.ckpt_dir, self.step, self.state())
+        self.emit(CheckpointSaved(step=self.step, path=str(path)))
+
+    # --- evaluation ----------------------------------------------------------------------------
+
+    def write_history(self) -> None:
+        lines = "".join(json.dumps(r.to_dict()) + "\n" for r in self.history)
+        write_text(self.run_dir / "history.jsonl", lines)
+
+    def record_train(self) -> None:
+        if self.run_images == 0:
+            return
+        record = EvalRecord(
+            step=self.step,
+            epoch=self.epochs_done(),
+            split="train",
+            loss=float(self.run_loss.item()) / self.run_images,
+            accuracy=int(self.run_correct.item()) / self.run_images,
+            precision=None,
+            recall=None,
+            f1=None,
+            lr=self.lr_used,
+            n=self.run_images,
+        )
+        self.run_loss.zero_()
+        self.run_correct.zero_()
+        self.run_images = 0
+        self.history.append(record)
+        self.emit(Evaluated(record))
+
+    def evaluate_all(self) -> EvalResult | None:
+        """Evaluate every eval split, append the records; return the last split's result."""
+        self.record_train()
+        result = None
+        for name, data in self.evals.items():
+            result = evaluate(
+                self.forward,
+                data,
+                self.eval_tf,
+                split=name,
+                num_classes=self.num_classes,
+                positive=self.recipe.positive,
+                batch_size=self.recipe.eval_batch_size,
+                device=self.device,
+                autocast=self.autocast(),
+                channels_last=self.channels_last,
+            )
+            m = result.metrics
+            record = EvalRecord(
+                step=self.step,
+                epoch=self.epochs_done(),
+                split=name,
+                loss=result.loss,
+                accuracy=m.accuracy,
+                precision=m.precision,
+                recall=m.recall,
+                f1=m.f1,
+                lr=self.lr_used,
+                n=m.n,
+            )
+            self.history.append(record)
+            self.emit(Evaluated(record))
+        self.write_history()
+        return result
+
+    # --- training ------------------------------------------------------------------------------
+
+    def check_losses(self) -> int | None:
+        """Step number of the first non-finite pending loss, else ``None``; clears the queue."""
+        if not self.pending:
+            return None
+        losses = torch.stack([loss for _, loss in self.pending]).cpu()
+        steps = [s for s, _ in self.pending]
+        self.pending = []
+        bad = (~torch.isfinite(losses)).nonzero()
+        return steps[int(bad[0])] if bad.numel() else None
+
+    def micro_batch(self, order: torch.Tensor, b: int, scale: float) -> torch.Tensor:
+        bs = self.recipe.batch_size
+        idx = order[b * bs : (b + 1) * bs]
+        images = self.train_data.get_batch(idx).to(self.device, non_blocking=True)
+        generator = stream_generator(self.seed, "augment", self.epoch, b, device=self.device)
+        x = self.train_tf(images, generator)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = self.train_labels[idx.to(self.train_labels.device)]
+        with self.autocast():
+            logits = self.forward(x)
+        loss = F.cross_entropy(logits.float(), y)
+        self.scaler.scale(loss * scale).backward()
+        loss = loss.detach()
+        self.run_loss += loss.double() * len(idx)
+        self.run_correct += (logits.detach().argmax(dim=1) == y).sum()
+        self.run_images += len(idx)
+        return loss
+
+    def optimiser_step(self, order: torch.Tensor) -> torch.Tensor:
+        group = self.plan.group(self.position, self.recipe.grad_accum)
+        loss = sum(self.micro_batch(order, b, 1.0 / len(group)) for b in group) / len(group)
+        if self.on_step:
+            self.scaler.unscale_(self.optimizer)
+            info = StepInfo(model=self.model, step=self.step + 1, epoch=self.epoch, loss=loss)
+            for hook in self.on_step:
+                hook(info)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.lr_used = self.lr
+        self.scheduler.step()
+        self.step += 1
+        self.position = group.stop
+        self.images_seen += len(group) * self.recipe.batch_size
+        return loss
+
+    def run(self) -> tuple[str, int | None]:
+        """Train until the planned step; return ``(status, diverged_at_step)``."""
+        recipe, plan = self.recipe, self.plan
+        check_every = _CUDA_CHECK_EVERY if self.cuda else 1
+        self.model.train()
+        order = None
+        order_epoch = -1
+        session_images, session_start = 0, time.perf_counter()
+        last_tick = session_start
+        while self.step < plan.total_steps:
+            if self.position >= plan.micro_per_epoch:
+                self.epoch, self.position = self.epoch + 1, 0
+            if order_epoch != self.epoch:
+                order, order_epoch = epoch_order(self.seed, self.epoch, plan.n), self.epoch
+            assert order is not None
+            loss = self.optimiser_step(order)
+            self.pending.append((self.step, loss))
+            session_images += recipe.images_per_step
+            evaluate_now = recipe.eval_every is not None and self.step % recipe.eval_every == 0
+            save_now = (
+                recipe.checkpoint_every is not None and self.step % recipe.checkpoint_every == 0
+            )
+            last = self.step == plan.total_steps
+            if self.step % check_every and not (evaluate_now or save_now or last):
+                continue
+            losses = [float(v) for _, v in self.pending]
+            bad = self.check_losses()
+            if self.cuda:
+                torch.cuda.synchronize(self.device)
+            now = time.perf_counter()
+            self.train_seconds += now - last_tick
+            if bad is not None:
+                return "diverged", bad
+            rate = session_images / max(now - session_start, 1e-9)
+            steps_per_s = (self.step - self.resumed_from) / max(now - session_start, 1e-9)
+            self.emit(
+                StepProgress(
+                    step=self.step,
+                    total_steps=plan.total_steps,
+                    epoch=self.epochs_done(),
+                    loss=sum(losses) / len(losses),
+                    lr=self.lr_used,
+                    images_per_second=rate,
+                    eta_seconds=(plan.total_steps - self.step) / max(steps_per_s, 1e-9),
+                )
+            )
+            if evaluate_now and not last:
+                self.evaluate_all()
+            if save_now or last:
+                self.save()
+            last_tick = time.perf_counter()
+        return "done", None
+
+
+def _as_evals(eval_data: ImageSource | Mapping[str, ImageSource]) -> dict[str, ImageSource]:
+    if isinstance(eval_data, Mapping):
+        if not eval_data:
+            raise ConfigError("eval_data is an empty mapping; give at least one split")
+        return dict(eval_data)
+    return {"test": eval_data}
+
+
+def _write_predictions(path: Path, result: EvalResult) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["index", "path", "label", "pred", "prob_positive"])
+    paths = result.paths or ("",) * len(result.labels)
+    for i, row in enumerate(zip(paths, result.labels, result.preds, result.probs, strict=True)):
+        path_, label, pred, prob = row
+        writer.writerow([i, path_, label, pred, f"{prob:.6g}"])
+    write_text(path, buffer.getvalue())
+
+
+def train(
+    model: nn.Module,
+    train_data: ImageSource,
+    eval_data: ImageSource | Mapping[str, ImageSource],
+    recipe: Recipe,
+    *,
+    run_dir: str | Path,
+    seed: int,
+    device: str | torch.device = "cpu",
+    resume: bool = True,
+    callback: Callable[[TrainEvent], None] | None = None,
+    on_step: Sequence[StepHook] = (),
+    transforms: tuple[Transform, Transform] | None = None,
+) -> TrainResult:
+    """Train ``model`` on ``train_data`` with ``recipe``; evaluate on ``eval_data``.
+
+    The model is trained in place (its frozen parts, if any, are left out of the optimiser and
+    checked afterwards). Randomness comes from ``seed`` through named streams (data order per
+    epoch, augmentation per micro-batch), so a resumed run continues exactly where the checkpoint
+    was taken. On CUDA the recipe's autocast mode and channels_last apply; CPU runs train in fp32.
+    A non-finite fp32 training loss ends the run with status ``"diverged"`` (no exception).
+
+    Args:
+        model: The model, already built, surgered and frozen.
+        train_data: The training split (moved to ``device`` when it can move).
+        eval_data: The split evaluated every ``recipe.eval_every`` steps and at the end, or a
+            mapping ``{split name: split}`` (all evaluated; the last one is the final result).
+        recipe: The training recipe.
+        run_dir: Folder of the run (created); see the run directory layout in
+            ``docs/architecture.md``.
+        seed: Seed of the data order, augmentation and dropout streams.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
+        resume: Continue from the newest checkpoint in ``run_dir`` if there is one; ``False``
+            deletes existing checkpoints and starts over.
+        callback: Receives :mod:`resablate.engine.events` events. An exception it raises stops
+            the run (the newest checkpoint stays valid).
+        on_step: Hooks called after each step's gradients are accumulated, before they are
+            applied (e.g. gradient-norm logging).
+        transforms: ``(train, eval)`` batch transforms; default: the data package's
+            ``BatchTransform`` built from the recipe.
+
+    Returns:
+        The run's :class:`TrainResult`.
+
+    Raises:
+        DataError: The training split has fewer images than one batch.
+        ConfigError: Nothing to train, or the checkpoint in ``run_dir`` belongs to another
+            recipe or seed.
+    """
+    run_dir = Path(run_dir)
+    if len(train_data) < recipe.batch_size:
+        raise DataError(
+            f"the training split has {len(train_data)} images, fewer than one batch "
+            f"({recipe.batch_size}); lower --batch-size"
+        )
+    evals = _as_evals(eval_data)
+    device = torch.device(device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    sweep_stale(run_dir)
+    frozen_before = _frozen_fingerprint(model)
+    session = _Session(
+        model,
+        train_data,
+        evals,
+        recipe,
+        run_dir=run_dir,
+        seed=seed,
+        device=device,
+        callback=callback,
+        on_step=on_step,
+        transforms=transforms or _default_transforms(recipe),
+    )
+    torch.manual_seed(stream_seed(seed, "dropout"))
+    found = ckpt.load_latest(session.ckpt_dir) if resume else None
+    if found is not None:
+        session.restore(*found)
+    elif not resume:
+        ckpt.clear_checkpoints(session.ckpt_dir)
+    write_text(run_dir / "recipe.json", json.dumps(recipe.to_dict(), indent=2) + "\n")
+    session.emit(
+        TrainStarted(
+            total_steps=session.plan.total_steps,
+            start_step=session.step,
+            steps_per_epoch=session.plan.steps_per_epoch,
+            images_per_step=recipe.images_per_step,
+            device=_device_name(device),
+            amp=session.amp,
+        )
+    )
+    status, diverged_at = session.run()
+    final = None
+    if status == "done":
+        final = session.evaluate_all()
+        assert final is not None
+        _write_predictions(run_dir / "predictions.csv", final)
+        save_state_dict_file(model.state_dict(), run_dir / "model.safetensors")
+    else:
+        session.write_history()
+    frozen_after = _frozen_fingerprint(model)
+    if frozen_before is None:
+        frozen_check = "not applicable"
+    else:
+        frozen_check = "passed" if frozen_after == frozen_before else "failed"
+    result = TrainResult(
+        status=status,
+        steps=session.step,
+        total_steps=session.plan.total_steps,
+        epochs=session.epochs_done(),
+        final=final,
+        history=tuple(session.history),
+        train_seconds=session.train_seconds,
+        images_per_second=session.images_seen / max(session.train_seconds, 1e-9),
+        diverged_at_step=diverged_at,
+        reason=(
+            f"non-finite training loss at step {diverged_at}" if diverged_at is not None else None
+        ),
+        resumed_from_step=session.resumed_from,
+        frozen_check=frozen_check,
+        device=_device_name(device),
+        amp=session.amp,
+    )
+    write_text(run_dir / "train.json", json.dumps(result.to_dict(), indent=2) + "\n")
+    session.emit(
+        TrainFinished(status=status, steps=session.step, train_seconds=result.train_seconds)
+    )
+    return result
