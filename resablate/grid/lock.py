@@ -1,0 +1,84 @@
+"""One grid process per run directory: an exclusive ``flock`` on ``OUT/.lock``.
+
+``fcntl.flock`` locks belong to the open file and the kernel drops them when the holder exits,
+however it exits: a run killed with SIGKILL leaves no stale lock behind. The holder writes who it
+is (pid, host, start time) into the file so that a refused process can name it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+
+from resablate.errors import StoreLockedError
+
+LOCK_FILENAME = ".lock"
+
+
+def _describe_holder(text: str) -> str:
+    try:
+        info = json.loads(text)
+        return f"pid {info['pid']} on {info['host']} since {info['started']}"
+    except (ValueError, KeyError, TypeError):
+        return "another process"  # it holds the lock but has not written its name yet
+
+
+class RunLock:
+    """Exclusive lock on a run directory, held from :meth:`acquire` to :meth:`release`.
+
+    Use as a context manager. Locks are per open file: a second ``RunLock`` on the same folder
+    is refused even inside the same process.
+
+    Args:
+        out_dir: The run directory (created if missing).
+    """
+
+    def __init__(self, out_dir: str | os.PathLike[str]) -> None:
+        self.path = Path(out_dir) / LOCK_FILENAME
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise :class:`StoreLockedError` naming the holder."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _describe_holder(os.pread(fd, 4096, 0).decode(errors="replace"))
+            os.close(fd)
+            raise StoreLockedError(
+                f"{self.path.parent} is in use by {holder} (lock {self.path}); wait for that "
+                "grid to finish or choose another --out"
+            ) from None
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        """Drop the lock (idempotent). The file stays; its content no longer matters."""
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()

@@ -1,0 +1,439 @@
+"""Running a grid: store every cell, run the unfinished ones, record each outcome.
+
+Setup → launch → collect (pycls's sweep shape): the driver locks the run directory, writes every
+cell of the spec to the store as ``pending`` before the first one trains, hands the cells that
+need running to an executor and records each outcome in one transaction as it arrives, mirroring
+the store to ``results.csv``/``results.jsonl`` after every finished cell. Only the driver writes
+the store.
+
+Resume policy (a rerun of the same spec on the same run directory):
+
+* ``done`` and ``diverged`` cells are finished results: never rerun (a diverged cell is a
+  measured outcome of its config and seed; change the seed or recipe to run it differently).
+* ``running`` (the previous driver died) and ``pending`` cells run, resuming from the newest
+  complete checkpoint in their run directory.
+* ``skipped`` cells (weights unavailable offline) are tried again: the check is cheap and the
+  weights may have been fetched since.
+* ``failed`` cells run again only with ``retry_failed=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import platform
+import signal
+import subprocess
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from resablate.atomic import sweep_stale
+from resablate.errors import ConfigError
+from resablate.grid.cell import Cell
+from resablate.grid.executors import (
+    EXECUTORS,
+    CellJob,
+    CellOutcome,
+    CellRunner,
+    LocalExecutor,
+    RayExecutor,
+)
+from resablate.grid.lock import RunLock
+from resablate.grid.spec import GridSpec
+from resablate.grid.table import ResultsTable, results_table
+from resablate.store import CellRow, ResultStore
+
+CELLS_FOLDER = "cells"
+INTERRUPTED = "interrupted; a rerun resumes it from its last checkpoint"
+
+
+# --------------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class GridStarted:
+    """The store holds every cell; ``to_run`` are the ids about to run, in order."""
+
+    out_dir: str
+    cells: tuple[CellRow, ...]
+    to_run: tuple[str, ...]
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CellStarted:
+    """A cell started (or was submitted to a cluster) on ``device``."""
+
+    cell_id: str
+    label: str
+    device: str
+
+
+@dataclass(frozen=True)
+class CellProgress:
+    """An engine progress event of a running cell (``resablate.engine.events``)."""
+
+    cell_id: str
+    event: Any
+
+
+@dataclass(frozen=True)
+class CellFinished:
+    """A cell ended with ``status`` (``done``, ``diverged``, ``failed``, ``skipped``).
+
+    Attributes:
+        row: The cell as now stored (metrics, reason).
+    """
+
+    cell_id: str
+    status: str
+    row: CellRow
+
+
+GridEvent = GridStarted | CellStarted | CellProgress | CellFinished
+
+
+# --------------------------------------------------------------------------------- summary
+
+
+@dataclass(frozen=True)
+class GridSummary:
+    """The state of a grid after a run.
+
+    Attributes:
+        out_dir: The run directory.
+        cells: Every cell of the grid, as stored, in grid order.
+        ran: Ids of the cells this run started, in order.
+        counts: Cells per status.
+        table: The results table (:func:`~resablate.grid.table.results_table`).
+        notes: What the spec changed from what was asked (e.g. demo weights for ImageNet's).
+    """
+
+    out_dir: str
+    cells: tuple[CellRow, ...]
+    ran: tuple[str, ...]
+    counts: dict[str, int]
+    table: ResultsTable
+    notes: tuple[str, ...] = ()
+
+    @property
+    def complete(self) -> bool:
+        """True when no cell is pending or running."""
+        return self.counts["pending"] == 0 and self.counts["running"] == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: counts, ran, the cells' result records and the table."""
+        return {
+            "out_dir": self.out_dir,
+            "counts": dict(self.counts),
+            "ran": list(self.ran),
+            "cells": [row.result_record() for row in self.cells],
+            "table": self.table.to_dict(),
+            "notes": list(self.notes),
+        }
+
+    def __rich__(self) -> Any:
+        from rich.console import Group
+        from rich.text import Text
+
+        counts = ", ".join(f"{n} {status}" for status, n in self.counts.items() if n)
+        parts: list[Any] = [self.table]
+        problems = [r for r in self.cells if r.status in ("failed", "diverged", "skipped")]
+        for row in problems:
+            parts.append(Text(f"{row.status}: {row.cell_id} {_label(row)}: {row.reason}"))
+        parts.append(
+            Text(f"{len(self.cells)} cells: {counts} · ran {len(self.ran)} now · {self.out_dir}")
+        )
+        return Group(*parts)
+
+
+def _label(row: CellRow) -> str:
+    return Cell.from_dict(row.config).label
+
+
+# --------------------------------------------------------------------------------- helpers
+
+
+def git_revision() -> str | None:
+    """The git revision of the resablate source tree, or ``None`` outside a git checkout."""
+    folder = Path(__file__).resolve().parent
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        done = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        if done.returncode == 0:
+            return done.stdout.strip()
+    return None
+
+
+def driver_environment() -> dict[str, Any]:
+    """What the driver knows of the environment: versions, host, git revision."""
+    import torch
+    import torchvision
+
+    from resablate import __version__
+
+    return {
+        "resablate": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "host": platform.node(),
+        "git_revision": git_revision(),
+    }
+
+
+def select_cells(rows: Sequence[CellRow], *, retry_failed: bool = False) -> list[str]:
+    """Ids of the cells a run starts, in grid order (the resume policy in this module's doc)."""
+    wanted = {"pending", "running", "skipped"} | ({"failed"} if retry_failed else set())
+    return [row.cell_id for row in rows if row.status in wanted]
+
+
+def cell_run_dir(out_dir: str | os.PathLike[str], cell_id: str) -> Path:
+    """The run directory of a cell: ``OUT/cells/<cell_id>``."""
+    return Path(out_dir) / CELLS_FOLDER / cell_id
+
+
+def _read_predictions(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "predictions.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="") as fh:
+        return [
+            {
+                "index": int(r["index"]),
+                "path": r["path"],
+                "label": int(r["label"]),
+                "pred": int(r["pred"]),
+                "prob": float(r["prob_positive"]),
+            }
+            for r in csv.DictReader(fh)
+        ]
+
+
+def _read_history(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "history.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _record(store: ResultStore, outcome: CellOutcome, base_env: dict[str, Any]) -> None:
+    """Write one outcome to the store (one transaction)."""
+    if outcome.result is None:
+        store.record_result(
+            outcome.cell_id,
+            outcome.status,
+            reason=outcome.reason,
+            values={"device": outcome.device},
+        )
+        return
+    data = outcome.result.to_dict()
+    train = data.get("train") or {}
+    final = train.get("final") or {}
+    run_dir = Path(data.get("run_dir") or store.cell(outcome.cell_id).run_dir or "")
+    counts = data.get("counts") or {}
+    store.record_result(
+        outcome.cell_id,
+        outcome.status,
+        reason=outcome.reason,
+        metrics={
+            name: final.get(name) for name in ("accuracy", "precision", "recall", "f1", "loss")
+        },
+        values={
+            "params": counts.get("params"),
+            "active_params": counts.get("active_params"),
+            "flops": counts.get("flops"),
+            "steps": train.get("steps"),
+            "train_seconds": train.get("train_seconds"),
+            "images_per_second": train.get("images_per_second"),
+            "device": train.get("device") or outcome.device,
+            "run_dir": str(run_dir),
+        },
+        environment={**base_env, **(data.get("environment") or {})},
+        evaluations=_read_history(run_dir),
+        predictions=_read_predictions(run_dir),
+    )
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt while the grid runs (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _uninterruptible() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM while the store is being finalised (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _make_executor(
+    executor: str,
+    cell_runner: CellRunner,
+    *,
+    device: str | None,
+    workers: int | None,
+    ray_address: str | None,
+) -> LocalExecutor | RayExecutor:
+    if executor == "local":
+        return LocalExecutor(cell_runner, device=device, workers=workers)
+    if executor == "ray":
+        return RayExecutor(cell_runner, address=ray_address, workers=workers)
+    raise ConfigError(f"unknown executor {executor!r}; executors: {', '.join(EXECUTORS)}")
+
+
+@contextlib.contextmanager
+def open_grid(spec: GridSpec, out_dir: str | os.PathLike[str]) -> Iterator[ResultStore]:
+    """Lock ``out_dir``, sweep stale temporary files, write the spec and every cell (pending).
+
+    Yields the writable store; the lock is held until the block exits.
+
+    Raises:
+        StoreLockedError: Another process holds ``out_dir``.
+        StoreError: The store is newer, foreign, or on a network file system.
+    """
+    out = Path(out_dir)
+    with RunLock(out):
+        sweep_stale(out)
+        with ResultStore(out) as store:
+            cells = spec.cells()
+            run_dirs = {c.cell_id: str(cell_run_dir(out, c.cell_id)) for c in cells}
+            store.set_spec(spec.to_dict())
+            store.sync_cells(cells, run_dirs=run_dirs)
+            store.write_mirrors()
+            yield store
+
+
+def run_grid(
+    spec: GridSpec,
+    out_dir: str | os.PathLike[str],
+    *,
+    executor: str = "local",
+    retry_failed: bool = False,
+    metric: str = "f1",
+    callback: Callable[[GridEvent], None] | None = None,
+    cell_runner: CellRunner | None = None,
+    device: str | None = None,
+    workers: int | None = None,
+    ray_address: str | None = None,
+) -> GridSummary:
+    """Run a grid in ``out_dir``, resuming whatever an earlier run left unfinished.
+
+    Args:
+        spec: The grid.
+        out_dir: The run directory (store, ``results.csv``, ``cells/<cell_id>/``); on a local
+            file system, and reachable by every worker.
+        executor: ``"local"`` or ``"ray"``.
+        retry_failed: Run ``failed`` cells again.
+        metric: The metric of the summary's table.
+        callback: Receives :data:`GridEvent` values (the CLI draws from them).
+        cell_runner: Runs one cell; ``resablate.grid.cell.run_cell`` by default.
+        device: Device for the local executor (``None`` = CUDA when visible, else CPU).
+        workers: Local worker processes (default: one per visible GPU) or local Ray CPUs.
+        ray_address: A Ray cluster to join (executor ``ray``).
+
+    Returns:
+        The grid's state when the run ended.
+
+    Raises:
+        KeyboardInterrupt: On Ctrl-C or SIGTERM, after the store is written (cells in flight are
+            back to ``pending``; a rerun resumes them).
+        StoreLockedError: Another process runs a grid in ``out_dir``.
+    """
+    if cell_runner is None:
+        from resablate.grid.cell import run_cell
+
+        cell_runner = run_cell
+    runner = _make_executor(
+        executor, cell_runner, device=device, workers=workers, ray_address=ray_address
+    )
+    emit = callback or (lambda event: None)
+    base_env = driver_environment()
+    with open_grid(spec, out_dir) as store:
+        rows = store.cells()
+        to_run = select_cells(rows, retry_failed=retry_failed)
+        emit(GridStarted(str(out_dir), tuple(rows), tuple(to_run), spec.notes))
+        jobs = [
+            CellJob(Cell.from_dict(row.config), str(cell_run_dir(out_dir, row.cell_id)))
+            for row in rows
+            if row.cell_id in set(to_run)
+        ]
+        in_flight: set[str] = set()
+        started: list[str] = []
+
+        def on_start(job: CellJob, on_device: str) -> None:
+            store.mark_running(job.cell.cell_id, device=on_device)
+            in_flight.add(job.cell.cell_id)
+            started.append(job.cell.cell_id)
+            emit(CellStarted(job.cell.cell_id, job.cell.label, on_device))
+
+        def on_event(cell_id: str, event: Any) -> None:
+            emit(CellProgress(cell_id, event))
+
+        def on_done(outcome: CellOutcome) -> None:
+            with _uninterruptible():
+                _record(store, outcome, base_env)
+                in_flight.discard(outcome.cell_id)
+                store.write_mirrors()
+            emit(CellFinished(outcome.cell_id, outcome.status, store.cell(outcome.cell_id)))
+
+        try:
+            with _sigterm_as_interrupt():
+                runner.run(jobs, on_start, on_event, on_done)
+        except KeyboardInterrupt:
+            with _uninterruptible():
+                for cell_id in sorted(in_flight):
+                    store.set_status(cell_id, "pending", INTERRUPTED)
+                store.write_mirrors()
+            raise
+        final = store.cells()
+        return GridSummary(
+            out_dir=str(out_dir),
+            cells=tuple(final),
+            ran=tuple(started),
+            counts=store.status_counts(),
+            table=results_table(final, metric),
+            notes=spec.notes,
+        )
+
+
+def grid_status(out_dir: str | os.PathLike[str], *, metric: str = "f1") -> GridSummary:
+    """The state of the grid stored in ``out_dir`` (read-only; safe while a grid runs)."""
+    with ResultStore.open(out_dir) as store:
+        rows = store.cells()
+        return GridSummary(
+            out_dir=str(out_dir),
+            cells=tuple(rows),
+            ran=(),
+            counts=store.status_counts(),
+            table=results_table(rows, metric),
+        )

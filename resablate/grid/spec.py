@@ -1,0 +1,223 @@
+"""A grid spec: the axes of an ablation study, validated, expanded into cells.
+
+A spec is a small frozen value. Construction validates every axis value against the registries
+(architectures, stages, freeze plans, recipes) and the file system (weights files, dataset), so a
+bad value fails in one line before anything trains. :meth:`GridSpec.cells` expands the axes into
+:class:`~resablate.grid.cell.Cell` values in a stable order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from resablate.errors import ConfigError, DataNotFoundError
+from resablate.grid.cell import RESIDUAL_ON, Cell
+
+DEMO_DATA = "demo"
+#: Weights specs that name no file.
+NAMED_WEIGHTS = ("none", "imagenet", "demo")
+#: Recipe fields the CLI exposes as overrides (the library accepts any recipe field).
+OVERRIDE_FIELDS = ("epochs", "max_steps", "image_size", "batch_size", "lr")
+
+
+def _unique(values: Any) -> tuple[Any, ...]:
+    return tuple(dict.fromkeys(values))
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """The axes of a study; the grid is their product (plus the baselines).
+
+    Defaults reproduce the CIFAKE study: ResNet-18/50/101/152 × residual on/off × pretrained
+    (ImageNet) or not, one seed.
+
+    Attributes:
+        arch: The residual family, e.g. ``"resnet"``; each depth names ``f"{arch}{depth}"``.
+        source: ``"torchvision"`` or ``"timm"``.
+        depths: Depths of the family (18, 34, 50, 101, 152 for ResNets).
+        residual: Residual plans: ``"on"``, ``"off"`` or a stage set ``"off:conv4_x,conv5_x"``.
+        residual_alpha: Shortcut scales for the plans that alter stages (1 = residual on,
+            0 = off); ``None`` = the plans' own meaning (off = alpha 0).
+        pretrained: Weights specs: ``"imagenet"``, ``"demo"``, ``"none"`` or a state-dict path.
+            With ``data="demo"``, ``"imagenet"`` becomes ``"demo"`` (the offline stand-in).
+        freeze: Freeze plans (``resablate.freezing.FREEZE_PLANS``).
+        seeds: Seeds; every other axis is crossed with each.
+        baselines: Further architectures (e.g. ``"vgg16"``, ``"efficientnet_b3"``) crossed with
+            pretrained × freeze × seeds but not with the residual axis.
+        recipe: Recipe name; ``None`` = ``"demo"`` on the demo data, else ``"cifake"``.
+        data: Dataset folder, or ``"demo"`` for the embedded demo data.
+        overrides: Recipe field overrides as ``(name, value)`` pairs (e.g. ``("max_steps", 10)``).
+        bn: BatchNorm policy of frozen stages, ``"frozen"`` or ``"train"``.
+    """
+
+    arch: str = "resnet"
+    source: str = "torchvision"
+    depths: tuple[int, ...] = (18, 50, 101, 152)
+    residual: tuple[str, ...] = ("on", "off")
+    residual_alpha: tuple[float, ...] | None = None
+    pretrained: tuple[str, ...] = ("imagenet", "none")
+    freeze: tuple[str, ...] = ("none",)
+    seeds: tuple[int, ...] = (0,)
+    baselines: tuple[str, ...] = ()
+    recipe: str | None = None
+    data: str = DEMO_DATA
+    overrides: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
+    bn: str = "frozen"
+
+    def __post_init__(self) -> None:
+        values: dict[str, Any] = {"arch": self.arch.strip().lower()}
+        for name in ("depths", "residual", "pretrained", "freeze", "seeds", "baselines"):
+            values[name] = _unique(getattr(self, name))
+        if self.residual_alpha is not None:
+            values["residual_alpha"] = _unique(float(a) for a in self.residual_alpha)
+        values["overrides"] = tuple(sorted(dict(self.overrides).items()))
+        if self.data != DEMO_DATA:
+            path = Path(self.data).expanduser()
+            if not path.exists():
+                raise DataNotFoundError(f"dataset folder {path} does not exist (--data)")
+            values["data"] = str(path.resolve())
+        if self.recipe is None:
+            values["recipe"] = "demo" if values.get("data", self.data) == DEMO_DATA else "cifake"
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+        self._validate()
+
+    # ----------------------------------------------------------------------------- validation
+
+    def _validate(self) -> None:
+        from resablate.freezing import FREEZE_PLANS
+        from resablate.recipes import get_recipe
+
+        for name in ("depths", "residual", "pretrained", "freeze", "seeds"):
+            if not getattr(self, name):
+                raise ConfigError(f"grid axis {name} is empty; give at least one value")
+        if self.residual_alpha is not None:
+            if not self.residual_alpha:
+                raise ConfigError("grid axis residual_alpha is empty; give at least one value")
+            bad = [a for a in self.residual_alpha if not 0.0 <= a <= 1.0]
+            if bad:
+                raise ConfigError(f"residual alpha {bad[0]:g} is outside [0, 1] (--residual-alpha)")
+        for plan in self.freeze:
+            if plan not in FREEZE_PLANS:
+                raise ConfigError(
+                    f"unknown freeze plan {plan!r} (--freeze); plans: {', '.join(FREEZE_PLANS)}"
+                )
+        for weights in self.pretrained:
+            if weights.lower() not in NAMED_WEIGHTS and not Path(weights).expanduser().is_file():
+                raise ConfigError(
+                    f"weights file {weights} does not exist (--pretrained); use "
+                    f"{', '.join(NAMED_WEIGHTS)} or a path to a .pth/.pt/.safetensors file"
+                )
+        for depth in self.depths:
+            if isinstance(depth, bool) or not isinstance(depth, int):
+                raise ConfigError(f"depth {depth!r} is not an integer (--depths)")
+        get_recipe(str(self.recipe), **dict(self.overrides))
+        self.cells()  # builds every cell: validates architectures, stages and seeds
+
+    # ----------------------------------------------------------------------------- expansion
+
+    def architectures(self) -> tuple[tuple[str, str, bool], ...]:
+        """``(arch, source, residual_axis_applies)`` for the depths, then the baselines."""
+        from resablate.families import get_family
+
+        archs: list[tuple[str, str, bool]] = []
+        for depth in self.depths:
+            family = get_family(f"{self.arch}{depth}", self.source)
+            archs.append((family.arch, family.source, family.residual))
+        for name in self.baselines:
+            try:
+                family = get_family(name, self.source)
+            except ConfigError:
+                if self.source == "torchvision":
+                    raise
+                family = get_family(name, "torchvision")
+            archs.append((family.arch, family.source, False))
+        return tuple(archs)
+
+    def residual_plans(self) -> tuple[tuple[str, float], ...]:
+        """The residual axis as ``(plan, alpha)`` pairs (alpha replaces the plans' 0 when given)."""
+        plans: list[tuple[str, float]] = []
+        for plan in self.residual:
+            if plan.strip().lower() == RESIDUAL_ON or self.residual_alpha is None:
+                plans.append((plan, 0.0))
+            else:
+                plans.extend((plan, alpha) for alpha in self.residual_alpha)
+        return tuple(plans)
+
+    def weights_for_cells(self) -> tuple[str, ...]:
+        """The pretrained axis as the cells see it (``imagenet`` → ``demo`` on demo data)."""
+        if self.data != DEMO_DATA:
+            return self.pretrained
+        return _unique("demo" if w.lower() == "imagenet" else w for w in self.pretrained)
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What the spec changed from what was asked, in sentences for the user."""
+        notes = []
+        if self.data == DEMO_DATA and any(w.lower() == "imagenet" for w in self.pretrained):
+            notes.append(
+                "demo data: the pretrained axis uses the demo weights instead of ImageNet's, so "
+                "the whole grid runs offline"
+            )
+        return tuple(notes)
+
+    def cells(self) -> list[Cell]:
+        """Every cell, in a stable order: architecture, residual, pretrained, freeze, seed.
+
+        Duplicates (e.g. residual ``off`` with alpha 1, which is residual ``on``) appear once.
+        """
+        overrides = self.overrides
+        cells: dict[str, Cell] = {}
+        for arch, source, residual_axis in self.architectures():
+            plans = self.residual_plans() if residual_axis else ((RESIDUAL_ON, 0.0),)
+            for plan, alpha in plans:
+                for weights in self.weights_for_cells():
+                    for plan_name in self.freeze:
+                        for seed in self.seeds:
+                            cell = Cell(
+                                arch=arch,
+                                source=source,
+                                residual=plan,
+                                residual_alpha=alpha,
+                                weights=weights,
+                                freeze=plan_name,
+                                bn=self.bn,
+                                recipe=str(self.recipe),
+                                overrides=overrides,
+                                seed=seed,
+                                data=self.data,
+                            )
+                            cells.setdefault(cell.cell_id, cell)
+        return list(cells.values())
+
+    # ----------------------------------------------------------------------------- (de)serialising
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as JSON-ready plain types (``overrides`` as a dict)."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name, value in data.items():
+            if isinstance(value, tuple):
+                data[name] = list(value)
+        data["overrides"] = dict(self.overrides)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GridSpec:
+        """Rebuild a spec from :meth:`to_dict` output; unknown keys raise ``ConfigError``."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown grid spec key(s): {', '.join(unknown)}; keys: {', '.join(sorted(known))}"
+            )
+        values = dict(data)
+        for name in ("depths", "residual", "pretrained", "freeze", "seeds", "baselines"):
+            if name in values:
+                values[name] = tuple(values[name])
+        if values.get("residual_alpha") is not None:
+            values["residual_alpha"] = tuple(values["residual_alpha"])
+        values["overrides"] = tuple(dict(values.get("overrides", {})).items())
+        return cls(**values)

@@ -1,0 +1,228 @@
+"""The results table in the papers' shape: rows = depth, columns = residual × pretrained.
+
+Built from store rows (:class:`~resablate.store.CellRow`) as plain records; rendering is
+separate (``__rich__`` here, other formats in ``resablate.report``). Cells that differ only in
+seed are averaged (mean of the done ones; ``n`` says how many).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from resablate.store import METRIC_COLUMNS, CellRow
+
+#: Metrics a table can show.
+TABLE_METRICS = METRIC_COLUMNS
+
+
+def _weights_label(weights: str) -> str:
+    return Path(weights).name if "/" in weights else weights
+
+
+def residual_label(residual: str, alpha: float) -> str:
+    """``"on"``, ``"off"``, ``"off:layer3,layer4"`` or ``"×0.5 layer4"``-style shortcut scales."""
+    if residual == "on" or alpha == 0.0:
+        return residual
+    stages = "" if residual == "off" else f" {residual.partition(':')[2]}"
+    return f"×{alpha:g}{stages}"
+
+
+def arch_label(row: CellRow) -> str:
+    """``"ResNet-50"`` for ResNets, else the architecture (plus its source unless torchvision)."""
+    name = (
+        f"ResNet-{row.depth}"
+        if row.depth is not None and row.arch.startswith("resnet")
+        else row.arch
+    )
+    return name if row.source == "torchvision" else f"{name} ({row.source})"
+
+
+@dataclass(frozen=True)
+class TableColumn:
+    """One column: a residual plan (with its shortcut scale) and a weights spec."""
+
+    residual: str
+    residual_alpha: float
+    pretrained: str
+
+    @property
+    def label(self) -> str:
+        """``"residual off · weights none"``."""
+        residual = residual_label(self.residual, self.residual_alpha)
+        return f"residual {residual} · weights {_weights_label(self.pretrained)}"
+
+
+@dataclass(frozen=True)
+class TableEntry:
+    """A table cell: the metric's mean over the done seeds, or why there is none.
+
+    Attributes:
+        value: Mean of the metric over done cells (``None`` when none is done).
+        n: How many cells (seeds) are done.
+        status: ``"done"`` when ``n > 0``, else the most advanced status of the cells
+            (``diverged``, ``failed``, ``skipped``, ``running`` or ``pending``); ``""`` when the
+            grid has no such cell.
+        cell_ids: The cells averaged.
+    """
+
+    value: float | None
+    n: int
+    status: str
+    cell_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TableRow:
+    """One row: an architecture (a depth) and freeze plan.
+
+    Attributes:
+        label: ``"ResNet-50"`` (plus `` · freeze conv1-2`` when the grid has several plans).
+        arch: Architecture name.
+        depth: ResNet depth (``None`` for baselines).
+        freeze: Freeze plan.
+        params: Parameters of the unaltered model (``None`` when not counted yet).
+        flops: FLOPs of the unaltered model (fvcore multiply-adds, batch 1, the cell's image size).
+        entries: One per column of the table.
+    """
+
+    label: str
+    arch: str
+    depth: int | None
+    freeze: str
+    params: int | None
+    flops: int | None
+    entries: tuple[TableEntry, ...]
+
+
+_STATUS_ORDER = ("diverged", "failed", "skipped", "running", "pending")
+
+
+def _summarise(rows: list[CellRow], metric: str) -> TableEntry:
+    if not rows:
+        return TableEntry(None, 0, "", ())
+    done = [
+        getattr(r, metric) for r in rows if r.status == "done" and getattr(r, metric) is not None
+    ]
+    ids = tuple(r.cell_id for r in rows)
+    if done:
+        return TableEntry(sum(done) / len(done), len(done), "done", ids)
+    status = next(s for s in _STATUS_ORDER if any(r.status == s for r in rows))
+    return TableEntry(None, 0, status, ids)
+
+
+@dataclass(frozen=True)
+class ResultsTable:
+    """The papers' table: rows = architecture (depth), columns = residual × pretrained.
+
+    Attributes:
+        metric: The metric shown (``accuracy``, ``precision``, ``recall``, ``f1`` or ``loss``).
+        columns: The columns, in grid order.
+        rows: The rows, in grid order (depths, then baselines).
+    """
+
+    metric: str
+    columns: tuple[TableColumn, ...]
+    rows: tuple[TableRow, ...]
+
+    def records(self) -> list[dict[str, Any]]:
+        """One flat record per row: ``label, arch, depth, freeze, params, flops`` and one key per
+        column label holding the value (``None`` when there is none)."""
+        records = []
+        for row in self.rows:
+            record: dict[str, Any] = {
+                "label": row.label,
+                "arch": row.arch,
+                "depth": row.depth,
+                "freeze": row.freeze,
+                "params": row.params,
+                "flops": row.flops,
+            }
+            for column, entry in zip(self.columns, row.entries, strict=True):
+                record[column.label] = entry.value
+            records.append(record)
+        return records
+
+    def to_dict(self) -> dict[str, Any]:
+        """Metric, column labels and the records of :meth:`records`."""
+        return {
+            "metric": self.metric,
+            "columns": [column.label for column in self.columns],
+            "rows": self.records(),
+        }
+
+    def __rich__(self) -> Any:
+        from rich.table import Table
+
+        table = Table(title=f"{self.metric} by depth × residual × pretrained", title_justify="left")
+        table.add_column("model")
+        for column in self.columns:
+            table.add_column(column.label.replace(" · ", "\n"), justify="right")
+        table.add_column("params (M)", justify="right")
+        table.add_column("GFLOPs", justify="right")
+        for row in self.rows:
+            cells = []
+            for entry in row.entries:
+                if entry.value is not None:
+                    seeds = f" (n={entry.n})" if entry.n > 1 else ""
+                    cells.append(f"{entry.value:.3f}{seeds}")
+                else:
+                    cells.append(f"[dim]{entry.status or '—'}[/]")
+            params = "—" if row.params is None else f"{row.params / 1e6:.1f}"
+            flops = "—" if row.flops is None else f"{row.flops / 1e9:.2f}"
+            table.add_row(row.label, *cells, params, flops)
+        return table
+
+
+def results_table(rows: Sequence[CellRow], metric: str = "f1") -> ResultsTable:
+    """Arrange store rows into the papers' table.
+
+    Args:
+        rows: Cells of a grid (e.g. ``ResultStore.cells()``), in grid order.
+        metric: One of :data:`TABLE_METRICS`.
+
+    Raises:
+        ConfigError: Unknown metric.
+    """
+    from resablate.errors import ConfigError
+
+    if metric not in TABLE_METRICS:
+        raise ConfigError(f"unknown metric {metric!r}; metrics: {', '.join(TABLE_METRICS)}")
+    columns = tuple(
+        dict.fromkeys(TableColumn(r.residual, r.residual_alpha, r.pretrained) for r in rows)
+    )
+    several_plans = len({r.freeze for r in rows}) > 1
+    groups: dict[tuple[str, str, str], list[CellRow]] = {}
+    for row in rows:
+        groups.setdefault((row.arch, row.source, row.freeze), []).append(row)
+    table_rows = []
+    for members in groups.values():
+        first = members[0]
+        label = arch_label(first) + (f" · freeze {first.freeze}" if several_plans else "")
+        reference = [m for m in members if m.residual == "on" and m.params is not None]
+        counted = reference or [m for m in members if m.params is not None]
+        entries = tuple(
+            _summarise(
+                [
+                    m
+                    for m in members
+                    if TableColumn(m.residual, m.residual_alpha, m.pretrained) == column
+                ],
+                metric,
+            )
+            for column in columns
+        )
+        table_rows.append(
+            TableRow(
+                label=label,
+                arch=first.arch,
+                depth=first.depth,
+                freeze=first.freeze,
+                params=counted[0].params if counted else None,
+                flops=reference[0].flops if reference else None,
+                entries=entries,
+            )
+        )
+    return ResultsTable(metric=metric, columns=columns, rows=tuple(table_rows))

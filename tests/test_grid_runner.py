@@ -1,0 +1,222 @@
+"""The grid driver with injected cell runners: resume, failure isolation, interrupts, lock."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from resablate.errors import StoreLockedError, WeightsUnavailableError
+from resablate.grid.cell import Cell
+from resablate.grid.executors import CellJob, execute_cell, one_line
+from resablate.grid.lock import RunLock
+from resablate.grid.runner import (
+    INTERRUPTED,
+    CellFinished,
+    CellStarted,
+    GridStarted,
+    grid_status,
+    run_grid,
+)
+from resablate.grid.spec import GridSpec
+from resablate.store import ResultStore
+
+SPEC = GridSpec(depths=(18, 34), residual=("on", "off"), pretrained=("none",))
+
+
+@dataclass(frozen=True)
+class FakeResult:
+    """Stands in for run_cell's CellResult (same to_dict() shape)."""
+
+    status: str
+    f1: float
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        final = None if self.status != "done" else {"f1": self.f1, "accuracy": self.f1, "loss": 0.5}
+        return {
+            "status": self.status,
+            "reason": self.reason,
+            "train": {"final": final, "steps": 3, "train_seconds": 0.1, "images_per_second": 10.0},
+            "counts": {"params": 100, "active_params": 90, "flops": 1000},
+            "environment": {"torch": "fake"},
+        }
+
+
+class Recorder:
+    """A cell runner that records its calls and answers from a table keyed by (arch, residual)."""
+
+    def __init__(self, behaviour: dict[tuple[str, str], Any] | None = None) -> None:
+        self.calls: list[tuple[str, bool]] = []
+        self.behaviour = behaviour or {}
+
+    def __call__(
+        self, cell: Cell, run_dir: str, *, device: str, callback: Any, resume: bool
+    ) -> Any:
+        self.calls.append((cell.cell_id, resume))
+        assert device == "cpu"
+        action = self.behaviour.get((cell.arch, cell.residual))
+        if isinstance(action, BaseException):
+            raise action
+        if action == "diverged":
+            return FakeResult("diverged", 0.0, reason="non-finite loss at step 2")
+        return FakeResult("done", 0.5)
+
+
+def _statuses(out: Path) -> dict[tuple[str, str], tuple[str, str | None]]:
+    with ResultStore.open(out) as store:
+        return {(r.arch, r.residual): (r.status, r.reason) for r in store.cells()}
+
+
+def test_every_cell_is_stored_pending_before_the_first_one_runs(tmp_path: Path) -> None:
+    seen: list[dict[str, int]] = []
+
+    def runner(cell: Cell, run_dir: str, **kwargs: Any) -> FakeResult:
+        with ResultStore.open(tmp_path) as store:
+            seen.append(store.status_counts())
+        return FakeResult("done", 0.5)
+
+    events: list[Any] = []
+    summary = run_grid(SPEC, tmp_path, cell_runner=runner, device="cpu", callback=events.append)
+    assert seen[0]["pending"] == 3 and seen[0]["running"] == 1
+    assert summary.counts["done"] == 4 and summary.complete
+    assert isinstance(events[0], GridStarted) and len(events[0].to_run) == 4
+    kinds = [type(e).__name__ for e in events[1:]]
+    assert kinds == ["CellStarted", "CellFinished"] * 4
+
+
+def test_failure_isolation_and_reasons(tmp_path: Path) -> None:
+    runner = Recorder(
+        {
+            ("resnet18", "off"): ValueError("bad\nthing  happened"),
+            ("resnet34", "on"): WeightsUnavailableError("weights file x.pth is missing; run y"),
+            ("resnet34", "off"): "diverged",
+        }
+    )
+    summary = run_grid(SPEC, tmp_path, cell_runner=runner, device="cpu")
+    assert _statuses(tmp_path) == {
+        ("resnet18", "on"): ("done", None),
+        ("resnet18", "off"): ("failed", "ValueError: bad thing happened"),
+        ("resnet34", "on"): ("skipped", "weights file x.pth is missing; run y"),
+        ("resnet34", "off"): ("diverged", "non-finite loss at step 2"),
+    }
+    assert summary.counts == {
+        "pending": 0,
+        "running": 0,
+        "done": 1,
+        "failed": 1,
+        "diverged": 1,
+        "skipped": 1,
+    }
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert [r["status"] for r in rows] == ["done", "failed", "skipped", "diverged"]
+
+    # Rerun: done and diverged stay, skipped is tried again, failed only with retry_failed.
+    runner.calls.clear()
+    run_grid(SPEC, tmp_path, cell_runner=runner, device="cpu")
+    ids = [c.cell_id for c in SPEC.cells()]
+    assert runner.calls == [(ids[2], True)]
+    runner.calls.clear()
+    run_grid(SPEC, tmp_path, cell_runner=runner, device="cpu", retry_failed=True)
+    assert runner.calls == [(ids[1], True), (ids[2], True)]
+    with ResultStore.open(tmp_path) as store:
+        assert [r.attempts for r in store.cells()] == [1, 2, 3, 1]
+
+
+def test_out_of_memory_is_named() -> None:
+    def oom(cell: Cell, run_dir: str, **kwargs: Any) -> None:
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    outcome = execute_cell(CellJob(Cell(arch="resnet18"), "/nowhere"), oom, device="cpu")
+    assert (outcome.status, outcome.reason) == (
+        "failed",
+        "out of memory: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB",
+    )
+    assert one_line(MemoryError()) == "MemoryError"
+
+
+def test_interrupt_puts_the_cell_back_to_pending_and_a_rerun_finishes(tmp_path: Path) -> None:
+    runner = Recorder({("resnet34", "on"): KeyboardInterrupt()})
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(SPEC, tmp_path, cell_runner=runner, device="cpu")
+    assert _statuses(tmp_path) == {
+        ("resnet18", "on"): ("done", None),
+        ("resnet18", "off"): ("done", None),
+        ("resnet34", "on"): ("pending", INTERRUPTED),
+        ("resnet34", "off"): ("pending", None),
+    }
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert [r["status"] for r in rows] == ["done", "done", "pending", "pending"]
+    runner = Recorder()
+    summary = run_grid(SPEC, tmp_path, cell_runner=runner, device="cpu")
+    assert (
+        len(runner.calls) == 2
+        and summary.complete
+        and summary.ran == tuple(c for c, _ in runner.calls)
+    )
+
+
+def test_changing_the_spec_adds_cells_and_leaves_finished_ones(tmp_path: Path) -> None:
+    run_grid(SPEC, tmp_path, cell_runner=Recorder(), device="cpu")
+    bigger = GridSpec(depths=(18, 34), residual=("on", "off"), pretrained=("none",), seeds=(0, 1))
+    runner = Recorder()
+    summary = run_grid(bigger, tmp_path, cell_runner=runner, device="cpu")
+    assert len(runner.calls) == 4 and len(summary.cells) == 8
+    smaller = GridSpec(depths=(18,), residual=("on",), pretrained=("none",))
+    runner = Recorder()
+    summary = run_grid(smaller, tmp_path, cell_runner=runner, device="cpu")
+    assert runner.calls == [] and [r.status for r in summary.cells] == ["done"]
+    with ResultStore.open(tmp_path) as store:
+        assert len(store.cells(include_dropped=True)) == 8
+        assert store.spec() == smaller.to_dict()
+    assert len(list(csv.DictReader((tmp_path / "results.csv").open()))) == 1
+    assert grid_status(tmp_path).counts["done"] == 1
+
+
+def test_second_lock_names_the_holder(tmp_path: Path) -> None:
+    with RunLock(tmp_path):
+        with pytest.raises(StoreLockedError) as info:
+            RunLock(tmp_path).acquire()
+        message = str(info.value)
+        assert message.startswith(f"{tmp_path} is in use by pid {os.getpid()} on ")
+        assert message.endswith(
+            f"(lock {tmp_path / '.lock'}); wait for that grid to finish or choose another --out"
+        )
+        with pytest.raises(StoreLockedError):
+            run_grid(SPEC, tmp_path, cell_runner=Recorder(), device="cpu")
+    RunLock(tmp_path).acquire()  # released: free again
+
+
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path: Path) -> None:
+    code = (
+        "import os, sys\n"
+        "from resablate.grid.lock import RunLock\n"
+        f"RunLock({str(tmp_path)!r}).acquire()\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], check=False)
+    assert done.returncode == -9
+    assert '"pid"' in (tmp_path / ".lock").read_text()
+    with RunLock(tmp_path):
+        pass
+
+
+def test_started_events_name_the_device(tmp_path: Path) -> None:
+    events: list[Any] = []
+    run_grid(
+        GridSpec(depths=(18,), residual=("on",), pretrained=("none",)),
+        tmp_path,
+        cell_runner=Recorder(),
+        device="cpu",
+        callback=events.append,
+    )
+    started = [e for e in events if isinstance(e, CellStarted)]
+    finished = [e for e in events if isinstance(e, CellFinished)]
+    assert [(e.device, e.label) for e in started] == [("cpu", "resnet18 · weights none · seed 0")]
+    assert finished[0].row.f1 == 0.5 and finished[0].row.params == 100
