@@ -125,14 +125,17 @@ class GridSpec:
 
         archs: list[tuple[str, str, bool]] = []
         for depth in self.depths:
-            family = get_family(f"{self.arch}{depth}", self.source)
+            try:
+                family = get_family(f"{self.arch}{depth}", self.source)
+            except ConfigError as exc:
+                raise ConfigError(f"depth {depth} (--depths): {exc}") from None
             archs.append((family.arch, family.source, family.residual))
         for name in self.baselines:
             try:
                 family = get_family(name, self.source)
-            except ConfigError:
+            except ConfigError as exc:
                 if self.source == "torchvision":
-                    raise
+                    raise ConfigError(f"baseline {name} (--baselines): {exc}") from None
                 family = get_family(name, "torchvision")
             archs.append((family.arch, family.source, False))
         return tuple(archs)
