@@ -26,6 +26,7 @@ from torch import nn
 from resablate.atomic import sweep_stale, write_text
 from resablate.engine import checkpoint as ckpt
 from resablate.engine.data import ImageSource, Transform, to_device
+from resablate.engine.environment import device_name
 from resablate.engine.evaluate import evaluate
 from resablate.engine.events import (
     CheckpointSaved,
@@ -95,12 +96,6 @@ class _Plan:
 def recipe_fingerprint(recipe: Recipe) -> str:
     """sha256 of the recipe's canonical JSON (a checkpoint resumes only under the same recipe)."""
     return hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True).encode()).hexdigest()
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return device.type
 
 
 def _default_transforms(recipe: Recipe) -> tuple[Transform, Transform]:
@@ -530,7 +525,7 @@ def train(
             start_step=session.step,
             steps_per_epoch=session.plan.steps_per_epoch,
             images_per_step=recipe.images_per_step,
-            device=_device_name(device),
+            device=device_name(device),
             amp=session.amp,
         )
     )
@@ -563,7 +558,7 @@ def train(
         ),
         resumed_from_step=session.resumed_from,
         frozen_check=frozen_check,
-        device=_device_name(device),
+        device=device_name(device),
         amp=session.amp,
     )
     write_text(run_dir / "train.json", json.dumps(result.to_dict(), indent=2) + "\n")

@@ -1,19 +1,33 @@
-"""A cell: one fully specified training run of an ablation study.
+"""A cell: one fully specified training run of an ablation study, and how to run it.
 
 A cell is (architecture, residual plan, weights, freeze plan, recipe, seed, dataset). It is a small
 frozen value; its id is a hash of its canonical form, so the same study asked for twice maps to the
-same cells and a rerun finds its finished work.
+same cells and a rerun finds its finished work. :func:`run_cell` trains one cell into its run
+directory (layout in ``docs/architecture.md``); ``resablate train`` and the grid both call it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from resablate.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+    from resablate.counting import Counts
+    from resablate.data import DatasetScan
+    from resablate.engine import StepHook, TrainEvent
+    from resablate.engine.environment import Environment
+    from resablate.freezing import FreezeReport
+    from resablate.metrics import Metrics
+    from resablate.recipes import Recipe
+    from resablate.surgery import SurgeryReport
 
 RESIDUAL_ON = "on"
 RESIDUAL_OFF = "off"
@@ -147,3 +161,249 @@ class Cell:
         values = dict(data)
         values["overrides"] = tuple(dict(values.get("overrides", {})).items())
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class CellPrepared:
+    """Sent to the callback of :func:`run_cell` once data and model are ready, before training.
+
+    Attributes:
+        cell: The cell.
+        scan: The dataset layout found (renders itself with rich).
+        recipe: The effective recipe.
+        counts: Parameters (total, trainable, active) and FLOPs at the recipe's input size.
+        surgery: What residual surgery changed (``None`` when the residual plan is ``"on"``).
+        freeze: What freezing changed.
+        device: Device name.
+    """
+
+    cell: Cell
+    scan: DatasetScan
+    recipe: Recipe
+    counts: Counts
+    surgery: SurgeryReport | None
+    freeze: FreezeReport
+    device: str
+
+
+@dataclass(frozen=True)
+class CellResult:
+    """The outcome of one cell (``result.json`` in its run directory).
+
+    Attributes:
+        cell: The cell.
+        status: ``"done"`` or ``"diverged"``.
+        metrics: Final metrics on the test split (``None`` when diverged).
+        loss: Final mean test cross-entropy (``None`` when diverged).
+        params: All parameters of the built model.
+        trainable_params: Parameters the optimiser updated.
+        active_params: Parameters the forward pass uses (after surgery).
+        flops: Multiply-adds of one forward pass at batch 1 and the recipe's input size
+            (fvcore's convention).
+        steps: Optimiser steps done.
+        total_steps: Optimiser steps planned.
+        train_seconds: Seconds spent in training steps (evaluation excluded).
+        images_per_second: Training throughput.
+        device: Device name.
+        diverged_at_step: Step of the first non-finite loss, else ``None``.
+        reason: Why the run diverged, else ``None``.
+        frozen_check: ``"passed"``, ``"failed"`` or ``"not applicable"`` (nothing frozen).
+        resumed_from_step: Step of the checkpoint the run resumed from (0 = fresh start).
+        environment: Versions, device, determinism, dataset fingerprint, weights hash.
+        run_dir: The run directory.
+    """
+
+    cell: Cell
+    status: str
+    metrics: Metrics | None
+    loss: float | None
+    params: int
+    trainable_params: int
+    active_params: int
+    flops: int
+    steps: int
+    total_steps: int
+    train_seconds: float
+    images_per_second: float
+    device: str
+    diverged_at_step: int | None
+    reason: str | None
+    frozen_check: str
+    resumed_from_step: int
+    environment: Environment
+    run_dir: str
+
+    @property
+    def cell_id(self) -> str:
+        """The cell's id."""
+        return self.cell.cell_id
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready plain types (``cell`` as :meth:`Cell.to_dict`, plus ``cell_id``)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["cell"] = self.cell.to_dict()
+        data["metrics"] = self.metrics.to_dict() if self.metrics is not None else None
+        data["environment"] = self.environment.to_dict()
+        return {"cell_id": self.cell_id, **data}
+
+
+def _dataset_root(data: str) -> Path:
+    from resablate import paths
+
+    if data == "demo":
+        from resablate.data import demo_data
+
+        return demo_data(paths.cache_dir("demo"))
+    return Path(data)
+
+
+def _weights_file(cell: Cell) -> Path | None:
+    """The file the cell's initial weights come from (``None`` for random init).
+
+    Demo weights are built first when missing; ImageNet weights are looked up in (or fetched
+    into) the upstream cache, which ``build_model`` needs anyway.
+    """
+    from resablate.weights import fetch_weights
+
+    if cell.weights == "none":
+        return None
+    if cell.weights == "demo":
+        from resablate.demo_weights import ensure_demo_weights
+
+        return ensure_demo_weights(cell.arch, cell.source)
+    if cell.weights == "imagenet":
+        return fetch_weights(cell.arch, cell.source)
+    return Path(cell.weights)
+
+
+def run_cell(
+    cell: Cell,
+    run_dir: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    callback: Callable[[TrainEvent | CellPrepared], None] | None = None,
+    resume: bool = True,
+    on_step: Sequence[StepHook] = (),
+) -> CellResult:
+    """Train and evaluate one cell end to end, writing its run directory.
+
+    Steps: scan the dataset (``"demo"`` = the embedded demo data, generated on first use), decode
+    the train, val (if any) and test splits once (cached), build the model with the cell's weights
+    (the random initialisation, head included, is seeded from the cell's seed), apply the residual
+    plan, freeze, count, train with the cell's recipe, write ``cell.json``, the engine's files and,
+    last, ``result.json``.
+
+    Args:
+        cell: The cell.
+        run_dir: Its run directory (created).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
+        callback: Receives :class:`CellPrepared` once, then the engine's progress events.
+        resume: Continue from the newest checkpoint in ``run_dir``; ``False`` starts over.
+        on_step: Per-step hooks handed to the engine (e.g. gradient-norm logging).
+
+    Returns:
+        The cell's result (status ``"done"`` or ``"diverged"``).
+
+    Raises:
+        ResablateError: Bad dataset (``DataError``), unavailable or wrong weights
+            (``WeightsUnavailableError``/``WeightsError``), an invalid plan for this architecture
+            (``ConfigError``): the grid records the cell as skipped or failed with the message.
+    """
+    import json
+
+    import torch
+
+    from resablate.atomic import write_text
+    from resablate.counting import count
+    from resablate.data import decode_split, scan
+    from resablate.engine import stream_seed, train
+    from resablate.engine.environment import capture_environment, resolve_device
+    from resablate.freezing import freeze
+    from resablate.recipes import get_recipe
+    from resablate.surgery import drop_residual, scale_residual
+    from resablate.weights import build_model, weights_sha256
+
+    target = resolve_device(device)
+    recipe = get_recipe(cell.recipe, **dict(cell.overrides))
+    dataset = scan(_dataset_root(cell.data))
+    splits = {
+        name: decode_split(dataset, name, storage_size=recipe.storage_size)
+        for name in ("train", "val", "test")
+        if name in dataset.splits
+    }
+    weights_file = _weights_file(cell)
+    torch.manual_seed(stream_seed(cell.seed, "init"))
+    model = build_model(
+        cell.arch,
+        weights=None if weights_file is None else cell.weights,
+        num_classes=len(dataset.classes),
+        source=cell.source,
+    )
+    stages = residual_stages(cell.residual)
+    surgery = None
+    if stages != ():
+        surgery = (
+            drop_residual(model, stages)
+            if cell.residual_alpha == 0.0
+            else scale_residual(model, cell.residual_alpha, stages)
+        )
+    frozen = freeze(model, cell.freeze, bn=cell.bn)
+    counts = count(model, (3, recipe.image_size, recipe.image_size))
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "cell.json", json.dumps(cell.to_dict(), indent=2) + "\n")
+    environment = capture_environment(
+        target,
+        dataset_fingerprint=dataset.fingerprint,
+        weights_sha256=None if weights_file is None else weights_sha256(weights_file),
+    )
+    if callback is not None:
+        callback(
+            CellPrepared(
+                cell=cell,
+                scan=dataset,
+                recipe=recipe,
+                counts=counts,
+                surgery=surgery,
+                freeze=frozen,
+                device=environment.device,
+            )
+        )
+    evals = {name: data for name, data in splits.items() if name != "train"}
+    trained = train(
+        model,
+        splits["train"],
+        evals,
+        recipe,
+        run_dir=run_dir,
+        seed=cell.seed,
+        device=target,
+        resume=resume,
+        callback=callback,
+        on_step=on_step,
+    )
+    final = trained.final
+    result = CellResult(
+        cell=cell,
+        status=trained.status,
+        metrics=final.metrics if final is not None else None,
+        loss=final.loss if final is not None else None,
+        params=counts.params,
+        trainable_params=counts.trainable_params,
+        active_params=counts.active_params,
+        flops=counts.flops,
+        steps=trained.steps,
+        total_steps=trained.total_steps,
+        train_seconds=trained.train_seconds,
+        images_per_second=trained.images_per_second,
+        device=trained.device,
+        diverged_at_step=trained.diverged_at_step,
+        reason=trained.reason,
+        frozen_check=trained.frozen_check,
+        resumed_from_step=trained.resumed_from_step,
+        environment=environment,
+        run_dir=str(run_dir),
+    )
+    write_text(run_dir / "result.json", json.dumps(result.to_dict(), indent=2) + "\n")
+    return result
