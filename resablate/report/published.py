@@ -29,6 +29,7 @@ class PublishedStudy:
         source: Where the numbers come from (paper and tables).
         data: The dataset and its splits.
         recipe: The training recipe the paper states.
+        runs: How the numbers were obtained (single runs, seeds).
         notes: Caveats printed with a comparison (e.g. two tables that disagree).
         lookup_order: Table ids searched, in order, when one value is looked up.
         tables: ``table id -> (caption, rows)``; each row a dict of plain values.
@@ -39,6 +40,7 @@ class PublishedStudy:
     source: str
     data: str
     recipe: str
+    runs: str
     notes: tuple[str, ...]
     lookup_order: tuple[str, ...]
     tables: dict[str, tuple[str, tuple[dict[str, Any], ...]]]
@@ -76,6 +78,7 @@ class PublishedStudy:
             "source": self.source,
             "data": self.data,
             "recipe": self.recipe,
+            "runs": self.runs,
             "notes": list(self.notes),
             "tables": {
                 key: {"caption": caption, "rows": [dict(r) for r in rows]}
@@ -116,6 +119,7 @@ def published(study: str) -> PublishedStudy:
         source=raw["source"],
         data=raw["data"],
         recipe=raw["recipe"],
+        runs=raw["runs"],
         notes=tuple(raw["notes"]),
         lookup_order=tuple(raw["lookup_order"]),
         tables=tables,

@@ -1,0 +1,176 @@
+"""Build a report from a grid's run directory: its tables, spec, environment and problems."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from resablate.errors import ConfigError
+from resablate.report.published import STUDIES, PublishedStudy, published
+from resablate.report.tables import (
+    METRICS,
+    ModelTable,
+    PivotTable,
+    ProblemTable,
+    Tabular,
+    ablation_table,
+    freeze_table,
+    model_table,
+    problem_table,
+    rich_table,
+)
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+    from resablate.store import CellRow, PredictionRow, ResultStore
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything a report shows except the figures (see :mod:`resablate.report.output`).
+
+    Attributes:
+        out_dir: The grid's run directory.
+        store_path: The results store read.
+        metric: The metric of the ablation table.
+        compare: The published study compared with, if any.
+        ablation: CIFAKE-shaped table (``None`` when no unfrozen cell exists).
+        freeze: Food-5K-shaped table (``None`` when the grid froze nothing).
+        models: Size, cost, metrics and speed per configuration.
+        problems: Cells without a result, with reasons.
+        status_counts: Cells of the grid by status.
+        spec: The grid spec as stored (``None`` for a store without one).
+        environment: Environment fields shared by every finished cell (versions, device, ...).
+        cells: Every cell row of the current grid, in grid order.
+    """
+
+    out_dir: Path
+    store_path: Path
+    metric: str
+    compare: str | None
+    ablation: PivotTable | None
+    freeze: PivotTable | None
+    models: ModelTable
+    problems: ProblemTable
+    status_counts: dict[str, int]
+    spec: dict[str, Any] | None
+    environment: dict[str, Any]
+    cells: tuple[CellRow, ...]
+
+    @property
+    def published(self) -> PublishedStudy | None:
+        """The compared study's published tables."""
+        return None if self.compare is None else published(self.compare)
+
+    def tables(self) -> list[Tabular]:
+        """The tables in display order (absent ones left out)."""
+        found: list[Tabular | None] = [self.ablation, self.freeze, self.models, self.problems]
+        return [t for t in found if t is not None]
+
+    @property
+    def summary(self) -> str:
+        """``"12 cells: 10 done, 1 failed, 1 pending"``."""
+        order = sorted(self.status_counts, key=lambda status: status != "done")
+        parts = [f"{self.status_counts[s]} {s}" for s in order if self.status_counts[s]]
+        return f"{sum(self.status_counts.values())} cells: {', '.join(parts) or 'none'}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready report (tables as records)."""
+        return {
+            "out_dir": str(self.out_dir),
+            "store": str(self.store_path),
+            "metric": self.metric,
+            "compare": self.compare,
+            "summary": self.summary,
+            "status_counts": dict(self.status_counts),
+            "ablation": None if self.ablation is None else self.ablation.to_dict(),
+            "freeze": None if self.freeze is None else self.freeze.to_dict(),
+            "models": self.models.to_dict(),
+            "problems": self.problems.to_dict(),
+            "spec": self.spec,
+            "environment": self.environment,
+            "published": None if self.published is None else self.published.to_dict(),
+        }
+
+    def __rich__(self) -> RenderableType:
+        from rich.console import Group
+        from rich.text import Text
+
+        parts: list[Any] = [Text(f"{self.out_dir} · {self.summary}", style="bold")]
+        for table in self.tables():
+            parts += [Text(""), rich_table(table)]
+        return Group(*parts)
+
+
+def common_environment(rows: list[CellRow]) -> dict[str, Any]:
+    """Environment fields with the same value in every finished cell (the rest vary per cell)."""
+    envs = [r.environment for r in rows if r.status == "done" and r.environment]
+    if not envs:
+        return {}
+    keys = set(envs[0]).intersection(*envs[1:])
+    return {k: envs[0][k] for k in sorted(keys) if all(e[k] == envs[0][k] for e in envs)}
+
+
+def open_store(out_dir: str | os.PathLike[str]) -> ResultStore:
+    """Open the store of a grid run directory read-only (``StoreError`` naming the problem)."""
+    from resablate.errors import StoreError
+    from resablate.store import STORE_FILENAME, ResultStore
+
+    folder = Path(out_dir).expanduser()
+    if not folder.exists():
+        raise StoreError(f"{folder} does not exist (expected a grid run directory)")
+    target = folder / STORE_FILENAME if folder.is_dir() else folder
+    if not target.is_file():
+        raise StoreError(
+            f"no results store in {folder} (expected {STORE_FILENAME}; run `resablate grid "
+            f"--out {folder}` first)"
+        )
+    return ResultStore.open(target)
+
+
+def build_report(
+    out_dir: str | os.PathLike[str], *, metric: str = "f1", compare: str | None = None
+) -> Report:
+    """Read a grid's store and build its tables.
+
+    Args:
+        out_dir: The grid's run directory (or its ``store.sqlite``).
+        metric: The ablation table's metric: one of :data:`resablate.report.tables.METRICS`.
+        compare: ``"cifake"`` or ``"food5k"`` to place that study's published numbers beside the
+            measured ones.
+
+    Raises:
+        ConfigError: Unknown metric or study.
+        StoreError: No store, not a store, or a store from a newer format.
+    """
+    if metric not in METRICS:
+        raise ConfigError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    if compare is not None and compare not in STUDIES:
+        raise ConfigError(f"unknown study {compare!r}; published studies: {', '.join(STUDIES)}")
+    study = None if compare is None else published(compare)
+    with open_store(out_dir) as store:
+        rows = store.cells()
+
+        @cache
+        def predictions(cell_id: str) -> tuple[PredictionRow, ...]:
+            return tuple(store.predictions(cell_id))
+
+        report = Report(
+            out_dir=Path(out_dir).expanduser(),
+            store_path=store.path,
+            metric=metric,
+            compare=compare,
+            ablation=ablation_table(rows, predictions, metric=metric, published=study),
+            freeze=freeze_table(rows, predictions, published=study),
+            models=model_table(rows, published=study),
+            problems=problem_table(rows),
+            status_counts=store.status_counts(),
+            spec=store.spec(),
+            environment=common_environment(rows),
+            cells=tuple(rows),
+        )
+    return report

@@ -1,0 +1,404 @@
+"""The report's figures, gathered from a grid's store and its cells' run directories.
+
+This module turns stored results into the plain data :mod:`resablate.report.figures` draws:
+evaluation histories, the recipe's learning-rate schedule (the engine's own schedule function),
+confusion matrices and misclassified images from the per-sample predictions, feature maps of
+models rebuilt from their run directories, and the ablation table's values against depth.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from resablate.report.document import FigureSection
+from resablate.report.figures import (
+    FigureFile,
+    GallerySample,
+    confusion_figure,
+    curves_figure,
+    depth_figure,
+    feature_maps_figure,
+    gallery_figure,
+    lr_schedule_figure,
+)
+from resablate.report.tables import Group, group_cells, row_label
+
+if TYPE_CHECKING:
+    import numpy as np
+    from torch import nn
+
+    from resablate.recipes import Recipe
+    from resablate.report.build import Report
+    from resablate.report.stats import MeanInterval
+    from resablate.store import CellRow, EvaluationRow, PredictionRow
+
+#: Stages whose outputs the feature-map figure shows (the stem and the first two stages).
+FEATURE_STAGES = ("conv1", "conv2_x", "conv3_x")
+MODEL_FILE = "model.safetensors"
+
+
+def class_names(predictions: Sequence[PredictionRow]) -> tuple[str, ...]:
+    """Class names from the test images' folders (``test/REAL/x.png`` → ``REAL``).
+
+    A label whose images do not share one parent folder name is called ``class <index>``.
+    """
+    labels = sorted({p.label for p in predictions} | {p.pred for p in predictions})
+    count = max(labels, default=1) + 1
+    names = []
+    for label in range(max(count, 2)):
+        parents = {Path(p.path).parent.name for p in predictions if p.label == label and p.path}
+        names.append(parents.pop() if len(parents) == 1 else f"class {label}")
+    return tuple(names)
+
+
+def history_records(evaluations: Sequence[EvaluationRow]) -> list[dict[str, Any]]:
+    """Evaluation rows as the plain records :func:`curves_figure` plots."""
+    return [
+        {
+            "step": e.step,
+            "split": e.split,
+            "loss": e.loss,
+            "f1": e.f1,
+            "accuracy": e.accuracy,
+        }
+        for e in evaluations
+        if e.step is not None and e.split is not None
+    ]
+
+
+def cell_recipe(row: CellRow) -> Recipe:
+    """The effective recipe of a cell: its run directory's ``recipe.json``, else rebuilt from the
+    recipe name and overrides in its config."""
+    from resablate.recipes import Recipe, get_recipe
+
+    if row.run_dir:
+        saved = Path(row.run_dir) / "recipe.json"
+        if saved.is_file():
+            return Recipe.from_dict(json.loads(saved.read_text()))
+    return get_recipe(row.config["recipe"], **dict(row.config.get("overrides", {})))
+
+
+def learning_rates(recipe: Recipe, total_steps: int) -> list[float]:
+    """The learning rate of each optimiser step, from the engine's schedule function."""
+    from resablate.engine.schedule import lr_factor, warmup_steps
+
+    warmup = warmup_steps(total_steps, recipe.warmup_fraction)
+    return [
+        recipe.lr * lr_factor(step, total_steps, warmup, recipe.schedule)
+        for step in range(total_steps)
+    ]
+
+
+def confusion_counts(predictions: Sequence[PredictionRow], num_classes: int) -> list[list[int]]:
+    """Confusion counts (rows true, columns predicted) of per-sample predictions."""
+    matrix = [[0] * num_classes for _ in range(num_classes)]
+    for p in predictions:
+        matrix[p.label][p.pred] += 1
+    return matrix
+
+
+def misclassified(
+    predictions: Sequence[PredictionRow], classes: Sequence[str], limit: int
+) -> list[GallerySample]:
+    """Up to ``limit`` wrongly predicted test images whose files still exist, most confident
+    mistakes first (confidence = probability of the predicted class)."""
+    from resablate.data.images import BadImageError, decode_image
+
+    wrong = []
+    for p in predictions:
+        if p.pred == p.label or not p.path or not Path(p.path).is_file():
+            continue
+        prob = 0.5 if p.prob is None else float(p.prob)
+        confidence = prob if p.pred == 1 else 1.0 - prob
+        wrong.append((confidence, p))
+    wrong.sort(key=lambda item: (-item[0], item[1].index))
+    samples = []
+    for confidence, p in wrong:
+        if len(samples) == limit:
+            break
+        try:
+            image = decode_image(str(p.path))
+        except BadImageError:
+            continue
+        samples.append(GallerySample(image, classes[p.label], classes[p.pred], confidence))
+    return samples
+
+
+def rebuild_model(row: CellRow, num_classes: int) -> nn.Module:
+    """A finished cell's trained model from its run directory, with its residual plan applied.
+
+    Builds the architecture without weights, loads ``model.safetensors`` and applies the cell's
+    residual surgery (removing or scaling the shortcuts of its plan), in eval mode on the CPU.
+    """
+    from resablate.grid.cell import residual_stages
+    from resablate.surgery import scale_residual
+    from resablate.weights import build_model, load_state_dict_file
+
+    model = build_model(row.arch, weights=None, num_classes=num_classes, source=row.source)
+    model.load_state_dict(load_state_dict_file(Path(str(row.run_dir)) / MODEL_FILE))
+    if row.residual != "on":
+        scale_residual(model, row.residual_alpha, stages=residual_stages(row.residual))
+    return model.eval()
+
+
+def stage_activations(
+    model: nn.Module, image: np.ndarray, recipe: Recipe, row: CellRow
+) -> dict[str, np.ndarray]:
+    """Outputs ``[C, H, W]`` of :data:`FEATURE_STAGES` for one RGB uint8 image.
+
+    The image is resized to the recipe's ``image_size`` and normalised with its mean and std.
+    """
+    import torch
+    import torch.nn.functional as functional
+
+    from resablate.families import get_family
+
+    family = get_family(row.arch, row.source)
+    pixels = torch.from_numpy(image).permute(2, 0, 1).float().div(255.0).unsqueeze(0)
+    pixels = functional.interpolate(
+        pixels, size=(recipe.image_size, recipe.image_size), mode="bilinear", antialias=True
+    )
+    mean = torch.tensor(recipe.mean).view(1, 3, 1, 1)
+    std = torch.tensor(recipe.std).view(1, 3, 1, 1)
+    captured: dict[str, np.ndarray] = {}
+    handles = []
+    for stage in FEATURE_STAGES:
+        module = model.get_submodule(family.stages[stage][-1])
+
+        def hook(_module: Any, _inputs: Any, output: Any, stage: str = stage) -> None:
+            captured[stage] = output[0].detach().float().numpy()
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model((pixels - mean) / std)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {stage: captured[stage] for stage in FEATURE_STAGES if stage in captured}
+
+
+def _feature_pairs(report: Report) -> list[tuple[CellRow, CellRow]]:
+    """Per architecture: a finished residual-on cell and a residual-off cell with the same
+    weights, seed and everything else, both with a saved model."""
+
+    def ready(row: CellRow) -> bool:
+        return (
+            row.status == "done"
+            and bool(row.run_dir)
+            and (Path(str(row.run_dir)) / MODEL_FILE).is_file()
+        )
+
+    def key(row: CellRow) -> str:
+        rest = {k: v for k, v in row.config.items() if k not in ("residual", "residual_alpha")}
+        return json.dumps(rest, sort_keys=True)
+
+    on = {key(r): r for r in report.cells if r.residual == "on" and ready(r)}
+    pairs: dict[tuple[str, str], tuple[CellRow, CellRow]] = {}
+    for row in report.cells:
+        if row.residual == "off" and ready(row) and key(row) in on:
+            pairs.setdefault((row.arch, row.source), (on[key(row)], row))
+    return list(pairs.values())
+
+
+def _depth_series(report: Report) -> dict[str, list[tuple[int, MeanInterval]]]:
+    table = report.ablation
+    series: dict[str, list[tuple[int, MeanInterval]]] = {}
+    if table is None:
+        return series
+    depth_of = dict(zip(table.rows, table.depths, strict=True))
+    for entry in table.entries:
+        depth = depth_of.get(entry.row)
+        if depth is not None and entry.value is not None:
+            series.setdefault(entry.column, []).append((depth, entry.value))
+    return series
+
+
+def report_figures(
+    report: Report, folder: str | Path, *, feature_maps: bool = True, gallery_size: int = 12
+) -> list[FigureSection]:
+    """Draw every figure of a report into ``folder``, grouped in sections.
+
+    Sections (each only when it has something to show): metric vs depth; training curves per
+    finished cell; the learning-rate schedule per recipe; confusion matrices and misclassified
+    test images per configuration (seeds pooled for the matrix, lowest seed for the gallery);
+    feature maps of the stem and first stages with and without residuals.
+
+    Args:
+        report: The report whose store and cells to read.
+        folder: Where the PNG files go.
+        feature_maps: Rebuild models from their run directories for the feature-map figure.
+        gallery_size: Most misclassified images shown per configuration.
+    """
+    from resablate.report.build import open_store
+
+    target = Path(folder)
+    sections = []
+    series = _depth_series(report)
+    if any(len(points) > 1 for points in series.values()):
+        figure = depth_figure(series, target / "metric-vs-depth.png", metric=report.metric)
+        sections.append(
+            FigureSection(
+                f"{report.metric} vs depth",
+                "One line per residual × weights scenario; error bars: 95 % t-interval over "
+                "seeds (none where a single seed finished).",
+                (figure,),
+            )
+        )
+    done = [r for r in report.cells if r.status == "done"]
+    groups = [g for g in group_cells(done) if g.done]
+    with open_store(report.store_path) as store:
+        curves = []
+        for row in done:
+            history = history_records(store.evaluations(row.cell_id))
+            if history:
+                curves.append(
+                    curves_figure(
+                        history,
+                        target / f"curves-{row.cell_id}.png",
+                        metric=report.metric if report.metric != "loss" else "f1",
+                        title=_cell_title(row),
+                    )
+                )
+        predictions = {r.cell_id: store.predictions(r.cell_id) for r in done}
+    if curves:
+        sections.append(
+            FigureSection(
+                "Training curves",
+                "Loss and metric against the optimiser step for each finished cell "
+                "(train: running means since the previous evaluation; val/test: evaluations).",
+                tuple(curves),
+            )
+        )
+    schedules = _schedule_figures(done, target)
+    if schedules:
+        sections.append(
+            FigureSection(
+                "Learning-rate schedule",
+                "The learning rate of each optimiser step, computed from the cell's recipe by "
+                "the engine's schedule function over the steps the cell took.",
+                tuple(schedules),
+            )
+        )
+    confusions, galleries = _prediction_figures(groups, predictions, target, gallery_size)
+    if confusions:
+        sections.append(
+            FigureSection(
+                "Confusion matrices",
+                "Test-set counts per configuration, summed over its finished seeds "
+                "(rows: true class, columns: predicted class).",
+                tuple(confusions),
+            )
+        )
+    if galleries:
+        sections.append(
+            FigureSection(
+                "Misclassified test images",
+                "The most confident mistakes of each configuration (lowest finished seed), with "
+                "the true and predicted class and the probability of the predicted class.",
+                tuple(galleries),
+            )
+        )
+    if feature_maps:
+        maps = _feature_map_figures(report, predictions, target)
+        if maps:
+            sections.append(
+                FigureSection(
+                    "Feature maps",
+                    "Outputs of the stem (conv1) and the first two stages (conv2_x, conv3_x) for "
+                    "the first test image, residual connections on vs off (same weights and "
+                    "seed); first 8 channels, each min-max scaled.",
+                    tuple(maps),
+                )
+            )
+    return sections
+
+
+def _cell_title(row: CellRow) -> str:
+    from resablate.grid.cell import Cell
+
+    return Cell.from_dict(row.config).label
+
+
+def _schedule_figures(done: Sequence[CellRow], target: Path) -> list[FigureFile]:
+    figures = []
+    seen: set[tuple[str, int]] = set()
+    for row in done:
+        if not row.steps:
+            continue
+        recipe = cell_recipe(row)
+        key = (json.dumps(recipe.to_dict(), sort_keys=True, default=str), row.steps)
+        if key in seen:
+            continue
+        seen.add(key)
+        figures.append(
+            lr_schedule_figure(
+                learning_rates(recipe, row.steps),
+                target / f"lr-{len(figures)}.png",
+                title=f"recipe {recipe.name} · {recipe.schedule} · {row.steps} steps",
+            )
+        )
+    return figures
+
+
+def _prediction_figures(
+    groups: Sequence[Group],
+    predictions: dict[str, list[PredictionRow]],
+    target: Path,
+    gallery_size: int,
+) -> tuple[list[FigureFile], list[FigureFile]]:
+    confusions, galleries = [], []
+    for index, group in enumerate(groups):
+        pooled = [p for r in group.done for p in predictions[r.cell_id]]
+        if not pooled:
+            continue
+        classes = class_names(pooled)
+        first = group.done[0]
+        config = _cell_title(first).rsplit(" · seed ", 1)[0]
+        seeds = len(group.done)
+        confusions.append(
+            confusion_figure(
+                confusion_counts(pooled, len(classes)),
+                classes,
+                target / f"confusion-{index}.png",
+                title=f"{config} ({seeds} seed{'s' * (seeds > 1)})",
+            )
+        )
+        samples = misclassified(predictions[first.cell_id], classes, gallery_size)
+        galleries.append(
+            gallery_figure(samples, target / f"misclassified-{index}.png", title=_cell_title(first))
+        )
+    return confusions, galleries
+
+
+def _feature_map_figures(
+    report: Report, predictions: dict[str, list[PredictionRow]], target: Path
+) -> list[FigureFile]:
+    from resablate.data.images import decode_image
+
+    figures = []
+    for on, off in _feature_pairs(report):
+        preds = predictions.get(on.cell_id) or []
+        path = next((p.path for p in preds if p.path and Path(p.path).is_file()), None)
+        if path is None:
+            continue
+        image = decode_image(path)
+        classes = class_names(preds)
+        recipe = cell_recipe(on)
+        maps = {
+            f"residual {row.residual}": stage_activations(
+                rebuild_model(row, len(classes)), image, recipe, row
+            )
+            for row in (on, off)
+        }
+        figures.append(
+            feature_maps_figure(
+                maps,
+                target / f"features-{on.cell_id}.png",
+                title=f"{row_label(on)} · {Path(path).name}",
+            )
+        )
+    return figures

@@ -1,0 +1,723 @@
+"""The papers' tables regenerated from a grid's cells, with seeds and significance.
+
+Three tables, each returned as data (frozen dataclasses whose ``records()`` are plain dicts):
+
+* the **ablation table** (CIFAKE's shape): rows the architecture (by depth), columns the
+  residual × weights scenarios, values the chosen metric;
+* the **freeze table** (Food-5K's shape): rows the freeze plan, columns the architecture, values
+  accuracy;
+* the **model table**: parameters, active parameters, GFLOPs, test loss and metrics, training time
+  and throughput per architecture / scenario.
+
+Seeds: the cells that differ only in their seed form one *group*. A group's metric is the mean over
+its finished seeds with a Student-t 95 % interval (:func:`resablate.report.stats.t_interval`); one
+seed gives no interval, and the table says so. Each ablated group is compared with its reference
+group (the same architecture and weights with the residual connections on; for the freeze table
+the same architecture fine-tuned without freezing) by McNemar's exact test on the per-sample
+correctness of the same test images, pooled over seeds by summing the discordant counts of the
+seeds both groups finished (:func:`resablate.report.stats.paired_mcnemar`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from resablate.grid.table import TableColumn, arch_label, results_table
+from resablate.report.stats import McNemarResult, MeanInterval, paired_mcnemar, t_interval
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+    from resablate.report.published import PublishedStudy, PublishedValue
+    from resablate.store import CellRow, PredictionRow
+
+METRICS = ("f1", "accuracy", "precision", "recall", "loss")
+EMPTY = "—"
+FREEZE_ORDER = ("none", "conv1", "conv1-2", "conv1-3", "conv1-4", "all")
+# Cell fields that the tables lay out explicitly; any other field that varies between the cells of
+# a table is appended to the row (or column) label so that different groups never share a slot.
+_LAID_OUT = frozenset({"arch", "residual", "residual_alpha", "weights", "freeze", "seed"})
+
+PredictionsFn = Callable[[str], Sequence["PredictionRow"]]
+
+
+@dataclass(frozen=True)
+class Group:
+    """The cells of one configuration that differ only in their seed."""
+
+    key: str
+    rows: tuple[CellRow, ...]
+
+    @property
+    def first(self) -> CellRow:
+        """The cell with the lowest seed (any cell describes the group's configuration)."""
+        return self.rows[0]
+
+    @property
+    def done(self) -> tuple[CellRow, ...]:
+        """The finished (``done``) cells, by seed."""
+        return tuple(r for r in self.rows if r.status == "done")
+
+    def interval(self, metric: str) -> MeanInterval | None:
+        """Mean and t-interval of ``metric`` over the finished seeds (``None`` if none)."""
+        values = [getattr(r, metric) for r in self.done if getattr(r, metric) is not None]
+        return t_interval(values) if values else None
+
+    def status_note(self) -> str:
+        """``""`` when every seed finished, else e.g. ``"1 of 3 seeds missing (pending)"``."""
+        missing = [r for r in self.rows if r.status != "done"]
+        if not missing:
+            return ""
+        statuses = ", ".join(sorted({r.status for r in missing}))
+        total = len(self.rows)
+        if len(missing) == total:
+            return statuses
+        return f"{len(missing)} of {total} seeds missing ({statuses})"
+
+
+def group_key(row: CellRow, *, drop: Iterable[str] = ("seed",)) -> str:
+    """The canonical config of a cell without ``drop`` fields, as a sortable string."""
+    skip = set(drop)
+    return json.dumps({k: v for k, v in row.config.items() if k not in skip}, sort_keys=True)
+
+
+def group_cells(rows: Iterable[CellRow]) -> list[Group]:
+    """Group cells that differ only in their seed (groups in first-seen order, cells by seed)."""
+    groups: dict[str, list[CellRow]] = {}
+    for row in rows:
+        groups.setdefault(group_key(row), []).append(row)
+    return [Group(k, tuple(sorted(v, key=lambda r: r.seed))) for k, v in groups.items()]
+
+
+def _extras(rows: Sequence[CellRow]) -> list[str]:
+    """Config fields (other than the laid-out ones) whose value differs between ``rows``."""
+    names = sorted({k for r in rows for k in r.config} - _LAID_OUT)
+    return [
+        n for n in names if len({json.dumps(r.config.get(n), sort_keys=True) for r in rows}) > 1
+    ]
+
+
+def _extra_label(row: CellRow, extras: Sequence[str]) -> str:
+    parts = []
+    for name in extras:
+        value = row.config.get(name)
+        text = json.dumps(value, sort_keys=True) if isinstance(value, dict) else str(value)
+        parts.append(f"{name} {text}")
+    return " · ".join(parts)
+
+
+def row_label(row: CellRow, extras: Sequence[str] = ()) -> str:
+    """The grid table's model label (``"ResNet-50"``) plus any varying extra fields."""
+    extra = _extra_label(row, extras)
+    return f"{arch_label(row)} · {extra}" if extra else arch_label(row)
+
+
+def _column(row: CellRow) -> TableColumn:
+    return TableColumn(row.residual, row.residual_alpha, row.pretrained)
+
+
+def paired_test(group: Group, reference: Group, predictions: PredictionsFn) -> McNemarResult | None:
+    """McNemar's exact test of ``group`` against ``reference``, pooled over common seeds.
+
+    Only seeds finished in both groups whose predictions cover the same test images (same
+    indices and labels, in order) enter the test; ``None`` when no seed qualifies.
+    """
+    ref_by_seed = {r.seed: r for r in reference.done}
+    pairs = []
+    for row in group.done:
+        ref = ref_by_seed.get(row.seed)
+        if ref is None:
+            continue
+        mine, theirs = predictions(row.cell_id), predictions(ref.cell_id)
+        if not mine or [(p.index, p.label) for p in mine] != [(p.index, p.label) for p in theirs]:
+            continue
+        labels = [p.label for p in mine]
+        pairs.append((row.seed, labels, [p.pred for p in theirs], [p.pred for p in mine]))
+    return paired_mcnemar(pairs) if pairs else None
+
+
+def format_p(p_value: float) -> str:
+    """``"p = 0.031"``, ``"p < 0.001"``."""
+    return "p < 0.001" if p_value < 0.001 else f"p = {p_value:.3f}"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One slot of a pivot table: a group's value, its paired test, the published number.
+
+    Attributes:
+        row: Row label.
+        column: Column label.
+        value: Mean and interval over finished seeds; ``None`` when no seed finished.
+        test: The paired test against the reference (``None`` for a reference or no pairs).
+        reference: Label of the reference the test compares with (``None`` for a reference).
+        published: The published number for this slot (``None`` when not compared/reported).
+        note: Missing seeds and their status, e.g. ``"pending"``; ``""`` when complete.
+        cell_ids: The group's cell ids, by seed.
+    """
+
+    row: str
+    column: str
+    value: MeanInterval | None
+    test: McNemarResult | None
+    reference: str | None
+    published: PublishedValue | None
+    note: str
+    cell_ids: tuple[str, ...]
+
+    def text(self, digits: int = 3) -> str:
+        """The measured value as shown in a table (with interval, n, p-value and notes)."""
+        lines = [self.value.format(digits) if self.value is not None else EMPTY]
+        if self.test is not None:
+            lines.append(f"{format_p(self.test.p_value)} vs {self.reference}")
+        if self.note:
+            lines.append(f"({self.note})")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready record."""
+        value = self.value.to_dict() if self.value is not None else None
+        return {
+            "row": self.row,
+            "column": self.column,
+            "mean": None if value is None else value["mean"],
+            "half_width": None if value is None else value["half_width"],
+            "n": 0 if value is None else value["n"],
+            "values": [] if value is None else value["values"],
+            "p_value": None if self.test is None else self.test.p_value,
+            "b": None if self.test is None else self.test.b,
+            "c": None if self.test is None else self.test.c,
+            "reference": self.reference,
+            "published": None if self.published is None else self.published.value,
+            "published_table": None if self.published is None else self.published.table,
+            "note": self.note,
+            "cell_ids": list(self.cell_ids),
+        }
+
+
+class Tabular(Protocol):
+    """What the renderers need from a table: a title, a header, display rows, notes, records."""
+
+    title: str
+    notes: tuple[str, ...]
+
+    def header(self) -> list[str]: ...
+
+    def display_rows(self) -> list[list[str]]: ...
+
+    def records(self) -> list[dict[str, Any]]: ...
+
+
+def rich_table(table: Tabular) -> RenderableType:
+    """A rich renderable of any table: the grid of cells, then its notes (dimmed)."""
+    from rich.console import Group as RichGroup
+    from rich.table import Table
+    from rich.text import Text
+
+    grid = Table(title=table.title, show_lines=True, title_justify="left")
+    for index, name in enumerate(table.header()):
+        grid.add_column(name, justify="left" if index == 0 else "right")
+    for row in table.display_rows():
+        grid.add_row(*row)
+    return RichGroup(grid, *(Text(f"• {n}", style="dim") for n in table.notes))
+
+
+@dataclass(frozen=True)
+class PivotTable:
+    """A table of groups laid out by two cell attributes (the ablation and freeze tables).
+
+    Attributes:
+        name: ``"ablation"`` or ``"freeze"``.
+        title: Caption.
+        metric: The metric shown.
+        row_header: Header of the row-label column.
+        rows: Row labels, in order.
+        columns: Column labels, in order.
+        entries: The filled slots (a slot with no group is absent: shown as empty).
+        compare: The study whose published numbers are shown beside the measured ones.
+        notes: Statistics used, pooling rule, sources.
+        depths: Depth of each row (ablation table; ``None`` for non-ResNets).
+    """
+
+    name: str
+    title: str
+    metric: str
+    row_header: str
+    rows: tuple[str, ...]
+    columns: tuple[str, ...]
+    entries: tuple[Entry, ...]
+    compare: str | None = None
+    notes: tuple[str, ...] = ()
+    depths: tuple[int | None, ...] = ()
+
+    def entry(self, row: str, column: str) -> Entry | None:
+        """The slot at (row, column), ``None`` if the grid had no cell there."""
+        for e in self.entries:
+            if e.row == row and e.column == column:
+                return e
+        return None
+
+    def header(self) -> list[str]:
+        """Row header, then each column (followed by its published column when comparing)."""
+        names = [self.row_header]
+        for column in self.columns:
+            names.append(column)
+            if self.compare:
+                names.append(f"{self.compare} published")
+        return names
+
+    def display_rows(self) -> list[list[str]]:
+        """The table as text, an empty slot as ``—`` (never zero)."""
+        lines = []
+        for row in self.rows:
+            line = [row]
+            for column in self.columns:
+                e = self.entry(row, column)
+                line.append(EMPTY + "\n(not in grid)" if e is None else e.text())
+                if self.compare:
+                    pub = None if e is None else e.published
+                    line.append(EMPTY if pub is None else f"{pub.value:.4g} ({pub.table})")
+            lines.append(line)
+        return lines
+
+    def records(self) -> list[dict[str, Any]]:
+        """One record per filled slot."""
+        return [{"table": self.name, "metric": self.metric, **e.to_dict()} for e in self.entries]
+
+    def __rich__(self) -> RenderableType:
+        return rich_table(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready fields."""
+        return {
+            "name": self.name,
+            "title": self.title,
+            "metric": self.metric,
+            "rows": list(self.rows),
+            "columns": list(self.columns),
+            "entries": [e.to_dict() for e in self.entries],
+            "compare": self.compare,
+            "notes": list(self.notes),
+        }
+
+
+def _stat_notes(metric: str) -> tuple[str, ...]:
+    return (
+        f"{metric}: mean over seeds ± half-width of the 95 % Student-t interval "
+        "(t_{0.975, n-1} · s / √n); n = number of finished seeds; n = 1 gives no interval.",
+        "p: McNemar's exact test (two-sided binomial on the discordant pairs) against the "
+        "reference on the same test images; discordant counts b, c summed over the seeds both "
+        "cells finished (pooled), one test on the totals.",
+    )
+
+
+def _published_notes(study: PublishedStudy | None) -> tuple[str, ...]:
+    if study is None:
+        return ()
+    return (
+        f"published: {study.source}; {study.runs}.",
+        *study.notes,
+    )
+
+
+def _entry(
+    row: str,
+    column: str,
+    group: Group,
+    metric: str,
+    reference: tuple[str, Group] | None,
+    published: PublishedValue | None,
+    predictions: PredictionsFn,
+) -> Entry:
+    return Entry(
+        row=row,
+        column=column,
+        value=group.interval(metric),
+        test=None if reference is None else paired_test(group, reference[1], predictions),
+        reference=None if reference is None else reference[0],
+        published=published,
+        note=group.status_note(),
+        cell_ids=tuple(r.cell_id for r in group.rows),
+    )
+
+
+def _lookup(study: PublishedStudy | None, metric: str, row: CellRow) -> PublishedValue | None:
+    if study is None or row.residual not in ("on", "off"):
+        return None
+    return study.lookup(
+        metric,
+        arch=row.arch,
+        residual=row.residual,
+        pretrained=row.pretrained != "none",
+        freeze=row.freeze,
+    )
+
+
+def ablation_table(
+    cells: Sequence[CellRow],
+    predictions: PredictionsFn,
+    *,
+    metric: str = "f1",
+    published: PublishedStudy | None = None,
+) -> PivotTable | None:
+    """CIFAKE's table: rows architecture (by depth), columns residual × weights, values ``metric``.
+
+    The layout (rows, columns, which cells fill a slot) is the grid's own
+    :func:`resablate.grid.table.results_table`; this adds the interval over seeds, the paired test
+    of each ablated slot against the slot with the residual connections on and the same weights
+    in the same row, and the published numbers.
+
+    Args:
+        cells: The grid's cells; those with a freeze plan other than ``none`` are left out.
+        predictions: ``cell_id -> per-sample predictions`` (for the paired tests).
+        metric: One of :data:`METRICS`.
+        published: The study whose numbers are placed beside the measured ones.
+
+    Returns:
+        The table, or ``None`` when no cell qualifies.
+    """
+    chosen = [c for c in cells if c.freeze == "none"]
+    if not chosen:
+        return None
+    by_id = {c.cell_id: c for c in chosen}
+    layout = results_table(chosen, metric)
+    entries = []
+    for table_row in layout.rows:
+        slots = {
+            column: Group(column.label, tuple(sorted((by_id[i] for i in e.cell_ids), key=_seed)))
+            for column, e in zip(layout.columns, table_row.entries, strict=True)
+            if e.cell_ids
+        }
+        for column, group in slots.items():
+            ref_column = TableColumn("on", 1.0, column.pretrained)
+            ref = slots.get(ref_column) if column.residual != "on" else None
+            entries.append(
+                _entry(
+                    table_row.label,
+                    column.label,
+                    group,
+                    metric,
+                    None if ref is None else (ref_column.label, ref),
+                    _lookup(published, metric, group.first),
+                    predictions,
+                )
+            )
+    return PivotTable(
+        name="ablation",
+        title=f"Ablation: {metric} by depth × residual × pretrained (CIFAKE Table 7 shape)",
+        metric=metric,
+        row_header="model",
+        rows=tuple(r.label for r in layout.rows),
+        columns=tuple(c.label for c in layout.columns),
+        entries=tuple(entries),
+        compare=None if published is None else published.study,
+        notes=_stat_notes(metric) + _published_notes(published),
+        depths=tuple(r.depth for r in layout.rows),
+    )
+
+
+def _seed(row: CellRow) -> int:
+    return row.seed
+
+
+def freeze_table(
+    cells: Sequence[CellRow],
+    predictions: PredictionsFn,
+    *,
+    published: PublishedStudy | None = None,
+) -> PivotTable | None:
+    """Food-5K's table: rows freeze plan, columns architecture, values accuracy.
+
+    Only cells with the residual connections on take part; the table exists when at least one
+    of them has a freeze plan other than ``none``. Each plan is tested against fine-tuning
+    everything (plan ``none``) of the same architecture and weights.
+
+    Returns:
+        The table, or ``None`` when the grid froze nothing.
+    """
+    chosen = [c for c in cells if c.residual == "on"]
+    if not any(c.freeze != "none" for c in chosen):
+        return None
+    extras = sorted({*_extras(chosen), *(["weights"] if _varies(chosen, "weights") else [])})
+    groups = group_cells(chosen)
+    by_slot = {(row_label(g.first, extras), g.first.freeze): g for g in groups}
+    plans = sorted(
+        {g.first.freeze for g in groups},
+        key=lambda p: (FREEZE_ORDER.index(p) if p in FREEZE_ORDER else len(FREEZE_ORDER), p),
+    )
+    columns = sorted({(g.first.depth or 0, row_label(g.first, extras)) for g in groups})
+    entries = []
+    for (column, plan), group in by_slot.items():
+        ref = by_slot.get((column, "none")) if plan != "none" else None
+        entries.append(
+            _entry(
+                plan,
+                column,
+                group,
+                "accuracy",
+                None if ref is None else ("freeze none", ref),
+                _lookup(published, "accuracy", group.first),
+                predictions,
+            )
+        )
+    return PivotTable(
+        name="freeze",
+        title="Freezing: accuracy by freeze plan × architecture (Food-5K Table 1 shape)",
+        metric="accuracy",
+        row_header="freeze plan",
+        rows=tuple(plans),
+        columns=tuple(label for _, label in columns),
+        entries=tuple(entries),
+        compare=None if published is None else published.study,
+        notes=_stat_notes("accuracy") + _published_notes(published),
+    )
+
+
+def _varies(rows: Sequence[CellRow], name: str) -> bool:
+    return len({r.config.get(name) for r in rows}) > 1
+
+
+def _mean(values: Iterable[float | int | None]) -> float | None:
+    present = [float(v) for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """One configuration (a group of seeds) in the model table.
+
+    Attributes:
+        model: Architecture label.
+        scenario: Residual plan and weights label.
+        freeze: Freeze plan.
+        seeds: Finished seeds / all seeds, e.g. ``"3/3"``.
+        params: Total parameters; ``active_params`` those the forward pass uses.
+        gflops: fvcore FLOPs (one multiply-add = one flop) at batch 1, in units of 10⁹.
+        metrics: Test ``loss``, ``f1``, ``precision``, ``recall``, ``accuracy`` over seeds.
+        train_seconds: Mean wall-clock training time per seed, seconds.
+        images_per_second: Mean training throughput, images per second.
+        published: Published numbers for this configuration, by metric.
+        cell_ids: The group's cells, by seed.
+    """
+
+    model: str
+    scenario: str
+    freeze: str
+    seeds: str
+    params: int | None
+    active_params: int | None
+    gflops: float | None
+    metrics: Mapping[str, MeanInterval | None]
+    train_seconds: float | None
+    images_per_second: float | None
+    published: Mapping[str, PublishedValue] = field(default_factory=dict)
+    cell_ids: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat JSON-ready record (metric means and half-widths as ``f1``, ``f1_half_width``)."""
+        record: dict[str, Any] = {
+            "model": self.model,
+            "scenario": self.scenario,
+            "freeze": self.freeze,
+            "seeds": self.seeds,
+            "params": self.params,
+            "active_params": self.active_params,
+            "gflops": self.gflops,
+        }
+        for name in METRICS:
+            value = self.metrics.get(name)
+            record[name] = None if value is None else value.mean
+            record[f"{name}_half_width"] = None if value is None else value.half_width
+        record["train_seconds"] = self.train_seconds
+        record["images_per_second"] = self.images_per_second
+        for name, pub in self.published.items():
+            record[f"published_{name}"] = pub.value
+        record["cell_ids"] = list(self.cell_ids)
+        return record
+
+
+def _fmt_int(value: int | None) -> str:
+    return EMPTY if value is None else f"{value:,}"
+
+
+def _fmt_float(value: float | None, spec: str) -> str:
+    return EMPTY if value is None else format(value, spec)
+
+
+@dataclass(frozen=True)
+class ModelTable:
+    """Counts, metrics and speed per configuration (CIFAKE Tables 2/3/4/6 shape)."""
+
+    title: str
+    rows: tuple[ModelRecord, ...]
+    compare: str | None = None
+    notes: tuple[str, ...] = ()
+
+    def header(self) -> list[str]:
+        """Column names as displayed."""
+        names = ["model", "scenario", "freeze", "seeds", "params", "active params", "GFLOPs"]
+        names += ["loss", "F1", "precision", "recall", "accuracy", "train s", "images/s"]
+        if self.compare:
+            names.append(f"{self.compare} published")
+        return names
+
+    def display_rows(self) -> list[list[str]]:
+        """The table as text; a metric as ``mean ± half-width`` when there are several seeds."""
+        lines = []
+        for rec in self.rows:
+
+            def metric_text(name: str, rec: ModelRecord = rec) -> str:
+                value = rec.metrics.get(name)
+                if value is None:
+                    return EMPTY
+                if value.half_width is None:
+                    return f"{value.mean:.4f}"
+                return f"{value.mean:.4f} ± {value.half_width:.4f}"
+
+            line = [rec.model, rec.scenario, rec.freeze, rec.seeds]
+            line += [_fmt_int(rec.params), _fmt_int(rec.active_params)]
+            line.append(_fmt_float(rec.gflops, ".3f"))
+            line += [metric_text(n) for n in ("loss", "f1", "precision", "recall", "accuracy")]
+            line += [_fmt_float(rec.train_seconds, ".1f"), _fmt_float(rec.images_per_second, ".0f")]
+            if self.compare:
+                pub = ", ".join(f"{k} {v.value:.4g} ({v.table})" for k, v in rec.published.items())
+                line.append(pub or EMPTY)
+            lines.append(line)
+        return lines
+
+    def records(self) -> list[dict[str, Any]]:
+        """One flat record per configuration."""
+        return [{"table": "models", **r.to_dict()} for r in self.rows]
+
+    def __rich__(self) -> RenderableType:
+        return rich_table(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready fields."""
+        return {
+            "title": self.title,
+            "records": [r.to_dict() for r in self.rows],
+            "compare": self.compare,
+            "notes": list(self.notes),
+        }
+
+
+def model_table(cells: Sequence[CellRow], *, published: PublishedStudy | None = None) -> ModelTable:
+    """Parameters, active parameters, GFLOPs, test metrics, time and throughput per group.
+
+    Groups (cells differing only in seed) appear in grid order.
+    """
+    extras = _extras(cells)
+    records = []
+    for group in group_cells(cells):
+        first, done = group.first, group.done
+        found = {name: _lookup(published, name, first) for name in METRICS}
+        pubs = {name: value for name, value in found.items() if value is not None}
+        flops = _mean(r.flops for r in group.rows)
+        records.append(
+            ModelRecord(
+                model=row_label(first, extras),
+                scenario=_column(first).label,
+                freeze=first.freeze,
+                seeds=f"{len(done)}/{len(group.rows)}",
+                params=first.params,
+                active_params=first.active_params,
+                gflops=None if flops is None else flops / 1e9,
+                metrics={name: group.interval(name) for name in METRICS},
+                train_seconds=_mean(r.train_seconds for r in done),
+                images_per_second=_mean(r.images_per_second for r in done),
+                published=pubs,
+                cell_ids=tuple(r.cell_id for r in group.rows),
+            )
+        )
+    notes = (
+        "GFLOPs: fvcore's convention (one multiply-add = one flop), batch 1, the recipe's image "
+        "size; active params: those the forward pass uses (dropped shortcuts' projections are "
+        "inactive).",
+        "loss, F1, precision, recall, accuracy: final test evaluation, mean ± 95 % t-interval "
+        "half-width over finished seeds; train s and images/s: means over finished seeds.",
+        *_published_notes(published),
+    )
+    return ModelTable(
+        title="Models: size, cost, test metrics and speed (CIFAKE Tables 2/3/4/6 shape)",
+        rows=tuple(records),
+        compare=None if published is None else published.study,
+        notes=notes,
+    )
+
+
+@dataclass(frozen=True)
+class CellProblem:
+    """A cell without a result: failed, diverged, skipped, or not run yet."""
+
+    cell_id: str
+    label: str
+    status: str
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready record."""
+        return {
+            "cell_id": self.cell_id,
+            "label": self.label,
+            "status": self.status,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class ProblemTable:
+    """Cells that failed, diverged or were skipped (with reasons) and cells still missing."""
+
+    title: str
+    problems: tuple[CellProblem, ...]
+    notes: tuple[str, ...] = ()
+
+    def header(self) -> list[str]:
+        """Column names as displayed."""
+        return ["cell", "configuration", "status", "reason"]
+
+    def display_rows(self) -> list[list[str]]:
+        """One line per cell."""
+        return [[p.cell_id, p.label, p.status, p.reason] for p in self.problems]
+
+    def records(self) -> list[dict[str, Any]]:
+        """One record per cell."""
+        return [{"table": "cells", **p.to_dict()} for p in self.problems]
+
+    def __rich__(self) -> RenderableType:
+        return rich_table(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready fields."""
+        return {"title": self.title, "problems": self.records(), "notes": list(self.notes)}
+
+
+_MISSING_REASON = {
+    "pending": "not run yet (grid not finished)",
+    "running": "running, or interrupted while running (rerun the grid to resume)",
+}
+
+
+def problem_table(cells: Sequence[CellRow]) -> ProblemTable:
+    """Every cell whose status is not ``done``, with its reason (or why it is missing)."""
+    from resablate.grid.cell import Cell
+
+    problems = tuple(
+        CellProblem(
+            cell_id=row.cell_id,
+            label=Cell.from_dict(row.config).label,
+            status=row.status,
+            reason=row.reason or _MISSING_REASON.get(row.status, "no reason recorded"),
+        )
+        for row in cells
+        if row.status != "done"
+    )
+    return ProblemTable(
+        title="Cells without a result (failed, diverged, skipped, missing)",
+        problems=problems,
+        notes=() if problems else ("every cell of the grid finished",),
+    )
