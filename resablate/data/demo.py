@@ -1,0 +1,253 @@
+"""Demo data generated from the photographs scikit-image ships: nothing to download.
+
+:func:`demo_data` writes a CIFAKE-style tree (``train/REAL``, ``train/FAKE``, ``test/REAL``,
+``test/FAKE``; 32×32 RGB PNG files):
+
+- ``REAL``: random square crops (side 32 to 96 px) of a photograph, downscaled to 32×32 with
+  Pillow's Lanczos filter; a random third of them are slightly out of focus (Gaussian blur), as
+  real photographs often are, so that sharpness alone does not give the class away.
+- ``FAKE``: crops drawn the same way, passed through a fixed "generator" that leaves the traces
+  image generators leave: the 32×32 crop is downsampled ×2, then upsampled by a fixed random
+  3×3 stride-2 transposed convolution (uneven kernel overlap: a checkerboard, i.e. periodic
+  spectral peaks) or by nearest-neighbour repetition (block artefacts), blended with the crop at
+  a random strength; finally each channel's mean and standard deviation are matched to the
+  source crop's, so colour and brightness statistics do not separate the classes.
+
+Train and test come from disjoint photographs (:data:`TRAIN_PHOTOS`, :data:`TEST_PHOTOS`).
+:func:`demo_proxy_data` writes the "source" task for demo pretrained weights: 32×32 crops of
+other scikit-image pictures (:data:`PROXY_CLASSES`, textures and scenes), one class per picture,
+in the same layout.
+
+Both are deterministic for a given ``seed`` and :data:`GENERATOR_VERSION`, and idempotent: a
+marker file written last records version and seed, and a second call with the same arguments
+returns without touching any file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from resablate import atomic, paths
+from resablate.errors import DataError
+
+GENERATOR_VERSION = 1
+"""Version of what the generators write; a change regenerates existing demo folders."""
+
+MARKER = ".resablate-demo.json"
+SIZE = 32
+
+TRAIN_PHOTOS: tuple[str, ...] = (
+    "astronaut",
+    "coffee",
+    "rocket",
+    "motorcycle",
+    "immunohistochemistry",
+    "camera",
+)
+TEST_PHOTOS: tuple[str, ...] = ("chelsea", "hubble_deep_field", "coins", "clock")
+PROXY_CLASSES: tuple[str, ...] = ("brick", "cell", "grass", "gravel", "moon", "page")
+
+DEMO_COUNTS: Mapping[str, int] = {"train": 400, "test": 160}
+"""Images per class and split of :func:`demo_data` (so 800 train and 320 test images)."""
+PROXY_COUNTS: Mapping[str, int] = {"train": 120, "test": 40}
+"""Images per class and split of :func:`demo_proxy_data`."""
+
+
+def _photo(name: str) -> np.ndarray:
+    """A scikit-image picture as an RGB uint8 array (grayscale pictures replicated)."""
+    from skimage import data as skdata
+
+    image = skdata.stereo_motorcycle()[0] if name == "motorcycle" else getattr(skdata, name)()
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(image[:, :, :3].astype(np.uint8))
+
+
+def _crop(photo: Image.Image, rng: np.random.Generator, lo: int = SIZE, hi: int = 96) -> np.ndarray:
+    """A random square crop of side in [lo, hi] px, resized to 32×32 (Lanczos); float [32,32,3]."""
+    side = int(rng.integers(lo, min(hi, *photo.size) + 1))
+    left = int(rng.integers(0, photo.width - side + 1))
+    top = int(rng.integers(0, photo.height - side + 1))
+    box = (left, top, left + side, top + side)
+    crop = photo.resize((SIZE, SIZE), Image.Resampling.LANCZOS, box=box)
+    return np.asarray(crop, dtype=np.float64)
+
+
+def _blur(image: np.ndarray, radius: float) -> np.ndarray:
+    pil = Image.fromarray(np.clip(np.rint(image), 0, 255).astype(np.uint8))
+    return np.asarray(pil.filter(ImageFilter.GaussianBlur(radius)), dtype=np.float64)
+
+
+def _kernel() -> np.ndarray:
+    """The generator's fixed 3×3 up-convolution kernel (same for every seed), sums to 4."""
+    weights = np.random.default_rng(20240511).uniform(0.3, 1.0, size=(3, 3))
+    return weights * (4.0 / weights.sum())
+
+
+_KERNEL = _kernel()
+
+
+def _transposed_conv_up(image: np.ndarray) -> np.ndarray:
+    """Stride-2 transposed convolution with :data:`_KERNEL`: [h, w, 3] -> [2h, 2w, 3].
+
+    The 3×3 kernel at stride 2 overlaps unevenly (even outputs receive one tap per axis, odd
+    ones two), which imprints a period-2 checkerboard, as in many image generators.
+    """
+    h, w, c = image.shape
+    out = np.zeros((2 * h + 1, 2 * w + 1, c))
+    for dy in range(3):
+        for dx in range(3):
+            out[dy : dy + 2 * h : 2, dx : dx + 2 * w : 2] += _KERNEL[dy, dx] * image
+    return out[1 : 2 * h + 1, 1 : 2 * w + 1]
+
+
+def _generate_fake(real: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Pass a 32×32 crop through the fake generator; output statistics match the crop's."""
+    half = Image.fromarray(np.clip(np.rint(real), 0, 255).astype(np.uint8)).resize(
+        (SIZE // 2, SIZE // 2), Image.Resampling.BOX
+    )
+    small = np.asarray(half, dtype=np.float64)
+    if rng.random() < 0.75:
+        up = _transposed_conv_up(small)
+    else:
+        up = np.repeat(np.repeat(small, 2, axis=0), 2, axis=1)
+    strength = rng.uniform(0.5, 1.0)
+    fake = strength * up + (1.0 - strength) * real
+    # Match each channel's mean and standard deviation to the source crop's.
+    mean, std = fake.mean(axis=(0, 1)), fake.std(axis=(0, 1))
+    target_mean, target_std = real.mean(axis=(0, 1)), real.std(axis=(0, 1))
+    return (fake - mean) / np.maximum(std, 1e-6) * target_std + target_mean
+
+
+def _make_demo_image(photo: Image.Image, fake: bool, rng: np.random.Generator) -> np.ndarray:
+    real = _crop(photo, rng)
+    if fake:
+        return _generate_fake(real, rng)
+    if rng.random() < 1 / 3:
+        return _blur(real, rng.uniform(0.4, 0.9))
+    return real
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    pixels = Image.fromarray(np.clip(np.rint(image), 0, 255).astype(np.uint8), "RGB")
+    buffer = io.BytesIO()
+    pixels.save(buffer, format="PNG")
+    atomic.write_bytes(path, buffer.getvalue())
+
+
+def _marker(kind: str, seed: int, counts: Mapping[str, int], classes: tuple[str, ...]) -> dict:
+    return {
+        "kind": kind,
+        "generator_version": GENERATOR_VERSION,
+        "seed": seed,
+        "classes": list(classes),
+        "images_per_class": dict(counts),
+    }
+
+
+def _materialise(
+    root: str | os.PathLike[str] | None,
+    kind: str,
+    seed: int,
+    classes: tuple[str, ...],
+    counts: Mapping[str, int],
+    draw: Callable[[str, str, np.random.Generator], np.ndarray],
+) -> Path:
+    """Write ``split/class/NNNNN.png`` for every split and class, unless already there."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise DataError(f"demo data seed must be a non-negative integer, not {seed!r}")
+    folder = (
+        Path(root).expanduser()
+        if root is not None
+        else paths.cache_dir(kind, f"v{GENERATOR_VERSION}-seed{seed}")
+    )
+    expected = _marker(kind, seed, counts, classes)
+    marker = folder / MARKER
+    if marker.is_file():
+        try:
+            if json.loads(marker.read_text()) == expected:
+                return folder
+        except (OSError, ValueError):
+            pass
+        for split in counts:  # an older or other-seed tree this function wrote: replace it
+            shutil.rmtree(folder / split, ignore_errors=True)
+        marker.unlink()
+    elif folder.exists() and any(not p.name.startswith(".") for p in folder.iterdir()):
+        raise DataError(
+            f"refusing to write {kind} data into {folder}: the folder is not empty and was not "
+            "written by resablate; choose an empty or new folder"
+        )
+    for split_index, (split, n) in enumerate(counts.items()):
+        for class_index, name in enumerate(classes):
+            rng = np.random.default_rng([seed, split_index, class_index])
+            for i in range(n):
+                _write_png(folder / split / name / f"{i:05d}.png", draw(split, name, rng))
+    atomic.write_text(marker, json.dumps(expected, indent=2) + "\n")
+    return folder
+
+
+def demo_data(root: str | os.PathLike[str] | None = None, *, seed: int = 0) -> Path:
+    """Write (once) the CIFAKE-style demo dataset: REAL photo crops vs generator FAKEs.
+
+    Args:
+        root: Folder to write into (created; must be empty or a previous demo folder). Default:
+            ``paths.cache_dir("demo", "v<version>-seed<seed>")``.
+        seed: Seed of the crops and generator draws.
+
+    Returns:
+        The dataset folder: ``train/{FAKE,REAL}`` (400 images each) and ``test/{FAKE,REAL}``
+        (160 each), 32×32 RGB PNG.
+
+    Raises:
+        DataError: ``root`` is a non-empty folder that demo_data did not write, or a bad seed.
+    """
+    photos = {
+        "train": [Image.fromarray(_photo(name)) for name in TRAIN_PHOTOS],
+        "test": [Image.fromarray(_photo(name)) for name in TEST_PHOTOS],
+    }
+
+    def draw(split: str, name: str, rng: np.random.Generator) -> np.ndarray:
+        options = photos[split]
+        photo = options[int(rng.integers(len(options)))]
+        return _make_demo_image(photo, name == "FAKE", rng)
+
+    return _materialise(root, "demo", seed, ("FAKE", "REAL"), DEMO_COUNTS, draw)
+
+
+def demo_proxy_data(root: str | os.PathLike[str] | None = None, *, seed: int = 0) -> Path:
+    """Write (once) the proxy "source" task used to pre-train demo weights.
+
+    One class per picture of :data:`PROXY_CLASSES` (textures and scenes disjoint from the demo
+    photographs); each image is a random crop (side 32 to 128 px) resized to 32×32, mirrored at
+    random. Train and test crops come from the left and right halves of each picture, so they
+    do not overlap.
+
+    Args:
+        root: Folder to write into. Default:
+            ``paths.cache_dir("demo-proxy", "v<version>-seed<seed>")``.
+        seed: Seed of the crops.
+
+    Returns:
+        The dataset folder, CIFAKE-style: ``train/<class>`` (120 each), ``test/<class>`` (40 each).
+    """
+    halves: dict[tuple[str, str], Image.Image] = {}
+    for name in PROXY_CLASSES:
+        picture = _photo(name)
+        middle = picture.shape[1] // 2
+        halves["train", name] = Image.fromarray(np.ascontiguousarray(picture[:, :middle]))
+        halves["test", name] = Image.fromarray(np.ascontiguousarray(picture[:, middle:]))
+
+    def draw(split: str, name: str, rng: np.random.Generator) -> np.ndarray:
+        image = _crop(halves[split, name], rng, hi=128)
+        return image[:, ::-1] if rng.random() < 0.5 else image
+
+    return _materialise(root, "demo-proxy", seed, PROXY_CLASSES, PROXY_COUNTS, draw)

@@ -1,0 +1,491 @@
+"""Dataset layouts: find the splits, classes and images of a folder, and list the bad files.
+
+Three layouts are recognised automatically (folder names compared case-insensitively):
+
+``cifake``
+    ``train/`` and ``test/`` (and optionally ``val/``, ``valid/`` or ``validation/``), each holding
+    one folder per class, as in CIFAKE (``train/REAL``, ``train/FAKE``, ...).
+``food5k``
+    ``training/``, ``evaluation/`` and optionally ``validation/``, each holding one folder per
+    class (the Kaggle copy of Food-5K). ``evaluation`` is the test split, ``validation`` the
+    val split.
+``food5k-flat``
+    The same three folders holding the images directly, the class in the file-name prefix (the
+    original Food-5K): ``1_*`` is class ``food``, ``0_*`` class ``non_food``. These are the
+    Kaggle copy's folder names, so both copies give the same labels: ``food`` = 0,
+    ``non_food`` = 1.
+``imagefolder``
+    One folder per class and nothing else: the images are split into train/val/test per class
+    (stratified) by a seeded random permutation.
+
+Classes are sorted names; a sample's label is its class's index. Hidden files and folders (names
+starting with ``.``) are ignored; every other file inside a class folder is a candidate image, and
+those that are not readable JPEG/PNG/WebP images are listed as bad files with the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from resablate.data import images
+from resablate.errors import ConfigError, DataError, DataNotFoundError
+
+LAYOUTS: tuple[str, ...] = ("cifake", "food5k", "food5k-flat", "imagefolder")
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+_CIFAKE_DIRS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
+_FOOD5K_DIRS = {"train": ("training",), "val": ("validation",), "test": ("evaluation",)}
+_FOOD5K_PREFIX_CLASSES = {"0_": "non_food", "1_": "food"}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One candidate image file.
+
+    Attributes:
+        path: Absolute path of the file.
+        label: Index of its class in :attr:`DatasetScan.classes`.
+        nbytes: File size in bytes.
+        mtime_ns: Modification time in nanoseconds since the epoch.
+        width: Width in pixels (after EXIF orientation), from the header.
+        height: Height in pixels (after EXIF orientation), from the header.
+    """
+
+    path: str
+    label: int
+    nbytes: int
+    mtime_ns: int
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class BadFile:
+    """A file that was skipped, with the reason."""
+
+    path: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        """Plain-type form for JSON."""
+        return {"path": self.path, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class SizeSummary:
+    """Image sizes over the readable images of a dataset, in pixels.
+
+    Attributes:
+        count: Number of images summarised.
+        min_width: Smallest width.
+        max_width: Largest width.
+        min_height: Smallest height.
+        max_height: Largest height.
+        most_common: The most frequent (width, height) and how many images have it.
+    """
+
+    count: int
+    min_width: int
+    max_width: int
+    min_height: int
+    max_height: int
+    most_common: tuple[int, int, int]
+
+    @property
+    def uniform(self) -> bool:
+        """True when all images share one size."""
+        return self.most_common[2] == self.count
+
+    def describe(self) -> str:
+        """One line, e.g. ``"all 32x32"`` or ``"224x168 to 512x512 (most common 512x384: 31)"``."""
+        width, height, n = self.most_common
+        if self.uniform:
+            return f"all {width}x{height}"
+        return (
+            f"{self.min_width}x{self.min_height} to {self.max_width}x{self.max_height} "
+            f"(most common {width}x{height}: {n})"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-type form for JSON."""
+        width, height, n = self.most_common
+        return {
+            "count": self.count,
+            "min_width": self.min_width,
+            "max_width": self.max_width,
+            "min_height": self.min_height,
+            "max_height": self.max_height,
+            "most_common": {"width": width, "height": height, "count": n},
+        }
+
+
+@dataclass(frozen=True)
+class DatasetScan:
+    """What :func:`scan` found in a dataset folder.
+
+    Attributes:
+        root: The dataset folder (absolute).
+        layout: One of :data:`LAYOUTS`.
+        classes: Sorted class names; a label is an index into this tuple.
+        splits: Split name ("train", "val", "test"; "val" only when present) -> its readable
+            samples, sorted by path.
+        bad_files: Files skipped, with the reason, sorted by path.
+        image_sizes: Summary of the readable images' sizes.
+        fingerprint: SHA-256 (hex) of the layout, classes and every candidate file's relative
+            path, split, label, size and mtime: it changes when any file does.
+        verified: True when every image was fully decoded (``scan(..., verify=True)``); False
+            when only headers were read (truncated files are then found at decode time).
+    """
+
+    root: Path
+    layout: str
+    classes: tuple[str, ...]
+    splits: Mapping[str, tuple[Sample, ...]]
+    bad_files: tuple[BadFile, ...]
+    image_sizes: SizeSummary
+    fingerprint: str
+    verified: bool = False
+    _class_counts: Mapping[str, Mapping[str, int]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        counts = {
+            split: MappingProxyType(
+                {
+                    name: sum(1 for s in samples if s.label == index)
+                    for index, name in enumerate(self.classes)
+                }
+            )
+            for split, samples in self.splits.items()
+        }
+        object.__setattr__(self, "_class_counts", MappingProxyType(counts))
+
+    @property
+    def class_counts(self) -> Mapping[str, Mapping[str, int]]:
+        """Split -> class name -> number of readable images."""
+        return self._class_counts
+
+    def samples(self, split: str) -> tuple[Sample, ...]:
+        """The samples of one split.
+
+        Raises:
+            ConfigError: The split is not in this dataset (the message lists those that are).
+        """
+        if split not in self.splits:
+            legal = ", ".join(self.splits)
+            raise ConfigError(f"split {split!r} is not in dataset {self.root}; it has: {legal}")
+        return self.splits[split]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-type form for JSON: everything except the per-file sample lists."""
+        return {
+            "root": str(self.root),
+            "layout": self.layout,
+            "classes": list(self.classes),
+            "splits": {split: len(samples) for split, samples in self.splits.items()},
+            "class_counts": {split: dict(c) for split, c in self.class_counts.items()},
+            "image_sizes": self.image_sizes.to_dict(),
+            "bad_files": [bad.to_dict() for bad in self.bad_files],
+            "fingerprint": self.fingerprint,
+            "verified": self.verified,
+        }
+
+    def __rich__(self) -> Any:
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
+        head = Text.assemble(
+            ("dataset ", "bold"),
+            str(self.root),
+            "\n",
+            ("layout ", "bold"),
+            self.layout,
+            ("   classes ", "bold"),
+            ", ".join(f"{i}={name}" for i, name in enumerate(self.classes)),
+            "\n",
+            ("image sizes ", "bold"),
+            self.image_sizes.describe(),
+            ("   fingerprint ", "bold"),
+            self.fingerprint[:12],
+        )
+        table = Table("split", *self.classes, "total", title="images per split and class")
+        for split, counts in self.class_counts.items():
+            table.add_row(
+                split, *(f"{counts[name]:,}" for name in self.classes), f"{sum(counts.values()):,}"
+            )
+        checked = "fully decoded" if self.verified else "headers only"
+        if not self.bad_files:
+            return Group(head, table, Text(f"no bad files ({checked})"))
+        bad = Table("bad file", "reason", title=f"{len(self.bad_files)} bad files ({checked})")
+        for item in self.bad_files:
+            bad.add_row(os.path.relpath(item.path, self.root), item.reason)
+        return Group(head, table, bad)
+
+
+def _visible(entries: Iterable[Path]) -> list[Path]:
+    return sorted(p for p in entries if not p.name.startswith("."))
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return [p for p in _visible(folder.iterdir()) if p.is_dir()]
+
+
+def _files(folder: Path) -> list[Path]:
+    return [p for p in _visible(folder.iterdir()) if p.is_file()]
+
+
+def _find_split_dirs(
+    root: Path, names: Mapping[str, tuple[str, ...]], style: str
+) -> dict[str, Path] | None:
+    """Map split keys to the folders of ``root`` named for them, or None if the style is absent."""
+    by_name = {p.name.lower(): p for p in _subdirs(root)}
+    found = {
+        split: next(by_name[a] for a in aliases if a in by_name)
+        for split, aliases in names.items()
+        if any(a in by_name for a in aliases)
+    }
+    if not found or (set(found) == {"val"} and style == "cifake"):
+        return None
+    if "train" in found and "test" in found:
+        return found
+    # Part of a split layout: name what is missing rather than guess.
+    train_name, test_name = names["train"][0], names["test"][0]
+    present = ", ".join(f"{p.name}/" for p in found.values())
+    raise DataError(
+        f"{root} has {present} but not both {train_name}/ and {test_name}/: a {style} layout needs "
+        f"{train_name}/ and {test_name}/ (validation folder optional)"
+    )
+
+
+@dataclass
+class _Candidate:
+    path: Path
+    split: str
+    class_name: str
+
+
+def _class_folder_candidates(split: str, folder: Path) -> list[_Candidate]:
+    return [
+        _Candidate(path, split, class_dir.name)
+        for class_dir in _subdirs(folder)
+        for path in _files(class_dir)
+    ]
+
+
+def _flat_candidates(split: str, folder: Path, bad: list[BadFile]) -> list[_Candidate]:
+    found = []
+    for path in _files(folder):
+        class_name = _FOOD5K_PREFIX_CLASSES.get(path.name[:2])
+        if class_name is None:
+            bad.append(BadFile(str(path), "file name has no 0_ (non_food) or 1_ (food) prefix"))
+        else:
+            found.append(_Candidate(path, split, class_name))
+    return found
+
+
+def _detect(root: Path, bad: list[BadFile]) -> tuple[str, list[_Candidate]]:
+    """Return the layout name and every candidate file with its split and class name."""
+    for layout, names in (("cifake", _CIFAKE_DIRS), ("food5k", _FOOD5K_DIRS)):
+        split_dirs = _find_split_dirs(root, names, layout)
+        if split_dirs is None:
+            continue
+        if layout == "food5k" and not any(_subdirs(d) for d in split_dirs.values()):
+            flat = [c for s, d in split_dirs.items() for c in _flat_candidates(s, d, bad)]
+            return "food5k-flat", flat
+        return layout, [c for s, d in split_dirs.items() for c in _class_folder_candidates(s, d)]
+    return "imagefolder", _class_folder_candidates("all", root)
+
+
+def _stratified_split(
+    samples: Sequence[Sample], n_classes: int, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, tuple[Sample, ...]]:
+    """Split each class by a permutation drawn from ``numpy.random.default_rng(seed)``.
+
+    Per class of n images: ``round(n * test_fraction)`` go to test (at least 1 when n >= 2),
+    ``round(n * val_fraction)`` to val, the rest (at least 1) to train.
+    """
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[Sample]] = {split: [] for split in SPLITS}
+    for label in range(n_classes):
+        members = [s for s in samples if s.label == label]
+        n = len(members)
+        n_test = max(1, round(n * test_fraction)) if n >= 2 and test_fraction > 0 else 0
+        n_val = min(round(n * val_fraction), max(0, n - n_test - 1))
+        order = rng.permutation(n)
+        parts["test"].extend(members[i] for i in order[:n_test])
+        parts["val"].extend(members[i] for i in order[n_test : n_test + n_val])
+        parts["train"].extend(members[i] for i in order[n_test + n_val :])
+    return {
+        split: tuple(sorted(parts[split], key=lambda s: s.path))
+        for split in SPLITS
+        if parts[split] or split != "val"
+    }
+
+
+def _inspect(path: Path, verify: bool) -> tuple[os.stat_result, images.ImageHeader | str]:
+    stat = path.stat()
+    try:
+        header = images.read_header(path)
+        if verify:
+            images.decode_image(path)
+    except images.BadImageError as exc:
+        return stat, str(exc)
+    return stat, header
+
+
+def _fingerprint(layout: str, classes: Sequence[str], rows: Iterable[str]) -> str:
+    digest = hashlib.sha256(f"{layout}\n{chr(31).join(classes)}\n".encode())
+    for row in rows:
+        digest.update(row.encode("utf-8", "surrogateescape") + b"\n")
+    return digest.hexdigest()
+
+
+def scan(
+    root: str | os.PathLike[str],
+    *,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    verify: bool = False,
+) -> DatasetScan:
+    """Find a dataset's layout, splits, classes and images; list the files that cannot be used.
+
+    Reads file headers only (fast) unless ``verify`` is set; truncated or corrupt pixel data is
+    then found by :func:`resablate.data.decode_split`, which skips and lists those files too.
+
+    Args:
+        root: The dataset folder.
+        val_fraction: ImageFolder layout only: fraction of each class put in the val split.
+        test_fraction: ImageFolder layout only: fraction of each class put in the test split.
+        seed: ImageFolder layout only: seed of the split's permutation.
+        verify: Decode every image fully, so that truncated files are listed here as well.
+
+    Raises:
+        DataNotFoundError: ``root`` does not exist.
+        DataError: ``root`` is not a folder, holds no image, has fewer than two classes, a class
+            with no readable image in its train or test split, a test/val class that train lacks,
+            or only part of a split layout (e.g. ``train/`` without ``test/``).
+        ConfigError: A fraction outside [0, 1) or fractions summing to 1 or more.
+    """
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"{name} must be in [0, 1), not {value}")
+    if val_fraction + test_fraction >= 1.0:
+        raise ConfigError(
+            f"val_fraction + test_fraction must be below 1, not {val_fraction + test_fraction}"
+        )
+    folder = Path(root).expanduser()
+    if not folder.exists():
+        raise DataNotFoundError(f"dataset folder not found: {folder}")
+    if not folder.is_dir():
+        raise DataError(f"dataset path is not a folder: {folder}")
+    folder = folder.resolve()
+
+    bad: list[BadFile] = []
+    layout, candidates = _detect(folder, bad)
+    if not candidates:
+        raise DataError(f"no images found in {folder} (looked for {_expected(layout)})")
+    inspected = images.parallel_map(lambda p: _inspect(p, verify), [c.path for c in candidates])
+
+    class_names = sorted({c.class_name for c in candidates if c.split in ("train", "all")})
+    if not class_names:
+        raise DataError(f"no class folders with files in the train split of {folder}")
+    label_of = {name: i for i, name in enumerate(class_names)}
+    stray = sorted({(c.split, c.class_name) for c in candidates if c.class_name not in label_of})
+    if stray:
+        split, name = stray[0]
+        raise DataError(f"class {name!r} appears in the {split} split of {folder} but not in train")
+
+    by_split: dict[str, list[Sample]] = {}
+    fingerprint_rows = []
+    sizes: list[tuple[int, int]] = []
+    for candidate, (stat, header) in zip(candidates, inspected, strict=True):
+        relative = candidate.path.relative_to(folder).as_posix()
+        fingerprint_rows.append(
+            f"{relative}\x1f{candidate.split}\x1f{candidate.class_name}"
+            f"\x1f{stat.st_size}\x1f{stat.st_mtime_ns}"
+        )
+        if isinstance(header, str):
+            bad.append(BadFile(str(candidate.path), header))
+            continue
+        sizes.append((header.width, header.height))
+        by_split.setdefault(candidate.split, []).append(
+            Sample(
+                path=str(candidate.path),
+                label=label_of[candidate.class_name],
+                nbytes=stat.st_size,
+                mtime_ns=stat.st_mtime_ns,
+                width=header.width,
+                height=header.height,
+            )
+        )
+
+    if len(class_names) < 2:
+        raise DataError(
+            f"only one class found in {folder}: {class_names[0]!r}; "
+            "a classification dataset needs at least two class folders"
+        )
+    if layout == "imagefolder":
+        splits = _stratified_split(
+            by_split.get("all", []), len(class_names), val_fraction, test_fraction, seed
+        )
+    else:
+        splits = {s: tuple(by_split.get(s, ())) for s in SPLITS if s in by_split or s != "val"}
+    _check_classes_present(folder, layout, class_names, splits, bad)
+
+    return DatasetScan(
+        root=folder,
+        layout=layout,
+        classes=tuple(class_names),
+        splits=MappingProxyType(splits),
+        bad_files=tuple(sorted(bad, key=lambda b: b.path)),
+        image_sizes=_summarise(sizes),
+        fingerprint=_fingerprint(layout, class_names, sorted(fingerprint_rows)),
+        verified=verify,
+    )
+
+
+def _expected(layout: str) -> str:
+    if layout == "imagefolder":
+        return "one folder per class, or train/ + test/, or training/ + evaluation/"
+    return "class folders inside the split folders"
+
+
+def _check_classes_present(
+    root: Path,
+    layout: str,
+    classes: Sequence[str],
+    splits: Mapping[str, Sequence[Sample]],
+    bad: Sequence[BadFile],
+) -> None:
+    for split in ("train", "test"):
+        present = {s.label for s in splits.get(split, ())}
+        for label, name in enumerate(classes):
+            if label not in present:
+                where = "" if layout == "imagefolder" else f" in the {split} split"
+                skipped = f" ({len(bad)} bad files skipped)" if bad else ""
+                raise DataError(
+                    f"class {name!r} has no readable image{where} of {root}{skipped}; "
+                    f"run `resablate data check {root}` to list them"
+                )
+
+
+def _summarise(sizes: Sequence[tuple[int, int]]) -> SizeSummary:
+    (width, height), n = Counter(sizes).most_common(1)[0]
+    return SizeSummary(
+        count=len(sizes),
+        min_width=min(w for w, _ in sizes),
+        max_width=max(w for w, _ in sizes),
+        min_height=min(h for _, h in sizes),
+        max_height=max(h for _, h in sizes),
+        most_common=(width, height, n),
+    )
