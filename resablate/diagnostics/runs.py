@@ -1,0 +1,191 @@
+"""Inputs of the diagnostics: a finished run's model, a freshly built model, a split's images.
+
+A finished run directory (``docs/architecture.md``, "Run directory") holds ``cell.json`` (the
+cell's config) and ``model.safetensors`` (its final weights). :func:`load_run` rebuilds the
+architecture, re-applies the cell's residual plan (surgery never changes state-dict keys, so
+the file loads strictly) and loads the weights. :func:`eval_images` turns a dataset split into
+the normalised float tensor the model was evaluated on (the recipe's eval transform).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from resablate.errors import ConfigError, DataError
+from resablate.grid.cell import Cell, residual_stages
+from resablate.recipes import Recipe, get_recipe
+
+
+@dataclass(frozen=True)
+class LoadedRun:
+    """A finished run, rebuilt.
+
+    Attributes:
+        model: The trained model (CPU, eval mode, the cell's residual plan applied).
+        cell: The run's cell.
+        recipe: The cell's effective recipe (its transforms define the model's inputs).
+        run_dir: The run directory.
+    """
+
+    model: nn.Module
+    cell: Cell
+    recipe: Recipe
+    run_dir: Path
+
+
+@dataclass(frozen=True)
+class EvalImages:
+    """Model inputs of one dataset split.
+
+    Attributes:
+        images: ``[n, 3, S, S]`` float32, normalised with the recipe's eval transform.
+        labels: ``[n]`` int64 class indices.
+        classes: Class names (a label indexes this tuple).
+        split: The split's name.
+        root: The dataset folder.
+    """
+
+    images: Tensor
+    labels: Tensor
+    classes: tuple[str, ...]
+    split: str
+    root: Path
+
+
+def load_run(run_dir: str | os.PathLike[str]) -> LoadedRun:
+    """Rebuild the model of a finished run directory (``cell.json`` + ``model.safetensors``).
+
+    Raises:
+        ConfigError: The folder is not a run directory, or the run has no final weights
+            (unfinished or diverged).
+        WeightsError: ``model.safetensors`` does not fit the cell's architecture.
+    """
+    from resablate.families import get_family
+    from resablate.surgery import scale_residual
+    from resablate.weights import build_model, load_state_dict_file
+
+    folder = Path(run_dir)
+    cell_file, weights_file = folder / "cell.json", folder / "model.safetensors"
+    if not cell_file.is_file():
+        raise ConfigError(f"{folder} is not a run directory: it has no cell.json")
+    if not weights_file.is_file():
+        raise ConfigError(
+            f"run {folder} has no model.safetensors: it has not finished or it diverged"
+        )
+    try:
+        cell = Cell.from_dict(json.loads(cell_file.read_text()))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise ConfigError(f"{cell_file} is not a valid cell: {exc}") from None
+    state = load_state_dict_file(weights_file)
+    head = get_family(cell.arch, cell.source).head
+    if f"{head}.weight" not in state:
+        raise ConfigError(f"{weights_file} has no {head}.weight: not a {cell.arch} state dict")
+    model = build_model(
+        cell.arch,
+        weights=weights_file,
+        num_classes=int(state[f"{head}.weight"].shape[0]),
+        source=cell.source,
+    )
+    stages = residual_stages(cell.residual)
+    if stages != ():
+        scale_residual(model, cell.residual_alpha, stages)
+    model.eval()
+    return LoadedRun(
+        model=model,
+        cell=cell,
+        recipe=get_recipe(cell.recipe, **dict(cell.overrides)),
+        run_dir=folder,
+    )
+
+
+def dataset_root(data: str | os.PathLike[str]) -> Path:
+    """The dataset folder of a cell's ``data`` field; ``"demo"`` = the demo data (made once)."""
+    if str(data) == "demo":
+        from resablate.data import demo_data
+
+        return demo_data()
+    return Path(data)
+
+
+def eval_images(
+    data: str | os.PathLike[str],
+    recipe: Recipe,
+    *,
+    split: str = "test",
+    limit: int | None = None,
+    seed: int = 0,
+) -> EvalImages:
+    """The images of one split as the model sees them at evaluation (the recipe's eval transform).
+
+    Args:
+        data: Dataset folder, or ``"demo"``.
+        recipe: Gives the storage size, image size and normalisation.
+        split: ``"test"``, ``"val"`` or ``"train"``.
+        limit: Keep at most this many images: a seeded random subset, in dataset order.
+        seed: Seed of that subset.
+
+    Raises:
+        DataError: Unreadable dataset, or a split it does not have.
+        ConfigError: ``limit`` below 1.
+    """
+    from resablate.data import BatchTransform, decode_split, scan
+
+    if limit is not None and limit < 1:
+        raise ConfigError(f"image limit must be at least 1, not {limit}")
+    root = dataset_root(data)
+    dataset = scan(root)
+    if split not in dataset.splits:
+        legal = ", ".join(dataset.splits)
+        raise DataError(f"dataset {root} has no {split!r} split; splits: {legal}")
+    decoded = decode_split(dataset, split, storage_size=recipe.storage_size)
+    n = len(decoded)
+    index = torch.arange(n)
+    if limit is not None and limit < n:
+        generator = torch.Generator().manual_seed(seed)
+        index = torch.randperm(n, generator=generator)[:limit].sort().values
+    transform = BatchTransform.from_recipe(recipe, train=False)
+    return EvalImages(
+        images=transform(decoded.get_batch(index)),
+        labels=decoded.labels[index].to(torch.int64).cpu(),
+        classes=tuple(decoded.classes),
+        split=split,
+        root=root,
+    )
+
+
+def build_for_data(
+    arch: str,
+    *,
+    weights: str,
+    num_classes: int,
+    source: str = "torchvision",
+    seed: int = 0,
+) -> nn.Module:
+    """Build ``arch`` for a dataset of ``num_classes`` classes (eval mode).
+
+    Args:
+        arch: A registered architecture.
+        weights: ``"none"`` (random init from ``seed``), ``"demo"`` (demo-pretrained; pre-trained
+            once on the CPU when missing, which takes minutes), ``"imagenet"`` or a file path.
+        num_classes: Classes of the dataset (the head is new unless the file's fits).
+        source: ``"torchvision"`` or ``"timm"``.
+        seed: Seeds the random initialisation (head included).
+
+    Raises:
+        ConfigError, WeightsError, WeightsUnavailableError: As :func:`resablate.build_model`.
+    """
+    from resablate.weights import build_model
+
+    if weights == "demo":
+        from resablate.demo_weights import ensure_demo_weights
+
+        ensure_demo_weights(arch, source)
+    torch.manual_seed(seed)
+    model = build_model(arch, weights=weights, num_classes=num_classes, source=source)
+    return model.eval()
