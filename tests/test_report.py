@@ -6,7 +6,9 @@ import math
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from scipy.stats import binomtest
 from scipy.stats import t as student_t
 from typer.testing import CliRunner
@@ -57,13 +59,28 @@ def _preds(arch: str, residual: str, seed: int) -> list[int]:
     return preds
 
 
-def make_store(out: Path, *, extra: tuple[tuple[Cell, str, str], ...] = ()) -> Path:
-    """A store of 2 archs × residual on/off × 3 seeds (demo weights), all done, plus ``extra``
+def _test_images(folder: Path) -> list[str]:
+    """Tiny PNG test images laid out as ``test/<class>/<i>.png`` (class names from folders)."""
+    paths = []
+    for i, y in enumerate(LABELS):
+        path = folder / "test" / ("REAL" if y else "FAKE") / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pixels = np.full((8, 8, 3), 40 + 10 * i, dtype=np.uint8)
+        Image.fromarray(pixels).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def make_store(
+    out: Path, *, extra: tuple[tuple[Cell, str, str], ...] = (), seeds: tuple[int, ...] = SEEDS
+) -> Path:
+    """A store of 2 archs × residual on/off × ``seeds`` (demo weights), all done, plus ``extra``
     cells given as (cell, status, reason)."""
+    paths = _test_images(out.parent / f"{out.name}-data")
     cells = [
         Cell(arch=arch, residual=residual, weights="demo", recipe="demo", seed=seed)
         for (arch, residual) in F1
-        for seed in SEEDS
+        for seed in seeds
     ]
     every = cells + [c for c, _, _ in extra]
     with ResultStore(out) as store:
@@ -88,6 +105,7 @@ def make_store(out: Path, *, extra: tuple[tuple[Cell, str, str], ...] = ()) -> P
                     "flops": 2 * 10**9,
                     "train_seconds": 10.0 + cell.seed,
                     "images_per_second": 100.0,
+                    "steps": 8,
                 },
                 environment={"torch": "2.x", "device": "cpu", "seed": cell.seed},
                 evaluations=[
@@ -97,7 +115,7 @@ def make_store(out: Path, *, extra: tuple[tuple[Cell, str, str], ...] = ()) -> P
                 predictions=[
                     {
                         "index": i,
-                        "path": f"/data/test/{'REAL' if y else 'FAKE'}/{i}.png",
+                        "path": paths[i],
                         "label": y,
                         "pred": p,
                         "prob": 0.8 if p else 0.2,

@@ -79,12 +79,14 @@ class GallerySample:
     confidence: float
 
 
-def _new_figure(size: tuple[float, float]) -> Figure:
+def _new_figure(size: tuple[float, float], **margins: float) -> Figure:
+    # Fixed margins instead of a layout engine: several times faster, and the size stays exact.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=size, dpi=DPI, layout="constrained")
+    fig = Figure(figsize=size, dpi=DPI)
     FigureCanvasAgg(fig)
+    fig.subplots_adjust(**margins)
     return fig
 
 
@@ -118,7 +120,9 @@ def curves_figure(
     """
     if not history:
         raise ConfigError(f"no evaluation history to plot for {title or 'this cell'}")
-    fig = _new_figure(CURVES_SIZE)
+    from matplotlib.ticker import MaxNLocator
+
+    fig = _new_figure(CURVES_SIZE, left=0.08, right=0.98, bottom=0.15, top=0.86, wspace=0.28)
     axes = fig.subplots(1, 2)
     splits = sorted({str(r["split"]) for r in history})
     for ax, key in zip(axes, ("loss", metric), strict=True):
@@ -132,6 +136,7 @@ def curves_figure(
                 xs, ys = zip(*sorted(points), strict=True)
                 ax.plot(xs, ys, marker="o", markersize=3, label=split)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -149,7 +154,7 @@ def lr_schedule_figure(
     """
     if not learning_rates:
         raise ConfigError("no learning rates to plot")
-    fig = _new_figure(LR_SIZE)
+    fig = _new_figure(LR_SIZE, left=0.13, right=0.96, bottom=0.16, top=0.88)
     ax = fig.subplots()
     ax.plot(range(len(learning_rates)), learning_rates)
     ax.set_xlabel("step")
@@ -175,7 +180,7 @@ def confusion_figure(
     n = len(classes)
     if len(confusion) != n or any(len(row) != n for row in confusion):
         raise ConfigError(f"confusion matrix is not {n}×{n} for classes {list(classes)}")
-    fig = _new_figure(CONFUSION_SIZE)
+    fig = _new_figure(CONFUSION_SIZE, left=0.2, right=0.95, bottom=0.16, top=0.88)
     ax = fig.subplots()
     image = ax.imshow([[int(v) for v in row] for row in confusion], cmap="Blues")
     peak = max((int(v) for row in confusion for v in row), default=0)
@@ -205,7 +210,7 @@ def gallery_figure(
 
     An empty ``samples`` draws a figure saying that nothing was misclassified.
     """
-    fig = _new_figure(GALLERY_SIZE)
+    fig = _new_figure(GALLERY_SIZE, left=0.02, right=0.98, bottom=0.02, top=0.82, hspace=0.5)
     shown = list(samples[:GALLERY_MAX])
     columns = 6
     rows = max(1, math.ceil(len(shown) / columns))
@@ -252,7 +257,7 @@ def feature_maps_figure(
     bad = [f"{v}/{s}" for v, s, a in rows if getattr(a, "ndim", 0) != 3]
     if bad:
         raise ConfigError(f"feature maps must be [C, H, W] arrays; not so for {', '.join(bad)}")
-    fig = _new_figure(FEATURES_SIZE)
+    fig = _new_figure(FEATURES_SIZE, left=0.08, right=0.99, bottom=0.02, top=0.93)
     axes = fig.subplots(len(rows), channels, squeeze=False)
     for (variant, stage, act), row_axes in zip(rows, axes, strict=True):
         for channel, ax in enumerate(row_axes):
@@ -291,7 +296,7 @@ def depth_figure(
     """
     if not any(series.values()):
         raise ConfigError(f"no {metric} values to plot against depth")
-    fig = _new_figure(DEPTH_SIZE)
+    fig = _new_figure(DEPTH_SIZE, left=0.12, right=0.96, bottom=0.14, top=0.9)
     ax = fig.subplots()
     depths: set[int] = set()
     for label, points in series.items():

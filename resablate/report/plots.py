@@ -368,6 +368,8 @@ def _prediction_figures(
             )
         )
         samples = misclassified(predictions[first.cell_id], classes, gallery_size)
+        if not samples and any(p.pred != p.label for p in predictions[first.cell_id]):
+            continue  # mistakes exist but their image files are gone: nothing honest to show
         galleries.append(
             gallery_figure(samples, target / f"misclassified-{index}.png", title=_cell_title(first))
         )
