@@ -160,3 +160,36 @@ def test_resnet152_without_residuals_at_init_gradients_explode_or_vanish() -> No
     assert evaluation.ratio("conv1") < 1e-8
     # The head sees comparable gradients: the difference builds up with depth.
     assert 0.1 < train.ratio("fc") < 10
+
+
+def test_grad_norm_logger_as_engine_hook(tmp_path) -> None:
+    import json
+
+    from resablate.diagnostics.gradflow import GradNormLogger
+    from resablate.engine import StepInfo
+
+    model = _tiny()
+    images, labels = _batch()
+    path = tmp_path / "gradflow.jsonl"
+    logger = GradNormLogger(path, every=2, flush_every=2)
+    for step in range(1, 5):
+        model.zero_grad()
+        loss = nn.functional.cross_entropy(model(images), labels)
+        loss.backward()
+        logger(StepInfo(model=model, step=step, epoch=0, loss=loss.detach()))
+    # Steps 2 and 4 recorded; the file was rewritten after the second record.
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["step"] for r in lines] == [2, 4]
+    assert tuple(lines[1]["norms"]) == STAGES
+    # The gradients of step 4 are still in place.
+    assert lines[1]["norms"] == stage_grad_norms(model)
+    assert lines[1]["loss"] == pytest.approx(float(loss.detach()), rel=1e-7)
+    # A resumed run that repeats step 4 replaces it; flush writes what is pending.
+    resumed = GradNormLogger(path, every=2, blocks=True)
+    resumed(StepInfo(model=model, step=4, epoch=1, loss=torch.tensor(0.5)))
+    resumed.flush()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["step"], r["epoch"]) for r in lines] == [(2, 0), (4, 1)]
+    assert lines[1]["loss"] == 0.5
+    blocks = ("conv1", "layer1.0", "layer2.0", "layer3.0", "layer4.0", "fc")
+    assert tuple(lines[1]["norms"]) == blocks

@@ -22,6 +22,7 @@ Conventions:
 from __future__ import annotations
 
 import copy
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -102,6 +103,67 @@ def block_grad_norms(model: nn.Module) -> dict[str, float]:
     Same contract as :func:`stage_grad_norms`.
     """
     return group_grad_norms(model, block_groups(_unwrap(model)))
+
+
+class GradNormLogger:
+    """A per-step hook for the engine (``train(..., on_step=[logger])``) logging gradient norms.
+
+    Every ``every`` optimiser steps it records :func:`stage_grad_norms` (or
+    :func:`block_grad_norms`) of ``info.model`` with the step's loss, and rewrites ``path`` as JSON
+    lines ``{"step", "epoch", "loss", "norms": {group: norm}}`` atomically every ``flush_every``
+    records; call :meth:`flush` once training returns. Records already in ``path`` are kept, and a
+    resumed run that repeats steps replaces the records from the first repeated step on.
+
+    Args:
+        path: The JSONL file (e.g. ``RUN_DIR/gradflow.jsonl``).
+        every: Record every this many optimiser steps (1 = every step).
+        blocks: Per residual block instead of per stage.
+        flush_every: Rewrite the file after this many new records.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        every: int = 1,
+        blocks: bool = False,
+        flush_every: int = 50,
+    ) -> None:
+        if every < 1 or flush_every < 1:
+            raise ConfigError(f"every={every} and flush_every={flush_every} must be at least 1")
+        self.path = Path(path)
+        self.every = every
+        self.measure = block_grad_norms if blocks else stage_grad_norms
+        self.flush_every = flush_every
+        self.records: list[dict[str, Any]] = []
+        if self.path.is_file():
+            lines = self.path.read_text().splitlines()
+            self.records = [json.loads(line) for line in lines if line.strip()]
+        self._pending = 0
+
+    def __call__(self, info: Any) -> None:
+        """Record ``info.model``'s gradient norms at ``info.step`` (an engine ``StepInfo``)."""
+        if info.step % self.every:
+            return
+        self.records = [r for r in self.records if r["step"] < info.step]
+        self.records.append(
+            {
+                "step": int(info.step),
+                "epoch": int(info.epoch),
+                "loss": _json_number(float(info.loss)),
+                "norms": {k: _json_number(v) for k, v in self.measure(info.model).items()},
+            }
+        )
+        self._pending += 1
+        if self._pending >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write every record to :attr:`path` (atomically)."""
+        from resablate.atomic import write_text
+
+        write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
+        self._pending = 0
 
 
 @dataclass(frozen=True)
