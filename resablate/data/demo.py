@@ -88,8 +88,13 @@ def _blur(image: np.ndarray, radius: float) -> np.ndarray:
 
 
 def _kernel() -> np.ndarray:
-    """The generator's fixed 3×3 up-convolution kernel (same for every seed), sums to 4."""
-    weights = np.random.default_rng(20240511).uniform(0.3, 1.0, size=(3, 3))
+    """The generator's fixed 3×3 up-convolution kernel (same for every seed), sums to 4.
+
+    A bilinear up-sampling kernel with each tap perturbed by up to ±60 %: close enough to smooth
+    interpolation to keep the image, far enough to leave a faint checkerboard.
+    """
+    bilinear = np.outer([0.5, 1.0, 0.5], [0.5, 1.0, 0.5])
+    weights = bilinear * np.random.default_rng(20240511).uniform(0.4, 1.6, size=(3, 3))
     return weights * (4.0 / weights.sum())
 
 
@@ -112,15 +117,20 @@ def _transposed_conv_up(image: np.ndarray) -> np.ndarray:
 
 def _generate_fake(real: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Pass a 32×32 crop through the fake generator; output statistics match the crop's."""
-    half = Image.fromarray(np.clip(np.rint(real), 0, 255).astype(np.uint8)).resize(
-        (SIZE // 2, SIZE // 2), Image.Resampling.BOX
+    factor = 4 if rng.random() < 0.5 else 2
+    small = np.asarray(
+        Image.fromarray(np.clip(np.rint(real), 0, 255).astype(np.uint8)).resize(
+            (SIZE // factor, SIZE // factor), Image.Resampling.BOX
+        ),
+        dtype=np.float64,
     )
-    small = np.asarray(half, dtype=np.float64)
     if rng.random() < 0.75:
-        up = _transposed_conv_up(small)
+        up = small
+        while up.shape[0] < SIZE:
+            up = _transposed_conv_up(up)
     else:
-        up = np.repeat(np.repeat(small, 2, axis=0), 2, axis=1)
-    strength = rng.uniform(0.5, 1.0)
+        up = np.repeat(np.repeat(small, factor, axis=0), factor, axis=1)
+    strength = rng.uniform(0.3, 0.8)
     fake = strength * up + (1.0 - strength) * real
     # Match each channel's mean and standard deviation to the source crop's.
     mean, std = fake.mean(axis=(0, 1)), fake.std(axis=(0, 1))
@@ -132,8 +142,8 @@ def _make_demo_image(photo: Image.Image, fake: bool, rng: np.random.Generator) -
     real = _crop(photo, rng)
     if fake:
         return _generate_fake(real, rng)
-    if rng.random() < 1 / 3:
-        return _blur(real, rng.uniform(0.4, 0.9))
+    if rng.random() < 0.4:
+        return _blur(real, rng.uniform(0.4, 1.0))
     return real
 
 
@@ -165,11 +175,10 @@ def _materialise(
     """Write ``split/class/NNNNN.png`` for every split and class, unless already there."""
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise DataError(f"demo data seed must be a non-negative integer, not {seed!r}")
-    folder = (
-        Path(root).expanduser()
-        if root is not None
-        else paths.cache_dir(kind, f"v{GENERATOR_VERSION}-seed{seed}")
-    )
+    if root is not None:
+        folder = Path(root).expanduser()
+    else:
+        folder = paths.cache_dir(kind if seed == 0 else f"{kind}-seed{seed}")
     expected = _marker(kind, seed, counts, classes)
     marker = folder / MARKER
     if marker.is_file():
@@ -200,7 +209,7 @@ def demo_data(root: str | os.PathLike[str] | None = None, *, seed: int = 0) -> P
 
     Args:
         root: Folder to write into (created; must be empty or a previous demo folder). Default:
-            ``paths.cache_dir("demo", "v<version>-seed<seed>")``.
+            ``paths.cache_dir("demo")`` (``"demo-seed<seed>"`` for seeds other than 0).
         seed: Seed of the crops and generator draws.
 
     Returns:
@@ -232,8 +241,8 @@ def demo_proxy_data(root: str | os.PathLike[str] | None = None, *, seed: int = 0
     do not overlap.
 
     Args:
-        root: Folder to write into. Default:
-            ``paths.cache_dir("demo-proxy", "v<version>-seed<seed>")``.
+        root: Folder to write into. Default: ``paths.cache_dir("demo-proxy")``
+            (``"demo-proxy-seed<seed>"`` for seeds other than 0).
         seed: Seed of the crops.
 
     Returns:
