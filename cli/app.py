@@ -44,7 +44,10 @@ def root(
 
 # One module per command (or command group), each with ``register(app)``; listed in the order
 # ``--help`` shows them.
-_COMMAND_MODULES: tuple[str, ...] = ("report",)
+_COMMAND_MODULES: tuple[str, ...] = (
+    "data",
+    "report",
+)
 
 for _name in _COMMAND_MODULES:
     importlib.import_module(f"resablate_cli.{_name}").register(app)
