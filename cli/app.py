@@ -45,8 +45,15 @@ def root(
 # One module per command (or command group), each with ``register(app)``; listed in the order
 # ``--help`` shows them.
 _COMMAND_MODULES: tuple[str, ...] = (
+    "surgery",
+    "count",
+    "weights",
     "data",
+    "grid",
     "report",
+    "lesion",
+    "gradflow",
+    "compare_features",
 )
 
 for _name in _COMMAND_MODULES:

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from resablate.errors import ConfigError
-from resablate.families import stage_map
+from resablate.families import get_family, stage_map
 
 HEAD_STAGE = "head"
 
@@ -318,3 +318,68 @@ def count(model: nn.Module, input_size: Sequence[int] = (3, 224, 224)) -> Counts
         input_size=size,
         stages=stages,
     )
+
+
+@dataclass(frozen=True)
+class ArchitectureCounts:
+    """Parameters and FLOPs of several architectures side by side (1000-class heads).
+
+    Attributes:
+        input_size: ``(C, H, W)`` of the counted input.
+        rows: ``(arch, source, counts)`` in the order asked.
+    """
+
+    input_size: tuple[int, ...]
+    rows: tuple[tuple[str, str, Counts], ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready plain types."""
+        return {
+            "input_size": list(self.input_size),
+            "architectures": [
+                {
+                    "arch": arch,
+                    "source": source,
+                    "params": c.params,
+                    "flops": c.flops,
+                    "stages": [asdict(s) for s in c.stages],
+                }
+                for arch, source, c in self.rows
+            ],
+        }
+
+    def __rich__(self) -> Any:
+        from rich.table import Table
+
+        size = "×".join(str(s) for s in self.input_size)
+        table = Table(title=f"parameters and FLOPs (1000-class heads, input {size}, batch 1)")
+        table.add_column("architecture")
+        table.add_column("source")
+        for column in ("params", "params (M)", "GFLOPs"):
+            table.add_column(column, justify="right")
+        for arch, source, c in self.rows:
+            table.add_row(arch, source, f"{c.params:,}", f"{c.params / 1e6:.1f}", f"{c.gflops:.2f}")
+        return table
+
+
+def count_architectures(
+    archs: Sequence[str], *, source: str = "torchvision", input_size: Sequence[int] = (3, 224, 224)
+) -> ArchitectureCounts:
+    """Count registered architectures as the papers quote them (1000-class heads, random init).
+
+    Models are built on the meta device (shapes only), so this is fast and allocates nothing.
+
+    Raises:
+        ConfigError: No architecture, an unknown one (checked before any is built), or a bad
+            ``input_size``.
+    """
+    if not archs:
+        raise ConfigError("name at least one architecture to count")
+    size = _checked_size(input_size)
+    families = [get_family(arch, source) for arch in archs]
+    rows = []
+    for family in families:
+        with torch.device("meta"):
+            model = family.builder()
+        rows.append((family.arch, family.source, count(model, size)))
+    return ArchitectureCounts(input_size=size, rows=tuple(rows))

@@ -147,8 +147,8 @@ def list_families(source: str | None = None) -> list[Family]:
 
 
 def residual_architectures(source: str | None = None) -> list[str]:
-    """Registered architectures that residual surgery applies to."""
-    return [f.arch for f in list_families(source) if f.residual]
+    """Registered architectures that residual surgery applies to (each name once)."""
+    return list(dict.fromkeys(f.arch for f in list_families(source) if f.residual))
 
 
 def _check_source(source: str) -> None:

@@ -19,18 +19,21 @@ from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
+from resablate.counting import Counts, count
 from resablate.errors import ConfigError, UnsupportedBlockError
 from resablate.families import (
     RESNET_STAGES,
     block_adapter,
     canonical_stage,
     family_of,
+    get_family,
     is_resnet_like,
     paper_stage,
     residual_architectures,
@@ -414,4 +417,154 @@ def _apply(
         active_params_before=params - inactive_before,
         active_params_after=params - inactive_after,
         stages=tuple(per_stage),
+    )
+
+
+# --- surgery on a named architecture, with counts (what ``resablate surgery`` shows) ------------
+
+
+@dataclass(frozen=True)
+class SurgeryCounts:
+    """Counts of one architecture before and after residual surgery (1000-class head).
+
+    Attributes:
+        arch: Architecture name.
+        source: ``"torchvision"`` or ``"timm"``.
+        alpha: Shortcut weight applied (0.0 = residual connections dropped).
+        stages: Paper names of the stages operated on.
+        report: The surgery report.
+        before: Counts of the untouched model.
+        after: Counts after surgery.
+    """
+
+    arch: str
+    source: str
+    alpha: float
+    stages: tuple[str, ...]
+    report: SurgeryReport
+    before: Counts
+    after: Counts
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the headline numbers flat, then per stage and the full counts."""
+        rewired = {s.stage: s.blocks_rewired for s in self.report.stages}
+        return {
+            "arch": self.arch,
+            "source": self.source,
+            "alpha": self.alpha,
+            "stages": list(self.stages),
+            "input_size": list(self.before.input_size),
+            "blocks_total": self.report.blocks_total,
+            "blocks_rewired": len(self.report.blocks_rewired),
+            "rewired": list(self.report.blocks_rewired),
+            "params": self.after.params,
+            "active_params_before": self.before.active_params,
+            "active_params": self.after.active_params,
+            "inactive_params": self.report.inactive_params,
+            "flops_before": self.before.flops,
+            "flops_after": self.after.flops,
+            "per_stage": [
+                {
+                    "stage": b.stage,
+                    "blocks_rewired": rewired.get(b.stage, 0),
+                    "params": b.params,
+                    "active_params_before": b.active_params,
+                    "active_params_after": a.active_params,
+                    "flops_before": b.flops,
+                    "flops_after": a.flops,
+                }
+                for b, a in zip(self.before.stages, self.after.stages, strict=True)
+            ],
+        }
+
+    def __rich__(self) -> Any:
+        from rich.table import Table
+
+        data = self.to_dict()
+        what = "dropped" if self.alpha == 0.0 else f"scaled by {self.alpha:g}"
+        size = "×".join(str(s) for s in self.before.input_size)
+        table = Table(
+            title=f"{self.arch} ({self.source}): residual connections {what} in "
+            f"{', '.join(self.stages)}; input {size}, batch 1, 1000-class head"
+        )
+        table.add_column("stage")
+        for column in ("blocks rewired", "params", "active params", "GFLOPs"):
+            table.add_column(column, justify="right")
+
+        def arrow(before: str, after: str) -> str:
+            return before if before == after else f"{before} -> {after}"
+
+        def params(before: int, after: int) -> str:
+            return arrow(f"{before:,}", f"{after:,}")
+
+        def gflops(before: int, after: int) -> str:
+            return arrow(f"{before / 1e9:.3f}", f"{after / 1e9:.3f}")
+
+        for row in data["per_stage"]:
+            table.add_row(
+                row["stage"],
+                str(row["blocks_rewired"]),
+                f"{row['params']:,}",
+                params(row["active_params_before"], row["active_params_after"]),
+                gflops(row["flops_before"], row["flops_after"]),
+            )
+        table.add_row(
+            "total",
+            f"{data['blocks_rewired']} / {data['blocks_total']}",
+            f"{data['params']:,}",
+            params(data["active_params_before"], data["active_params"]),
+            gflops(data["flops_before"], data["flops_after"]),
+            style="bold",
+        )
+        return table
+
+
+def surgery_counts(
+    arch: str,
+    *,
+    alpha: float = 0.0,
+    stages: Iterable[str] | str | None = None,
+    blocks: Iterable[str] | str | None = None,
+    source: str = "torchvision",
+    input_size: Sequence[int] = (3, 224, 224),
+) -> SurgeryCounts:
+    """Build ``arch`` (1000-class head, on the meta device: shapes only), count, rewire, count.
+
+    Args:
+        arch: A registered architecture with residual blocks.
+        alpha: Shortcut weight (0.0 drops the residual connections, as :func:`drop_residual`).
+        stages: As in :func:`drop_residual`.
+        blocks: As in :func:`drop_residual`.
+        source: ``"torchvision"`` or ``"timm"``.
+        input_size: ``(C, H, W)`` of the counted input, in pixels.
+
+    Raises:
+        ConfigError: Unknown architecture, stage or block, or an architecture without residual
+            connections.
+    """
+    family = get_family(arch, source)
+    if not family.residual:
+        raise ConfigError(
+            f"{family.arch} has no residual connections; residual surgery applies to: "
+            f"{', '.join(residual_architectures())}"
+        )
+    selected = residual_stage_names(
+        None if stages is None else (stages if isinstance(stages, str) else tuple(stages))
+    )
+    with torch.device("meta"):
+        model = family.builder()
+    before = count(model, input_size)
+    report = scale_residual(model, alpha, stages=stages, blocks=blocks)
+    after = count(model, input_size)
+    stage_names = tuple(s.stage for s in report.stages if s.blocks_rewired)
+    if blocks is None:
+        stage_names = tuple(paper_stage(s) for s in selected)
+    return SurgeryCounts(
+        arch=family.arch,
+        source=family.source,
+        alpha=float(alpha),
+        stages=stage_names,
+        report=report,
+        before=before,
+        after=after,
     )
