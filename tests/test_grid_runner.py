@@ -39,12 +39,18 @@ class FakeResult:
     reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        final = None if self.status != "done" else {"f1": self.f1, "accuracy": self.f1, "loss": 0.5}
+        done = self.status == "done"
         return {
             "status": self.status,
             "reason": self.reason,
-            "train": {"final": final, "steps": 3, "train_seconds": 0.1, "images_per_second": 10.0},
-            "counts": {"params": 100, "active_params": 90, "flops": 1000},
+            "metrics": {"f1": self.f1, "accuracy": self.f1} if done else None,
+            "loss": 0.5 if done else None,
+            "params": 100,
+            "active_params": 90,
+            "flops": 1000,
+            "steps": 3,
+            "train_seconds": 0.1,
+            "images_per_second": 10.0,
             "environment": {"torch": "fake"},
         }
 

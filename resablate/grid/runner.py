@@ -46,7 +46,7 @@ from resablate.grid.executors import (
 from resablate.grid.lock import RunLock
 from resablate.grid.spec import GridSpec
 from resablate.grid.table import ResultsTable, results_table
-from resablate.store import CellRow, ResultStore
+from resablate.store import METRIC_COLUMNS, CellRow, ResultStore
 
 CELLS_FOLDER = "cells"
 INTERRUPTED = "interrupted; a rerun resumes it from its last checkpoint"
@@ -238,25 +238,22 @@ def _record(store: ResultStore, outcome: CellOutcome, base_env: dict[str, Any]) 
         )
         return
     data = outcome.result.to_dict()
-    train = data.get("train") or {}
-    final = train.get("final") or {}
+    metrics = dict(data.get("metrics") or {})
+    metrics["loss"] = data.get("loss")
     run_dir = Path(data.get("run_dir") or store.cell(outcome.cell_id).run_dir or "")
-    counts = data.get("counts") or {}
     store.record_result(
         outcome.cell_id,
         outcome.status,
         reason=outcome.reason,
-        metrics={
-            name: final.get(name) for name in ("accuracy", "precision", "recall", "f1", "loss")
-        },
+        metrics={name: metrics.get(name) for name in METRIC_COLUMNS},
         values={
-            "params": counts.get("params"),
-            "active_params": counts.get("active_params"),
-            "flops": counts.get("flops"),
-            "steps": train.get("steps"),
-            "train_seconds": train.get("train_seconds"),
-            "images_per_second": train.get("images_per_second"),
-            "device": train.get("device") or outcome.device,
+            "params": data.get("params"),
+            "active_params": data.get("active_params"),
+            "flops": data.get("flops"),
+            "steps": data.get("steps"),
+            "train_seconds": data.get("train_seconds"),
+            "images_per_second": data.get("images_per_second"),
+            "device": data.get("device") or outcome.device,
             "run_dir": str(run_dir),
         },
         environment={**base_env, **(data.get("environment") or {})},

@@ -1,0 +1,413 @@
+"""``resablate grid``: run an ablation grid (resumable), or dry-run it."""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from typer.core import TyperCommand
+
+from resablate_cli import console
+
+# Axis options take several values after one flag (``--depths 18 50 101``), as the studies write
+# them; repeating the flag (``--depths 18 --depths 50``) and commas (``--depths 18,50``) work too.
+MULTI_VALUE_OPTIONS = (
+    "--depths",
+    "--residual",
+    "--residual-alpha",
+    "--pretrained",
+    "--freeze",
+    "--seeds",
+    "--baselines",
+)
+
+EXAMPLES = """
+Examples:
+
+  resablate grid --depths 18 50 --data demo --out runs/demo
+
+  resablate grid --depths 18 50 101 152 --residual on off --pretrained imagenet none \\
+      --data ~/data/cifake --recipe cifake --out runs/cifake
+
+  resablate grid --depths 50 --residual on off:conv5_x --residual-alpha 1 0.5 0 --seeds 0 1 2
+
+  resablate grid --depths 18 --freeze none conv1 conv1-2 conv1-3 conv1-4 all --recipe food
+
+  resablate grid --baselines vgg16 efficientnet_b3 --dry-run
+
+Axes (the grid is their product; baselines skip the residual axis):
+
+  --depths 18 34 50 101 152 · --residual on | off | off:conv4_x,conv5_x · --residual-alpha 1 0.5 0
+  · --pretrained imagenet | demo | none | PATH · --freeze none conv1 conv1-2 conv1-3 conv1-4 all
+  · --seeds 0 1 2 · --baselines vgg16 efficientnet_b3 efficientnet_b4 alexnet
+
+Rerunning the same command with the same --out resumes: done cells are kept, interrupted ones
+continue from their last checkpoint, failed ones rerun with --retry-failed.
+"""
+
+
+def expand_multi_values(
+    args: list[str], options: tuple[str, ...] = MULTI_VALUE_OPTIONS
+) -> list[str]:
+    """Rewrite ``--opt a b`` as ``--opt a --opt b`` (and ``--opt a,b`` likewise)."""
+    result: list[str] = []
+    current: str | None = None
+    for arg in args:
+        if arg == "--":
+            current = None
+            result.append(arg)
+        elif arg.startswith("-") and not _is_number(arg):
+            name, sep, value = arg.partition("=")
+            current = name if name in options else None
+            if current is not None and sep:
+                result.extend(_values(current, value))
+            elif current is None:
+                result.append(arg)
+        elif current is not None:
+            result.extend(_values(current, arg))
+        else:
+            result.append(arg)
+    return result
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _values(option: str, text: str) -> list[str]:
+    parts = [p for p in text.split(",") if p.strip()] if not text.startswith("off:") else [text]
+    return [item for part in parts for item in (option, part.strip())]
+
+
+class GridCommand(TyperCommand):
+    """A command whose axis options accept several values after one flag."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, expand_multi_values(list(args)))
+
+
+class Source(StrEnum):
+    """Where the architectures come from."""
+
+    torchvision = "torchvision"
+    timm = "timm"
+
+
+class Executor(StrEnum):
+    """Where the cells run."""
+
+    local = "local"
+    ray = "ray"
+
+
+class Metric(StrEnum):
+    """The metric of the results table."""
+
+    f1 = "f1"
+    accuracy = "accuracy"
+    precision = "precision"
+    recall = "recall"
+    loss = "loss"
+
+
+class BnPolicy(StrEnum):
+    """BatchNorm policy of frozen stages."""
+
+    frozen = "frozen"
+    train = "train"
+
+
+_STATUS_STYLE = {
+    "pending": "dim",
+    "running": "bold cyan",
+    "done": "green",
+    "failed": "bold red",
+    "diverged": "magenta",
+    "skipped": "yellow",
+}
+
+
+class GridView:
+    """Draws grid events: a live table on a terminal, one line per change otherwise."""
+
+    def __init__(self, *, live: bool, metric: str) -> None:
+        self.live_enabled = live
+        self.metric = metric
+        self.rows: dict[str, dict[str, str]] = {}
+        self.live: Any = None
+        self.last_progress = 0.0
+
+    def __call__(self, event: object) -> None:
+        from resablate.engine import StepProgress, TrainStarted
+        from resablate.grid.runner import CellFinished, CellProgress, CellStarted, GridStarted
+
+        if isinstance(event, GridStarted):
+            self.started(event)
+        elif isinstance(event, CellStarted):
+            self.update(event.cell_id, status="running", progress="starting", where=event.device)
+            self.line(f"start    {event.cell_id} {event.label} on {event.device}")
+        elif isinstance(event, CellProgress) and isinstance(
+            event.event, TrainStarted | StepProgress
+        ):
+            step = getattr(event.event, "step", getattr(event.event, "start_step", 0))
+            total = event.event.total_steps
+            self.update(event.cell_id, progress=f"{step}/{total}")
+            now = time.monotonic()
+            if not self.live_enabled and now - self.last_progress >= 10.0:
+                self.last_progress = now
+                self.line(f"progress {event.cell_id} step {step}/{total}")
+        elif isinstance(event, CellFinished):
+            row = event.row
+            value = getattr(row, self.metric)
+            shown = "" if value is None else f"{value:.4f}"
+            self.update(event.cell_id, status=row.status, progress="", value=shown)
+            why = f": {row.reason}" if row.reason else ""
+            metric = f" {self.metric} {shown}" if shown else ""
+            self.line(
+                f"{row.status:<8} {event.cell_id} {self.rows[event.cell_id]['label']}{metric}{why}"
+            )
+
+    def started(self, event: Any) -> None:
+        from resablate.grid.cell import Cell
+
+        for note in event.notes:
+            console.err.print(f"note: {note}", highlight=False, markup=False)
+        for row in event.cells:
+            value = getattr(row, self.metric)
+            self.rows[row.cell_id] = {
+                "label": Cell.from_dict(row.config).label,
+                "status": row.status,
+                "progress": "",
+                "value": "" if value is None else f"{value:.4f}",
+                "where": row.device or "",
+            }
+        finished = len(event.cells) - len(event.to_run)
+        console.err.print(
+            f"{len(event.cells)} cells in {event.out_dir}: {len(event.to_run)} to run, "
+            f"{finished} already finished",
+            highlight=False,
+            markup=False,
+        )
+        if self.live_enabled and event.to_run:
+            from rich.live import Live
+
+            self.live = Live(self.table(), console=console.err, auto_refresh=False, transient=True)
+            self.live.start()
+
+    def update(self, cell_id: str, **values: str) -> None:
+        self.rows[cell_id].update(values)
+        if self.live is not None:
+            self.live.update(self.table(), refresh=True)
+
+    def line(self, text: str) -> None:
+        if self.live is None:
+            console.err.print(text, highlight=False, markup=False)
+
+    def table(self) -> Any:
+        from rich.table import Table
+
+        table = Table(title="grid", title_justify="left")
+        for name in ("id", "cell", "status", "progress", self.metric):
+            table.add_column(name, justify="right" if name in ("progress", self.metric) else "left")
+        for cell_id, row in self.rows.items():
+            style = _STATUS_STYLE.get(row["status"], "")
+            status = f"[{style}]{row['status']}[/]"
+            table.add_row(cell_id, row["label"], status, row["progress"], row["value"])
+        return table
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+
+def grid(
+    depths: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--depths", help="ResNet depths: 18 34 50 101 152. \\[default: 18 50 101 152]"
+        ),
+    ] = None,
+    residual: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--residual",
+            help="Residual plans: on, off, or stage sets like off:conv4_x,conv5_x. "
+            "\\[default: on off]",
+        ),
+    ] = None,
+    residual_alpha: Annotated[
+        list[float] | None,
+        typer.Option(
+            "--residual-alpha",
+            help="Shortcut scales for the plans that alter stages (1 = on, 0 = off), e.g. 1 0.5 0.",
+        ),
+    ] = None,
+    pretrained: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--pretrained",
+            help="Weights: imagenet, demo, none or a .pth/.safetensors path. \\[default: imagenet "
+            "none; on demo data imagenet means the demo weights]",
+        ),
+    ] = None,
+    freeze: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--freeze",
+            help="Freeze plans: none conv1 conv1-2 conv1-3 conv1-4 all. \\[default: none]",
+        ),
+    ] = None,
+    seeds: Annotated[
+        list[int] | None, typer.Option("--seeds", help="Seeds, e.g. 0 1 2. \\[default: 0]")
+    ] = None,
+    baselines: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--baselines",
+            help="Other architectures without the residual axis, e.g. vgg16 efficientnet_b3.",
+        ),
+    ] = None,
+    arch: Annotated[str, typer.Option(help="Residual family the depths belong to.")] = "resnet",
+    source: Annotated[
+        Source, typer.Option(help="Where the models come from.")
+    ] = Source.torchvision,
+    data: Annotated[
+        str, typer.Option(help="Dataset folder, or 'demo' for the embedded demo data (offline).")
+    ] = "demo",
+    recipe: Annotated[
+        str | None,
+        typer.Option(
+            help="Recipe: cifake, food, demo. \\[default: demo on demo data, else cifake]"
+        ),
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Override the recipe's epochs.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Cap on optimiser steps per cell.")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Input side in pixels.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per micro-batch.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    bn: Annotated[BnPolicy, typer.Option(help="BatchNorm of frozen stages.")] = BnPolicy.frozen,
+    out: Annotated[
+        Path, typer.Option(help="Run directory: store, results.csv, one folder per cell.")
+    ] = Path("runs/grid"),
+    executor: Annotated[Executor, typer.Option(help="Where cells run.")] = Executor.local,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray cluster to join (executor ray); else a local Ray.")
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Local worker processes (default: one per visible GPU) or local Ray CPUs."
+        ),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="Device for local runs: cpu, cuda, cuda:N. \\[default: auto]")
+    ] = None,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Run failed cells again.")
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Store the cells and print them with params, FLOPs and a time estimate; "
+            "train nothing.",
+        ),
+    ] = False,
+    metric: Annotated[Metric, typer.Option(help="Metric of the results table.")] = Metric.f1,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the summary as JSON on stdout.")
+    ] = False,
+) -> None:
+    """Run an ablation grid: depth × residual × pretrained × freeze × seed (resumable).
+
+    Every cell is stored in OUT/store.sqlite before the first one trains; results.csv mirrors
+    the store after every finished cell. A second process on the same --out is refused.
+    """
+    from resablate.grid.spec import GridSpec
+
+    overrides = {
+        name: value
+        for name, value in (
+            ("epochs", epochs),
+            ("max_steps", max_steps),
+            ("image_size", image_size),
+            ("batch_size", batch_size),
+            ("lr", lr),
+        )
+        if value is not None
+    }
+    defaults = GridSpec.__dataclass_fields__
+    axes: dict[str, Any] = {
+        "depths": depths,
+        "residual": residual,
+        "pretrained": pretrained,
+        "freeze": freeze,
+        "seeds": seeds,
+        "baselines": baselines,
+    }
+    spec = GridSpec(
+        arch=arch,
+        source=source.value,
+        residual_alpha=tuple(residual_alpha) if residual_alpha else None,
+        recipe=recipe,
+        data=data,
+        overrides=tuple(overrides.items()),
+        bn=bn.value,
+        **{name: tuple(v) if v else defaults[name].default for name, v in axes.items()},
+    )
+    if dry_run:
+        from resablate.grid.plan import plan_grid
+
+        console.err.print("probing: a few training steps of each distinct model…", highlight=False)
+        plan = plan_grid(spec, out, device=device)
+        if json_output:
+            console.print_json(plan.to_dict())
+        else:
+            console.out.print(plan)
+        return
+
+    from resablate.grid.runner import run_grid
+
+    view = GridView(live=console.err.is_terminal and not json_output, metric=metric.value)
+    try:
+        summary = run_grid(
+            spec,
+            out,
+            executor=executor.value,
+            retry_failed=retry_failed,
+            metric=metric.value,
+            callback=view,
+            device=device,
+            workers=workers,
+            ray_address=ray_address,
+        )
+    except KeyboardInterrupt:
+        view.close()
+        console.err.print(
+            f"interrupted: the store in {out} is saved; rerun the same command to resume",
+            highlight=False,
+            markup=False,
+        )
+        raise typer.Exit(130) from None
+    finally:
+        view.close()
+    if json_output:
+        console.print_json(summary.to_dict())
+    else:
+        console.out.print(summary)
+    if not summary.complete:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``grid`` to the application."""
+    app.command("grid", cls=GridCommand, epilog=EXAMPLES, no_args_is_help=False)(grid)

@@ -1,0 +1,260 @@
+"""A grid's dry run: every cell stored as pending, counted, and its training time estimated.
+
+Nothing trains. Each distinct model of the grid (architecture × residual plan × freeze plan) is
+built once with random weights (the weights spec changes neither counts nor speed), counted at
+the recipe's input size, and timed for a few training steps on random input at the recipe's
+batch size; a cell's estimate is that time per micro-batch × its planned micro-batches.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from resablate.grid.cell import Cell, residual_stages
+from resablate.grid.runner import open_grid
+from resablate.grid.spec import GridSpec
+from resablate.recipes import Recipe, get_recipe
+
+
+@dataclass(frozen=True)
+class PlannedCell:
+    """One cell of a dry run.
+
+    Attributes:
+        cell_id: The cell's id.
+        label: Its short label.
+        status: Its status in the store (``done`` cells would not run again).
+        params: Parameters of the built model (head sized for the dataset's classes).
+        active_params: Parameters its forward pass uses (after residual surgery).
+        flops: Multiply-adds of one forward pass at batch 1 and the recipe's image size (fvcore).
+        steps: Optimiser steps the recipe plans on this dataset.
+        seconds_per_step: Measured seconds of one optimiser step (``None`` without a probe).
+        estimated_seconds: ``steps * seconds_per_step`` (``None`` without a probe).
+    """
+
+    cell_id: str
+    label: str
+    status: str
+    params: int
+    active_params: int
+    flops: int
+    steps: int
+    seconds_per_step: float | None
+    estimated_seconds: float | None
+
+
+@dataclass(frozen=True)
+class GridPlan:
+    """The materialised grid of a dry run.
+
+    Attributes:
+        out_dir: The run directory whose store now holds every cell.
+        cells: The cells in grid order.
+        device: Device the probe ran on.
+        train_images: Training images in the dataset.
+        notes: What the spec changed from what was asked.
+    """
+
+    out_dir: str
+    cells: tuple[PlannedCell, ...]
+    device: str
+    train_images: int
+    notes: tuple[str, ...]
+
+    @property
+    def estimated_seconds(self) -> float | None:
+        """Estimated training time of the cells that would run (not ``done``/``diverged``)."""
+        todo = [c for c in self.cells if c.status not in ("done", "diverged")]
+        if any(c.estimated_seconds is None for c in todo):
+            return None
+        return sum(c.estimated_seconds or 0.0 for c in todo)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready plain types."""
+        return {
+            "out_dir": self.out_dir,
+            "device": self.device,
+            "train_images": self.train_images,
+            "estimated_seconds": self.estimated_seconds,
+            "notes": list(self.notes),
+            "cells": [asdict(c) for c in self.cells],
+        }
+
+    def __rich__(self) -> Any:
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(
+            title=f"{len(self.cells)} cells (dry run: nothing trained)", title_justify="left"
+        )
+        table.add_column("id", no_wrap=True)
+        table.add_column("cell")
+        table.add_column("status")
+        for name in ("params (M)", "GFLOPs", "steps", "estimate"):
+            table.add_column(name, justify="right")
+        for c in self.cells:
+            table.add_row(
+                c.cell_id,
+                c.label,
+                c.status,
+                f"{c.params / 1e6:.1f}",
+                f"{c.flops / 1e9:.3f}",
+                str(c.steps),
+                "—" if c.estimated_seconds is None else format_seconds(c.estimated_seconds),
+            )
+        total = self.estimated_seconds
+        footer = (
+            f"estimated training time on {self.device}: "
+            f"{'—' if total is None else format_seconds(total)} "
+            f"({self.train_images} training images; evaluation not included) · {self.out_dir}"
+        )
+        return Group(*(Text(n) for n in self.notes), table, Text(footer))
+
+
+def format_seconds(seconds: float) -> str:
+    """``"42 s"``, ``"3 min 20 s"`` or ``"2 h 05 min"``."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def planned_steps(train_images: int, recipe: Recipe) -> int:
+    """Optimiser steps the engine plans: whole micro-batches, grouped by ``grad_accum``."""
+    per_epoch = math.ceil(train_images // recipe.batch_size / recipe.grad_accum)
+    total = per_epoch * recipe.epochs
+    return total if recipe.max_steps is None else min(total, recipe.max_steps)
+
+
+def _model(cell: Cell, num_classes: int) -> Any:
+    """The cell's model with random weights, residual plan and freeze plan applied."""
+    from resablate.freezing import freeze
+    from resablate.surgery import drop_residual, scale_residual
+    from resablate.weights import build_model
+
+    model = build_model(cell.arch, weights=None, num_classes=num_classes, source=cell.source)
+    stages = residual_stages(cell.residual)
+    if stages != () and cell.residual_alpha == 0.0:
+        drop_residual(model, stages)
+    elif stages != ():
+        scale_residual(model, cell.residual_alpha, stages)
+    freeze(model, cell.freeze, bn=cell.bn)
+    return model
+
+
+def _probe(model: Any, recipe: Recipe, num_classes: int, device: Any, steps: int) -> float:
+    """Seconds per optimiser step: ``steps`` timed steps after one warm-up step."""
+    import torch
+    import torch.nn.functional as F
+
+    from resablate.engine.optim import build_optimizer
+    from resablate.freezing import trainable_parameters
+
+    model = model.to(device).train()
+    params = trainable_parameters(model)
+    optimizer = build_optimizer(params, recipe) if params else None
+    size = recipe.image_size
+    images = torch.randn(recipe.batch_size, 3, size, size, device=device)
+    labels = torch.arange(recipe.batch_size, device=device) % num_classes
+
+    def micro_batch() -> None:
+        loss = F.cross_entropy(model(images), labels)
+        if optimizer is not None:
+            loss.backward()
+
+    def step() -> None:
+        for _ in range(recipe.grad_accum):
+            micro_batch()
+        if optimizer is not None:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / steps
+
+
+def plan_grid(
+    spec: GridSpec,
+    out_dir: str | os.PathLike[str],
+    *,
+    device: str | None = None,
+    probe_steps: int = 2,
+) -> GridPlan:
+    """Dry run: store every cell as pending, count each model and estimate its training time.
+
+    Args:
+        spec: The grid.
+        out_dir: The run directory (locked while planning).
+        device: Device of the timing probe (``None`` = CUDA when visible, else CPU).
+        probe_steps: Timed optimiser steps per distinct model; 0 skips the probe (no estimate).
+
+    Returns:
+        The plan. The store holds every cell (pending unless an earlier run finished it) with
+        its counts.
+    """
+    from resablate.counting import count
+    from resablate.data import scan
+    from resablate.engine.environment import device_name, resolve_device
+    from resablate.grid.cell import _dataset_root
+
+    target = resolve_device(device or "auto")
+    dataset = scan(_dataset_root(spec.data))
+    train_images = len(dataset.splits["train"])
+    num_classes = len(dataset.classes)
+    measured: dict[tuple[Any, ...], tuple[Any, float | None]] = {}
+    planned = []
+    with open_grid(spec, out_dir) as store:
+        for row in store.cells():
+            cell = Cell.from_dict(row.config)
+            recipe = get_recipe(cell.recipe, **dict(cell.overrides))
+            key = (cell.arch, cell.source, cell.residual, cell.residual_alpha, cell.freeze, cell.bn)
+            key += (recipe.image_size, recipe.batch_size, recipe.grad_accum, recipe.optimizer)
+            if key not in measured:
+                model = _model(cell, num_classes)
+                counts = count(model, (3, recipe.image_size, recipe.image_size))
+                per_step = (
+                    _probe(model, recipe, num_classes, target, probe_steps) if probe_steps else None
+                )
+                measured[key] = (counts, per_step)
+            counts, per_step = measured[key]
+            if row.params is None:
+                store.set_counts(
+                    row.cell_id,
+                    params=counts.params,
+                    active_params=counts.active_params,
+                    flops=counts.flops,
+                )
+            steps = planned_steps(train_images, recipe)
+            planned.append(
+                PlannedCell(
+                    cell_id=row.cell_id,
+                    label=cell.label,
+                    status=row.status,
+                    params=counts.params,
+                    active_params=counts.active_params,
+                    flops=counts.flops,
+                    steps=steps,
+                    seconds_per_step=per_step,
+                    estimated_seconds=None if per_step is None else steps * per_step,
+                )
+            )
+        store.write_mirrors()
+    return GridPlan(
+        out_dir=str(out_dir),
+        cells=tuple(planned),
+        device=device_name(target),
+        train_images=train_images,
+        notes=spec.notes,
+    )
