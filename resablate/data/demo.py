@@ -25,10 +25,12 @@ returns without touching any file.
 
 from __future__ import annotations
 
-import io
+import fcntl
+import functools
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -42,6 +44,8 @@ GENERATOR_VERSION = 1
 """Version of what the generators write; a change regenerates existing demo folders."""
 
 MARKER = ".resablate-demo.json"
+LOCK = ".resablate-demo.lock"
+STAGING = ".resablate-staging-"
 SIZE = 32
 
 TRAIN_PHOTOS: tuple[str, ...] = (
@@ -70,6 +74,12 @@ def _photo(name: str) -> np.ndarray:
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
     return np.ascontiguousarray(image[:, :, :3].astype(np.uint8))
+
+
+@functools.lru_cache(maxsize=4)
+def _pictures(names: tuple[str, ...]) -> tuple[Image.Image, ...]:
+    """The named pictures as RGB Pillow images (loaded once, only when something is drawn)."""
+    return tuple(Image.fromarray(_photo(name)) for name in names)
 
 
 def _crop(photo: Image.Image, rng: np.random.Generator, lo: int = SIZE, hi: int = 96) -> np.ndarray:
@@ -148,10 +158,8 @@ def _make_demo_image(photo: Image.Image, fake: bool, rng: np.random.Generator) -
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:
-    pixels = Image.fromarray(np.clip(np.rint(image), 0, 255).astype(np.uint8), "RGB")
-    buffer = io.BytesIO()
-    pixels.save(buffer, format="PNG")
-    atomic.write_bytes(path, buffer.getvalue())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.clip(np.rint(image), 0, 255).astype(np.uint8), "RGB").save(path, "PNG")
 
 
 def _marker(kind: str, seed: int, counts: Mapping[str, int], classes: tuple[str, ...]) -> dict:
@@ -179,29 +187,59 @@ def _materialise(
         folder = Path(root).expanduser()
     else:
         folder = paths.cache_dir(kind if seed == 0 else f"{kind}-seed{seed}")
+    folder.mkdir(parents=True, exist_ok=True)
     expected = _marker(kind, seed, counts, classes)
+    # One writer at a time (grid workers may ask for the demo data together).
+    with open(folder / LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _current(folder) == expected:
+            return folder
+        _write_tree(folder, kind, seed, classes, counts, draw)
+        atomic.write_text(folder / MARKER, json.dumps(expected, indent=2) + "\n")
+    return folder
+
+
+def _current(folder: Path) -> dict | None:
+    """The marker's content, or None when the folder holds no complete demo tree."""
+    try:
+        return json.loads((folder / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_tree(
+    folder: Path,
+    kind: str,
+    seed: int,
+    classes: tuple[str, ...],
+    counts: Mapping[str, int],
+    draw: Callable[[str, str, np.random.Generator], np.ndarray],
+) -> None:
+    """Write the tree into a hidden staging folder, then move each split into place.
+
+    Replaces a tree an earlier call wrote (other seed or version); refuses a folder holding
+    anything else. An interrupted call leaves only a hidden staging folder, removed next time.
+    """
     marker = folder / MARKER
-    if marker.is_file():
-        try:
-            if json.loads(marker.read_text()) == expected:
-                return folder
-        except (OSError, ValueError):
-            pass
-        for split in counts:  # an older or other-seed tree this function wrote: replace it
-            shutil.rmtree(folder / split, ignore_errors=True)
-        marker.unlink()
-    elif folder.exists() and any(not p.name.startswith(".") for p in folder.iterdir()):
+    visible = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    if not marker.exists() and visible:
         raise DataError(
             f"refusing to write {kind} data into {folder}: the folder is not empty and was not "
             "written by resablate; choose an empty or new folder"
         )
+    for stale in folder.glob(STAGING + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING, dir=folder))
     for split_index, (split, n) in enumerate(counts.items()):
         for class_index, name in enumerate(classes):
             rng = np.random.default_rng([seed, split_index, class_index])
             for i in range(n):
-                _write_png(folder / split / name / f"{i:05d}.png", draw(split, name, rng))
-    atomic.write_text(marker, json.dumps(expected, indent=2) + "\n")
-    return folder
+                _write_png(staging / split / name / f"{i:05d}.png", draw(split, name, rng))
+    marker.unlink(missing_ok=True)
+    for split in counts:
+        shutil.rmtree(folder / split, ignore_errors=True)
+        os.replace(staging / split, folder / split)
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def demo_data(root: str | os.PathLike[str] | None = None, *, seed: int = 0) -> Path:
@@ -219,13 +257,9 @@ def demo_data(root: str | os.PathLike[str] | None = None, *, seed: int = 0) -> P
     Raises:
         DataError: ``root`` is a non-empty folder that demo_data did not write, or a bad seed.
     """
-    photos = {
-        "train": [Image.fromarray(_photo(name)) for name in TRAIN_PHOTOS],
-        "test": [Image.fromarray(_photo(name)) for name in TEST_PHOTOS],
-    }
 
     def draw(split: str, name: str, rng: np.random.Generator) -> np.ndarray:
-        options = photos[split]
+        options = _pictures(TRAIN_PHOTOS if split == "train" else TEST_PHOTOS)
         photo = options[int(rng.integers(len(options)))]
         return _make_demo_image(photo, name == "FAKE", rng)
 
@@ -248,15 +282,16 @@ def demo_proxy_data(root: str | os.PathLike[str] | None = None, *, seed: int = 0
     Returns:
         The dataset folder, CIFAKE-style: ``train/<class>`` (120 each), ``test/<class>`` (40 each).
     """
-    halves: dict[tuple[str, str], Image.Image] = {}
-    for name in PROXY_CLASSES:
-        picture = _photo(name)
-        middle = picture.shape[1] // 2
-        halves["train", name] = Image.fromarray(np.ascontiguousarray(picture[:, :middle]))
-        halves["test", name] = Image.fromarray(np.ascontiguousarray(picture[:, middle:]))
 
     def draw(split: str, name: str, rng: np.random.Generator) -> np.ndarray:
-        image = _crop(halves[split, name], rng, hi=128)
+        picture = _pictures((name,))[0]
+        middle = picture.width // 2
+        half = picture.crop(
+            (0, 0, middle, picture.height)
+            if split == "train"
+            else (middle, 0, picture.width, picture.height)
+        )
+        image = _crop(half, rng, hi=128)
         return image[:, ::-1] if rng.random() < 0.5 else image
 
     return _materialise(root, "demo-proxy", seed, PROXY_CLASSES, PROXY_COUNTS, draw)
