@@ -306,3 +306,33 @@ def plot_cka(result: CKAResult, path: str | Path, *, title: str | None = None) -
     fig.colorbar(image, ax=ax, label="linear CKA")
     ax.set_title(title or f"linear CKA, {result.n_images} images")
     return save_figure(fig, path)
+
+
+def compare_runs(
+    run_a: str | Path,
+    run_b: str | Path,
+    *,
+    stages: Sequence[str] | None = None,
+    limit: int | None = 64,
+    seed: int = 0,
+) -> CKAResult:
+    """:func:`compare_features` of two finished run directories on run A's test images.
+
+    Both models see the same images: a seeded subset of ``limit`` test images of run A's
+    dataset, through run A's eval transform. The result's labels are the runs' cell labels.
+
+    Raises:
+        ConfigError: Not a finished run directory, or an unknown stage.
+        DataError: Run A's dataset cannot be read.
+    """
+    from resablate.diagnostics.runs import eval_images, load_run
+
+    first, second = load_run(run_a), load_run(run_b)
+    data = eval_images(first.cell.data, first.recipe, limit=limit, seed=seed)
+    return compare_features(
+        first.model,
+        second.model,
+        data.images,
+        stages,
+        labels=(first.cell.label, second.cell.label),
+    )

@@ -189,3 +189,82 @@ def build_for_data(
     torch.manual_seed(seed)
     model = build_model(arch, weights=weights, num_classes=num_classes, source=source)
     return model.eval()
+
+
+@dataclass(frozen=True)
+class Subject:
+    """A model and the images to diagnose it on.
+
+    Attributes:
+        model: The model (CPU, eval mode).
+        label: A human name: the run's cell label, or ``"resnet18 · weights demo"``.
+        data: The images of the split, as the model sees them.
+        positive: Index of the positive class (the recipe's) for F1.
+    """
+
+    model: nn.Module
+    label: str
+    data: EvalImages
+    positive: int
+
+
+def load_subject(
+    run_dir: str | os.PathLike[str] | None = None,
+    *,
+    arch: str | None = None,
+    weights: str = "none",
+    source: str = "torchvision",
+    data: str = "demo",
+    recipe: str = "demo",
+    split: str = "test",
+    limit: int | None = None,
+    seed: int = 0,
+) -> Subject:
+    """A finished run's model and its dataset split, or a freshly built model and a dataset.
+
+    Give either ``run_dir`` (the run's own data and recipe are used) or ``arch`` (with
+    ``weights``, ``source``, ``data`` and ``recipe``).
+
+    Args:
+        run_dir: A finished run directory.
+        arch: Architecture to build instead.
+        weights: As :func:`build_for_data`.
+        source: ``"torchvision"`` or ``"timm"``.
+        data: Dataset folder or ``"demo"`` (with ``arch``).
+        recipe: Recipe whose eval transform feeds the model (with ``arch``).
+        split: The split to take images from.
+        limit: At most this many images (a seeded subset).
+        seed: Seed of the subset and of a random initialisation.
+
+    Raises:
+        ConfigError: Both or neither of ``run_dir`` and ``arch``; any error of the loaders.
+    """
+    if (run_dir is None) == (arch is None):
+        raise ConfigError("give either a run directory or an architecture (--arch), not both")
+    if run_dir is not None:
+        run = load_run(run_dir)
+        images = eval_images(run.cell.data, run.recipe, split=split, limit=limit, seed=seed)
+        return Subject(run.model, run.cell.label, images, run.recipe.positive)
+    assert arch is not None
+    chosen = get_recipe(recipe)
+    images = eval_images(data, chosen, split=split, limit=limit, seed=seed)
+    model = build_for_data(
+        arch, weights=weights, num_classes=len(images.classes), source=source, seed=seed
+    )
+    return Subject(model, f"{arch} · weights {weights}", images, chosen.positive)
+
+
+def synthetic_batch(batch: int, image_size: int, *, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """A seeded batch of standard-normal images (like normalised inputs) and labels 0, 1, 0, ...
+
+    Returns:
+        ``([batch, 3, image_size, image_size]`` float32, ``[batch]`` int64).
+
+    Raises:
+        ConfigError: ``batch`` below 2 or ``image_size`` below 1.
+    """
+    if batch < 2 or image_size < 1:
+        raise ConfigError(f"need batch >= 2 and image size >= 1, got {batch} and {image_size}")
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch, 3, image_size, image_size, generator=generator)
+    return images, torch.arange(batch) % 2

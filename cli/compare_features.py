@@ -1,0 +1,47 @@
+"""``resablate compare-features``: linear CKA between the stage outputs of two trained models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from resablate_cli.diagnostic_output import show, split_names
+
+
+def compare_features(
+    run_a: Annotated[Path, typer.Argument(help="First finished run directory.")],
+    run_b: Annotated[Path, typer.Argument(help="Second finished run directory.")],
+    stages: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--stages", help="Stages or module paths (conv1,conv4_x,layer3.1); default all."
+        ),
+    ] = None,
+    images: Annotated[
+        int, typer.Option("--images", min=2, help="Test images to compare on (seeded subset).")
+    ] = 64,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the image subset.")] = 0,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the heat map (PNG) here.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Linear CKA (Kornblith et al. 2019) between every stage of RUN_A and every stage of RUN_B.
+
+    Both models see the same test images of RUN_A's dataset, through RUN_A's eval transform.
+    1 = the same representation up to rotation and scale; near 0 = unrelated.
+
+    Example: [bold]resablate compare-features runs/res-on runs/res-off --out cka.png[/]
+    """
+    from resablate.diagnostics.cka import compare_runs, plot_cka
+
+    result = compare_runs(run_a, run_b, stages=split_names(stages), limit=images, seed=seed)
+    figure = None if out is None else plot_cka(result, out)
+    show(result, as_json=as_json, figure=figure)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``compare-features`` to the application."""
+    app.command("compare-features")(compare_features)
