@@ -20,7 +20,6 @@ from resablate.report.tables import (
     freeze_table,
     model_table,
     problem_table,
-    rich_table,
 )
 
 if TYPE_CHECKING:
@@ -102,7 +101,10 @@ class Report:
 
         parts: list[Any] = [Text(f"{self.out_dir} · {self.summary}", style="bold")]
         for table in self.tables():
-            parts += [Text(""), rich_table(table)]
+            if table is self.problems and not self.problems.problems:
+                parts += [Text(""), Text("Every cell of the grid finished.")]
+            else:
+                parts += [Text(""), table]
         return Group(*parts)
 
 

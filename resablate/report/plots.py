@@ -157,7 +157,7 @@ def stage_activations(
     from resablate.families import get_family
 
     family = get_family(row.arch, row.source)
-    pixels = torch.from_numpy(image).permute(2, 0, 1).float().div(255.0).unsqueeze(0)
+    pixels = torch.from_numpy(image.copy()).permute(2, 0, 1).float().div(255.0).unsqueeze(0)
     pixels = functional.interpolate(
         pixels, size=(recipe.image_size, recipe.image_size), mode="bilinear", antialias=True
     )

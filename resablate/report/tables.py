@@ -593,7 +593,25 @@ class ModelTable:
         return [{"table": "models", **r.to_dict()} for r in self.rows]
 
     def __rich__(self) -> RenderableType:
-        return rich_table(self)
+        # Fourteen columns do not fit a terminal: show size/cost/speed and metrics as two tables,
+        # each keyed by the configuration in one column.
+        from rich.console import Group as RichGroup
+        from rich.table import Table
+        from rich.text import Text
+
+        header, rows = self.header(), self.display_rows()
+        cost = [3, 4, 5, 6, 12, 13]  # seeds, params, active params, GFLOPs, train s, images/s
+        metrics = list(range(7, 12)) + ([14] if self.compare else [])
+        parts: list[Any] = []
+        for title, picked in (("size, cost, speed", cost), ("test metrics", metrics)):
+            grid = Table(title=f"Models: {title}", show_lines=True, title_justify="left")
+            grid.add_column("configuration")
+            for k in picked:
+                grid.add_column(header[k], justify="right")
+            for row in rows:
+                grid.add_row(f"{row[0]}\n{row[1]}\nfreeze {row[2]}", *(row[k] for k in picked))
+            parts.append(grid)
+        return RichGroup(*parts, *(Text(f"• {n}", style="dim") for n in self.notes))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready fields."""
