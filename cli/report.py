@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from resablate_cli import console
+from resablate_cli.grid import Metric
 
 
 class Format(StrEnum):
@@ -19,16 +20,6 @@ class Format(StrEnum):
     csv = "csv"
     json = "json"
     html = "html"
-
-
-class Metric(StrEnum):
-    """Metrics the ablation table can show."""
-
-    f1 = "f1"
-    accuracy = "accuracy"
-    precision = "precision"
-    recall = "recall"
-    loss = "loss"
 
 
 class Study(StrEnum):
@@ -69,9 +60,9 @@ def report(
 ) -> None:
     """Regenerate the papers' tables and figures from a grid, with seeds and significance.
 
-    Ablation table (depth × residual × pretrained, CIFAKE), freeze table (freeze plan ×
-    architecture, Food-5K), model table; mean ± 95 % t-interval over seeds, McNemar's exact test
-    against the residual-on reference (discordant pairs summed over seeds).
+    Tables: ablation (depth × residual × pretrained), freeze plans, models (size, cost, speed).
+
+    Seeds: mean ± 95 % t-interval; McNemar's exact test against residual on (pooled over seeds).
 
     Example: [bold]resablate report runs/demo --format html --compare cifake[/]
     """

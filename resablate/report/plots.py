@@ -115,7 +115,7 @@ def misclassified(
         confidence = prob if p.pred == 1 else 1.0 - prob
         wrong.append((confidence, p))
     wrong.sort(key=lambda item: (-item[0], item[1].index))
-    samples = []
+    samples: list[GallerySample] = []
     for confidence, p in wrong:
         if len(samples) == limit:
             break
@@ -324,7 +324,7 @@ def _cell_title(row: CellRow) -> str:
 
 
 def _schedule_figures(done: Sequence[CellRow], target: Path) -> list[FigureFile]:
-    figures = []
+    figures: list[FigureFile] = []
     seen: set[tuple[str, int]] = set()
     for row in done:
         if not row.steps:
@@ -381,7 +381,7 @@ def _feature_map_figures(
 ) -> list[FigureFile]:
     from resablate.data.images import decode_image
 
-    figures = []
+    figures: list[FigureFile] = []
     for on, off in _feature_pairs(report):
         preds = predictions.get(on.cell_id) or []
         path = next((p.path for p in preds if p.path and Path(p.path).is_file()), None)

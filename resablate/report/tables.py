@@ -201,8 +201,11 @@ class Entry:
 class Tabular(Protocol):
     """What the renderers need from a table: a title, a header, display rows, notes, records."""
 
-    title: str
-    notes: tuple[str, ...]
+    @property
+    def title(self) -> str: ...
+
+    @property
+    def notes(self) -> tuple[str, ...]: ...
 
     def header(self) -> list[str]: ...
 
