@@ -189,8 +189,10 @@ def _materialise(
         folder = paths.cache_dir(kind if seed == 0 else f"{kind}-seed{seed}")
     folder.mkdir(parents=True, exist_ok=True)
     expected = _marker(kind, seed, counts, classes)
+    if _current(folder) == expected:
+        return folder
     # One writer at a time (grid workers may ask for the demo data together).
-    with open(folder / LOCK, "w") as lock:
+    with open(folder / LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if _current(folder) == expected:
             return folder
