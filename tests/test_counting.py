@@ -1,0 +1,227 @@
+"""count(): golden parameters and FLOPs, equality with fvcore, and that the model is untouched."""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from resablate.counting import count, count_architectures
+from resablate.errors import ConfigError
+from resablate.families import get_family, list_families
+from resablate.freezing import freeze
+from resablate.surgery import drop_residual
+
+# Parameters with 1000-class heads (torchvision's published num_params; the papers' Table 6 in
+# millions: 11.7, 25.6, 44.5, 60.2) and fvcore GFLOPs at 224×224.
+GOLDEN_RESNETS = {
+    18: (11_689_512, 1.82),
+    34: (21_797_672, 3.67),
+    50: (25_557_032, 4.11),
+    101: (44_549_160, 7.83),
+    152: (60_192_808, 11.56),
+}
+
+# fvcore FlopCountAnalysis totals at 64×64, batch 1, eval mode: (residual on, residual dropped).
+# Recomputed live against fvcore for a representative subset below.
+FVCORE_64 = {
+    ("torchvision", "resnet18"): (148965376, 147363840),
+    ("torchvision", "resnet34"): (300165120, 298563584),
+    ("torchvision", "resnet50"): (337514496, 307908608),
+    ("torchvision", "resnet101"): (641388544, 611782656),
+    ("torchvision", "resnet152"): (945459200, 915853312),
+    ("torchvision", "resnext50_32x4d"): (349585408, 319979520),
+    ("torchvision", "resnext101_32x8d"): (1346904064, 1317298176),
+    ("torchvision", "resnext101_64x4d"): (1269047296, 1239441408),
+    ("torchvision", "wide_resnet50_2"): (934690816, 905084928),
+    ("torchvision", "wide_resnet101_2"): (1862746112, 1833140224),
+    ("timm", "resnet18"): (148965376, 147363840),
+    ("timm", "resnet34"): (300165120, 298563584),
+    ("timm", "resnet50"): (337514496, 307908608),
+    ("timm", "resnet101"): (641388544, 611782656),
+    ("timm", "resnet152"): (945459200, 915853312),
+    ("torchvision", "alexnet"): (98145216, None),
+    ("torchvision", "vgg16"): (1376421888, None),
+    ("torchvision", "efficientnet_b3"): (84231872, None),
+    ("torchvision", "efficientnet_b4"): (130594144, None),
+}
+
+
+def meta_model(arch: str, source: str = "torchvision") -> nn.Module:
+    with torch.device("meta"):
+        return get_family(arch, source).builder()
+
+
+def real_model(arch: str, source: str = "torchvision") -> nn.Module:
+    """Real CPU tensors without paying for initialisation (values are irrelevant to counting)."""
+    return meta_model(arch, source).to_empty(device="cpu").eval()
+
+
+def fvcore_flops(model: nn.Module, size: int) -> int:
+    from fvcore.nn import FlopCountAnalysis
+
+    logging.getLogger("fvcore").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        analysis = FlopCountAnalysis(model, torch.zeros(1, 3, size, size))
+        analysis.unsupported_ops_warnings(False)
+        analysis.uncalled_modules_warnings(False)
+        return int(analysis.total())
+
+
+def test_every_registered_architecture_has_a_pinned_fvcore_value() -> None:
+    assert set(FVCORE_64) == {(f.source, f.arch) for f in list_families()}
+
+
+@pytest.mark.parametrize("depth", sorted(GOLDEN_RESNETS))
+@pytest.mark.parametrize("source", ["torchvision", "timm"])
+def test_golden_resnet_params_and_gflops(source: str, depth: int) -> None:
+    params, gflops = GOLDEN_RESNETS[depth]
+    counts = count(meta_model(f"resnet{depth}", source))
+    assert counts.params == params
+    assert counts.trainable_params == params
+    assert counts.active_params == params
+    assert counts.flops / 1e9 == pytest.approx(gflops, rel=0.01)
+    assert round(counts.params / 1e6, 1) == round(params / 1e6, 1)
+
+
+def test_resnet50_flops_at_224_are_fvcores_exactly() -> None:
+    assert count(meta_model("resnet50")).flops == 4_111_512_576
+
+
+@pytest.mark.parametrize(("source", "arch"), sorted(FVCORE_64))
+def test_counter_matches_pinned_fvcore_values_with_and_without_residuals(
+    source: str, arch: str
+) -> None:
+    on, off = FVCORE_64[(source, arch)]
+    model = meta_model(arch, source)
+    assert count(model, (3, 64, 64)).flops == on
+    if off is not None:
+        drop_residual(model)
+        assert count(model, (3, 64, 64)).flops == off
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize(
+    ("source", "arch"),
+    # one per block type and source, plus a plain sequential model (fvcore is slow: ~1 s each)
+    [("torchvision", "resnet18"), ("timm", "resnet50"), ("torchvision", "alexnet")],
+)
+def test_counter_equals_live_fvcore(source: str, arch: str) -> None:
+    model = real_model(arch, source)
+    assert count(model, (3, 64, 64)).flops == fvcore_flops(model, 64)
+    if get_family(arch, source).residual:
+        drop_residual(model)
+        assert count(model, (3, 64, 64)).flops == fvcore_flops(model, 64)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_counter_equals_live_fvcore_for_resnet50_at_224() -> None:
+    model = real_model("resnet50")
+    assert count(model).flops == fvcore_flops(model, 224) == 4_111_512_576
+
+
+def test_drop_residual_on_resnet50_makes_downsample_params_inactive_and_saves_flops() -> None:
+    model = meta_model("resnet50")
+    before = count(model)
+    drop_residual(model)
+    after = count(model)
+    downsample = sum(
+        p.numel() for name, p in model.named_parameters() if ".downsample." in f".{name}"
+    )
+    assert downsample == 2_776_576
+    assert after.params == before.params == 25_557_032
+    assert after.active_params == after.params - downsample
+    assert after.flops < before.flops
+    stage = {s.stage: s for s in after.stages}
+    assert stage["conv1"].active_params == stage["conv1"].params
+
+
+def test_stages_sum_to_totals_and_follow_the_stage_map() -> None:
+    counts = count(meta_model("resnet18"), (3, 64, 64))
+    assert [s.stage for s in counts.stages] == [
+        "conv1",
+        "conv2_x",
+        "conv3_x",
+        "conv4_x",
+        "conv5_x",
+        "head",
+    ]
+    assert sum(s.params for s in counts.stages) == counts.params
+    assert sum(s.flops for s in counts.stages) == counts.flops
+    assert counts.stages[0].params == 64 * 3 * 7 * 7 + 2 * 64
+    assert counts.stages[-1].params == 512 * 1000 + 1000
+    alex = count(meta_model("alexnet"), (3, 64, 64))
+    assert [s.stage for s in alex.stages] == ["conv1", "conv2", "conv3", "conv4", "conv5", "head"]
+
+
+def test_count_leaves_the_model_untouched() -> None:
+    torch.manual_seed(0)
+    model = get_family("resnet18").builder()
+    freeze(model, "conv1-2")
+    model.train()
+    model.layer3.eval()
+    modes = {name: m.training for name, m in model.named_modules()}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = {n: p.requires_grad for n, p in model.named_parameters()}
+    counts = count(model, (3, 32, 32))
+    assert counts.trainable_params == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert counts.trainable_params < counts.params
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == grads
+    after = model.state_dict()
+    assert after.keys() == state.keys()
+    assert all(torch.equal(after[k], v) and after[k].device == v.device for k, v in state.items())
+    assert all(not m._forward_hooks and "forward" not in m.__dict__ for m in model.modules())
+
+
+def test_count_restores_the_model_when_the_forward_fails() -> None:
+    model = meta_model("resnet18")
+    model.train()
+    with pytest.raises(RuntimeError):
+        count(model, (5, 32, 32))  # conv1 expects 3 channels
+    assert all(m.training for m in model.modules())
+    assert all(not m._forward_hooks and "forward" not in m.__dict__ for m in model.modules())
+
+
+def test_shared_parameters_count_once_and_unknown_models_have_no_stages() -> None:
+    layer = nn.Linear(4, 4)
+    model = nn.Sequential(layer, nn.ReLU(), layer)
+    counts = count(model, (4,))
+    assert counts.params == 20
+    assert counts.flops == 32  # two calls of 4×4 multiply-adds
+    assert [s.stage for s in counts.stages] == []
+
+
+def test_bad_input_size_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="input_size"):
+        count(meta_model("resnet18"), (3, 0, 32))
+
+
+def test_counts_to_dict_and_rich() -> None:
+    from rich.console import Console
+
+    counts = count(meta_model("resnet18"), (3, 64, 64))
+    data = json.loads(json.dumps(counts.to_dict()))
+    assert data["params"] == 11_689_512
+    assert data["input_size"] == [3, 64, 64]
+    assert data["stages"][0]["stage"] == "conv1"
+    console = Console(record=True, width=120)
+    console.print(counts)
+    assert "11,689,512" in console.export_text()
+
+
+def test_count_architectures_compares_and_validates_first() -> None:
+    table = count_architectures(["resnet18", "vgg16"])
+    assert [(a, c.params) for a, _, c in table.rows] == [
+        ("resnet18", 11_689_512),
+        ("vgg16", 138_357_544),
+    ]
+    with pytest.raises(ConfigError, match="unknown architecture 'resnet77'"):
+        count_architectures(["resnet18", "resnet77"])
