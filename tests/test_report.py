@@ -362,3 +362,16 @@ def test_cli_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "newer resablate (store format 99" in lines[0]
     assert "Traceback" not in result.output
+
+
+def test_cli_writes_html_file_without_figures(store_dir: Path, tmp_path: Path) -> None:
+    target = tmp_path / "out" / "study.html"
+    result = CliRunner().invoke(
+        app, ["report", str(store_dir), "--format", "html", "--out", str(target), "--no-figures"]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"wrote {target} (0 figures)" in " ".join(result.output.split())
+    html = target.read_text()
+    assert html.startswith("<!DOCTYPE html>") and "<img" not in html
+    assert "loss became nan at step 3" in html
+    assert sorted(p.name for p in target.parent.iterdir()) == ["study.html"]

@@ -162,7 +162,7 @@ def build_report(
             return tuple(store.predictions(cell_id))
 
         report = Report(
-            out_dir=Path(out_dir).expanduser(),
+            out_dir=store.path.parent,
             store_path=store.path,
             metric=metric,
             compare=compare,
