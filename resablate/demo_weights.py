@@ -81,12 +81,11 @@ def _pretrain(
 ) -> None:
     import torch
 
-    from resablate import paths
     from resablate.data import decode_split, demo_proxy_data, scan
     from resablate.engine import stream_seed, train
     from resablate.weights import build_model, save_state_dict_file
 
-    dataset = scan(demo_proxy_data(paths.cache_dir("demo-proxy")))
+    dataset = scan(demo_proxy_data())
     recipe = PRETRAIN_RECIPE
     splits = {
         name: decode_split(dataset, name, storage_size=recipe.storage_size)

@@ -106,7 +106,7 @@ def _default_transforms(recipe: Recipe) -> tuple[Transform, Transform]:
     )
 
 
-def _frozen_fingerprint(model: nn.Module) -> str | None:
+def _frozen_fingerprint(model: nn.Module) -> dict[str, str] | None:
     """Fingerprint of the frozen parameters and BN statistics (``None`` when nothing is frozen)."""
     if all(p.requires_grad for p in model.parameters()):
         return None
@@ -539,7 +539,7 @@ def train(
     else:
         session.write_history()
     frozen_after = _frozen_fingerprint(model)
-    if frozen_before is None:
+    if not frozen_before:
         frozen_check = "not applicable"
     else:
         frozen_check = "passed" if frozen_after == frozen_before else "failed"

@@ -248,12 +248,10 @@ class CellResult:
 
 
 def _dataset_root(data: str) -> Path:
-    from resablate import paths
-
     if data == "demo":
         from resablate.data import demo_data
 
-        return demo_data(paths.cache_dir("demo"))
+        return demo_data()
     return Path(data)
 
 

@@ -1,0 +1,100 @@
+"""run_cell: one cell end to end on the demo data, its run directory and its result."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import resablate.demo_weights as demo_weights
+from resablate.errors import WeightsError
+from resablate.grid.cell import Cell, CellPrepared, run_cell
+from resablate.weights import build_model, save_state_dict_file, weights_sha256
+
+# A handful of steps at 32×32: enough to exercise every stage of a cell, fast on two cores.
+FAST = (("max_steps", 2), ("batch_size", 16), ("eval_batch_size", 160))
+
+
+def _cell(**kw) -> Cell:
+    return Cell(arch="resnet18", recipe="demo", overrides=FAST, data="demo", **kw)
+
+
+@pytest.mark.slow
+def test_run_cell_writes_the_run_directory(tmp_path: Path) -> None:
+    events: list[object] = []
+    steps: list[int] = []
+    hooks = [lambda info: steps.append(info.step)]
+    result = run_cell(_cell(), tmp_path, callback=events.append, on_step=hooks)
+    assert result.status == "done" and result.steps == 2 and result.total_steps == 2
+    assert steps == [1, 2]  # the per-step hooks reached the engine
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "cell.json",
+        "checkpoints",
+        "history.jsonl",
+        "model.safetensors",
+        "predictions.csv",
+        "recipe.json",
+        "result.json",
+        "train.json",
+    ]
+    assert json.loads((tmp_path / "cell.json").read_text()) == _cell().to_dict()
+    saved = json.loads((tmp_path / "result.json").read_text())
+    assert saved["cell_id"] == _cell().cell_id and saved["status"] == "done"
+    assert saved["metrics"]["n"] == 320  # the demo test split
+    assert saved["environment"]["torch"] == torch.__version__
+    assert saved["environment"]["weights_sha256"] is None
+    assert len(saved["environment"]["dataset_fingerprint"]) == 64
+    # ResNet-18 with a 2-class head: 11,177,538 parameters; fvcore FLOPs at the recipe's 32×32.
+    assert (result.params, result.active_params, result.trainable_params) == (11_177_538,) * 3
+    assert result.flops == 37_114_368
+    prepared = [e for e in events if isinstance(e, CellPrepared)]
+    assert len(prepared) == 1 and prepared[0].scan.classes == ("FAKE", "REAL")
+    assert prepared[0].surgery is None
+    rows = (tmp_path / "predictions.csv").read_text().splitlines()
+    assert len(rows) == 321 and rows[1].split(",")[1].endswith(".png")
+
+
+@pytest.mark.slow
+def test_surgery_and_freezing_reach_the_model(tmp_path: Path) -> None:
+    cell = _cell(residual="off:conv4_x,conv5_x", freeze="conv1-3", weights="none")
+    result = run_cell(cell, tmp_path)
+    assert result.status == "done"
+    assert result.active_params < result.params  # idle projection shortcuts of layer3/4
+    assert result.trainable_params < result.params
+    assert result.frozen_check == "passed"
+    assert json.loads((tmp_path / "result.json").read_text())["frozen_check"] == "passed"
+
+
+@pytest.mark.slow
+def test_weights_file_and_its_hash(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    weights = tmp_path / "init.safetensors"
+    save_state_dict_file(build_model("resnet18", num_classes=2).state_dict(), weights)
+    result = run_cell(_cell(weights=str(weights)), tmp_path / "run")
+    assert result.environment.weights_sha256 == weights_sha256(weights)
+
+
+def test_wrong_weights_file_is_a_resablate_error(tmp_path: Path) -> None:
+    weights = tmp_path / "resnet34.safetensors"
+    save_state_dict_file(build_model("resnet34", num_classes=2).state_dict(), weights)
+    with pytest.raises(WeightsError):
+        run_cell(_cell(weights=str(weights)), tmp_path / "run")
+    assert not (tmp_path / "run" / "result.json").exists()
+
+
+@pytest.mark.slow
+def test_demo_weights_built_once_then_used(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(
+        demo_weights,
+        "PRETRAIN_RECIPE",
+        demo_weights.PRETRAIN_RECIPE.replace(max_steps=1, batch_size=8, eval_batch_size=240),
+    )
+    path = demo_weights.ensure_demo_weights("resnet18")
+    assert path.name == "torchvision-resnet18.safetensors" and path.is_file()
+    mtime = path.stat().st_mtime_ns
+    assert demo_weights.ensure_demo_weights("resnet18") == path
+    assert path.stat().st_mtime_ns == mtime  # cached: not trained again
+    result = run_cell(_cell(weights="demo"), tmp_path / "run")
+    assert result.environment.weights_sha256 == weights_sha256(path)
