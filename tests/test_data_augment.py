@@ -97,10 +97,11 @@ def test_a_box_at_scale_one_is_exactly_that_region() -> None:
 
 
 @pytest.mark.parametrize("size", [12, 64])  # down-scaling (antialiased) and up-scaling
-def test_matches_torchvision_resized_crop_per_image(size: int) -> None:
-    images = _images(6, 24, 30)
+@pytest.mark.parametrize(("height", "width"), [(24, 30), (30, 24)])  # both product orders
+def test_matches_torchvision_resized_crop_per_image(size: int, height: int, width: int) -> None:
+    images = _images(6, height, width)
     transform = BatchTransform(size, train=True)
-    params = transform.sample_params(6, 24, 30, torch.Generator().manual_seed(4))
+    params = transform.sample_params(6, height, width, torch.Generator().manual_seed(4))
     out = transform.apply(images, params)
     for i in range(6):
         box = (int(params.top[i]), int(params.left[i]), int(params.height[i]), int(params.width[i]))

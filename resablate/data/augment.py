@@ -247,11 +247,14 @@ class BatchTransform:
         rows = resample_weights(params.top.to(device), params.height.to(device), height, size)
         cols = resample_weights(params.left.to(device), params.width.to(device), width, size)
         cols = torch.where(params.flip.to(device).view(n, 1, 1), cols.flip(1), cols)
-        rows, cols_t = rows.unsqueeze(1), cols.transpose(1, 2).unsqueeze(1)  # [B,1,S,H], [B,1,W,S]
-        # Same result either way; take the order with fewer multiply-adds.
+        cols_t = cols.transpose(1, 2)  # [B, W, S]
+        # Same result either way; take the order with fewer multiply-adds. The product with
+        # cols_t runs as one bmm over [B, 3*rows, W]; the one with rows broadcasts over channels.
         if height <= width:
-            return torch.matmul(rows, torch.matmul(x, cols_t))
-        return torch.matmul(torch.matmul(rows, x), cols_t)
+            narrow = torch.bmm(x.reshape(n, 3 * height, width), cols_t).view(n, 3, height, size)
+            return torch.matmul(rows.unsqueeze(1), narrow)
+        tall = torch.matmul(rows.unsqueeze(1), x)  # [B, 3, S, W]
+        return torch.bmm(tall.reshape(n, 3 * size, width), cols_t).view(n, 3, size, size)
 
     def _normalise(self, images: torch.Tensor) -> torch.Tensor:
         """``(images / 255 - mean) / std`` per channel, as float32, in one fused pass."""
