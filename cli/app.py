@@ -49,6 +49,8 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "count",
     "weights",
     "data",
+    "train",
+    "demo_weights",
     "grid",
     "report",
     "lesion",
