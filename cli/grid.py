@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from enum import StrEnum
 from pathlib import Path
@@ -85,6 +86,21 @@ def _is_number(text: str) -> bool:
 def _values(option: str, text: str) -> list[str]:
     parts = [p for p in text.split(",") if p.strip()] if not text.startswith("off:") else [text]
     return [item for part in parts for item in (option, part.strip())]
+
+
+def parse_settings(settings: list[str]) -> dict[str, Any]:
+    """``["lr=0.01", "amp=none"]`` → ``{"lr": 0.01, "amp": "none"}`` (values read as JSON if they
+    parse, else kept as text)."""
+    result: dict[str, Any] = {}
+    for item in settings:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise typer.BadParameter(f"{item!r} is not FIELD=VALUE", param_hint="--set")
+        try:
+            result[name.strip()] = json.loads(text)
+        except ValueError:
+            result[name.strip()] = text
+    return result
 
 
 class GridCommand(TyperCommand):
@@ -294,6 +310,14 @@ def grid(
     image_size: Annotated[int | None, typer.Option(help="Input side in pixels.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per micro-batch.")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Any other recipe field as FIELD=VALUE, e.g. --set checkpoint_every=50 "
+            "(repeatable).",
+        ),
+    ] = None,
     bn: Annotated[BnPolicy, typer.Option(help="BatchNorm of frozen stages.")] = BnPolicy.frozen,
     out: Annotated[
         Path, typer.Option(help="Run directory: store, results.csv, one folder per cell.")
@@ -334,7 +358,8 @@ def grid(
     """
     from resablate.grid.spec import GridSpec
 
-    overrides = {
+    overrides = parse_settings(settings or [])
+    overrides |= {
         name: value
         for name, value in (
             ("epochs", epochs),

@@ -378,14 +378,12 @@ class ResultStore:
                 )
             target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            if readonly:
-                conn = sqlite3.connect(
-                    f"{target.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None
-                )
-            else:
-                conn = sqlite3.connect(target, isolation_level=None)
+            conn = sqlite3.connect(target, isolation_level=None)
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if readonly:
+                # Not ``mode=ro``: a reader must be able to recover the WAL a killed writer left.
+                conn.execute("PRAGMA query_only = ON")
             self._conn = conn
             self._prepare()
         except sqlite3.DatabaseError as exc:
