@@ -280,6 +280,12 @@ def test_compare_places_published_numbers_and_leaves_gaps_empty(store_dir: Path)
     row = table.display_rows()[0]
     assert row[2] == "0.928 (table7)" and row[8] == "—"
     assert any("Table 4 and Table 5" in n for n in table.notes)
+    model = report.models.rows[0]
+    assert {k: (v.value, v.table) for k, v in model.published.items()} == {
+        "f1": (0.928, "table7"),
+        "loss": (0.19, "table7"),
+        "params_m": (11.7, "table2"),
+    }
 
 
 def test_published_data_as_printed() -> None:

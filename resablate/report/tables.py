@@ -502,7 +502,8 @@ class ModelRecord:
         metrics: Test ``loss``, ``f1``, ``precision``, ``recall``, ``accuracy`` over seeds.
         train_seconds: Mean wall-clock training time per seed, seconds.
         images_per_second: Mean training throughput, images per second.
-        published: Published numbers for this configuration, by metric.
+        published: Published numbers for this configuration, by metric (and ``params_m``, the
+            published parameter count in millions).
         cell_ids: The group's cells, by seed.
     """
 
@@ -635,7 +636,7 @@ def model_table(cells: Sequence[CellRow], *, published: PublishedStudy | None = 
     records = []
     for group in group_cells(cells):
         first, done = group.first, group.done
-        found = {name: _lookup(published, name, first) for name in METRICS}
+        found = {name: _lookup(published, name, first) for name in (*METRICS, "params_m")}
         pubs = {name: value for name, value in found.items() if value is not None}
         flops = _mean(r.flops for r in group.rows)
         records.append(
