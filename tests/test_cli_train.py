@@ -1,0 +1,71 @@
+"""``resablate train`` and ``resablate demo-weights`` through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from resablate_cli.app import app
+
+FAST = ["--recipe", "demo", "--max-steps", "2", "--batch-size", "16", "--device", "cpu"]
+
+
+@pytest.mark.slow
+def test_tiny_run_prints_layout_summary_and_metrics(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["train", "--arch", "resnet18", "--data", "demo", *FAST, "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "cifake" in out  # the layout found
+    assert "11,177,538" in out  # ResNet-18 with a 2-class head
+    assert "FLOPs at 32×32 (multiply-adds)" in out
+    for label in ("accuracy", "precision", "recall", "f1", "loss", "steps", "2/2"):
+        assert label in out
+    assert "step 2/2" in result.stderr  # plain progress lines off a terminal
+    assert (tmp_path / "result.json").is_file()
+
+
+@pytest.mark.slow
+def test_same_seed_twice_gives_identical_metrics(tmp_path: Path) -> None:
+    runs = []
+    for name in ("a", "b"):
+        args = ["train", "--arch", "resnet18", *FAST, "--seed", "0", "--json"]
+        result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+        runs.append(json.loads(result.stdout))
+    assert runs[0]["metrics"] == runs[1]["metrics"]
+    assert runs[0]["loss"] == runs[1]["loss"]
+    assert runs[0]["cell_id"] == runs[1]["cell_id"]
+    preds = [(tmp_path / n / "predictions.csv").read_text() for n in ("a", "b")]
+    assert preds[0] == preds[1]
+
+
+def test_missing_data_path_is_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    result = CliRunner().invoke(app, ["train", "--arch", "resnet18", "--data", str(missing)])
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: ") and str(missing) in result.stderr
+
+
+def test_stages_need_no_residual() -> None:
+    result = CliRunner().invoke(app, ["train", "--arch", "resnet18", "--stages", "conv4_x"])
+    assert result.exit_code == 2
+    assert "--stages only applies together with --no-residual" in result.stderr
+
+
+def test_unknown_recipe_field_value_is_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["train", "--arch", "resnet18", *FAST, "--lr", "-1", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 2
+    assert result.stderr == "error: recipe field lr=-1.0 must be > 0\n"
+
+
+def test_demo_weights_unknown_arch() -> None:
+    result = CliRunner().invoke(app, ["demo-weights", "resnet19"])
+    assert result.exit_code == 2 and result.stderr.startswith("error: ")
