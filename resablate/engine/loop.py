@@ -320,15 +320,17 @@ class _Session:
 
     # --- training ------------------------------------------------------------------------------
 
-    def check_losses(self) -> int | None:
-        """Step number of the first non-finite pending loss, else ``None``; clears the queue."""
-        if not self.pending:
-            return None
-        losses = torch.stack([loss for _, loss in self.pending]).cpu()
+    def check_losses(self) -> tuple[int | None, float]:
+        """Read the pending step losses back (one transfer) and clear the queue.
+
+        Returns:
+            The step of the first non-finite loss (``None`` if all are finite) and their mean.
+        """
+        losses = torch.stack([loss for _, loss in self.pending]).float().cpu()
         steps = [s for s, _ in self.pending]
         self.pending = []
         bad = (~torch.isfinite(losses)).nonzero()
-        return steps[int(bad[0])] if bad.numel() else None
+        return (steps[int(bad[0])] if bad.numel() else None), float(losses.mean())
 
     def micro_batch(self, order: torch.Tensor, b: int, scale: float) -> torch.Tensor:
         bs = self.recipe.batch_size
@@ -392,8 +394,7 @@ class _Session:
             last = self.step == plan.total_steps
             if self.step % check_every and not (evaluate_now or save_now or last):
                 continue
-            losses = [float(v) for _, v in self.pending]
-            bad = self.check_losses()
+            bad, mean_loss = self.check_losses()
             if self.cuda:
                 torch.cuda.synchronize(self.device)
             now = time.perf_counter()
@@ -407,7 +408,7 @@ class _Session:
                     step=self.step,
                     total_steps=plan.total_steps,
                     epoch=self.epochs_done(),
-                    loss=sum(losses) / len(losses),
+                    loss=mean_loss,
                     lr=self.lr_used,
                     images_per_second=rate,
                     eta_seconds=(plan.total_steps - self.step) / max(steps_per_s, 1e-9),
