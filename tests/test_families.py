@@ -1,0 +1,150 @@
+"""The registry: what is registered, stage names, stage maps that fit the built models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from resablate import list_architectures
+from resablate.errors import ConfigError
+from resablate.families import (
+    RESNET_STAGES,
+    block_adapter,
+    canonical_stage,
+    family_of,
+    get_family,
+    head_of,
+    list_families,
+    paper_stage,
+    register,
+    stage_map,
+)
+
+TORCHVISION = [
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnext50_32x4d",
+    "resnext101_32x8d",
+    "resnext101_64x4d",
+    "wide_resnet50_2",
+    "wide_resnet101_2",
+    "alexnet",
+    "vgg16",
+    "efficientnet_b3",
+    "efficientnet_b4",
+]
+
+
+def test_registered_architectures() -> None:
+    assert list_architectures("torchvision") == TORCHVISION
+    assert list_architectures("timm") == [
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "resnet101",
+        "resnet152",
+    ]
+    assert list_architectures() == TORCHVISION
+    assert [f.arch for f in list_families() if not f.residual] == [
+        "alexnet",
+        "vgg16",
+        "efficientnet_b3",
+        "efficientnet_b4",
+    ]
+    assert get_family("ResNet50").depth == 50
+    assert get_family("resnext101_64x4d").depth == 101
+    assert get_family("resnet50", "timm").imagenet == "resnet50.a1_in1k"
+
+
+def test_registering_twice_raises() -> None:
+    with pytest.raises(ConfigError, match=r"'resnet50' \(timm\) is already registered"):
+        register(get_family("resnet50", "timm"))
+
+
+def test_unknown_architecture_and_source() -> None:
+    with pytest.raises(ConfigError) as info:
+        get_family("resnet77")
+    assert str(info.value).startswith(
+        "unknown architecture 'resnet77'; ResNet depths: 18, 34, 50, 101, 152; architectures: "
+        "resnet18, resnet34"
+    )
+    with pytest.raises(ConfigError, match=r"for source timm \(it exists with source torchvision\)"):
+        get_family("vgg16", "timm")
+    with pytest.raises(ConfigError, match="unknown source 'keras'; sources: torchvision, timm"):
+        get_family("resnet50", "keras")
+
+
+@pytest.mark.parametrize(
+    ("name", "code", "paper"),
+    [
+        ("conv1", "conv1", "conv1"),
+        ("STEM", "conv1", "conv1"),
+        ("conv2_x", "layer1", "conv2_x"),
+        ("Conv4_X", "layer3", "conv4_x"),
+        ("LAYER3", "layer3", "conv4_x"),
+        ("layer4", "layer4", "conv5_x"),
+    ],
+)
+def test_stage_names(name: str, code: str, paper: str) -> None:
+    assert canonical_stage(name) == code
+    assert paper_stage(name) == paper
+
+
+def test_unknown_stage_lists_the_legal_names() -> None:
+    with pytest.raises(ConfigError) as info:
+        canonical_stage("conv6_x")
+    assert str(info.value) == (
+        "unknown stage 'conv6_x'; stages: conv1, conv2_x, conv3_x, conv4_x, conv5_x, "
+        "layer1, layer2, layer3, layer4"
+    )
+    alexnet = get_family("alexnet")
+    assert canonical_stage("CONV3", alexnet) == "conv3"
+    with pytest.raises(ConfigError, match="for alexnet; stages: conv1, conv2, conv3, conv4, conv5"):
+        canonical_stage("conv2_x", alexnet)
+
+
+@pytest.mark.parametrize("family", list_families(), ids=lambda f: f"{f.source}-{f.arch}")
+def test_stage_map_and_head_fit_the_built_model(family) -> None:  # type: ignore[no-untyped-def]
+    with torch.device("meta"):
+        model = family.builder()
+    assert family_of(model) is family or family_of(model).stages == family.stages
+    paths = [p for group in family.stages.values() for p in group]
+    assert len(paths) == len(set(paths))
+    for path in paths:
+        model.get_submodule(path)
+    assert isinstance(model.get_submodule(family.head), nn.Linear)
+    assert model.get_submodule(family.head).out_features == 1000
+    assert head_of(model) == family.head
+    if family.kind == "resnet":
+        assert list(family.stages) == ["conv1", "conv2_x", "conv3_x", "conv4_x", "conv5_x"]
+        assert all(block_adapter(b) is not None for s in RESNET_STAGES for b in getattr(model, s))
+    else:
+        # every conv layer of the feature extractor belongs to exactly one stage
+        convs = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+        staged = {n for n in convs if any(n == p or n.startswith(p + ".") for p in paths)}
+        assert staged == convs
+
+
+def test_sequential_stage_maps() -> None:
+    alexnet = get_family("alexnet").stages
+    assert alexnet["conv1"] == ("features.0", "features.1", "features.2")
+    assert alexnet["conv5"] == ("features.10", "features.11", "features.12")
+    assert len(get_family("vgg16").stages) == 5
+    assert get_family("vgg16").stages["conv3"][0] == "features.10"
+    assert list(get_family("efficientnet_b4").stages) == [f"conv{i}" for i in range(1, 10)]
+
+
+def test_a_model_of_another_layout_is_not_mistaken_for_a_family() -> None:
+    import torchvision
+
+    with torch.device("meta"):
+        vgg11 = torchvision.models.vgg11()
+        resnet = torchvision.models.resnet18()
+    assert family_of(vgg11) is None
+    with pytest.raises(ConfigError, match="no stage map for VGG"):
+        stage_map(vgg11)
+    assert stage_map(resnet)["conv1"] == ("conv1", "bn1", "relu", "maxpool")
