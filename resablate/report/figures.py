@@ -125,6 +125,7 @@ def curves_figure(
     fig = _new_figure(CURVES_SIZE, left=0.08, right=0.98, bottom=0.15, top=0.86, wspace=0.28)
     axes = fig.subplots(1, 2)
     splits = sorted({str(r["split"]) for r in history})
+    last_step = max(int(r["step"]) for r in history)
     for ax, key in zip(axes, ("loss", metric), strict=True):
         for split in splits:
             points = [
@@ -136,6 +137,7 @@ def curves_figure(
                 xs, ys = zip(*sorted(points), strict=True)
                 ax.plot(xs, ys, marker="o", markersize=3, label=split)
         ax.set_xlabel("step")
+        ax.set_xlim(0, max(1, last_step) * 1.05)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
