@@ -18,8 +18,13 @@ class Source(StrEnum):
 
 
 def surgery(
-    ctx: typer.Context,
-    arch: Annotated[str, typer.Argument(help="Architecture, e.g. resnet152 (see `count`).")],
+    words: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="ARCH",
+            help="Architecture, e.g. resnet152 (see `count`); further stage names of --stages.",
+        ),
+    ],
     no_residual: Annotated[
         bool,
         typer.Option("--no-residual", help="Drop the residual connections: act(main(x))."),
@@ -54,7 +59,7 @@ def surgery(
 
     if no_residual == (alpha is not None):
         raise ConfigError("pass exactly one of --no-residual or --alpha")
-    arch, stage_list = _split_words([arch, *ctx.args], stages)
+    arch, stage_list = _split_words(words, stages)
     result = surgery_counts(
         arch,
         alpha=0.0 if alpha is None else alpha,
@@ -71,7 +76,7 @@ def surgery(
 def _split_words(words: list[str], stages: list[str] | None) -> tuple[str, list[str] | None]:
     """Tell the architecture from stage names: ``--stages conv4_x conv5_x`` leaves extra words.
 
-    Typer options take one value each, so the words after the first stage arrive as positional
+    Click options take one value each, so the words after the first stage arrive as positional
     arguments; with ``--stages`` given, every positional word that names a stage is a stage and
     the one left is the architecture. Comma-separated values are accepted too.
     """
@@ -101,7 +106,4 @@ def _split_words(words: list[str], stages: list[str] | None) -> tuple[str, list[
 
 def register(app: typer.Typer) -> None:
     """Add ``surgery`` to the application."""
-    app.command(
-        "surgery",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": False},
-    )(surgery)
+    app.command("surgery")(surgery)

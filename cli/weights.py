@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -52,12 +53,13 @@ def list_(
     if json:
         console.print_json({"weights": [info.to_dict() for info in infos]})
         return
-    table = Table(title="ImageNet weights")
-    for column in ("architecture", "source", "tag", "cached", "path"):
-        table.add_column(column, overflow="fold")
+    table = Table(title="ImageNet weights (--json gives the full paths)")
+    for column in ("architecture", "source", "tag", "cached"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("file", overflow="fold")
     for info in infos:
         cached = "[green]yes[/]" if info.cached else "no"
-        table.add_row(info.arch, info.source, info.tag, cached, info.path)
+        table.add_row(info.arch, info.source, info.tag, cached, Path(info.path).name)
     console.out.print(table)
 
 

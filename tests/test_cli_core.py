@@ -1,0 +1,127 @@
+"""CLI: resablate surgery, count and weights (CliRunner): numbers, one-line errors, help."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+
+import pytest
+from typer.testing import CliRunner
+
+from resablate_cli.app import app
+
+
+def run(*args: str):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(app, list(args))
+
+
+def assert_one_line_error(result, *fragments: str) -> None:  # type: ignore[no-untyped-def]
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: ")
+    assert result.stderr.count("\n") == 1
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in result.stderr
+
+
+def test_surgery_no_residual_resnet152_json() -> None:
+    result = run("surgery", "--no-residual", "resnet152", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["arch"] == "resnet152"
+    assert data["source"] == "torchvision"
+    assert data["stages"] == ["conv2_x", "conv3_x", "conv4_x", "conv5_x"]
+    assert (data["blocks_total"], data["blocks_rewired"]) == (50, 50)
+    assert data["params"] == 60_192_808
+    assert data["active_params"] == 57_416_232  # minus the four projection shortcuts
+    assert data["flops_before"] == 11_558_835_200
+    # the four projection shortcuts (1×1 conv + BN) no longer run:
+    # 56²·64·256 + 2·256·56², 28²·256·512 + 2·512·28², 14²·512·1024 + …, 7²·1024·2048 + …
+    projections = sum(
+        hw * hw * cin * cout + 2 * cout * hw * hw
+        for hw, cin, cout in ((56, 64, 256), (28, 256, 512), (14, 512, 1024), (7, 1024, 2048))
+    )
+    assert projections == 362_672_128
+    assert data["flops_after"] == 11_558_835_200 - projections
+
+
+def test_surgery_stages_with_several_values_and_timm_table() -> None:
+    result = run(
+        "surgery", "--no-residual", "resnet50", "--stages", "conv4_x", "conv5_x", "--source",
+        "timm", "--input-size", "64",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "resnet50 (timm): residual connections dropped in conv4_x, conv5_x" in result.stdout
+    assert "9 / 16" in result.stdout
+    assert "25,557,032" in result.stdout
+    repeated = run(
+        "surgery", "resnet50", "--no-residual", "--stages", "layer3", "--stages", "layer4",
+        "--json", "--source", "timm",
+    )  # fmt: skip
+    assert json.loads(repeated.stdout)["blocks_rewired"] == 9
+
+
+def test_surgery_alpha() -> None:
+    result = run("surgery", "resnet18", "--alpha", "0.5", "--json")
+    data = json.loads(result.stdout)
+    assert data["alpha"] == 0.5
+    assert data["active_params"] == data["params"]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (
+            ["surgery", "--no-residual", "resnet77"],
+            [
+                "unknown architecture 'resnet77'; ResNet depths: 18, 34, 50, 101, 152; "
+                "architectures: resnet18, resnet34, resnet50"
+            ],
+        ),
+        (
+            ["surgery", "--no-residual", "resnet18", "--stages", "conv6_x"],
+            ["unknown stage 'conv6_x'; stages: conv1, conv2_x, conv3_x, conv4_x, conv5_x"],
+        ),
+        (
+            ["surgery", "--no-residual", "alexnet"],
+            ["alexnet has no residual connections; residual surgery applies to: resnet18"],
+        ),
+        (["surgery", "resnet18"], ["pass exactly one of --no-residual or --alpha"]),
+        (["count", "resnet18", "resnet77"], ["unknown architecture 'resnet77'"]),
+    ],
+)
+def test_bad_input_is_one_line_without_traceback(args: list[str], fragments: list[str]) -> None:
+    assert_one_line_error(run(*args), *fragments)
+
+
+def test_count_compares_architectures() -> None:
+    result = run("count", "resnet18", "resnet50", "vgg16", "efficientnet_b4")
+    assert result.exit_code == 0, result.output
+    for text in ("11,689,512", "25,557,032", "138,357,544", "19,341,616", "4.11", "1.82"):
+        assert text in result.stdout
+    data = json.loads(run("count", "resnet152", "--json").stdout)
+    assert data["architectures"][0]["params"] == 60_192_808
+    assert data["architectures"][0]["flops"] == 11_558_835_200
+
+
+def test_weights_list_and_offline_fetch(monkeypatch: pytest.MonkeyPatch) -> None:
+    listing = json.loads(run("weights", "list", "--json").stdout)["weights"]
+    assert {"arch": "resnet50", "source": "torchvision"}.items() <= listing[2].items()
+    assert not any(w["cached"] for w in listing)
+    assert "ResNet50_Weights.IMAGENET1K_V1" in run("weights", "list").stdout
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("no route to host")
+
+    monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", no_network)
+    assert_one_line_error(
+        run("weights", "fetch", "resnet50"),
+        "ImageNet weights ResNet50_Weights.IMAGENET1K_V1 for resnet50 are not cached",
+        "resablate weights fetch resnet50",
+    )
+
+
+@pytest.mark.parametrize("command", [["surgery"], ["count"], ["weights", "fetch"]])
+def test_help_shows_an_example(command: list[str]) -> None:
+    result = run(*command, "--help")
+    assert "Example: resablate " + command[0] in " ".join(result.stdout.split())
