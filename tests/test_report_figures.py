@@ -104,7 +104,11 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     store = make_store(root / "grid", seeds=(0,))
     report = build_report(store, compare="cifake")
     html = write_report(report, "html", root / "html")
+    stale = root / "md" / "figures" / "curves-000000000000.png"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"an earlier report's figure")
     md = write_report(report, "md", root / "md")
+    assert not stale.exists()
     return {"html": html.path, "md": md.path, "grid": store}
 
 

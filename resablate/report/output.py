@@ -143,4 +143,8 @@ def _write_page(
     markdown = page.suffix == ".md"
     write_text(page, render_markdown(blocks, page.parent) if markdown else render_html(blocks))
     drawn = tuple(f.path for s in sections for f in s.figures)
+    if markdown and figure_dir.is_dir():
+        # Figures of an earlier report (e.g. cells since dropped from the grid) would linger.
+        for stale in set(figure_dir.glob("*.png")) - set(drawn):
+            stale.unlink()
     return WrittenReport(page, (page, *drawn) if markdown else (page,), len(drawn))
