@@ -9,17 +9,23 @@ batch depend only on the seed and the batch's position (see :mod:`resablate.engi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 import torch
 
 
-@runtime_checkable
 class ImageSource(Protocol):
     """A split: ``labels`` (int64 ``[N]``), ``paths`` and uint8 batches by index."""
 
-    labels: torch.Tensor
-    paths: Sequence[str]
+    @property
+    def labels(self) -> torch.Tensor:
+        """Class index of each sample."""
+        ...
+
+    @property
+    def paths(self) -> Sequence[str]:
+        """Source file of each sample."""
+        ...
 
     def __len__(self) -> int: ...
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -160,7 +160,7 @@ class _Session:
         self.optimizer = build_optimizer(params, recipe)
         self.scheduler = build_scheduler(self.optimizer, recipe, self.plan.total_steps)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
-        self.forward = torch.compile(model) if recipe.compile else model
+        self.forward = cast(nn.Module, torch.compile(model)) if recipe.compile else model
 
         self.epoch = 0
         self.position = 0
@@ -353,7 +353,7 @@ class _Session:
 
     def optimiser_step(self, order: torch.Tensor) -> torch.Tensor:
         group = self.plan.group(self.position, self.recipe.grad_accum)
-        loss = sum(self.micro_batch(order, b, 1.0 / len(group)) for b in group) / len(group)
+        loss = torch.stack([self.micro_batch(order, b, 1.0 / len(group)) for b in group]).mean()
         if self.on_step:
             self.scaler.unscale_(self.optimizer)
             info = StepInfo(model=self.model, step=self.step + 1, epoch=self.epoch, loss=loss)
