@@ -4,14 +4,18 @@
 ``test/FAKE``; 32×32 RGB PNG files):
 
 - ``REAL``: random square crops (side 32 to 96 px) of a photograph, downscaled to 32×32 with
-  Pillow's Lanczos filter; a random third of them are slightly out of focus (Gaussian blur), as
-  real photographs often are, so that sharpness alone does not give the class away.
+  Pillow's Lanczos filter; 40 % of them are slightly out of focus (Gaussian blur, radius 0.4 to
+  1 px), as real photographs often are, so that softness alone does not give the class away.
 - ``FAKE``: crops drawn the same way, passed through a fixed "generator" that leaves the traces
-  image generators leave: the 32×32 crop is downsampled ×2, then upsampled by a fixed random
-  3×3 stride-2 transposed convolution (uneven kernel overlap: a checkerboard, i.e. periodic
-  spectral peaks) or by nearest-neighbour repetition (block artefacts), blended with the crop at
-  a random strength; finally each channel's mean and standard deviation are matched to the
+  image generators leave: the 32×32 crop is downsampled ×2 (a quarter of the time ×4), then
+  upsampled back by a fixed 3×3 stride-2 transposed convolution, once per factor of 2 (uneven
+  kernel overlap: a checkerboard, i.e. periodic spectral peaks; three quarters of the time) or
+  by nearest-neighbour repetition (block artefacts), and blended with the crop at a random
+  strength in [0.5, 1]; finally each channel's mean and standard deviation are matched to the
   source crop's, so colour and brightness statistics do not separate the classes.
+
+The traces live at the pixel grid: train at the native 32×32 with flips only (a random-resized
+crop re-samples the images and blurs the traces away; see ``docs/data.md``).
 
 Train and test come from disjoint photographs (:data:`TRAIN_PHOTOS`, :data:`TEST_PHOTOS`).
 :func:`demo_proxy_data` writes the "source" task for demo pretrained weights: 32×32 crops of
@@ -40,7 +44,7 @@ from PIL import Image, ImageFilter
 from resablate import atomic, paths
 from resablate.errors import DataError
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 """Version of what the generators write; a change regenerates existing demo folders."""
 
 MARKER = ".resablate-demo.json"
@@ -127,7 +131,7 @@ def _transposed_conv_up(image: np.ndarray) -> np.ndarray:
 
 def _generate_fake(real: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Pass a 32×32 crop through the fake generator; output statistics match the crop's."""
-    factor = 4 if rng.random() < 0.5 else 2
+    factor = 4 if rng.random() < 0.25 else 2
     small = np.asarray(
         Image.fromarray(np.clip(np.rint(real), 0, 255).astype(np.uint8)).resize(
             (SIZE // factor, SIZE // factor), Image.Resampling.BOX
@@ -140,7 +144,7 @@ def _generate_fake(real: np.ndarray, rng: np.random.Generator) -> np.ndarray:
             up = _transposed_conv_up(up)
     else:
         up = np.repeat(np.repeat(small, factor, axis=0), factor, axis=1)
-    strength = rng.uniform(0.3, 0.8)
+    strength = rng.uniform(0.5, 1.0)
     fake = strength * up + (1.0 - strength) * real
     # Match each channel's mean and standard deviation to the source crop's.
     mean, std = fake.mean(axis=(0, 1)), fake.std(axis=(0, 1))
