@@ -115,6 +115,21 @@ def test_refuses_a_folder_it_did_not_write(tmp_path: Path) -> None:
     assert (tmp_path / "mine.txt").read_text() == "keep me"
 
 
+def test_an_interrupted_write_is_redone(tmp_path: Path, small_counts: None) -> None:
+    root = tmp_path / "cut"
+    (root / "train" / "REAL").mkdir(parents=True)
+    (root / "train" / "REAL" / "00000.png").write_bytes(b"half")
+    (root / demo.LOCK).touch()  # what a killed first call leaves: its lock, part of a split
+    demo_data(root)
+    assert _files(root) == _files(demo_data(tmp_path / "whole"))
+
+
+def test_a_file_is_not_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(DataError, match=r"^cannot write demo data into .*f: it is a file"):
+        demo_data(tmp_path / "f")
+
+
 def test_default_root_is_in_the_cache(small_counts: None) -> None:
     assert demo_data() == paths.cache_dir("demo")
     assert demo_data(seed=2) == paths.cache_dir("demo-seed2")

@@ -191,10 +191,19 @@ def _materialise(
         folder = Path(root).expanduser()
     else:
         folder = paths.cache_dir(kind if seed == 0 else f"{kind}-seed{seed}")
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"cannot write {kind} data into {folder}: it is a file, not a folder")
     folder.mkdir(parents=True, exist_ok=True)
     expected = _marker(kind, seed, counts, classes)
     if _current(folder) == expected:
         return folder
+    # The lock file marks a folder this function has written to (even if interrupted).
+    ours = (folder / MARKER).exists() or (folder / LOCK).exists()
+    if not ours and any(not p.name.startswith(".") for p in folder.iterdir()):
+        raise DataError(
+            f"refusing to write {kind} data into {folder}: the folder is not empty and was not "
+            "written by resablate; choose an empty or new folder"
+        )
     # One writer at a time (grid workers may ask for the demo data together).
     with open(folder / LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -223,16 +232,11 @@ def _write_tree(
 ) -> None:
     """Write the tree into a hidden staging folder, then move each split into place.
 
-    Replaces a tree an earlier call wrote (other seed or version); refuses a folder holding
-    anything else. An interrupted call leaves only a hidden staging folder, removed next time.
+    Replaces a tree an earlier call wrote (other seed or version). An interrupted call leaves a
+    hidden staging folder (removed next time) and possibly some splits moved but no marker, so
+    the next call writes the tree again.
     """
     marker = folder / MARKER
-    visible = [p for p in folder.iterdir() if not p.name.startswith(".")]
-    if not marker.exists() and visible:
-        raise DataError(
-            f"refusing to write {kind} data into {folder}: the folder is not empty and was not "
-            "written by resablate; choose an empty or new folder"
-        )
     for stale in folder.glob(STAGING + "*"):
         shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=STAGING, dir=folder))
