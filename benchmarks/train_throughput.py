@@ -84,30 +84,23 @@ def engine_rate(config: Config, root: Path, seed: int) -> float:
     test_split = Head(decode_split(dataset, "test", storage_size=None), config.batch_size)
     torch.manual_seed(seed)
     model = build_model(config.arch, num_classes=len(dataset.classes))
+    # A short warm-up run, then the timed run on the warmed-up model; the engine's clock covers
+    # training steps only (not evaluation or checkpoints).
+    rates = []
     with tempfile.TemporaryDirectory() as run_dir:
-        # A short warm-up run, then the timed run on the warmed-up model; the engine's clock
-        # covers training steps only (not evaluation or checkpoints).
-        train(
-            model,
-            train_split,
-            test_split,
-            recipe_for(config, config.warmup),
-            run_dir=Path(run_dir) / "warm",
-            seed=seed,
-            device=config.device,
-            resume=False,
-        )
-        timed = train(
-            model,
-            train_split,
-            test_split,
-            recipe_for(config, config.steps),
-            run_dir=Path(run_dir) / "timed",
-            seed=seed,
-            device=config.device,
-            resume=False,
-        )
-    return timed.images_per_second
+        for name, steps in (("warm", config.warmup), ("timed", config.steps)):
+            result = train(
+                model,
+                train_split,
+                test_split,
+                recipe_for(config, steps),
+                run_dir=Path(run_dir) / name,
+                seed=seed,
+                device=config.device,
+                resume=False,
+            )
+            rates.append(result.images_per_second)
+    return rates[-1]
 
 
 def reference_rate(config: Config, root: Path, seed: int) -> float:
