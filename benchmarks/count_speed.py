@@ -1,0 +1,86 @@
+"""Time resablate's ``count()`` against fvcore's ``FlopCountAnalysis`` on the same model.
+
+Both count one forward pass at batch 1 in fvcore's convention (one multiply-add = one flop) and
+must agree exactly. ``count()`` runs the model on the meta device (shapes only); fvcore traces a
+real forward with ``torch.jit.trace``. Warm-up once each, then mean ± std over ``--repeats``.
+
+    python benchmarks/count_speed.py                          # ResNet-152 at 224×224, 5 repeats
+    python benchmarks/count_speed.py --arch resnet50 --size 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+# benchmarks are scripts, not a package: share the device description of data_pipeline.py
+sys.path.insert(0, str(Path(__file__).parent))
+from data_pipeline import device_name
+
+from resablate.counting import count
+from resablate.families import get_family
+
+
+def timed(fn: Callable[[], int], repeats: int) -> tuple[list[float], int]:
+    """Seconds per call over ``repeats`` calls after one warm-up, and the value returned."""
+    value = fn()
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        seconds.append(time.perf_counter() - start)
+    return seconds, value
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="resnet152")
+    parser.add_argument("--source", default="torchvision")
+    parser.add_argument("--size", type=int, default=224, help="image side in pixels")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    from fvcore.nn import FlopCountAnalysis
+
+    logging.getLogger("fvcore").setLevel(logging.ERROR)
+    warnings.simplefilter("ignore")
+    torch.manual_seed(0)
+    model = get_family(args.arch, args.source).builder().eval()
+    image = torch.zeros(1, 3, args.size, args.size)
+
+    def ours() -> int:
+        return count(model, (3, args.size, args.size)).flops
+
+    def fvcore() -> int:
+        analysis = FlopCountAnalysis(model, image)
+        analysis.unsupported_ops_warnings(False)
+        analysis.uncalled_modules_warnings(False)
+        return int(analysis.total())
+
+    ours_s, ours_flops = timed(ours, args.repeats)
+    ref_s, ref_flops = timed(fvcore, args.repeats)
+    print(f"device: {device_name(torch.device('cpu'))}")
+    print(f"model: {args.arch} ({args.source}) at {args.size}×{args.size}, batch 1")
+    for name, seconds, flops in (
+        ("resablate count()", ours_s, ours_flops),
+        ("fvcore", ref_s, ref_flops),
+    ):
+        spread = statistics.stdev(seconds) if len(seconds) > 1 else 0.0
+        print(
+            f"{name:>18}: {statistics.mean(seconds) * 1e3:8.1f} ± {spread * 1e3:6.1f} ms "
+            f"over {len(seconds)} runs; {flops:,} flops"
+        )
+    print(f"agree exactly: {ours_flops == ref_flops}")
+    print(f"speed-up: {statistics.mean(ref_s) / statistics.mean(ours_s):.1f}×")
+
+
+if __name__ == "__main__":
+    main()
