@@ -19,14 +19,19 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "build_model": "resablate.weights",
     "list_architectures": "resablate.families",
+    "get_family": "resablate.families",
     "drop_residual": "resablate.surgery",
     "restore_residual": "resablate.surgery",
     "scale_residual": "resablate.surgery",
     "residual_blocks": "resablate.surgery",
+    "residual_state": "resablate.surgery",
+    "apply_residual_state": "resablate.surgery",
+    "lesion_blocks": "resablate.surgery",
     "SurgeryReport": "resablate.surgery",
     "freeze": "resablate.freezing",
     "unfreeze": "resablate.freezing",
     "trainable_parameters": "resablate.freezing",
+    "frozen_fingerprint": "resablate.freezing",
     "FreezeReport": "resablate.freezing",
     "count": "resablate.counting",
     "Counts": "resablate.counting",
@@ -40,13 +45,18 @@ __all__ = [
     "ResablateError",
     "SurgeryReport",
     "__version__",
+    "apply_residual_state",
     "build_model",
     "count",
     "drop_residual",
     "freeze",
+    "frozen_fingerprint",
+    "get_family",
     "lesion",
+    "lesion_blocks",
     "list_architectures",
     "residual_blocks",
+    "residual_state",
     "restore_residual",
     "scale_residual",
     "trainable_parameters",
@@ -57,12 +67,21 @@ if TYPE_CHECKING:
     from resablate.counting import Counts, count
     from resablate.diagnostics.lesion import lesion
     from resablate.errors import ResablateError
-    from resablate.families import list_architectures
-    from resablate.freezing import FreezeReport, freeze, trainable_parameters, unfreeze
+    from resablate.families import get_family, list_architectures
+    from resablate.freezing import (
+        FreezeReport,
+        freeze,
+        frozen_fingerprint,
+        trainable_parameters,
+        unfreeze,
+    )
     from resablate.surgery import (
         SurgeryReport,
+        apply_residual_state,
         drop_residual,
+        lesion_blocks,
         residual_blocks,
+        residual_state,
         restore_residual,
         scale_residual,
     )
