@@ -10,15 +10,7 @@ import base64
 from collections.abc import Sequence
 from html import escape
 
-from resablate.report.document import (
-    Block,
-    CodeBlock,
-    FigureBlock,
-    Heading,
-    ListBlock,
-    Paragraph,
-    TableBlock,
-)
+from resablate.report import document as doc
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 78rem; color: #1b1f24;
@@ -42,7 +34,7 @@ def _cell(text: str) -> str:
     return "<br>".join(escape(line) for line in text.split("\n"))
 
 
-def html_table(block: TableBlock) -> str:
+def html_table(block: doc.TableBlock) -> str:
     """A ``<table>`` with a caption, then its notes as a list."""
     head = "".join(f"<th>{_cell(h)}</th>" for h in block.header)
     body = "".join(
@@ -53,7 +45,7 @@ def html_table(block: TableBlock) -> str:
     return html + (f'<ul class="notes">{notes}</ul>' if notes else "")
 
 
-def _figure(block: FigureBlock) -> str:
+def _figure(block: doc.FigureBlock) -> str:
     data = base64.b64encode(block.figure.path.read_bytes()).decode("ascii")
     title = escape(block.figure.title)
     return (
@@ -63,22 +55,22 @@ def _figure(block: FigureBlock) -> str:
     )
 
 
-def render_html(blocks: Sequence[Block]) -> str:
+def render_html(blocks: Sequence[doc.Block]) -> str:
     """The document as one HTML5 page with inline CSS and embedded PNG figures."""
-    title = next((b.text for b in blocks if isinstance(b, Heading) and b.level == 1), "report")
+    title = next((b.text for b in blocks if isinstance(b, doc.Heading) and b.level == 1), "report")
     parts = []
     for block in blocks:
-        if isinstance(block, Heading):
+        if isinstance(block, doc.Heading):
             parts.append(f"<h{block.level}>{escape(block.text)}</h{block.level}>")
-        elif isinstance(block, Paragraph):
+        elif isinstance(block, doc.Paragraph):
             parts.append(f"<p>{escape(block.text)}</p>")
-        elif isinstance(block, TableBlock):
+        elif isinstance(block, doc.TableBlock):
             parts.append(html_table(block))
-        elif isinstance(block, FigureBlock):
+        elif isinstance(block, doc.FigureBlock):
             parts.append(_figure(block))
-        elif isinstance(block, CodeBlock):
+        elif isinstance(block, doc.CodeBlock):
             parts.append(f"<pre><code>{escape(block.text)}</code></pre>")
-        elif isinstance(block, ListBlock):
+        elif isinstance(block, doc.ListBlock):
             parts.append("<ul>" + "".join(f"<li>{escape(i)}</li>" for i in block.items) + "</ul>")
     body = "\n".join(parts)
     return (

@@ -6,22 +6,14 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from resablate.report.document import (
-    Block,
-    CodeBlock,
-    FigureBlock,
-    Heading,
-    ListBlock,
-    Paragraph,
-    TableBlock,
-)
+from resablate.report import document as doc
 
 
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", "<br>")
 
 
-def markdown_table(block: TableBlock) -> str:
+def markdown_table(block: doc.TableBlock) -> str:
     """A pipe table; line breaks inside a cell become ``<br>`` and ``|`` is escaped."""
     lines = [
         "| " + " | ".join(_cell(h) for h in block.header) + " |",
@@ -36,21 +28,21 @@ def markdown_table(block: TableBlock) -> str:
     return text
 
 
-def render_markdown(blocks: Sequence[Block], relative_to: Path) -> str:
+def render_markdown(blocks: Sequence[doc.Block], relative_to: Path) -> str:
     """The document as Markdown; figure links are relative to ``relative_to`` (report's folder)."""
     parts = []
     for block in blocks:
-        if isinstance(block, Heading):
+        if isinstance(block, doc.Heading):
             parts.append("#" * block.level + " " + block.text)
-        elif isinstance(block, Paragraph):
+        elif isinstance(block, doc.Paragraph):
             parts.append(block.text)
-        elif isinstance(block, TableBlock):
+        elif isinstance(block, doc.TableBlock):
             parts.append(markdown_table(block))
-        elif isinstance(block, FigureBlock):
+        elif isinstance(block, doc.FigureBlock):
             link = Path(os.path.relpath(block.figure.path, relative_to)).as_posix()
             parts.append(f"![{block.figure.title}]({link})\n\n*{block.figure.title}*")
-        elif isinstance(block, CodeBlock):
+        elif isinstance(block, doc.CodeBlock):
             parts.append(f"```{block.language}\n{block.text}\n```")
-        elif isinstance(block, ListBlock):
+        elif isinstance(block, doc.ListBlock):
             parts.append("\n".join(f"- {item}" for item in block.items))
     return "\n\n".join(parts) + "\n"
