@@ -24,7 +24,7 @@ td { text-align: right; font-variant-numeric: tabular-nums; }
 td:first-child { text-align: left; font-weight: 600; }
 ul.notes { font-size: .8rem; color: #57606a; }
 figure { display: inline-block; margin: .5rem 1rem .5rem 0; }
-figure img { max-width: 100%; border: 1px solid #d0d7de; }
+figure img { max-width: 100%; height: auto; border: 1px solid #d0d7de; }
 figcaption { font-size: .8rem; color: #57606a; }
 pre { background: #f6f8fa; padding: .8rem; overflow-x: auto; font-size: .8rem; }
 """
