@@ -379,10 +379,11 @@ def run_grid(
         rows = store.cells()
         to_run = select_cells(rows, retry_failed=retry_failed)
         emit(GridStarted(str(out_dir), tuple(rows), tuple(to_run), spec.notes))
+        wanted = set(to_run)
         jobs = [
             CellJob(Cell.from_dict(row.config), str(cell_run_dir(out_dir, row.cell_id)))
             for row in rows
-            if row.cell_id in set(to_run)
+            if row.cell_id in wanted
         ]
         in_flight: set[str] = set()
         started: list[str] = []

@@ -1,0 +1,127 @@
+"""``resablate grid``: help, axis parsing, one-line validation errors, dry run, executor hints."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from test_grid_e2e import write_tiny_dataset
+from typer.testing import CliRunner
+
+from resablate.errors import ConfigError
+from resablate.grid.executors import RayExecutor
+from resablate.store import ResultStore
+from resablate_cli.app import app
+from resablate_cli.grid import expand_multi_values, parse_settings
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_help_shows_the_axes_with_examples() -> None:
+    result = CliRunner().invoke(app, ["grid", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    text = _flat(result.output)
+    for piece in (
+        "--depths",
+        "ResNet depths: 18 34 50 101 152. [default: 18 50 101 152]",
+        "--residual-alpha",
+        "off:conv4_x,conv5_x",
+        "--freeze",
+        "--baselines",
+        "resablate grid --depths 18 50 --data demo --out runs/demo",
+        "--retry-failed",
+        "--dry-run",
+    ):
+        assert piece in text
+
+
+def test_several_values_after_one_flag() -> None:
+    args = ["--depths", "18", "50", "--residual", "on", "off:conv4_x,conv5_x", "--data", "x"]
+    assert expand_multi_values(args) == [
+        "--depths",
+        "18",
+        "--depths",
+        "50",
+        "--residual",
+        "on",
+        "--residual",
+        "off:conv4_x,conv5_x",
+        "--data",
+        "x",
+    ]
+    assert expand_multi_values(["--seeds=0,1", "--residual-alpha", "1", "0.5"]) == [
+        "--seeds",
+        "0",
+        "--seeds",
+        "1",
+        "--residual-alpha",
+        "1",
+        "--residual-alpha",
+        "0.5",
+    ]
+    assert parse_settings(["checkpoint_every=1", "amp=none", "lr=0.5"]) == {
+        "checkpoint_every": 1,
+        "amp": "none",
+        "lr": 0.5,
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--depths", "18", "77"], "error: depth 77 (--depths): unknown architecture 'resnet77';"),
+        (
+            ["--freeze", "conv1-9"],
+            "error: unknown freeze plan 'conv1-9' (--freeze); plans: none, conv1, conv1-2, "
+            "conv1-3, conv1-4, all",
+        ),
+        (
+            ["--pretrained", "/no/such.pth"],
+            "error: weights file /no/such.pth does not exist (--pretrained);",
+        ),
+        (["--residual", "off:conv7_x"], "error: unknown stage 'conv7_x'; stages: conv1,"),
+        (
+            ["--data", "/no/such/data"],
+            "error: dataset folder /no/such/data does not exist (--data)",
+        ),
+    ],
+)
+def test_invalid_axis_values_fail_before_training(
+    args: list[str], message: str, tmp_path: Path
+) -> None:
+    result = CliRunner().invoke(app, ["grid", *args, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert _flat(result.output).startswith(message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_stores_pending_cells_with_counts_and_trains_nothing(tmp_path: Path) -> None:
+    data = write_tiny_dataset(tmp_path / "data")
+    out = tmp_path / "out"
+    args = ["grid", "--depths", "18", "--residual", "on", "off", "--pretrained", "none"]
+    args += ["--data", str(data), "--recipe", "demo", "--image-size", "16", "--max-steps", "3"]
+    result = CliRunner().invoke(
+        app, [*args, "--out", str(out), "--dry-run"], env={"COLUMNS": "200"}
+    )
+    assert result.exit_code == 0, result.output
+    text = _flat(result.output)
+    assert "2 cells (dry run: nothing trained)" in text
+    assert "resnet18 · residual off · weights none · seed 0" in text
+    assert "estimated training time on cpu:" in text
+    with ResultStore.open(out) as store:
+        rows = store.cells()
+    assert [(r.status, r.params) for r in rows] == [("pending", 11_177_538)] * 2
+    assert rows[0].flops is not None and rows[1].flops is not None and rows[1].flops < rows[0].flops
+    assert not (out / "cells").exists()
+
+
+def test_ray_missing_is_a_one_line_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(ConfigError) as info:
+        RayExecutor(lambda *a, **k: None)
+    assert str(info.value) == (
+        "the ray executor needs Ray, which is not installed: pip install 'resablate[ray]'"
+    )
