@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from resablate.data import scan
+from resablate.data import images, scan
 from resablate.errors import ConfigError, DataError, DataNotFoundError
 from resablate_cli.app import app
 
@@ -149,6 +149,26 @@ def test_fingerprint_follows_the_files(tmp_path: Path) -> None:
     stat = target.stat()
     os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     assert scan(root).fingerprint != first
+
+
+def test_rescan_reads_only_changed_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = _tree(tmp_path, {"a": 3, "b": 3})
+    first = scan(root)
+    reads: list[str] = []
+    original = images.read_header
+    monkeypatch.setattr(images, "read_header", lambda p: reads.append(Path(p).name) or original(p))
+    assert scan(root) == first
+    assert reads == []
+    _png(root / "b" / "001.png", value=99, size=(5, 7))
+    target = root / "b" / "001.png"
+    stat = target.stat()
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    changed = scan(root)
+    assert reads == ["001.png"]
+    assert changed.image_sizes.describe() == "5x7 to 8x8 (most common 8x8: 5)"
+    reads.clear()
+    scan(root, verify=True)  # a full decode is not taken from a header-only entry
+    assert len(reads) == 6
 
 
 def test_to_dict_is_json_ready(tmp_path: Path) -> None:

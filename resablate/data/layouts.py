@@ -26,6 +26,7 @@ those that are not readable JPEG/PNG/WebP images are listed as bad files with th
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -36,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from resablate import atomic, paths
 from resablate.data import images
 from resablate.errors import ConfigError, DataError, DataNotFoundError
 
@@ -331,15 +333,59 @@ def _stratified_split(
     }
 
 
-def _inspect(path: Path, verify: bool) -> tuple[os.stat_result, images.ImageHeader | str]:
-    stat = path.stat()
-    try:
-        header = images.read_header(path)
-        if verify:
-            images.decode_image(path)
-    except images.BadImageError as exc:
-        return stat, str(exc)
-    return stat, header
+_HEADER_CACHE_FORMAT = 1
+
+
+class _HeaderCache:
+    """What earlier scans of one dataset folder learnt about each file, keyed by relative path.
+
+    An entry is reused only while the file's size and mtime are unchanged (and, for a verifying
+    scan, only if that entry came from a full decode), so rescanning a large dataset costs one
+    ``stat`` per file instead of one header read.
+    """
+
+    def __init__(self, root: Path) -> None:
+        digest = hashlib.sha256(str(root).encode("utf-8", "surrogateescape")).hexdigest()[:24]
+        self.file = paths.cache_dir("scan") / f"{digest}.json"
+        self.entries: dict[str, list[Any]] = {}
+        self.changed = False
+        try:
+            stored = json.loads(self.file.read_text())
+            if stored.get("format") == _HEADER_CACHE_FORMAT and stored.get("root") == str(root):
+                self.entries = stored["files"]
+        except (OSError, ValueError, AttributeError, KeyError):
+            pass
+
+    def inspect(
+        self, relative: str, path: Path, verify: bool
+    ) -> tuple[os.stat_result, images.ImageHeader | str]:
+        """The file's stat and its header (or why it is bad), from the cache when still valid."""
+        stat = path.stat()
+        entry = self.entries.get(relative)
+        if (
+            entry is not None
+            and entry[:2] == [stat.st_size, stat.st_mtime_ns]
+            and (entry[2] or not verify)
+        ):
+            return stat, entry[3] if isinstance(entry[3], str) else images.ImageHeader(*entry[3])
+        try:
+            header: images.ImageHeader | str = images.read_header(path)
+            if verify:
+                images.decode_image(path)
+        except images.BadImageError as exc:
+            header = str(exc)
+        stored = header if isinstance(header, str) else [header.format, header.width, header.height]
+        self.entries[relative] = [stat.st_size, stat.st_mtime_ns, verify, stored]
+        self.changed = True
+        return stat, header
+
+    def save(self, root: Path, keep: Iterable[str]) -> None:
+        """Write the entries of the files still present, if anything changed."""
+        kept = {name: self.entries[name] for name in keep if name in self.entries}
+        if not self.changed and len(kept) == len(self.entries):
+            return
+        record = {"format": _HEADER_CACHE_FORMAT, "root": str(root), "files": kept}
+        atomic.write_text(self.file, json.dumps(record))
 
 
 def _fingerprint(layout: str, classes: Sequence[str], rows: Iterable[str]) -> str:
@@ -361,6 +407,9 @@ def scan(
 
     Reads file headers only (fast) unless ``verify`` is set; truncated or corrupt pixel data is
     then found by :func:`resablate.data.decode_split`, which skips and lists those files too.
+    What each file's header (or full decode) showed is remembered under
+    ``paths.cache_dir("scan")`` while the file's size and mtime stay the same, so a rescan costs
+    one ``stat`` per file.
 
     Args:
         root: The dataset folder.
@@ -394,7 +443,12 @@ def scan(
     layout, candidates = _detect(folder, bad)
     if not candidates:
         raise DataError(f"no images found in {folder} (looked for {_expected(layout)})")
-    inspected = images.parallel_map(lambda p: _inspect(p, verify), [c.path for c in candidates])
+    relatives = [c.path.relative_to(folder).as_posix() for c in candidates]
+    headers = _HeaderCache(folder)
+    inspected = images.parallel_map(
+        lambda i: headers.inspect(relatives[i], candidates[i].path, verify), range(len(candidates))
+    )
+    headers.save(folder, relatives)
 
     class_names = sorted({c.class_name for c in candidates if c.split in ("train", "all")})
     if not class_names:
@@ -408,8 +462,7 @@ def scan(
     by_split: dict[str, list[Sample]] = {}
     fingerprint_rows = []
     sizes: list[tuple[int, int]] = []
-    for candidate, (stat, header) in zip(candidates, inspected, strict=True):
-        relative = candidate.path.relative_to(folder).as_posix()
+    for candidate, relative, (stat, header) in zip(candidates, relatives, inspected, strict=True):
         fingerprint_rows.append(
             f"{relative}\x1f{candidate.split}\x1f{candidate.class_name}"
             f"\x1f{stat.st_size}\x1f{stat.st_mtime_ns}"
