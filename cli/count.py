@@ -6,17 +6,14 @@ from typing import Annotated
 
 import typer
 
-from resablate_cli import console
-from resablate_cli.surgery import Source
+from resablate_cli.surgery import InputSizeOption, JsonOption, Source, SourceOption, show
 
 
 def count(
     archs: Annotated[list[str], typer.Argument(help="Architectures, e.g. resnet50 vgg16.")],
-    source: Annotated[Source, typer.Option("--source", help="Model source.")] = Source.torchvision,
-    input_size: Annotated[
-        int, typer.Option("--input-size", min=1, help="Image side for FLOPs, in pixels.")
-    ] = 224,
-    json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    source: SourceOption = Source.torchvision,
+    input_size: InputSizeOption = 224,
+    json: JsonOption = False,
 ) -> None:
     """Compare parameters and FLOPs of architectures (1000-class heads, batch 1, as published).
 
@@ -29,10 +26,7 @@ def count(
     from resablate.counting import count_architectures
 
     result = count_architectures(archs, source=source.value, input_size=(3, input_size, input_size))
-    if json:
-        console.print_json(result.to_dict())
-    else:
-        console.out.print(result)
+    show(result, json)
 
 
 def register(app: typer.Typer) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -15,6 +15,22 @@ class Source(StrEnum):
 
     torchvision = "torchvision"
     timm = "timm"
+
+
+# Options shared with ``resablate count``.
+SourceOption = Annotated[Source, typer.Option("--source", help="Model source.")]
+InputSizeOption = Annotated[
+    int, typer.Option("--input-size", min=1, help="Image side for FLOPs, in pixels.")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+
+
+def show(result: Any, as_json: bool) -> None:
+    """Print a library result: its ``to_dict()`` as JSON, or its rich rendering."""
+    if as_json:
+        console.print_json(result.to_dict())
+    else:
+        console.out.print(result)
 
 
 def surgery(
@@ -41,11 +57,9 @@ def surgery(
             "Repeat the option or list several values.",
         ),
     ] = None,
-    source: Annotated[Source, typer.Option("--source", help="Model source.")] = Source.torchvision,
-    input_size: Annotated[
-        int, typer.Option("--input-size", min=1, help="Image side for FLOPs, in pixels.")
-    ] = 224,
-    json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    source: SourceOption = Source.torchvision,
+    input_size: InputSizeOption = 224,
+    json: JsonOption = False,
 ) -> None:
     """Remove residual connections and compare parameters and FLOPs before and after.
 
@@ -67,10 +81,7 @@ def surgery(
         source=source.value,
         input_size=(3, input_size, input_size),
     )
-    if json:
-        console.print_json(result.to_dict())
-    else:
-        console.out.print(result)
+    show(result, json)
 
 
 def _split_words(words: list[str], stages: list[str] | None) -> tuple[str, list[str] | None]:

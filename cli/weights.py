@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from resablate_cli import console
-from resablate_cli.surgery import Source
+from resablate_cli.surgery import JsonOption, Source, SourceOption
 
 weights_app = typer.Typer(
     name="weights",
@@ -20,9 +20,7 @@ weights_app = typer.Typer(
 @weights_app.command("fetch")
 def fetch(
     arch: Annotated[str, typer.Argument(help="Architecture, e.g. resnet50.")],
-    source: Annotated[Source, typer.Option("--source", help="Weights source.")] = (
-        Source.torchvision
-    ),
+    source: SourceOption = Source.torchvision,
 ) -> None:
     """Download ARCH's ImageNet weights into the upstream cache (needs the network).
 
@@ -38,9 +36,7 @@ def fetch(
 
 
 @weights_app.command("list")
-def list_(
-    json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-) -> None:
+def list_(json: JsonOption = False) -> None:
     """List every architecture's ImageNet weights and whether they are cached here.
 
     Example: [bold]resablate weights list[/]

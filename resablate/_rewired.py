@@ -43,15 +43,21 @@ class RewiredBlock(nn.Module):
         return adapter.act(self, out)
 
 
-class RewiredBasicBlock(RewiredBlock, BasicBlock):
-    """torchvision ``BasicBlock`` with a rewired residual connection."""
+def rewired_class(upstream: type[nn.Module], adapter: BlockAdapter) -> type[nn.Module]:
+    """The rewired subclass of ``upstream``, named and placed as ``adapter.rewired`` says.
 
-    upstream_block = BasicBlock
-    adapter = TV_BASIC_BLOCK
+    The caller binds it to that module-level name, so pickling finds it by reference.
+    """
+    module, _, name = adapter.rewired.rpartition(".")
+    namespace = {
+        "upstream_block": upstream,
+        "adapter": adapter,
+        "__module__": module,
+        "__qualname__": name,
+        "__doc__": f"{adapter.block_type} with a rewired residual connection.",
+    }
+    return type(name, (RewiredBlock, upstream), namespace)
 
 
-class RewiredBottleneck(RewiredBlock, Bottleneck):
-    """torchvision ``Bottleneck`` with a rewired residual connection."""
-
-    upstream_block = Bottleneck
-    adapter = TV_BOTTLENECK
+RewiredBasicBlock = rewired_class(BasicBlock, TV_BASIC_BLOCK)
+RewiredBottleneck = rewired_class(Bottleneck, TV_BOTTLENECK)

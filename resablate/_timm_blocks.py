@@ -7,46 +7,23 @@ from __future__ import annotations
 
 from timm.models.resnet import BasicBlock, Bottleneck
 
-from resablate._rewired import RewiredBlock
+from resablate._rewired import rewired_class
 from resablate.families import (
-    BlockAdapter,
-    register_block,
-    shortcut_path,
+    declare_blocks,
     timm_basic_act,
     timm_basic_main,
     timm_bottleneck_act,
     timm_bottleneck_main,
 )
 
-TIMM_BASIC_BLOCK = register_block(
-    BlockAdapter(
-        block_type="timm.models.resnet.BasicBlock",
-        main=timm_basic_main,
-        shortcut=shortcut_path,
-        act=timm_basic_act,
-        rewired="resablate._timm_blocks.RewiredTimmBasicBlock",
-    )
+TIMM_BASIC_BLOCK, TIMM_BOTTLENECK = declare_blocks(
+    "timm.models.resnet",
+    __name__,
+    "RewiredTimm",
+    {
+        "BasicBlock": (timm_basic_main, timm_basic_act),
+        "Bottleneck": (timm_bottleneck_main, timm_bottleneck_act),
+    },
 )
-TIMM_BOTTLENECK = register_block(
-    BlockAdapter(
-        block_type="timm.models.resnet.Bottleneck",
-        main=timm_bottleneck_main,
-        shortcut=shortcut_path,
-        act=timm_bottleneck_act,
-        rewired="resablate._timm_blocks.RewiredTimmBottleneck",
-    )
-)
-
-
-class RewiredTimmBasicBlock(RewiredBlock, BasicBlock):
-    """timm ``BasicBlock`` with a rewired residual connection."""
-
-    upstream_block = BasicBlock
-    adapter = TIMM_BASIC_BLOCK
-
-
-class RewiredTimmBottleneck(RewiredBlock, Bottleneck):
-    """timm ``Bottleneck`` with a rewired residual connection."""
-
-    upstream_block = Bottleneck
-    adapter = TIMM_BOTTLENECK
+RewiredTimmBasicBlock = rewired_class(BasicBlock, TIMM_BASIC_BLOCK)
+RewiredTimmBottleneck = rewired_class(Bottleneck, TIMM_BOTTLENECK)

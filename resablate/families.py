@@ -373,23 +373,35 @@ def _tv_act(block: nn.Module, x: Tensor) -> Tensor:
     return block.relu(x)
 
 
-TV_BASIC_BLOCK = register_block(
-    BlockAdapter(
-        block_type="torchvision.models.resnet.BasicBlock",
-        main=_tv_basic_main,
-        shortcut=_shortcut,
-        act=_tv_act,
-        rewired="resablate._rewired.RewiredBasicBlock",
+def declare_blocks(
+    upstream_module: str,
+    rewired_module: str,
+    prefix: str,
+    paths: Mapping[str, tuple[Callable[[nn.Module, Tensor], Tensor], ...]],
+) -> tuple[BlockAdapter, ...]:
+    """Register adapters for block classes of one module: class name -> (main path, activation).
+
+    The rewired subclass of ``upstream_module.Name`` is ``rewired_module.{prefix}Name``.
+    """
+    return tuple(
+        register_block(
+            BlockAdapter(
+                block_type=f"{upstream_module}.{name}",
+                main=main,
+                shortcut=_shortcut,
+                act=act,
+                rewired=f"{rewired_module}.{prefix}{name}",
+            )
+        )
+        for name, (main, act) in paths.items()
     )
-)
-TV_BOTTLENECK = register_block(
-    BlockAdapter(
-        block_type="torchvision.models.resnet.Bottleneck",
-        main=_tv_bottleneck_main,
-        shortcut=_shortcut,
-        act=_tv_act,
-        rewired="resablate._rewired.RewiredBottleneck",
-    )
+
+
+TV_BASIC_BLOCK, TV_BOTTLENECK = declare_blocks(
+    "torchvision.models.resnet",
+    "resablate._rewired",
+    "Rewired",
+    {"BasicBlock": (_tv_basic_main, _tv_act), "Bottleneck": (_tv_bottleneck_main, _tv_act)},
 )
 
 
@@ -427,11 +439,6 @@ def timm_basic_act(block: nn.Module, x: Tensor) -> Tensor:
 def timm_bottleneck_act(block: nn.Module, x: Tensor) -> Tensor:
     """timm ``Bottleneck`` final activation (``act3``)."""
     return block.act3(x)
-
-
-def shortcut_path(block: nn.Module, x: Tensor) -> Tensor:
-    """The shortcut of a torchvision or timm block: ``downsample(x)``, or ``x`` without one."""
-    return _shortcut(block, x)
 
 
 # --- family declarations -------------------------------------------------------------------------
@@ -495,37 +502,37 @@ _TIMM_RESNETS = {
     "resnet152": (152, "resnet152.a1h_in1k"),
 }
 
-for _arch, (_depth, _weights) in _TV_RESNETS.items():
-    register(
-        Family(
-            arch=_arch,
-            source="torchvision",
-            kind="resnet",
-            depth=_depth,
-            builder=_tv_builder(_arch),
-            stages=_resnet_stages(("conv1", "bn1", "relu", "maxpool")),
-            head="fc",
-            imagenet=_weights,
-            residual=True,
-            model_type="torchvision.models.resnet.ResNet",
+for _source, _table, _stem, _make, _type in (
+    (
+        "torchvision",
+        _TV_RESNETS,
+        ("conv1", "bn1", "relu", "maxpool"),
+        _tv_builder,
+        "torchvision.models.resnet.ResNet",
+    ),
+    (
+        "timm",
+        _TIMM_RESNETS,
+        ("conv1", "bn1", "act1", "maxpool"),
+        _timm_builder,
+        "timm.models.resnet.ResNet",
+    ),
+):
+    for _arch, (_depth, _weights) in _table.items():
+        register(
+            Family(
+                arch=_arch,
+                source=_source,
+                kind="resnet",
+                depth=_depth,
+                builder=_make(_arch),
+                stages=_resnet_stages(_stem),
+                head="fc",
+                imagenet=_weights,
+                residual=True,
+                model_type=_type,
+            )
         )
-    )
-
-for _arch, (_depth, _weights) in _TIMM_RESNETS.items():
-    register(
-        Family(
-            arch=_arch,
-            source="timm",
-            kind="resnet",
-            depth=_depth,
-            builder=_timm_builder(_arch),
-            stages=_resnet_stages(("conv1", "bn1", "act1", "maxpool")),
-            head="fc",
-            imagenet=_weights,
-            residual=True,
-            model_type="timm.models.resnet.ResNet",
-        )
-    )
 
 register(
     Family(
