@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-import torchvision
+from torchvision.models.resnet import BasicBlock, ResNet
 
 from resablate.diagnostics.cka import CKAResult, compare_features, linear_cka, plot_cka
 from resablate.errors import ConfigError
@@ -53,14 +53,14 @@ def test_constant_representation_is_nan_and_bad_shapes_are_errors() -> None:
 
 def _tiny_resnet(seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return torchvision.models.resnet18(num_classes=2)
+    return ResNet(BasicBlock, [1, 1, 1, 1], num_classes=2)
 
 
 def test_compare_features_of_a_model_with_itself(tmp_path) -> None:
     model = _tiny_resnet(0).train()
     other = _tiny_resnet(1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    images = torch.randn(8, 3, 32, 32)
+    images = torch.randn(8, 3, 16, 16)
     result = compare_features(model, other, images, labels=("seed 0", "seed 1"))
     same = compare_features(model, model, images)
     assert result.rows == ("conv1", "conv2_x", "conv3_x", "conv4_x", "conv5_x")
@@ -80,11 +80,11 @@ def test_compare_features_of_a_model_with_itself(tmp_path) -> None:
 
 def test_compare_features_accepts_code_names_and_module_paths() -> None:
     model = _tiny_resnet(0)
-    images = torch.randn(4, 3, 32, 32)
-    result = compare_features(model, model, images, stages=["layer3", "layer3.1"])
-    assert result.rows == ("conv4_x", "layer3.1")
-    # layer3.1 is the last block of layer3: its output is the stage's output.
-    assert result.value("conv4_x", "layer3.1") == pytest.approx(1.0, abs=1e-9)
+    images = torch.randn(4, 3, 16, 16)
+    result = compare_features(model, model, images, stages=["layer3", "layer3.0"])
+    assert result.rows == ("conv4_x", "layer3.0")
+    # layer3.0 is the only block of layer3: its output is the stage's output.
+    assert result.value("conv4_x", "layer3.0") == pytest.approx(1.0, abs=1e-9)
     with pytest.raises(ConfigError, match="no stage or module 'layer9'"):
         compare_features(model, model, images, stages=["layer9"])
     with pytest.raises(ConfigError, match="ran 2 times"):

@@ -127,7 +127,7 @@ def test_divergence_stops_training_and_renders(tmp_path) -> None:
 
     model = _tiny()
     images, labels = _batch()
-    study = residual_gradient_flow(model, images, labels, steps=3, lr=1e12, arch="tiny")
+    study = residual_gradient_flow(model, images, labels, steps=2, lr=1e12, arch="tiny")
     on, off = study.results
     assert (on.label, off.label) == ("residual on", "residual off")
     assert on.diverged_at_step is not None

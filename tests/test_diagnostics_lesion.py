@@ -102,7 +102,7 @@ def test_lesion_study_is_seeded_and_leaves_the_model_as_it_was(tmp_path) -> None
     labels = torch.arange(12) % 2
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     result = lesion_study(model, (images, labels), k_random=3, draws=2, seed=7, label="tiny")
-    again = lesion_study(model, (images, labels), k_random=3, draws=2, seed=7)
+    again = lesion_study(model, (images, labels), blocks=BLOCKS, k_random=3, draws=2, seed=7)
 
     assert model.training
     assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())

@@ -7,7 +7,7 @@ orders of magnitude off the residual network's. With BatchNorm normalising by ba
 the mean-field theory of batch normalisation predicts (Yang et al. 2019, "A Mean Field Theory of
 Batch Normalization"): measured on a randomly initialised ResNet-152 without shortcuts, about ×1.7
 per bottleneck block, 10⁸ at the stem relative to the residual network; the residual network's
-shortcuts keep the growth to about four orders of magnitude over the whole depth. With BatchNorm
+shortcuts keep the growth to about three orders of magnitude over the whole depth. With BatchNorm
 as a fixed affine map (eval mode; at initialisation its running statistics make it the identity)
 the forward signal itself grows (residual) or decays (plain) with depth, and every gradient
 follows it. See ``docs/diagnostics.md``.
