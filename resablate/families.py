@@ -534,51 +534,53 @@ for _source, _table, _stem, _make, _type in (
             )
         )
 
-register(
-    Family(
-        arch="alexnet",
-        source="torchvision",
-        kind="alexnet",
-        depth=None,
-        builder=_tv_builder("alexnet"),
-        # conv(0) relu pool | conv(3) relu pool | conv(6) relu | conv(8) relu | conv(10) relu pool
-        stages=_sequential_stages("features", (0, 3, 6, 8, 10, 13)),
-        head="classifier.6",
-        imagenet="AlexNet_Weights.IMAGENET1K_V1",
-        residual=False,
-        model_type="torchvision.models.alexnet.AlexNet",
-    )
-)
-register(
-    Family(
-        arch="vgg16",
-        source="torchvision",
-        kind="vgg",
-        depth=None,
-        builder=_tv_builder("vgg16"),
-        # five blocks of 2, 2, 3, 3, 3 conv+relu pairs, each closed by a max-pool
-        stages=_sequential_stages("features", (0, 5, 10, 17, 24, 31)),
-        head="classifier.6",
-        imagenet="VGG16_Weights.IMAGENET1K_V1",
-        residual=False,
-        model_type="torchvision.models.vgg.VGG",
-    )
-)
-for _arch, _weights in (
-    ("efficientnet_b3", "EfficientNet_B3_Weights.IMAGENET1K_V1"),
-    ("efficientnet_b4", "EfficientNet_B4_Weights.IMAGENET1K_V1"),
-):
+_TV_EFFICIENTNET = "torchvision.models.efficientnet.EfficientNet"
+_BASELINES = {
+    # arch: (kind, stage bounds over `features`, head, weights enum, model class)
+    # conv(0) relu pool | conv(3) relu pool | conv(6) relu | conv(8) relu | conv(10) relu pool
+    "alexnet": (
+        "alexnet",
+        (0, 3, 6, 8, 10, 13),
+        "classifier.6",
+        "AlexNet_Weights.IMAGENET1K_V1",
+        "torchvision.models.alexnet.AlexNet",
+    ),
+    # five blocks of 2, 2, 3, 3, 3 conv+relu pairs, each closed by a max-pool
+    "vgg16": (
+        "vgg",
+        (0, 5, 10, 17, 24, 31),
+        "classifier.6",
+        "VGG16_Weights.IMAGENET1K_V1",
+        "torchvision.models.vgg.VGG",
+    ),
+    # stem conv | seven MBConv stages | final 1x1 conv (the EfficientNet paper's Table 1)
+    "efficientnet_b3": (
+        "efficientnet",
+        tuple(range(10)),
+        "classifier.1",
+        "EfficientNet_B3_Weights.IMAGENET1K_V1",
+        _TV_EFFICIENTNET,
+    ),
+    "efficientnet_b4": (
+        "efficientnet",
+        tuple(range(10)),
+        "classifier.1",
+        "EfficientNet_B4_Weights.IMAGENET1K_V1",
+        _TV_EFFICIENTNET,
+    ),
+}
+for _arch, (_kind, _bounds, _head, _weights, _type) in _BASELINES.items():
     register(
         Family(
             arch=_arch,
             source="torchvision",
-            kind="efficientnet",
+            kind=_kind,
             depth=None,
             builder=_tv_builder(_arch),
-            stages=_sequential_stages("features", tuple(range(10))),
-            head="classifier.1",
+            stages=_sequential_stages("features", _bounds),
+            head=_head,
             imagenet=_weights,
             residual=False,
-            model_type="torchvision.models.efficientnet.EfficientNet",
+            model_type=_type,
         )
     )
