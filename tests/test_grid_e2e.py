@@ -2,7 +2,7 @@
 
 Includes the fault test (SIGKILL at seeded random points, then resume) and the lock refusal of a
 second grid process, the divergence/failure isolation with honest causes (a NaN weights file, a
-weights file of the wrong architecture), the CLI surface, and the Ray executor.
+weights file of the wrong architecture) and the Ray executor.
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from grid_helpers import imagenet_standins, one_thread, write_tiny_dataset
 from typer.testing import CliRunner
 
 from resablate.grid.runner import GridSummary, run_grid
@@ -37,49 +36,13 @@ TINY = (("max_steps", 2), ("image_size", 16), ("batch_size", 4), ("checkpoint_ev
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
-    # Same thread count as the subprocesses (OMP_NUM_THREADS=1): identical float reductions.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def write_tiny_dataset(root: Path, per_class: int = 8, size: int = 16) -> Path:
-    """A CIFAKE-style tree: REAL = flat colour patches, FAKE = the same with pixel noise."""
-    rng = np.random.default_rng(0)
-    for split, n in (("train", per_class), ("test", per_class // 2)):
-        for name in ("REAL", "FAKE"):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(n):
-                pixels = np.broadcast_to(rng.integers(40, 215, (1, 1, 3)), (size, size, 3))
-                if name == "FAKE":
-                    pixels = pixels + rng.normal(0, 40, (size, size, 3))
-                image = np.clip(pixels, 0, 255).astype(np.uint8)
-                Image.fromarray(image).save(folder / f"{i:03d}.png")
-    return root
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_dataset(tmp_path_factory.mktemp("tiny") / "data")
-
-
-def imagenet_standins(archs: tuple[str, ...]) -> None:
-    """Write seeded stand-ins for the ImageNet weights into the (test) torch hub cache, so that
-    ``--pretrained imagenet`` runs offline through the real loading path."""
-    import torchvision
-
-    from resablate.families import get_family
-
-    folder = Path(torch.hub.get_dir()) / "checkpoints"
-    folder.mkdir(parents=True, exist_ok=True)
-    for arch in archs:
-        url = torchvision.models.get_weight(str(get_family(arch).imagenet)).url
-        target = folder / os.path.basename(url)
-        if not target.exists():
-            torch.manual_seed(1)
-            torch.save(getattr(torchvision.models, arch)().state_dict(), target)
 
 
 def _results(out: Path) -> list[dict[str, str]]:

@@ -1,0 +1,58 @@
+"""Helpers of the grid tests: tiny generated data, offline ImageNet stand-ins, one CPU thread."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """One intra-op thread, like the subprocesses (OMP_NUM_THREADS=1): the same float
+    reductions, so in-process and subprocess runs give bit-identical metrics, and no
+    oversubscription of the shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def write_tiny_dataset(root: Path, per_class: int = 8, size: int = 16) -> Path:
+    """A CIFAKE-style tree: REAL = flat colour patches, FAKE = the same with pixel noise."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", per_class), ("test", per_class // 2)):
+        for name in ("REAL", "FAKE"):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = np.broadcast_to(rng.integers(40, 215, (1, 1, 3)), (size, size, 3))
+                if name == "FAKE":
+                    pixels = pixels + rng.normal(0, 40, (size, size, 3))
+                image = np.clip(pixels, 0, 255).astype(np.uint8)
+                Image.fromarray(image).save(folder / f"{i:03d}.png")
+    return root
+
+
+def imagenet_standins(archs: tuple[str, ...]) -> None:
+    """Write seeded stand-ins for the ImageNet weights into the (test) torch hub cache, so that
+    ``--pretrained imagenet`` runs offline through the real loading path."""
+    import torchvision
+
+    from resablate.families import get_family
+
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    for arch in archs:
+        url = torchvision.models.get_weight(str(get_family(arch).imagenet)).url
+        target = folder / os.path.basename(url)
+        if not target.exists():
+            torch.manual_seed(1)
+            torch.save(getattr(torchvision.models, arch)().state_dict(), target)
