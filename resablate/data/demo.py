@@ -7,15 +7,15 @@
   Pillow's Lanczos filter; 40 % of them are slightly out of focus (Gaussian blur, radius 0.4 to
   1 px), as real photographs often are, so that softness alone does not give the class away.
 - ``FAKE``: crops drawn the same way, passed through a fixed "generator" that leaves the traces
-  image generators leave: the 32×32 crop is downsampled ×2 (a quarter of the time ×4), then
-  upsampled back by a fixed 3×3 stride-2 transposed convolution, once per factor of 2 (uneven
-  kernel overlap: a checkerboard, i.e. periodic spectral peaks; three quarters of the time) or
-  by nearest-neighbour repetition (block artefacts), and blended with the crop at a random
+  image generators leave: the 32×32 crop is downsampled ×2 or ×4 (even odds), then upsampled
+  back by a fixed stride-2 (3×3) or stride-4 (7×7) transposed convolution (three quarters of the
+  time; uneven kernel overlap leaves a pattern of period 2 or 4, i.e. periodic spectral peaks)
+  or by nearest-neighbour repetition (block artefacts), and blended with the crop at a random
   strength in [0.5, 1]; finally each channel's mean and standard deviation are matched to the
   source crop's, so colour and brightness statistics do not separate the classes.
 
-The traces live at the pixel grid: train at the native 32×32 with flips only (a random-resized
-crop re-samples the images and blurs the traces away; see ``docs/data.md``).
+The traces live on the pixel grid, so they are clearest when training at the native 32×32 with
+flips only; a random-resized crop re-samples the images and weakens them (see ``docs/data.md``).
 
 Train and test come from disjoint photographs (:data:`TRAIN_PHOTOS`, :data:`TEST_PHOTOS`).
 :func:`demo_proxy_data` writes the "source" task for demo pretrained weights: 32×32 crops of
@@ -44,7 +44,7 @@ from PIL import Image, ImageFilter
 from resablate import atomic, paths
 from resablate.errors import DataError
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 """Version of what the generators write; a change regenerates existing demo folders."""
 
 MARKER = ".resablate-demo.json"
@@ -101,37 +101,43 @@ def _blur(image: np.ndarray, radius: float) -> np.ndarray:
     return np.asarray(pil.filter(ImageFilter.GaussianBlur(radius)), dtype=np.float64)
 
 
-def _kernel() -> np.ndarray:
-    """The generator's fixed 3×3 up-convolution kernel (same for every seed), sums to 4.
+def _kernel(factor: int) -> np.ndarray:
+    """The generator's fixed up-convolution kernel for one factor (same for every seed).
 
-    A bilinear up-sampling kernel with each tap perturbed by up to ±60 %: close enough to smooth
-    interpolation to keep the image, far enough to leave a faint checkerboard.
+    The (2·factor − 1)² bilinear up-sampling kernel with each tap perturbed by up to ±60 %,
+    scaled to sum to factor²: close enough to smooth interpolation to keep the image, far enough
+    to leave a faint periodic pattern.
     """
-    bilinear = np.outer([0.5, 1.0, 0.5], [0.5, 1.0, 0.5])
-    weights = bilinear * np.random.default_rng(20240511).uniform(0.4, 1.6, size=(3, 3))
-    return weights * (4.0 / weights.sum())
+    ramp = np.concatenate([np.arange(1, factor + 1), np.arange(factor - 1, 0, -1)]) / factor
+    rng = np.random.default_rng(20240511 + factor)
+    weights = np.outer(ramp, ramp) * rng.uniform(0.4, 1.6, size=(2 * factor - 1,) * 2)
+    return weights * (factor * factor / weights.sum())
 
 
-_KERNEL = _kernel()
+_KERNELS = {factor: _kernel(factor) for factor in (2, 4)}
 
 
-def _transposed_conv_up(image: np.ndarray) -> np.ndarray:
-    """Stride-2 transposed convolution with :data:`_KERNEL`: [h, w, 3] -> [2h, 2w, 3].
+def _transposed_conv_up(image: np.ndarray, factor: int) -> np.ndarray:
+    """Stride-``factor`` transposed convolution with ``_KERNELS[factor]``: [h, w, 3] -> [fh, fw, 3].
 
-    The 3×3 kernel at stride 2 overlaps unevenly (even outputs receive one tap per axis, odd
-    ones two), which imprints a period-2 checkerboard, as in many image generators.
+    The kernel overlaps unevenly across the output's phases, which imprints a pattern of period
+    ``factor`` (a checkerboard for 2), as in many image generators.
     """
+    kernel = _KERNELS[factor]
+    size = kernel.shape[0]
     h, w, c = image.shape
-    out = np.zeros((2 * h + 1, 2 * w + 1, c))
-    for dy in range(3):
-        for dx in range(3):
-            out[dy : dy + 2 * h : 2, dx : dx + 2 * w : 2] += _KERNEL[dy, dx] * image
-    return out[1 : 2 * h + 1, 1 : 2 * w + 1]
+    out = np.zeros(((h - 1) * factor + size, (w - 1) * factor + size, c))
+    for dy in range(size):
+        for dx in range(size):
+            out[dy : dy + factor * h : factor, dx : dx + factor * w : factor] += (
+                kernel[dy, dx] * image
+            )
+    return out[factor - 1 : factor - 1 + factor * h, factor - 1 : factor - 1 + factor * w]
 
 
 def _generate_fake(real: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Pass a 32×32 crop through the fake generator; output statistics match the crop's."""
-    factor = 4 if rng.random() < 0.25 else 2
+    factor = 4 if rng.random() < 0.5 else 2
     small = np.asarray(
         Image.fromarray(np.clip(np.rint(real), 0, 255).astype(np.uint8)).resize(
             (SIZE // factor, SIZE // factor), Image.Resampling.BOX
@@ -139,9 +145,7 @@ def _generate_fake(real: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         dtype=np.float64,
     )
     if rng.random() < 0.75:
-        up = small
-        while up.shape[0] < SIZE:
-            up = _transposed_conv_up(up)
+        up = _transposed_conv_up(small, factor)
     else:
         up = np.repeat(np.repeat(small, factor, axis=0), factor, axis=1)
     strength = rng.uniform(0.5, 1.0)
