@@ -14,11 +14,12 @@ a Ray cluster): workers write checkpoints and artefacts there, the driver record
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import queue
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from resablate.errors import ConfigError, WeightsUnavailableError
 from resablate.grid.cell import Cell
@@ -105,19 +106,16 @@ def execute_cell(
     except WeightsUnavailableError as exc:
         return CellOutcome(cell_id, "skipped", str(exc), None, device)
     except Exception as exc:
-        reason = one_line(exc)
-        if _out_of_memory(exc) and not reason.lower().startswith("out of memory"):
-            reason = f"out of memory: {reason}"
-        return CellOutcome(cell_id, "failed", reason, None, device)
+        summary = one_line(exc)
+        if _out_of_memory(exc) and not summary.lower().startswith("out of memory"):
+            summary = f"out of memory: {summary}"
+        return CellOutcome(cell_id, "failed", summary, None, device)
     status = str(result.status)
     reason = None if status == "done" else getattr(result, "reason", None)
     return CellOutcome(cell_id, status, reason, result, device)
 
 
-class StartHook(Protocol):
-    def __call__(self, job: CellJob, device: str) -> None: ...
-
-
+StartHook = Callable[[CellJob, str], None]
 EventHook = Callable[[str, Any], None]
 DoneHook = Callable[[CellOutcome], None]
 
@@ -161,12 +159,8 @@ class LocalExecutor:
             for job in jobs:
                 on_start(job, device)
                 cell_id = job.cell.cell_id
-                outcome = execute_cell(
-                    job,
-                    self.cell_runner,
-                    device=device,
-                    callback=lambda event, cell_id=cell_id: on_event(cell_id, event),
-                )
+                forward = functools.partial(on_event, cell_id)
+                outcome = execute_cell(job, self.cell_runner, device=device, callback=forward)
                 on_done(outcome)
             return
         self._run_workers(jobs, on_start, on_event, on_done)
@@ -237,11 +231,18 @@ def _worker_main(
         cell_id = job.cell.cell_id
         messages.put(("start", index, cell_id, device))
 
-        def forward(event: Any, cell_id: str = cell_id) -> None:
-            messages.put(("event", index, cell_id, event))
-
+        forward = functools.partial(_put_event, messages, index, cell_id)
         outcome = execute_cell(job, cell_runner, device=device, callback=forward)
         messages.put(("done", index, cell_id, outcome))
+
+
+def _put_event(messages: Any, index: int, cell_id: str, event: Any) -> None:
+    messages.put(("event", index, cell_id, event))
+
+
+def _execute_on(job: CellJob, cell_runner: CellRunner, device: str) -> CellOutcome:
+    """:func:`execute_cell` with positional arguments (the Ray task)."""
+    return execute_cell(job, cell_runner, device=device)
 
 
 class RayExecutor:
@@ -288,13 +289,13 @@ class RayExecutor:
             slots = max(1, gpus or int(resources.get("CPU", 1)))
             options = {"num_gpus": 1} if gpus else {"num_cpus": 1}
             device = "cuda" if gpus else "cpu"
-            task = ray.remote(execute_cell).options(max_retries=0, **options)
+            task = ray.remote(_execute_on).options(max_retries=0, **options)
             waiting = list(jobs)
             while waiting or running:
                 while waiting and len(running) < slots:
                     job = waiting.pop(0)
                     on_start(job, device)
-                    running[task.remote(job, self.cell_runner, device=device)] = job
+                    running[task.remote(job, self.cell_runner, device)] = job
                 ready, _ = ray.wait(list(running), num_returns=1)
                 job = running.pop(ready[0])
                 try:

@@ -219,8 +219,10 @@ def plan_grid(
         for row in store.cells():
             cell = Cell.from_dict(row.config)
             recipe = get_recipe(cell.recipe, **dict(cell.overrides))
-            key = (cell.arch, cell.source, cell.residual, cell.residual_alpha, cell.freeze, cell.bn)
-            key += (recipe.image_size, recipe.batch_size, recipe.grad_accum, recipe.optimizer)
+            key = (
+                *(cell.arch, cell.source, cell.residual, cell.residual_alpha, cell.freeze, cell.bn),
+                *(recipe.image_size, recipe.batch_size, recipe.grad_accum, recipe.optimizer),
+            )
             if key not in measured:
                 model = _model(cell, num_classes)
                 counts = count(model, (3, recipe.image_size, recipe.image_size))
