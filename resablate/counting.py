@@ -122,44 +122,44 @@ class Counts:
 # --- per-module flop rules (fvcore's) ------------------------------------------------------------
 
 
-def _conv(module: nn.Module, x: Tensor, out: Tensor) -> int:
+def _conv(module: Any, x: Tensor, out: Tensor) -> int:
     spatial = (x if module.transposed else out).shape[2:]
-    return x.shape[0] * math.prod(module.weight.shape) * math.prod(spatial)
+    return int(x.shape[0] * math.prod(module.weight.shape) * math.prod(spatial))
 
 
-def _linear(module: nn.Module, x: Tensor, out: Tensor) -> int:
-    return x.numel() * module.out_features
+def _linear(module: Any, x: Tensor, out: Tensor) -> int:
+    return int(x.numel() * module.out_features)
 
 
-def _batch_norm(module: nn.Module, x: Tensor, out: Tensor) -> int:
+def _batch_norm(module: Any, x: Tensor, out: Tensor) -> int:
     uses_running_stats = not module.training and module.running_mean is not None
     if uses_running_stats:
         return x.numel() * (2 if module.affine else 1)
     return x.numel() * (5 if module.affine else 4)
 
 
-def _norm(module: nn.Module, x: Tensor, out: Tensor) -> int:
+def _norm(module: Any, x: Tensor, out: Tensor) -> int:
     affine = getattr(module, "affine", None)
     if affine is None:
         affine = getattr(module, "elementwise_affine", False)
     return x.numel() * (5 if affine else 4)
 
 
-def _instance_norm(module: nn.Module, x: Tensor, out: Tensor) -> int:
+def _instance_norm(module: Any, x: Tensor, out: Tensor) -> int:
     # fvcore reads the affine flag from the argument holding running_mean (index 1) here.
     return x.numel() * (5 if module.running_mean is not None else 4)
 
 
-def _adaptive_avg_pool(module: nn.Module, x: Tensor, out: Tensor) -> int:
+def _adaptive_avg_pool(module: Any, x: Tensor, out: Tensor) -> int:
     return x.numel()
 
 
-def _upsample(module: nn.Module, x: Tensor, out: Tensor) -> int:
+def _upsample(module: Any, x: Tensor, out: Tensor) -> int:
     mode = getattr(module, "mode", "nearest")
     return out.numel() * {"nearest": 1, "bilinear": 4}.get(mode, 0)
 
 
-_RULES: tuple[tuple[type[nn.Module], Callable[[nn.Module, Tensor, Tensor], int]], ...] = (
+_RULES: tuple[tuple[type[nn.Module], Callable[[Any, Tensor, Tensor], int]], ...] = (
     (nn.modules.conv._ConvNd, _conv),
     (nn.Linear, _linear),
     (nn.modules.batchnorm._BatchNorm, _batch_norm),
@@ -196,7 +196,7 @@ def _passthrough(x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
     return x
 
 
-def _rule(module: nn.Module) -> Callable[[nn.Module, Tensor, Tensor], int] | None:
+def _rule(module: nn.Module) -> Callable[[Any, Tensor, Tensor], int] | None:
     for cls, rule in _RULES:
         if isinstance(module, cls):
             return rule
@@ -308,7 +308,9 @@ def count(model: nn.Module, input_size: Sequence[int] = (3, 224, 224)) -> Counts
                 bucket[i] += value
                 totals[i] += value
     stages = tuple(
-        StageCount(s, *per_stage[s], flops=flops[s]) for s in stage_names if s in per_stage
+        StageCount(s, per_stage[s][0], per_stage[s][1], per_stage[s][2], flops[s])
+        for s in stage_names
+        if s in per_stage
     )
     return Counts(
         params=totals[0],

@@ -16,9 +16,10 @@ timm is imported only when a timm family is built or a timm block is met.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -218,7 +219,7 @@ def paper_stage(name: str, family: Family | None = None) -> str:
     return _CODE_TO_PAPER.get(code, code)
 
 
-def residual_stage_names(stages: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+def residual_stage_names(stages: Iterable[str] | str | None) -> tuple[str, ...]:
     """Canonical residual stage names (``layer1``..``layer4``) for a surgery ``stages`` argument.
 
     Raises:
@@ -251,9 +252,9 @@ def type_name(cls: type) -> str:
 
 def block_adapter(block: nn.Module) -> BlockAdapter | None:
     """The adapter for ``block`` (an upstream block or its rewired subclass), or None."""
-    cls = type(block)
-    upstream = getattr(cls, "upstream_block", None)
-    if upstream is not None and cls.__dict__.get("upstream_block") is upstream:
+    cls: type = type(block)
+    upstream = cls.__dict__.get("upstream_block")  # set on the rewired class itself only
+    if isinstance(upstream, type):
         cls = upstream
     _ensure_timm_adapters(cls)
     return _ADAPTERS.get(type_name(cls))
@@ -353,23 +354,23 @@ def head_of(model: nn.Module) -> str:
 # --- torchvision block adapters ------------------------------------------------------------------
 
 
-def _shortcut(block: nn.Module, x: Tensor) -> Tensor:
+def _shortcut(block: Any, x: Tensor) -> Tensor:
     downsample = block.downsample
     return x if downsample is None else downsample(x)
 
 
-def _tv_basic_main(block: nn.Module, x: Tensor) -> Tensor:
+def _tv_basic_main(block: Any, x: Tensor) -> Tensor:
     out = block.relu(block.bn1(block.conv1(x)))
     return block.bn2(block.conv2(out))
 
 
-def _tv_bottleneck_main(block: nn.Module, x: Tensor) -> Tensor:
+def _tv_bottleneck_main(block: Any, x: Tensor) -> Tensor:
     out = block.relu(block.bn1(block.conv1(x)))
     out = block.relu(block.bn2(block.conv2(out)))
     return block.bn3(block.conv3(out))
 
 
-def _tv_act(block: nn.Module, x: Tensor) -> Tensor:
+def _tv_act(block: Any, x: Tensor) -> Tensor:
     return block.relu(x)
 
 
@@ -408,7 +409,7 @@ TV_BASIC_BLOCK, TV_BOTTLENECK = declare_blocks(
 # --- timm block adapters (functions only; registered by resablate._timm_blocks) ----------------
 
 
-def _timm_tail(block: nn.Module, x: Tensor) -> Tensor:
+def _timm_tail(block: Any, x: Tensor) -> Tensor:
     if block.se is not None:
         x = block.se(x)
     if block.drop_path is not None:
@@ -416,14 +417,14 @@ def _timm_tail(block: nn.Module, x: Tensor) -> Tensor:
     return x
 
 
-def timm_basic_main(block: nn.Module, x: Tensor) -> Tensor:
+def timm_basic_main(block: Any, x: Tensor) -> Tensor:
     """The main path of timm's ``BasicBlock`` (conv1 .. bn2, then se and drop_path)."""
     x = block.act1(block.drop_block(block.bn1(block.conv1(x))))
     x = block.bn2(block.conv2(block.aa(x)))
     return _timm_tail(block, x)
 
 
-def timm_bottleneck_main(block: nn.Module, x: Tensor) -> Tensor:
+def timm_bottleneck_main(block: Any, x: Tensor) -> Tensor:
     """timm ``Bottleneck`` main path (conv1..3, bn1..3, act1/2, drop_block, aa, se, drop_path)."""
     x = block.act1(block.bn1(block.conv1(x)))
     x = block.act2(block.drop_block(block.bn2(block.conv2(x))))
@@ -431,12 +432,12 @@ def timm_bottleneck_main(block: nn.Module, x: Tensor) -> Tensor:
     return _timm_tail(block, x)
 
 
-def timm_basic_act(block: nn.Module, x: Tensor) -> Tensor:
+def timm_basic_act(block: Any, x: Tensor) -> Tensor:
     """timm ``BasicBlock`` final activation (``act2``)."""
     return block.act2(x)
 
 
-def timm_bottleneck_act(block: nn.Module, x: Tensor) -> Tensor:
+def timm_bottleneck_act(block: Any, x: Tensor) -> Tensor:
     """timm ``Bottleneck`` final activation (``act3``)."""
     return block.act3(x)
 

@@ -144,7 +144,7 @@ def _numel(params: list[nn.Parameter]) -> int:
 def _release_all(model: nn.Module) -> None:
     for module in model.modules():
         if type(module) in _UPSTREAM:
-            module.__class__ = _UPSTREAM[type(module)]
+            module.__class__ = _UPSTREAM[type(module)]  # type: ignore[assignment]
             module.training = model.training
     for p in model.parameters():
         p.requires_grad_(True)
@@ -193,7 +193,7 @@ def freeze(model: nn.Module, plan: str, *, bn: str = "frozen") -> FreezeReport:
     held = 0
     if bn == "frozen":
         for m in norms:
-            m.__class__ = _HELD[type(m)]
+            m.__class__ = _HELD[type(m)]  # type: ignore[assignment]
             m.training = False
             held += 1
     params = _numel(_unique_params([model]))
@@ -239,7 +239,9 @@ def frozen_fingerprint(model: nn.Module) -> dict[str, str]:
     Returns:
         State-dict name -> hex digest of the tensor's bytes (with dtype and shape).
     """
-    tensors = {name: p for name, p in model.named_parameters() if not p.requires_grad}
+    tensors: dict[str, torch.Tensor] = {
+        name: p for name, p in model.named_parameters() if not p.requires_grad
+    }
     for name, module in model.named_modules():
         if isinstance(module, HeldBatchNorm):
             prefix = f"{name}." if name else ""

@@ -332,7 +332,7 @@ def _select(
         return names
     chosen: set[str] = set()
     if stages is not None:
-        for stage in residual_stage_names(stages if isinstance(stages, str) else tuple(stages)):
+        for stage in residual_stage_names(stages):
             chosen.update(n for n in names if n.startswith(stage + "."))
     if blocks is not None:
         for block in [blocks] if isinstance(blocks, str) else blocks:
@@ -364,8 +364,8 @@ def _set_state(block: nn.Module, state: BlockState) -> None:
         block.__dict__.pop("lesioned", None)
     else:
         block.__class__ = rewired
-        block.residual_alpha = state.alpha
-        block.lesioned = state.lesioned
+        block.__dict__["residual_alpha"] = state.alpha
+        block.__dict__["lesioned"] = state.lesioned
 
 
 def _count(module: nn.Module | None) -> int:
@@ -548,9 +548,9 @@ def surgery_counts(
             f"{family.arch} has no residual connections; residual surgery applies to: "
             f"{', '.join(residual_architectures())}"
         )
-    selected = residual_stage_names(
-        None if stages is None else (stages if isinstance(stages, str) else tuple(stages))
-    )
+    if stages is not None and not isinstance(stages, str):
+        stages = tuple(stages)  # read twice below
+    selected = residual_stage_names(stages)
     with torch.device("meta"):
         model = family.builder()
     before = count(model, input_size)
