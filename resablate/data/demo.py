@@ -36,7 +36,9 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -170,25 +172,32 @@ def _write_png(path: Path, image: np.ndarray) -> None:
     Image.fromarray(np.clip(np.rint(image), 0, 255).astype(np.uint8), "RGB").save(path, "PNG")
 
 
-def _marker(kind: str, seed: int, counts: Mapping[str, int], classes: tuple[str, ...]) -> dict:
-    return {
-        "kind": kind,
-        "generator_version": GENERATOR_VERSION,
-        "seed": seed,
-        "classes": list(classes),
-        "images_per_class": dict(counts),
-    }
+@dataclass(frozen=True)
+class _Tree:
+    """What to write: ``split/class/NNNNN.png``, ``counts[split]`` images per class.
+
+    ``draw(split, class_name, rng)`` returns one float RGB image [32, 32, 3] in 0..255.
+    """
+
+    kind: str
+    classes: tuple[str, ...]
+    counts: Mapping[str, int]
+    draw: Callable[[str, str, np.random.Generator], np.ndarray]
+
+    def marker(self, seed: int) -> dict[str, Any]:
+        """The marker file's content for this tree written with ``seed``."""
+        return {
+            "kind": self.kind,
+            "generator_version": GENERATOR_VERSION,
+            "seed": seed,
+            "classes": list(self.classes),
+            "images_per_class": dict(self.counts),
+        }
 
 
-def _materialise(
-    root: str | os.PathLike[str] | None,
-    kind: str,
-    seed: int,
-    classes: tuple[str, ...],
-    counts: Mapping[str, int],
-    draw: Callable[[str, str, np.random.Generator], np.ndarray],
-) -> Path:
-    """Write ``split/class/NNNNN.png`` for every split and class, unless already there."""
+def _materialise(root: str | os.PathLike[str] | None, tree: _Tree, seed: int) -> Path:
+    """Write the tree for ``seed`` into ``root`` unless it is already there."""
+    kind = tree.kind
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise DataError(f"demo data seed must be a non-negative integer, not {seed!r}")
     if root is not None:
@@ -198,7 +207,7 @@ def _materialise(
     if folder.exists() and not folder.is_dir():
         raise DataError(f"cannot write {kind} data into {folder}: it is a file, not a folder")
     folder.mkdir(parents=True, exist_ok=True)
-    expected = _marker(kind, seed, counts, classes)
+    expected = tree.marker(seed)
     if _current(folder) == expected:
         return folder
     # The lock file marks a folder this function has written to (even if interrupted).
@@ -213,12 +222,12 @@ def _materialise(
         fcntl.flock(lock, fcntl.LOCK_EX)
         if _current(folder) == expected:
             return folder
-        _write_tree(folder, kind, seed, classes, counts, draw)
+        _write_tree(folder, tree, seed)
         atomic.write_text(folder / MARKER, json.dumps(expected, indent=2) + "\n")
     return folder
 
 
-def _current(folder: Path) -> dict | None:
+def _current(folder: Path) -> dict[str, Any] | None:
     """The marker's content, or None when the folder holds no complete demo tree."""
     try:
         return json.loads((folder / MARKER).read_text())
@@ -226,14 +235,7 @@ def _current(folder: Path) -> dict | None:
         return None
 
 
-def _write_tree(
-    folder: Path,
-    kind: str,
-    seed: int,
-    classes: tuple[str, ...],
-    counts: Mapping[str, int],
-    draw: Callable[[str, str, np.random.Generator], np.ndarray],
-) -> None:
+def _write_tree(folder: Path, tree: _Tree, seed: int) -> None:
     """Write the tree into a hidden staging folder, then move each split into place.
 
     Replaces a tree an earlier call wrote (other seed or version). An interrupted call leaves a
@@ -244,13 +246,13 @@ def _write_tree(
     for stale in folder.glob(STAGING + "*"):
         shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=STAGING, dir=folder))
-    for split_index, (split, n) in enumerate(counts.items()):
-        for class_index, name in enumerate(classes):
+    for split_index, (split, n) in enumerate(tree.counts.items()):
+        for class_index, name in enumerate(tree.classes):
             rng = np.random.default_rng([seed, split_index, class_index])
             for i in range(n):
-                _write_png(staging / split / name / f"{i:05d}.png", draw(split, name, rng))
+                _write_png(staging / split / name / f"{i:05d}.png", tree.draw(split, name, rng))
     marker.unlink(missing_ok=True)
-    for split in counts:
+    for split in tree.counts:
         shutil.rmtree(folder / split, ignore_errors=True)
         os.replace(staging / split, folder / split)
     shutil.rmtree(staging, ignore_errors=True)
@@ -277,7 +279,7 @@ def demo_data(root: str | os.PathLike[str] | None = None, *, seed: int = 0) -> P
         photo = options[int(rng.integers(len(options)))]
         return _make_demo_image(photo, name == "FAKE", rng)
 
-    return _materialise(root, "demo", seed, ("FAKE", "REAL"), DEMO_COUNTS, draw)
+    return _materialise(root, _Tree("demo", ("FAKE", "REAL"), DEMO_COUNTS, draw), seed)
 
 
 def demo_proxy_data(root: str | os.PathLike[str] | None = None, *, seed: int = 0) -> Path:
@@ -308,4 +310,4 @@ def demo_proxy_data(root: str | os.PathLike[str] | None = None, *, seed: int = 0
         image = _crop(half, rng, hi=128)
         return image[:, ::-1] if rng.random() < 0.5 else image
 
-    return _materialise(root, "demo-proxy", seed, PROXY_CLASSES, PROXY_COUNTS, draw)
+    return _materialise(root, _Tree("demo-proxy", PROXY_CLASSES, PROXY_COUNTS, draw), seed)
