@@ -327,3 +327,23 @@ def test_surgery_counts_for_the_cli() -> None:
     assert data["params"] == 25_557_032
     assert data["flops_before"] == 4_111_512_576 > data["flops_after"]
     assert data["active_params"] == 25_557_032 - result.report.inactive_params
+
+
+@pytest.mark.gpu
+def test_surgered_model_moves_to_the_gpu_and_back() -> None:
+    from resablate.counting import count
+
+    model = fresh("torchvision", "resnet18")
+    drop_residual(model, stages=["conv3_x", "conv4_x"])
+    expected = model(X)
+    on_gpu = copy.deepcopy(model).to("cuda")
+    assert type(on_gpu.layer2[0]).__name__ == "RewiredBasicBlock"
+    with torch.no_grad():
+        assert torch.allclose(on_gpu(X.cuda()).cpu(), expected, rtol=1e-3, atol=1e-4)
+    assert count(on_gpu, (3, 32, 32)) == count(model, (3, 32, 32))
+    assert all(p.is_cuda for p in on_gpu.parameters())
+    back = on_gpu.to("cpu")
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(back.state_dict().values(), model.state_dict().values(), strict=True)
+    )
