@@ -69,7 +69,7 @@ class StageSurgery:
     Attributes:
         stage: Paper stage name (``"conv4_x"``).
         blocks: Residual blocks in the stage.
-        blocks_rewired: Blocks of the stage that this call changed.
+        blocks_rewired: Blocks of the stage that this call set (selected ones, changed or not).
         inactive_params: Parameters of the stage that the forward pass no longer uses.
     """
 
@@ -87,7 +87,7 @@ class SurgeryReport:
         operation: ``"drop"``, ``"scale"``, ``"lesion"``, ``"restore"`` or ``"apply"``.
         alpha: The shortcut weight set by ``drop``/``scale`` (None for the others).
         blocks_total: Residual blocks in the model.
-        blocks_rewired: Names (``"layer3.2"``) of the blocks this call changed, in forward order.
+        blocks_rewired: Names (``"layer3.2"``) of the blocks this call set, in forward order.
         inactive_params: Parameters the forward pass no longer uses after the call (the idle
             ``downsample`` projections of dropped blocks, the main paths of lesioned ones).
         params: All parameters of the model.
