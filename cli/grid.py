@@ -418,19 +418,17 @@ def grid(
     except KeyboardInterrupt:
         view.close()
         console.err.print(
-            f"interrupted: the store in {out} is saved; rerun the same command to resume",
+            f"the store in {out} is saved; rerun the same command to resume",
             highlight=False,
             markup=False,
         )
-        raise typer.Exit(130) from None
+        raise  # the root group says "interrupted" and exits with 130
     finally:
         view.close()
     if json_output:
         console.print_json(summary.to_dict())
     else:
         console.out.print(summary)
-    if not summary.complete:
-        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

@@ -126,3 +126,18 @@ def test_ray_missing_is_a_one_line_hint(monkeypatch: pytest.MonkeyPatch) -> None
     assert str(info.value) == (
         "the ray executor needs Ray, which is not installed: pip install 'resablate[ray]'"
     )
+
+
+def test_interrupt_exits_130_and_says_how_to_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("resablate.grid.runner.run_grid", interrupted)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["grid", "--depths", "18", "--out", str(out)])
+    assert result.exit_code == 130
+    assert _flat(result.output) == (
+        f"the store in {out} is saved; rerun the same command to resume interrupted"
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -226,3 +227,16 @@ def test_started_events_name_the_device(tmp_path: Path) -> None:
     finished = [e for e in events if isinstance(e, CellFinished)]
     assert [(e.device, e.label) for e in started] == [("cpu", "resnet18 · weights none · seed 0")]
     assert finished[0].row.f1 == 0.5 and finished[0].row.params == 100
+
+
+def test_sigterm_is_handled_like_ctrl_c(tmp_path: Path) -> None:
+    def terminated(cell: Cell, run_dir: str, **kwargs: Any) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(SPEC, tmp_path, cell_runner=terminated, device="cpu")
+    assert signal.getsignal(signal.SIGTERM) == previous
+    first = SPEC.cells()[0].cell_id
+    with ResultStore.open(tmp_path) as store:
+        assert (store.cell(first).status, store.cell(first).reason) == ("pending", INTERRUPTED)

@@ -171,7 +171,7 @@ class ResultsTable:
                 else:
                     cells.append(f"[dim]{entry.status or '—'}[/]")
             params = "—" if row.params is None else f"{row.params / 1e6:.1f}"
-            flops = "—" if row.flops is None else f"{row.flops / 1e9:.2f}"
+            flops = "—" if row.flops is None else f"{row.flops / 1e9:.3g}"
             table.add_row(row.label, *cells, params, flops)
         return table
 
