@@ -147,7 +147,8 @@ def render_prepared(event: Any) -> None:
 
     console.out.print(event.scan)
     counts = event.counts
-    table = Table(title=f"model: {event.cell.label}", show_header=False, title_justify="left")
+    console.out.print(f"model: {event.cell.label}", highlight=False, markup=False)
+    table = Table(show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
     table.add_row("parameters", f"{counts.params:,}")
