@@ -23,7 +23,7 @@ DEMO_WEIGHTS_SEED = 0
 """Seed of the pre-training run (fixed: the demo weights of an architecture are one file)."""
 
 PRETRAIN_RECIPE: Recipe = get_recipe(
-    "demo", epochs=3, eval_every=None, checkpoint_every=None, lr=2e-3
+    "demo", epochs=2, eval_every=None, checkpoint_every=None, lr=2e-3
 )
 """The fixed pre-training recipe: the demo recipe at 32 × 32, no intermediate checkpoints."""
 
