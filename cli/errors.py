@@ -12,8 +12,19 @@ from typer.core import TyperGroup
 from resablate.errors import ResablateError
 from resablate_cli.console import err
 
+# Exceptions the command-line framework handles itself (usage errors, --help, exits). Typer 0.29
+# vendors its own click, so its exceptions are not click's: both families pass through.
+_FRAMEWORK_EXCEPTIONS: tuple[type[BaseException], ...] = (
+    typer.Exit,
+    typer.Abort,
+    typer.exceptions.TyperException,
+    click.exceptions.Exit,
+    click.ClickException,
+    click.Abort,
+)
 
-def debug_enabled(ctx: click.Context | None) -> bool:
+
+def debug_enabled(ctx: Any) -> bool:
     """True when ``--debug`` was given (or ``RESABLATE_DEBUG=1`` is set)."""
     if os.environ.get("RESABLATE_DEBUG") == "1":
         return True
@@ -28,10 +39,10 @@ class ResablateGroup(TyperGroup):
     exits 1 with its type and message; Ctrl-C exits 130. ``--debug`` re-raises instead.
     """
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except (typer.Exit, click.exceptions.Exit, click.ClickException, click.Abort):
+        except _FRAMEWORK_EXCEPTIONS:
             raise
         except ResablateError as exc:
             if debug_enabled(ctx):

@@ -62,6 +62,13 @@ def test_long_error_stays_on_one_line() -> None:
     assert lines[0].startswith("error: unknown architecture 'resnet77'; ResNet depths: 18, 34, 50")
 
 
+def test_bad_option_value_is_a_usage_error_not_an_internal_one() -> None:
+    result = runner.invoke(app, ["surgery", "resnet18", "--input-size", "abc"])
+    assert result.exit_code == 2
+    assert "internal error" not in result.output
+    assert "Invalid value" in result.output
+
+
 @pytest.mark.parametrize(
     "command", ["surgery", "count", "weights", "data", "train", "grid", "report", "lesion"]
 )
