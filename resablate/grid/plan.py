@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -150,7 +151,8 @@ def _model(cell: Cell, num_classes: int) -> Any:
 
 
 def _probe(model: Any, recipe: Recipe, num_classes: int, device: Any, steps: int) -> float:
-    """Seconds per optimiser step: ``steps`` timed steps after one warm-up step."""
+    """Seconds per optimiser step: the median of ``steps`` timed steps after one warm-up step
+    (the median, because other work on a shared machine inflates single steps)."""
     import torch
     import torch.nn.functional as F
 
@@ -179,10 +181,12 @@ def _probe(model: Any, recipe: Recipe, num_classes: int, device: Any, steps: int
             torch.cuda.synchronize(device)
 
     step()
-    start = time.perf_counter()
+    times = []
     for _ in range(steps):
+        start = time.perf_counter()
         step()
-    return (time.perf_counter() - start) / steps
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def plan_grid(
@@ -190,7 +194,7 @@ def plan_grid(
     out_dir: str | os.PathLike[str],
     *,
     device: str | None = None,
-    probe_steps: int = 2,
+    probe_steps: int = 3,
 ) -> GridPlan:
     """Dry run: store every cell as pending, count each model and estimate its training time.
 
