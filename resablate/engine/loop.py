@@ -70,8 +70,8 @@ StepHook = Callable[[StepInfo], None]
 
 
 @dataclass(frozen=True)
-class _Plan:
-    """How the run is laid out in micro-batches and optimiser steps."""
+class StepPlan:
+    """How a run is laid out in micro-batches and optimiser steps (shared with grid estimates)."""
 
     n: int
     micro_per_epoch: int
@@ -79,7 +79,7 @@ class _Plan:
     total_steps: int
 
     @classmethod
-    def of(cls, n: int, recipe: Recipe) -> _Plan:
+    def of(cls, n: int, recipe: Recipe) -> StepPlan:
         # Drop the last partial micro-batch: a batch of one breaks BatchNorm in training mode.
         micro = n // recipe.batch_size
         steps = math.ceil(micro / recipe.grad_accum)
@@ -141,7 +141,7 @@ class _Session:
         self.callback = callback
         self.on_step = tuple(on_step)
         self.train_tf, self.eval_tf = transforms
-        self.plan = _Plan.of(len(train_data), recipe)
+        self.plan = StepPlan.of(len(train_data), recipe)
         self.cuda = device.type == "cuda"
         self.amp = recipe.amp if self.cuda else "none"
         self.channels_last = self.cuda and recipe.channels_last

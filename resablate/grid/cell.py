@@ -19,6 +19,7 @@ from resablate.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
     from resablate.counting import Counts
     from resablate.data import DatasetScan
@@ -247,7 +248,8 @@ class CellResult:
         return {"cell_id": self.cell_id, **data}
 
 
-def _dataset_root(data: str) -> Path:
+def dataset_root(data: str) -> Path:
+    """The folder of a cell's dataset: ``"demo"`` is the demo tree (generated on first use)."""
     if data == "demo":
         from resablate.data import demo_data
 
@@ -272,6 +274,26 @@ def _weights_file(cell: Cell) -> Path | None:
     if cell.weights == "imagenet":
         return fetch_weights(cell.arch, cell.source)
     return Path(cell.weights)
+
+
+def apply_ablation(model: nn.Module, cell: Cell) -> tuple[SurgeryReport | None, FreezeReport]:
+    """Apply the cell's residual plan, then its freeze plan, to ``model`` in place.
+
+    Returns:
+        The surgery report (``None`` when the residual plan is ``"on"``) and the freeze report.
+    """
+    from resablate.freezing import freeze
+    from resablate.surgery import drop_residual, scale_residual
+
+    stages = residual_stages(cell.residual)
+    surgery = None
+    if stages != ():
+        surgery = (
+            drop_residual(model, stages)
+            if cell.residual_alpha == 0.0
+            else scale_residual(model, cell.residual_alpha, stages)
+        )
+    return surgery, freeze(model, cell.freeze, bn=cell.bn)
 
 
 def run_cell(
@@ -316,14 +338,12 @@ def run_cell(
     from resablate.data import decode_split, scan
     from resablate.engine import stream_seed, train
     from resablate.engine.environment import capture_environment, resolve_device
-    from resablate.freezing import freeze
     from resablate.recipes import get_recipe
-    from resablate.surgery import drop_residual, scale_residual
     from resablate.weights import build_model, weights_sha256
 
     target = resolve_device(device)
     recipe = get_recipe(cell.recipe, **dict(cell.overrides))
-    dataset = scan(_dataset_root(cell.data))
+    dataset = scan(dataset_root(cell.data))
     splits = {
         name: decode_split(dataset, name, storage_size=recipe.storage_size)
         for name in ("train", "val", "test")
@@ -337,15 +357,7 @@ def run_cell(
         num_classes=len(dataset.classes),
         source=cell.source,
     )
-    stages = residual_stages(cell.residual)
-    surgery = None
-    if stages != ():
-        surgery = (
-            drop_residual(model, stages)
-            if cell.residual_alpha == 0.0
-            else scale_residual(model, cell.residual_alpha, stages)
-        )
-    frozen = freeze(model, cell.freeze, bn=cell.bn)
+    surgery, frozen = apply_ablation(model, cell)
     counts = count(model, (3, recipe.image_size, recipe.image_size))
 
     run_dir = Path(run_dir)

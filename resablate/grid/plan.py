@@ -8,14 +8,13 @@ batch size; a cell's estimate is that time per micro-batch × its planned micro-
 
 from __future__ import annotations
 
-import math
 import os
 import statistics
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from resablate.grid.cell import Cell, residual_stages
+from resablate.grid.cell import Cell, apply_ablation, dataset_root
 from resablate.grid.runner import open_grid
 from resablate.grid.spec import GridSpec
 from resablate.recipes import Recipe, get_recipe
@@ -127,26 +126,12 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
-def planned_steps(train_images: int, recipe: Recipe) -> int:
-    """Optimiser steps the engine plans: whole micro-batches, grouped by ``grad_accum``."""
-    per_epoch = math.ceil(train_images // recipe.batch_size / recipe.grad_accum)
-    total = per_epoch * recipe.epochs
-    return total if recipe.max_steps is None else min(total, recipe.max_steps)
-
-
 def _model(cell: Cell, num_classes: int) -> Any:
     """The cell's model with random weights, residual plan and freeze plan applied."""
-    from resablate.freezing import freeze
-    from resablate.surgery import drop_residual, scale_residual
     from resablate.weights import build_model
 
     model = build_model(cell.arch, weights=None, num_classes=num_classes, source=cell.source)
-    stages = residual_stages(cell.residual)
-    if stages != () and cell.residual_alpha == 0.0:
-        drop_residual(model, stages)
-    elif stages != ():
-        scale_residual(model, cell.residual_alpha, stages)
-    freeze(model, cell.freeze, bn=cell.bn)
+    apply_ablation(model, cell)
     return model
 
 
@@ -211,10 +196,10 @@ def plan_grid(
     from resablate.counting import count
     from resablate.data import scan
     from resablate.engine.environment import device_name, resolve_device
-    from resablate.grid.cell import _dataset_root
+    from resablate.engine.loop import StepPlan
 
     target = resolve_device(device or "auto")
-    dataset = scan(_dataset_root(spec.data))
+    dataset = scan(dataset_root(spec.data))
     train_images = len(dataset.splits["train"])
     num_classes = len(dataset.classes)
     measured: dict[tuple[Any, ...], tuple[Any, float | None]] = {}
@@ -242,7 +227,7 @@ def plan_grid(
                     active_params=counts.active_params,
                     flops=counts.flops,
                 )
-            steps = planned_steps(train_images, recipe)
+            steps = StepPlan.of(train_images, recipe).total_steps
             planned.append(
                 PlannedCell(
                     cell_id=row.cell_id,
