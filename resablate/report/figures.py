@@ -185,7 +185,6 @@ def confusion_figure(
     fig = _new_figure(CONFUSION_SIZE, left=0.2, right=0.95, bottom=0.16, top=0.88)
     ax = fig.subplots()
     image = ax.imshow([[int(v) for v in row] for row in confusion], cmap="Blues")
-    peak = max((int(v) for row in confusion for v in row), default=0)
     for i, row in enumerate(confusion):
         for j, value in enumerate(row):
             ax.text(
@@ -194,7 +193,8 @@ def confusion_figure(
                 str(int(value)),
                 ha="center",
                 va="center",
-                color="white" if int(value) > peak / 2 else "black",
+                # White on the darker half of the colour scale, black on the lighter half.
+                color="white" if float(image.norm(int(value))) > 0.5 else "black",
             )
     ax.set_xticks(range(n), list(classes))
     ax.set_yticks(range(n), list(classes))
