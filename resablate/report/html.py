@@ -23,7 +23,8 @@ th { background: #f6f8fa; text-align: left; }
 td { text-align: right; font-variant-numeric: tabular-nums; }
 td:first-child { text-align: left; font-weight: 600; }
 ul.notes { font-size: .8rem; color: #57606a; }
-figure { display: inline-block; vertical-align: top; max-width: calc(50% - 1.5rem); margin: .5rem 1rem .5rem 0; }
+figure { display: inline-block; vertical-align: top; max-width: calc(50% - 1.5rem);
+         margin: .5rem 1rem .5rem 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid #d0d7de; }
 figcaption { font-size: .8rem; color: #57606a; }
 pre { background: #f6f8fa; padding: .8rem; overflow-x: auto; font-size: .8rem; }
