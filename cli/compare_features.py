@@ -39,7 +39,7 @@ def compare_features(
 
     result = compare_runs(run_a, run_b, stages=split_names(stages), limit=images, seed=seed)
     figure = None if out is None else plot_cka(result, out)
-    show(result, as_json=as_json, figure=figure)
+    show(result, as_json=as_json, figure=figure, notes=result.notes)
 
 
 def register(app: typer.Typer) -> None:

@@ -14,8 +14,10 @@ def split_names(values: list[str] | None) -> list[str] | None:
     return names or None
 
 
-def show(result: Any, *, as_json: bool, figure: Path | None) -> None:
-    """Print ``result`` (rich, or JSON on stdout), then name the figure written, on stderr."""
+def show(result: Any, *, as_json: bool, figure: Path | None, notes: tuple[str, ...] = ()) -> None:
+    """Print ``result`` (rich, or JSON on stdout); on stderr, ``notes`` and the figure written."""
+    for note in notes:
+        console.err.print(f"warning: {note}", markup=False, highlight=False)
     if as_json:
         console.print_json(result.to_dict())
     else:

@@ -88,7 +88,7 @@ def lesion(
         label=subject.label,
     )
     figure = None if out is None else plot_lesion(result, out, metric=metric.value)
-    show(result, as_json=as_json, figure=figure)
+    show(result, as_json=as_json, figure=figure, notes=subject.notes)
 
 
 def register(app: typer.Typer) -> None:

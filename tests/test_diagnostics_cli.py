@@ -48,6 +48,10 @@ def _make_run(folder: Path, data: Path, *, residual: str) -> Path:
     folder.mkdir(parents=True)
     (folder / "cell.json").write_text(json.dumps(cell.to_dict()))
     save_state_dict_file(model.state_dict(), folder / "model.safetensors")
+    if residual == "off":
+        # A run trained on another version of the dataset.
+        environment = {"dataset_fingerprint": "0" * 64}
+        (folder / "result.json").write_text(json.dumps({"environment": environment}))
     return folder
 
 
@@ -71,6 +75,7 @@ def test_lesion_on_a_run_directory(runs: tuple[Path, Path], tmp_path: Path) -> N
     assert "layer2.0" not in _text(result)
     assert f"wrote {figure}" in _text(result)
     assert figure.read_bytes()[:4] == b"\x89PNG"
+    assert "warning" not in result.stderr
 
 
 def test_lesion_json_with_random_draws(runs: tuple[Path, Path]) -> None:
@@ -78,8 +83,10 @@ def test_lesion_json_with_random_draws(runs: tuple[Path, Path]) -> None:
         app, ["lesion", str(runs[1]), "--k-random", "2", "--draws", "2", "--limit", "6", "--json"]
     )
     assert result.exit_code == 0, result.output
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)
     assert data["n_images"] == 6
+    assert "warning: dataset" in result.stderr
+    assert "changed since run" in " ".join(result.stderr.split())
     assert data["label"] == "resnet18 · residual off · weights none · seed 0"
     assert len(data["singles"]) == 8
     assert [len(e["blocks"]) for e in data["random"]] == [1, 1, 2, 2]
@@ -114,8 +121,9 @@ def test_compare_features(runs: tuple[Path, Path], tmp_path: Path) -> None:
         ],
     )
     assert result.exit_code == 0, result.output
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)
     assert data["rows"] == ["conv1", "conv5_x"]
+    assert data["notes"] == []
     assert data["n_images"] == 4
     assert data["matrix"][0][0] == pytest.approx(1.0, abs=1e-9)
     assert data["matrix"][1][1] == pytest.approx(1.0, abs=1e-9)
@@ -124,6 +132,7 @@ def test_compare_features(runs: tuple[Path, Path], tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "linear CKA on 8 images" in _text(result)
+    assert "changed since run" in " ".join(result.stderr.split())
     assert "conv5_x" in _text(result)
     assert figure.read_bytes()[:4] == b"\x89PNG"
     result = runner.invoke(app, ["compare-features", str(runs[0]), str(runs[1]), "--stages", "x"])
@@ -173,7 +182,7 @@ def test_gradflow_table_and_figure(tmp_path: Path) -> None:
         ],
     )
     assert result.exit_code == 0, result.output
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)
     assert [r["label"] for r in data["results"]] == ["residual on"]
     assert data["results"][0]["bn_mode"] == "eval"
     result = runner.invoke(app, ["gradflow", "--arch", "resnet7"])

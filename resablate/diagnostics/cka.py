@@ -14,6 +14,7 @@ matrix. A representation that is constant over the inputs has no defined CKA: th
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -95,6 +96,7 @@ class CKAResult:
         n_images: Number of images the representations were computed on.
         label_a: Name of model A (e.g. a run directory's cell label).
         label_b: Name of model B.
+        notes: Warnings for the user (e.g. a run's dataset changed since it was trained).
     """
 
     rows: tuple[str, ...]
@@ -103,6 +105,7 @@ class CKAResult:
     n_images: int
     label_a: str = "A"
     label_b: str = "B"
+    notes: tuple[str, ...] = ()
 
     def value(self, stage_a: str, stage_b: str) -> float:
         """CKA between A's ``stage_a`` and B's ``stage_b``.
@@ -128,6 +131,7 @@ class CKAResult:
             "rows": list(self.rows),
             "columns": list(self.columns),
             "matrix": [[None if math.isnan(v) else v for v in row] for row in self.matrix],
+            "notes": list(self.notes),
         }
 
     def __rich__(self) -> Any:
@@ -319,7 +323,9 @@ def compare_runs(
     """:func:`compare_features` of two finished run directories on run A's test images.
 
     Both models see the same images: a seeded subset of ``limit`` test images of run A's
-    dataset, through run A's eval transform. The result's labels are the runs' cell labels.
+    dataset, through the eval transform of the recipe run A trained with. The result's labels are
+    the runs' cell labels; its notes say when a run's recorded dataset fingerprint differs from
+    the dataset's now.
 
     Raises:
         ConfigError: Not a finished run directory, or an unknown stage.
@@ -329,10 +335,12 @@ def compare_runs(
 
     first, second = load_run(run_a), load_run(run_b)
     data = eval_images(first.cell.data, first.recipe, limit=limit, seed=seed)
-    return compare_features(
+    result = compare_features(
         first.model,
         second.model,
         data.images,
         stages,
         labels=(first.cell.label, second.cell.label),
     )
+    notes = tuple(n for n in (first.data_note(data), second.data_note(data)) if n is not None)
+    return dataclasses.replace(result, notes=notes)

@@ -29,14 +29,27 @@ class LoadedRun:
     Attributes:
         model: The trained model (CPU, eval mode, the cell's residual plan applied).
         cell: The run's cell.
-        recipe: The cell's effective recipe (its transforms define the model's inputs).
+        recipe: The recipe the run trained with (``recipe.json``; the cell's named recipe when
+            the file is missing). Its eval transform defines the model's inputs.
         run_dir: The run directory.
+        dataset_fingerprint: The dataset fingerprint the run recorded (``result.json``), if any.
     """
 
     model: nn.Module
     cell: Cell
     recipe: Recipe
     run_dir: Path
+    dataset_fingerprint: str | None = None
+
+    def data_note(self, images: EvalImages) -> str | None:
+        """A warning when ``images`` come from a dataset that changed since the run, else None."""
+        if self.dataset_fingerprint is None or self.dataset_fingerprint == images.fingerprint:
+            return None
+        return (
+            f"dataset {images.root} changed since run {self.run_dir} was trained (fingerprint "
+            f"{self.dataset_fingerprint[:12]} then, {images.fingerprint[:12]} now): the "
+            "run's recorded metrics are not comparable with these"
+        )
 
 
 @dataclass(frozen=True)
@@ -49,6 +62,7 @@ class EvalImages:
         classes: Class names (a label indexes this tuple).
         split: The split's name.
         root: The dataset folder.
+        fingerprint: The dataset's fingerprint (``resablate.data.scan``).
     """
 
     images: Tensor
@@ -56,6 +70,7 @@ class EvalImages:
     classes: tuple[str, ...]
     split: str
     root: Path
+    fingerprint: str
 
 
 def load_run(run_dir: str | os.PathLike[str]) -> LoadedRun:
@@ -99,9 +114,32 @@ def load_run(run_dir: str | os.PathLike[str]) -> LoadedRun:
     return LoadedRun(
         model=model,
         cell=cell,
-        recipe=get_recipe(cell.recipe, **dict(cell.overrides)),
+        recipe=_run_recipe(folder, cell),
         run_dir=folder,
+        dataset_fingerprint=_recorded_fingerprint(folder),
     )
+
+
+def _run_recipe(folder: Path, cell: Cell) -> Recipe:
+    # The recipe as trained: a named recipe may have changed since the run.
+    path = folder / "recipe.json"
+    if path.is_file():
+        try:
+            return Recipe.from_dict(json.loads(path.read_text()))
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise ConfigError(f"{path} is not a valid recipe: {exc}") from None
+    return get_recipe(cell.recipe, **dict(cell.overrides))
+
+
+def _recorded_fingerprint(folder: Path) -> str | None:
+    path = folder / "result.json"
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text()).get("environment", {}).get("dataset_fingerprint")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 def dataset_root(data: str | os.PathLike[str]) -> Path:
@@ -156,6 +194,7 @@ def eval_images(
         classes=tuple(decoded.classes),
         split=split,
         root=root,
+        fingerprint=dataset.fingerprint,
     )
 
 
@@ -200,12 +239,14 @@ class Subject:
         label: A human name: the run's cell label, or ``"resnet18 · weights demo"``.
         data: The images of the split, as the model sees them.
         positive: Index of the positive class (the recipe's) for F1.
+        notes: Warnings for the user (e.g. the run's dataset changed since it was trained).
     """
 
     model: nn.Module
     label: str
     data: EvalImages
     positive: int
+    notes: tuple[str, ...] = ()
 
 
 def load_subject(
@@ -244,7 +285,9 @@ def load_subject(
     if run_dir is not None:
         run = load_run(run_dir)
         images = eval_images(run.cell.data, run.recipe, split=split, limit=limit, seed=seed)
-        return Subject(run.model, run.cell.label, images, run.recipe.positive)
+        note = run.data_note(images)
+        notes = () if note is None else (note,)
+        return Subject(run.model, run.cell.label, images, run.recipe.positive, notes)
     assert arch is not None
     chosen = get_recipe(recipe)
     images = eval_images(data, chosen, split=split, limit=limit, seed=seed)
