@@ -86,7 +86,7 @@ def test_lesion_json_with_random_draws(runs: tuple[Path, Path]) -> None:
     data = json.loads(result.stdout)
     assert data["n_images"] == 6
     assert "warning: dataset" in result.stderr
-    assert "changed since run" in " ".join(result.stderr.split())
+    assert "differs from the one run" in " ".join(result.stderr.split())
     assert data["label"] == "resnet18 · residual off · weights none · seed 0"
     assert len(data["singles"]) == 8
     assert [len(e["blocks"]) for e in data["random"]] == [1, 1, 2, 2]
@@ -132,7 +132,7 @@ def test_compare_features(runs: tuple[Path, Path], tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "linear CKA on 8 images" in _text(result)
-    assert "changed since run" in " ".join(result.stderr.split())
+    assert "differs from the one run" in " ".join(result.stderr.split())
     assert "conv5_x" in _text(result)
     assert figure.read_bytes()[:4] == b"\x89PNG"
     result = runner.invoke(app, ["compare-features", str(runs[0]), str(runs[1]), "--stages", "x"])

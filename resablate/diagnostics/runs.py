@@ -42,13 +42,18 @@ class LoadedRun:
     dataset_fingerprint: str | None = None
 
     def data_note(self, images: EvalImages) -> str | None:
-        """A warning when ``images`` come from a dataset that changed since the run, else None."""
+        """A warning when ``images`` come from a dataset whose fingerprint differs from the run's.
+
+        The fingerprint covers file names, sizes and modification times: a dataset rewritten with
+        the same images also differs.
+        """
         if self.dataset_fingerprint is None or self.dataset_fingerprint == images.fingerprint:
             return None
         return (
-            f"dataset {images.root} changed since run {self.run_dir} was trained (fingerprint "
-            f"{self.dataset_fingerprint[:12]} then, {images.fingerprint[:12]} now): the "
-            "run's recorded metrics are not comparable with these"
+            f"dataset {images.root} differs from the one run {self.run_dir} recorded (fingerprint "
+            f"of file names, sizes and times {self.dataset_fingerprint[:12]} then, "
+            f"{images.fingerprint[:12]} now): if its images changed, the run's recorded metrics "
+            "are not comparable with these"
         )
 
 
