@@ -18,6 +18,13 @@ from typing import IO
 TMP_MARKER = ".resablate-tmp-"
 
 
+def _default_mode() -> int:
+    """The mode ``open()`` would give a new file: 0o666 less the process umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _fsync_dir(folder: Path) -> None:
     with contextlib.suppress(OSError):  # some file systems refuse O_RDONLY on folders
         fd = os.open(folder, os.O_RDONLY)
@@ -44,6 +51,8 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]:
     fd, tmp_name = tempfile.mkstemp(prefix=TMP_MARKER + target.name + ".", dir=target.parent)
     tmp = Path(tmp_name)
     try:
+        # mkstemp creates 0600 files; results and reports are meant to be shared like any other.
+        os.fchmod(fd, _default_mode())
         encoding = None if "b" in mode else "utf-8"
         with os.fdopen(fd, mode, encoding=encoding) as fh:
             yield fh
