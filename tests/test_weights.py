@@ -179,7 +179,11 @@ def test_timm_imagenet_weights_from_the_hugging_face_cache(
     assert states_equal(model.state_dict(), official)
 
 
-def test_demo_weights_path_and_messages(resnet18_state: dict[str, torch.Tensor]) -> None:
+def test_demo_weights_path_and_messages(
+    resnet18_state: dict[str, torch.Tensor], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An empty cache of its own: other tests build demo weights in the session's cache.
+    monkeypatch.setenv("RESABLATE_CACHE", str(tmp_path))
     path = demo_weights_path("resnet18")
     assert path.name == "torchvision-resnet18.safetensors"
     assert path.parent.parts[-2:] == ("weights", "demo")
