@@ -170,6 +170,12 @@ class DatasetScan:
         }
         object.__setattr__(self, "_class_counts", MappingProxyType(counts))
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickle support: the read-only mappings travel as plain dicts (``mappingproxy`` cannot
+        be pickled), so a scan crosses process boundaries (grid worker processes, Ray tasks)."""
+        fields = (self.root, self.layout, self.classes, dict(self.splits), self.bad_files)
+        return _unpickle_scan, (*fields, self.image_sizes, self.fingerprint, self.verified)
+
     @property
     def class_counts(self) -> Mapping[str, Mapping[str, int]]:
         """Split -> class name -> number of readable images."""
@@ -231,6 +237,17 @@ class DatasetScan:
         for item in self.bad_files:
             bad.add_row(os.path.relpath(item.path, self.root), item.reason)
         return Group(head, table, bad)
+
+
+def _unpickle_scan(
+    root: Path,
+    layout: str,
+    classes: tuple[str, ...],
+    splits: dict[str, tuple[Sample, ...]],
+    *rest: Any,
+) -> DatasetScan:
+    """Rebuild a pickled :class:`DatasetScan` (see ``DatasetScan.__reduce__``)."""
+    return DatasetScan(root, layout, classes, MappingProxyType(splits), *rest)
 
 
 def _visible(entries: Iterable[Path]) -> list[Path]:
