@@ -40,6 +40,8 @@ Examples:
 
   resablate grid --baselines vgg16 efficientnet_b3 --dry-run
 
+  resablate grid --depths 18 50 --data demo --log-gradflow --gradflow-every 5 --out runs/demo
+
 Axes (the grid is their product; baselines skip the residual axis):
 
   --depths 18 34 50 101 152 · --residual on | off | off:conv4_x,conv5_x · --residual-alpha 1 0.5 0
@@ -338,6 +340,18 @@ def grid(
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help="Run failed cells again.")
     ] = False,
+    log_gradflow: Annotated[
+        bool,
+        typer.Option(
+            "--log-gradflow",
+            help="Log per-stage gradient norms to each cell's gradflow.jsonl (the report plots "
+            "them); does not change cell ids.",
+        ),
+    ] = False,
+    gradflow_every: Annotated[
+        int,
+        typer.Option(min=1, help="With --log-gradflow: record every N optimiser steps."),
+    ] = 10,
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -414,6 +428,7 @@ def grid(
             device=device,
             workers=workers,
             ray_address=ray_address,
+            gradflow_every=gradflow_every if log_gradflow else None,
         )
     except KeyboardInterrupt:
         view.close()

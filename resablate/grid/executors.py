@@ -19,6 +19,7 @@ import multiprocessing
 import queue
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from resablate.errors import ConfigError, WeightsUnavailableError
@@ -28,15 +29,25 @@ CellRunner = Callable[..., Any]
 """``cell_runner(cell, run_dir, *, device, callback, resume) -> CellResult`` (``run_cell``)."""
 
 EXECUTORS = ("local", "ray")
+GRADFLOW_FILE = "gradflow.jsonl"
+"""Per-stage gradient norms of a cell run with ``--log-gradflow`` (in its run directory)."""
 RAY_HINT = "the ray executor needs Ray, which is not installed: pip install 'resablate[ray]'"
 
 
 @dataclass(frozen=True)
 class CellJob:
-    """A cell to run, with its run directory (a path string, reachable by the workers)."""
+    """A cell to run, with its run directory (a path string, reachable by the workers).
+
+    Attributes:
+        cell: The cell.
+        run_dir: Its run directory.
+        gradflow_every: Log per-stage gradient norms to ``RUN_DIR/gradflow.jsonl`` every this
+            many optimiser steps (``None`` = no logging). A run option: not part of the cell id.
+    """
 
     cell: Cell
     run_dir: str
+    gradflow_every: int | None = None
 
 
 @dataclass(frozen=True)
@@ -98,11 +109,29 @@ def execute_cell(
             complete checkpoint when there is one.
         device: Device to run on; :func:`default_device` when ``None``.
         callback: Receives the engine's progress events.
+
+    With ``job.gradflow_every`` set, a :class:`~resablate.diagnostics.gradflow.GradNormLogger`
+    is built here (in the worker) and handed to the cell runner as ``on_step``; its records are
+    written to ``RUN_DIR/gradflow.jsonl`` when the cell ends, however it ends.
     """
     device = device or default_device()
     cell_id = job.cell.cell_id
+    logger = None
+    hooks: dict[str, Any] = {}
+    if job.gradflow_every is not None:
+        from resablate.diagnostics.gradflow import GradNormLogger
+
+        path = Path(job.run_dir) / GRADFLOW_FILE
+        logger = GradNormLogger(path, every=job.gradflow_every, blocks=False)
+        hooks["on_step"] = [logger]
     try:
-        result = cell_runner(job.cell, job.run_dir, device=device, callback=callback, resume=True)
+        try:
+            result = cell_runner(
+                job.cell, job.run_dir, device=device, callback=callback, resume=True, **hooks
+            )
+        finally:
+            if logger is not None and logger.records:
+                logger.flush()
     except WeightsUnavailableError as exc:
         return CellOutcome(cell_id, "skipped", str(exc), None, device)
     except Exception as exc:

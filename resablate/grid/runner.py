@@ -342,6 +342,7 @@ def run_grid(
     device: str | None = None,
     workers: int | None = None,
     ray_address: str | None = None,
+    gradflow_every: int | None = None,
 ) -> GridSummary:
     """Run a grid in ``out_dir``, resuming whatever an earlier run left unfinished.
 
@@ -357,6 +358,9 @@ def run_grid(
         device: Device for the local executor (``None`` = CUDA when visible, else CPU).
         workers: Local worker processes (default: one per visible GPU) or local Ray CPUs.
         ray_address: A Ray cluster to join (executor ``ray``).
+        gradflow_every: Log per-stage gradient norms of each cell run now to
+            ``cells/<cell_id>/gradflow.jsonl`` every this many optimiser steps (``None`` = off;
+            ``--log-gradflow``). A run option: cell ids do not change.
 
     Returns:
         The grid's state when the run ended.
@@ -366,6 +370,8 @@ def run_grid(
             back to ``pending``; a rerun resumes them).
         StoreLockedError: Another process runs a grid in ``out_dir``.
     """
+    if gradflow_every is not None and gradflow_every < 1:
+        raise ConfigError(f"gradflow_every={gradflow_every} must be at least 1")
     if cell_runner is None:
         from resablate.grid.cell import run_cell
 
@@ -381,7 +387,11 @@ def run_grid(
         emit(GridStarted(str(out_dir), tuple(rows), tuple(to_run), spec.notes))
         wanted = set(to_run)
         jobs = [
-            CellJob(Cell.from_dict(row.config), str(cell_run_dir(out_dir, row.cell_id)))
+            CellJob(
+                Cell.from_dict(row.config),
+                str(cell_run_dir(out_dir, row.cell_id)),
+                gradflow_every=gradflow_every,
+            )
             for row in rows
             if row.cell_id in wanted
         ]
