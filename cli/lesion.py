@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from resablate_cli import console
 from resablate_cli.diagnostic_output import show, split_names
 
 
@@ -55,6 +56,14 @@ def lesion(
         Metric.accuracy
     ),
     out: Annotated[Path | None, typer.Option("--out", help="Write the figure (PNG) here.")] = None,
+    save: Annotated[
+        bool,
+        typer.Option(
+            "--save/--no-save",
+            help="With RUN_DIR: keep the study as RUN_DIR/lesion.json + lesion.png (the report "
+            "shows it).",
+        ),
+    ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Delete each residual block at test time (output = its shortcut) and measure the metric.
@@ -62,9 +71,11 @@ def lesion(
     With --k-random K, also deletes k random blocks at once for k = 1..K: a residual network
     degrades smoothly (an ensemble of shallow paths), a plain one collapses.
 
+    With RUN_DIR the study is also kept in RUN_DIR/lesion.json and lesion.png (--no-save: not).
+
     Example: [bold]resablate lesion runs/train/3f2a9c1b7e40 --k-random 4 --out lesion.png[/]
     """
-    from resablate.diagnostics.lesion import lesion_study, plot_lesion
+    from resablate.diagnostics.lesion import lesion_study, plot_lesion, save_lesion
     from resablate.diagnostics.runs import load_subject
 
     subject = load_subject(
@@ -87,6 +98,9 @@ def lesion(
         positive=subject.positive,
         label=subject.label,
     )
+    if run_dir is not None and save:
+        saved = save_lesion(result, run_dir, metric=metric.value)
+        console.err.print(f"saved {saved[0]} and {saved[1].name}", highlight=False, markup=False)
     figure = None if out is None else plot_lesion(result, out, metric=metric.value)
     show(result, as_json=as_json, figure=figure, notes=subject.notes)
 

@@ -76,6 +76,16 @@ def test_lesion_on_a_run_directory(runs: tuple[Path, Path], tmp_path: Path) -> N
     assert f"wrote {figure}" in _text(result)
     assert figure.read_bytes()[:4] == b"\x89PNG"
     assert "warning" not in result.stderr
+    # Kept beside the run (the report shows it); --no-save leaves the run dir alone.
+    saved = json.loads((runs[0] / "lesion.json").read_text())
+    assert saved["label"] == "resnet18 · weights none · seed 0"
+    assert [e["blocks"] for e in saved["singles"]] == [["layer1.0"], ["layer4.1"]]
+    assert (runs[0] / "lesion.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"saved {runs[0] / 'lesion.json'} and lesion.png" in _text(result)
+    (runs[0] / "lesion.json").unlink()
+    again = runner.invoke(app, ["lesion", str(runs[0]), "--blocks", "layer1.0", "--no-save"])
+    assert again.exit_code == 0, again.output
+    assert not (runs[0] / "lesion.json").exists()
 
 
 def test_lesion_json_with_random_draws(runs: tuple[Path, Path]) -> None:

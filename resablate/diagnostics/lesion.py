@@ -36,6 +36,8 @@ from resablate.surgery import (
 )
 
 METRICS = ("accuracy", "f1", "loss")
+LESION_FILE = "lesion.json"
+"""A run directory's saved lesion study (:func:`save_lesion`, ``resablate lesion RUN_DIR``)."""
 
 
 @contextmanager
@@ -340,3 +342,24 @@ def plot_lesion(result: LesionResult, path: str | Path, *, metric: str = "accura
     label = f" of {result.label}" if result.label else ""
     fig.suptitle(f"lesion study{label}: {result.n_images} images, seed {result.seed}")
     return save_figure(fig, path)
+
+
+def save_lesion(
+    result: LesionResult, run_dir: str | Path, *, metric: str = "accuracy"
+) -> tuple[Path, Path]:
+    """Keep a lesion study beside the run it measured: ``RUN_DIR/lesion.json`` + ``lesion.png``.
+
+    ``lesion.json`` is :meth:`LesionResult.to_dict`; both files are written atomically and
+    replace an earlier study's. ``resablate report`` shows the studies it finds in run dirs.
+
+    Returns:
+        The JSON and PNG paths.
+    """
+    import json
+
+    from resablate.atomic import write_text
+
+    folder = Path(run_dir)
+    target = folder / LESION_FILE
+    write_text(target, json.dumps(result.to_dict(), indent=2) + "\n")
+    return target, plot_lesion(result, folder / "lesion.png", metric=metric)
