@@ -32,6 +32,8 @@ CONFUSION_SIZE = (4.0, 3.6)
 GALLERY_SIZE = (9.0, 3.8)
 FEATURES_SIZE = (9.0, 6.0)
 DEPTH_SIZE = (6.0, 3.8)
+GRADFLOW_SIZE = (9.0, 3.6)
+LESION_SIZE = (6.0, 3.8)
 GALLERY_MAX = 12
 FEATURE_CHANNELS = 8
 
@@ -317,3 +319,98 @@ def depth_figure(
     ax.legend(fontsize=8)
     ax.set_title(title or f"{metric} vs depth (error bars: 95 % t-interval)", fontsize=10)
     return _save(fig, path, f"{metric} vs depth per scenario")
+
+
+def gradflow_figure(
+    panels: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path, *, title: str = ""
+) -> FigureFile:
+    """Gradient L2 norm of each stage against the optimiser step, one panel per run, log y.
+
+    Args:
+        panels: ``panel title -> records`` as ``GradNormLogger`` writes them (``step``,
+            ``norms: {stage: norm}``); non-finite or zero norms are left out of the lines.
+            Panels share the y axis, so runs side by side compare directly.
+        path: Where to write the PNG.
+        title: A caption.
+
+    Raises:
+        ConfigError: No panel has a record.
+    """
+    shown = {name: records for name, records in panels.items() if records}
+    if not shown:
+        raise ConfigError("no gradient-norm records to plot")
+    from matplotlib.ticker import MaxNLocator
+
+    fig = _new_figure(GRADFLOW_SIZE, left=0.08, right=0.98, bottom=0.14, top=0.82, wspace=0.08)
+    axes = fig.subplots(1, len(shown), sharey=True, squeeze=False)[0]
+    for ax, (name, records) in zip(axes, shown.items(), strict=True):
+        stages = list(dict.fromkeys(stage for r in records for stage in r["norms"]))
+        for stage in stages:
+            points = [
+                (r["step"], r["norms"][stage])
+                for r in records
+                if isinstance(r["norms"].get(stage), int | float)
+                and math.isfinite(r["norms"][stage])
+                and r["norms"][stage] > 0
+            ]
+            if points:
+                ax.plot(
+                    *zip(*points, strict=True), marker="." if len(points) < 30 else "", label=stage
+                )
+        ax.set_yscale("log")
+        ax.set_xlabel("optimiser step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3, which="major")
+    axes[0].set_ylabel("gradient L2 norm")
+    axes[0].legend(fontsize=7)
+    caption = title or "gradient norm per stage over training"
+    fig.suptitle(caption, fontsize=10)
+    return _save(fig, path, caption)
+
+
+def lesion_figure(
+    series: Mapping[str, Sequence[tuple[int, float, float]]],
+    path: str | Path,
+    *,
+    metric: str = "accuracy",
+    title: str = "",
+) -> FigureFile:
+    """``metric`` against the number of residual blocks deleted at test time, one line per run.
+
+    Args:
+        series: ``run label -> [(blocks deleted, mean, standard deviation), ...]`` (``k = 0``:
+            the intact model), e.g. a saved lesion study's ``by_k``.
+        path: Where to write the PNG.
+        metric: The metric's name (y-axis label).
+        title: A caption.
+
+    Raises:
+        ConfigError: No point to plot.
+    """
+    if not any(series.values()):
+        raise ConfigError(f"no lesion {metric} values to plot")
+    fig = _new_figure(LESION_SIZE, left=0.12, right=0.96, bottom=0.14, top=0.9)
+    ax = fig.subplots()
+    ks: set[int] = set()
+    for label, points in series.items():
+        if not points:
+            continue
+        ordered = sorted(points)
+        ks.update(k for k, _, _ in ordered)
+        ax.errorbar(
+            [k for k, _, _ in ordered],
+            [m for _, m, _ in ordered],
+            yerr=[s for _, _, s in ordered],
+            marker="o",
+            capsize=3,
+            label=label,
+        )
+    ax.set_xticks(sorted(ks))
+    ax.set_xlabel("residual blocks deleted")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    caption = title or f"lesion study: {metric} vs blocks deleted (error bars: ± 1 sd)"
+    ax.set_title(caption, fontsize=10)
+    return _save(fig, path, caption)

@@ -22,6 +22,8 @@ from resablate.report.figures import (
     depth_figure,
     feature_maps_figure,
     gallery_figure,
+    gradflow_figure,
+    lesion_figure,
     lr_schedule_figure,
 )
 from resablate.report.tables import Group, group_cells, row_label
@@ -192,16 +194,75 @@ def _feature_pairs(report: Report) -> list[tuple[CellRow, CellRow]]:
             and (Path(str(row.run_dir)) / MODEL_FILE).is_file()
         )
 
-    def key(row: CellRow) -> str:
-        rest = {k: v for k, v in row.config.items() if k not in ("residual", "residual_alpha")}
-        return json.dumps(rest, sort_keys=True)
-
-    on = {key(r): r for r in report.cells if r.residual == "on" and ready(r)}
+    on = {_but_residual(r): r for r in report.cells if r.residual == "on" and ready(r)}
     pairs: dict[tuple[str, str], tuple[CellRow, CellRow]] = {}
     for row in report.cells:
-        if row.residual == "off" and ready(row) and key(row) in on:
-            pairs.setdefault((row.arch, row.source), (on[key(row)], row))
+        if row.residual == "off" and ready(row) and _but_residual(row) in on:
+            pairs.setdefault((row.arch, row.source), (on[_but_residual(row)], row))
     return list(pairs.values())
+
+
+def _but_residual(row: CellRow) -> str:
+    """A cell's config without its residual plan: cells that differ only there share it."""
+    rest = {k: v for k, v in row.config.items() if k not in ("residual", "residual_alpha")}
+    return json.dumps(rest, sort_keys=True)
+
+
+def _run_file(row: CellRow, name: str) -> Path | None:
+    path = Path(str(row.run_dir)) / name if row.run_dir else None
+    return path if path is not None and path.is_file() else None
+
+
+def gradflow_figures(done: Sequence[CellRow], target: Path) -> list[FigureFile]:
+    """One figure per configuration whose cells logged gradient norms (``gradflow.jsonl``):
+    its residual plans side by side, one line per stage."""
+    from resablate.grid.executors import GRADFLOW_FILE
+
+    groups: dict[str, list[tuple[CellRow, list[dict[str, Any]]]]] = {}
+    for row in done:
+        path = _run_file(row, GRADFLOW_FILE)
+        if path is None:
+            continue
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if records:
+            groups.setdefault(_but_residual(row), []).append((row, records))
+    figures = []
+    for index, members in enumerate(groups.values()):
+        first = members[0][0]
+        panels = {_residual_name(row): records for row, records in members}
+        title = _cell_title(first) if len(members) == 1 else row_label(first)
+        figures.append(
+            gradflow_figure(
+                panels,
+                target / f"gradflow-{index}.png",
+                title=f"gradient norm per stage over training · {title}",
+            )
+        )
+    return figures
+
+
+def _residual_name(row: CellRow) -> str:
+    scaled = row.residual != "on" and row.residual_alpha not in (None, 0.0)
+    alpha = f" (α = {row.residual_alpha:g})" if scaled else ""
+    return f"residual {row.residual}{alpha}"
+
+
+def lesion_figures(done: Sequence[CellRow], target: Path) -> list[FigureFile]:
+    """Saved lesion studies (``lesion.json`` in run dirs): accuracy vs blocks deleted, one line
+    per cell."""
+    from resablate.diagnostics.lesion import LESION_FILE
+
+    series: dict[str, list[tuple[int, float, float]]] = {}
+    for row in done:
+        path = _run_file(row, LESION_FILE)
+        if path is not None:
+            by_k = json.loads(path.read_text())["by_k"]
+            series[_cell_title(row)] = [
+                (int(p["k"]), float(p["accuracy_mean"]), float(p["accuracy_std"])) for p in by_k
+            ]
+    if not series:
+        return []
+    return [lesion_figure(series, target / "lesion.png")]
 
 
 def _depth_series(report: Report) -> dict[str, list[tuple[int, MeanInterval]]]:
@@ -225,7 +286,9 @@ def report_figures(
     Sections (each only when it has something to show): metric vs depth; training curves per
     finished cell; the learning-rate schedule per recipe; confusion matrices and misclassified
     test images per configuration (seeds pooled for the matrix, lowest seed for the gallery);
-    feature maps of the stem and first stages with and without residuals.
+    gradient norms per stage over training (cells run with ``grid --log-gradflow``); saved lesion
+    studies (``resablate lesion RUN_DIR``); feature maps of the stem and first stages with and
+    without residuals.
 
     Args:
         report: The report whose store and cells to read.
@@ -300,6 +363,28 @@ def report_figures(
                 "The most confident mistakes of each configuration (lowest finished seed), with "
                 "the true and predicted class and the probability of the predicted class.",
                 tuple(galleries),
+            )
+        )
+    gradflow = gradflow_figures(done, target)
+    if gradflow:
+        sections.append(
+            FigureSection(
+                "Gradient norm per stage over training",
+                "L2 norm of each stage's gradient (before the optimiser step) against the step, "
+                "log scale; residual plans of the same configuration side by side. Logged by "
+                "`resablate grid --log-gradflow`.",
+                tuple(gradflow),
+            )
+        )
+    lesions = lesion_figures(done, target)
+    if lesions:
+        sections.append(
+            FigureSection(
+                "Lesion studies",
+                "Test accuracy with k residual blocks deleted at test time (k = 0: intact; "
+                "mean ± sd over single deletions and random draws), from the studies saved by "
+                "`resablate lesion RUN_DIR`.",
+                tuple(lesions),
             )
         )
     if feature_maps:
