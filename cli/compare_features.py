@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from resablate_cli import console
 from resablate_cli.diagnostic_output import show, split_names
 
 
@@ -27,17 +28,29 @@ def compare_features(
         Path | None, typer.Option("--out", help="Write the heat map (PNG) here.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    save: Annotated[
+        bool,
+        typer.Option(
+            "--save/--no-save",
+            help="Keep the result as RUN_A/cka-<RUN_B folder name>.json + .png (the report "
+            "shows it).",
+        ),
+    ] = True,
 ) -> None:
     """Linear CKA (Kornblith et al. 2019) between every stage of RUN_A and every stage of RUN_B.
 
     Both models see the same test images of RUN_A's dataset, through RUN_A's eval transform.
-    1 = the same representation up to rotation and scale; near 0 = unrelated.
+    1 = the same representation up to rotation and scale; near 0 = unrelated. The result is
+    also kept in RUN_A as cka-<RUN_B folder name>.json and .png (--no-save: not).
 
     Example: [bold]resablate compare-features runs/res-on runs/res-off --out cka.png[/]
     """
-    from resablate.diagnostics.cka import compare_runs, plot_cka
+    from resablate.diagnostics.cka import compare_runs, plot_cka, save_cka
 
     result = compare_runs(run_a, run_b, stages=split_names(stages), limit=images, seed=seed)
+    if save:
+        saved = save_cka(result, run_a, run_b)
+        console.err.print(f"saved {saved[0]} and {saved[1].name}", highlight=False, markup=False)
     figure = None if out is None else plot_cka(result, out)
     show(result, as_json=as_json, figure=figure, notes=result.notes)
 

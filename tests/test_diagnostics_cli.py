@@ -145,6 +145,14 @@ def test_compare_features(runs: tuple[Path, Path], tmp_path: Path) -> None:
     assert "differs from the one run" in " ".join(result.stderr.split())
     assert "conv5_x" in _text(result)
     assert figure.read_bytes()[:4] == b"\x89PNG"
+    # Kept in RUN_A, named after RUN_B's folder; the JSON rebuilds the result exactly.
+    from resablate.diagnostics.cka import CKAResult
+
+    saved = json.loads((runs[0] / "cka-off.json").read_text())
+    assert saved["label_b"] == "resnet18 · residual off · weights none · seed 0"
+    assert CKAResult.from_dict(saved).to_dict() == saved
+    assert (runs[0] / "cka-off.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"saved {runs[0] / 'cka-off.json'} and cka-off.png" in _text(result)
     result = runner.invoke(app, ["compare-features", str(runs[0]), str(runs[1]), "--stages", "x"])
     assert result.exit_code == 2
     assert "has no stage or module 'x'" in _text(result)

@@ -3,12 +3,14 @@ saved by ``resablate lesion RUN_DIR`` show up when their files exist, and only t
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 from grid_helpers import one_thread, write_tiny_dataset
 from test_report_figures import png_size
 
+from resablate.diagnostics.cka import CKAResult, save_cka
 from resablate.diagnostics.lesion import LesionEntry, LesionResult, save_lesion
 from resablate.report import figures as F
 from resablate.report.build import build_report
@@ -46,7 +48,9 @@ def _lesion(label: str) -> LesionResult:
 
 def _figure_names(folder: Path) -> list[str]:
     return sorted(
-        p.name for p in folder.glob("*.png") if p.stem.split("-")[0] in ("gradflow", "lesion")
+        p.name
+        for p in folder.glob("*.png")
+        if p.stem.split("-")[0] in ("gradflow", "lesion", "cka")
     )
 
 
@@ -63,13 +67,18 @@ def test_sections_appear_only_with_their_files(grid: Path, tmp_path: Path) -> No
 
     for log in logs:
         log.with_suffix(".off").rename(log)
-    save_lesion(_lesion(report.cells[0].cell_id), Path(str(report.cells[0].run_dir)))
+    first, second = (Path(str(r.run_dir)) for r in report.cells)
+    save_lesion(_lesion(report.cells[0].cell_id), first)
+    cka = CKAResult(("conv1", "fc"), ("conv1", "fc"), ((1.0, 0.25), (math.nan, 0.5)), 8, "A", "B")
+    save_cka(cka, first, second)
     md = write_report(report, "md", tmp_path / "md", feature_maps=False)
     text = md.path.read_text()
     assert "## Gradient norm per stage over training" in text
     assert "## Lesion studies" in text
     folder = md.path.parent / "figures"
-    assert _figure_names(folder) == ["gradflow-0.png", "lesion.png"]
+    assert _figure_names(folder) == ["cka-0.png", "gradflow-0.png", "lesion.png"]
+    assert "## Representation similarity (CKA)" in text
+    assert "(figures/cka-0.png)" in text
     assert png_size(folder / "gradflow-0.png") == (900, 360)
     assert png_size(folder / "lesion.png") == (600, 380)
     assert "(figures/gradflow-0.png)" in text and "(figures/lesion.png)" in text
@@ -78,6 +87,7 @@ def test_sections_appear_only_with_their_files(grid: Path, tmp_path: Path) -> No
     page = html.path.read_text()
     assert "<h2>Gradient norm per stage over training</h2>" in page
     assert "<h2>Lesion studies</h2>" in page
+    assert page.count('alt="linear CKA · A vs B"') == 1
     assert page.count('alt="gradient norm per stage over training') == 1
     assert page.count('alt="lesion study: accuracy vs blocks deleted') == 1
     assert F.GRADFLOW_SIZE == (9.0, 3.6) and F.LESION_SIZE == (6.0, 3.8)

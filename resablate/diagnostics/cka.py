@@ -32,6 +32,8 @@ from resablate.errors import ConfigError
 # Columns centred and multiplied per chunk, so a float64 copy of a whole wide feature map is
 # never held at once.
 _CHUNK = 1 << 16
+CKA_PREFIX = "cka-"
+"""Saved comparisons in run A's directory: ``cka-<run B's folder name>.json`` (:func:`save_cka`)."""
 
 
 def centered_gram(features: Tensor) -> Tensor:
@@ -133,6 +135,22 @@ class CKAResult:
             "matrix": [[None if math.isnan(v) else v for v in row] for row in self.matrix],
             "notes": list(self.notes),
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CKAResult:
+        """The inverse of :meth:`to_dict` (``None`` back to NaN)."""
+        matrix = tuple(
+            tuple(math.nan if v is None else float(v) for v in row) for row in data["matrix"]
+        )
+        return cls(
+            tuple(data["rows"]),
+            tuple(data["columns"]),
+            matrix,
+            int(data["n_images"]),
+            data["label_a"],
+            data["label_b"],
+            tuple(data.get("notes", ())),
+        )
 
     def __rich__(self) -> Any:
         from rich.table import Table
@@ -344,3 +362,21 @@ def compare_runs(
     )
     notes = tuple(n for n in (first.data_note(data), second.data_note(data)) if n is not None)
     return dataclasses.replace(result, notes=notes)
+
+
+def save_cka(result: CKAResult, run_a: str | Path, run_b: str | Path) -> tuple[Path, Path]:
+    """Keep a comparison in run A's directory: ``cka-<B>.json`` (:meth:`CKAResult.to_dict`) and
+    ``cka-<B>.png``, where ``<B>`` is run B's folder name (a grid cell's id); written atomically,
+    replacing an earlier comparison with the same run. ``resablate report`` shows them.
+
+    Returns:
+        The JSON and PNG paths.
+    """
+    import json
+
+    from resablate.atomic import write_text
+
+    stem = Path(run_a) / f"{CKA_PREFIX}{Path(run_b).resolve().name}"
+    target = stem.with_suffix(".json")
+    write_text(target, json.dumps(result.to_dict(), indent=2) + "\n")
+    return target, plot_cka(result, stem.with_suffix(".png"))

@@ -265,6 +265,27 @@ def lesion_figures(done: Sequence[CellRow], target: Path) -> list[FigureFile]:
     return [lesion_figure(series, target / "lesion.png")]
 
 
+def cka_figures(done: Sequence[CellRow], target: Path) -> list[FigureFile]:
+    """Saved CKA comparisons (``cka-*.json`` in run dirs, ``resablate compare-features``): each
+    heat map redrawn by the diagnostics' own :func:`~resablate.diagnostics.cka.plot_cka`."""
+    from PIL import Image
+
+    from resablate.diagnostics.cka import CKA_PREFIX, CKAResult, plot_cka
+
+    figures = []
+    for row in done:
+        if not row.run_dir or not Path(str(row.run_dir)).is_dir():
+            continue
+        for saved in sorted(Path(str(row.run_dir)).glob(f"{CKA_PREFIX}*.json")):
+            result = CKAResult.from_dict(json.loads(saved.read_text()))
+            title = f"linear CKA · {result.label_a} vs {result.label_b}"
+            path = plot_cka(result, target / f"cka-{len(figures)}.png", title=title)
+            with Image.open(path) as image:
+                width, height = image.size
+            figures.append(FigureFile(path, title, width, height))
+    return figures
+
+
 def _depth_series(report: Report) -> dict[str, list[tuple[int, MeanInterval]]]:
     table = report.ablation
     series: dict[str, list[tuple[int, MeanInterval]]] = {}
@@ -287,7 +308,8 @@ def report_figures(
     finished cell; the learning-rate schedule per recipe; confusion matrices and misclassified
     test images per configuration (seeds pooled for the matrix, lowest seed for the gallery);
     gradient norms per stage over training (cells run with ``grid --log-gradflow``); saved lesion
-    studies (``resablate lesion RUN_DIR``); feature maps of the stem and first stages with and
+    studies (``resablate lesion RUN_DIR``) and CKA comparisons (``resablate compare-features``);
+    feature maps of the stem and first stages with and
     without residuals.
 
     Args:
@@ -385,6 +407,17 @@ def report_figures(
                 "mean ± sd over single deletions and random draws), from the studies saved by "
                 "`resablate lesion RUN_DIR`.",
                 tuple(lesions),
+            )
+        )
+    similarities = cka_figures(done, target)
+    if similarities:
+        sections.append(
+            FigureSection(
+                "Representation similarity (CKA)",
+                "Linear CKA between the stage outputs of two runs on run A's test images (1 = "
+                "the same representation up to rotation and scale), from the comparisons saved "
+                "by `resablate compare-features RUN_A RUN_B` in run A's directory.",
+                tuple(similarities),
             )
         )
     if feature_maps:
