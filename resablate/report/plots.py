@@ -226,7 +226,7 @@ def gradflow_figures(done: Sequence[CellRow], target: Path) -> list[FigureFile]:
         records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         if records:
             groups.setdefault(_but_residual(row), []).append((row, records))
-    figures = []
+    figures: list[FigureFile] = []
     for index, members in enumerate(groups.values()):
         first = members[0][0]
         panels = {_residual_name(row): records for row, records in members}
@@ -272,7 +272,7 @@ def cka_figures(done: Sequence[CellRow], target: Path) -> list[FigureFile]:
 
     from resablate.diagnostics.cka import CKA_PREFIX, CKAResult, plot_cka
 
-    figures = []
+    figures: list[FigureFile] = []
     for row in done:
         if not row.run_dir or not Path(str(row.run_dir)).is_dir():
             continue
