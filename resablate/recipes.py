@@ -221,15 +221,15 @@ FOOD = Recipe(
 
 # Demo: the embedded 32 x 32 demo data on two CPU cores. Native resolution with flips only: a
 # random-resized crop resamples the image and blurs away the up-sampling artefacts that tell the
-# demo's FAKE images apart. AdamW at a rate suited to random initialisation, short warm-up; sized
-# so a ResNet-18 cell takes well under two minutes and a ResNet-50 cell under a minute.
-# Evaluates every 25 of its 100 steps so the report has curves to draw.
+# demo's FAKE images apart. AdamW at a rate suited to random initialisation, short warm-up. Batch 64:
+# on a 2-core CPU it trains ResNet-50 at 13 ms/image against 22 ms/image at batch 32, which keeps
+# the 8-cell demo grid (ResNet-18/50) within five minutes; evaluation once per epoch (12 steps).
 DEMO = Recipe(
     name="demo",
     optimizer="adamw",
-    lr=1e-3,
+    lr=2e-3,
     weight_decay=0.01,
-    batch_size=32,
+    batch_size=64,
     grad_accum=1,
     epochs=4,
     warmup_fraction=0.1,
@@ -238,8 +238,8 @@ DEMO = Recipe(
     storage_size=None,
     train_transform="resize",
     hflip=True,
-    eval_every=25,
-    checkpoint_every=50,
+    eval_every=12,
+    checkpoint_every=24,
 )
 
 RECIPES: Mapping[str, Recipe] = MappingProxyType({r.name: r for r in (CIFAKE, FOOD, DEMO)})
