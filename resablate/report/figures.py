@@ -300,25 +300,22 @@ def depth_figure(
     """
     if not any(series.values()):
         raise ConfigError(f"no {metric} values to plot against depth")
-    fig = _new_figure(DEPTH_SIZE, left=0.12, right=0.96, bottom=0.14, top=0.9)
-    ax = fig.subplots()
-    depths: set[int] = set()
-    for label, points in series.items():
-        if not points:
-            continue
-        ordered = sorted(points, key=lambda p: p[0])
-        xs = [d for d, _ in ordered]
-        ys = [m.mean for _, m in ordered]
-        errors = [m.half_width or 0.0 for _, m in ordered]
-        depths.update(xs)
-        ax.errorbar(xs, ys, yerr=errors, marker="o", capsize=4, label=label)
-    ax.set_xticks(sorted(depths))
-    ax.set_xlabel("depth")
-    ax.set_ylabel(metric)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(title or f"{metric} vs depth (error bars: 95 % t-interval)", fontsize=10)
-    return _save(fig, path, f"{metric} vs depth per scenario")
+    lines = {
+        label: [(depth, m.mean, m.half_width or 0.0) for depth, m in points]
+        for label, points in series.items()
+    }
+    caption = title or f"{metric} vs depth (error bars: 95 % t-interval)"
+    return _error_lines(
+        lines,
+        path,
+        size=DEPTH_SIZE,
+        xlabel="depth",
+        ylabel=metric,
+        title=caption,
+        alt=f"{metric} vs depth per scenario",
+        capsize=4,
+        legend_size=8,
+    )
 
 
 def gradflow_figure(
@@ -390,27 +387,53 @@ def lesion_figure(
     """
     if not any(series.values()):
         raise ConfigError(f"no lesion {metric} values to plot")
-    fig = _new_figure(LESION_SIZE, left=0.12, right=0.96, bottom=0.14, top=0.9)
+    caption = title or f"lesion study: {metric} vs blocks deleted (error bars: ± 1 sd)"
+    return _error_lines(
+        series,
+        path,
+        size=LESION_SIZE,
+        xlabel="residual blocks deleted",
+        ylabel=metric,
+        title=caption,
+        alt=caption,
+        capsize=3,
+        legend_size=7,
+    )
+
+
+def _error_lines(
+    series: Mapping[str, Sequence[tuple[int, float, float]]],
+    path: str | Path,
+    *,
+    size: tuple[float, float],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    alt: str,
+    capsize: int,
+    legend_size: int,
+) -> FigureFile:
+    """One line per series of ``(x, mean, error)`` points (error bars), integer x ticks."""
+    fig = _new_figure(size, left=0.12, right=0.96, bottom=0.14, top=0.9)
     ax = fig.subplots()
-    ks: set[int] = set()
+    xs: set[int] = set()
     for label, points in series.items():
         if not points:
             continue
         ordered = sorted(points)
-        ks.update(k for k, _, _ in ordered)
+        xs.update(x for x, _, _ in ordered)
         ax.errorbar(
-            [k for k, _, _ in ordered],
+            [x for x, _, _ in ordered],
             [m for _, m, _ in ordered],
-            yerr=[s for _, _, s in ordered],
+            yerr=[e for _, _, e in ordered],
             marker="o",
-            capsize=3,
+            capsize=capsize,
             label=label,
         )
-    ax.set_xticks(sorted(ks))
-    ax.set_xlabel("residual blocks deleted")
-    ax.set_ylabel(metric)
+    ax.set_xticks(sorted(xs))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    caption = title or f"lesion study: {metric} vs blocks deleted (error bars: ± 1 sd)"
-    ax.set_title(caption, fontsize=10)
-    return _save(fig, path, caption)
+    ax.legend(fontsize=legend_size)
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path, alt)
