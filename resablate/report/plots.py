@@ -321,18 +321,12 @@ def report_figures(
     from resablate.report.build import open_store
 
     target = Path(folder)
-    sections = []
     series = _depth_series(report)
-    if any(len(points) > 1 for points in series.values()):
-        figure = depth_figure(series, target / "metric-vs-depth.png", metric=report.metric)
-        sections.append(
-            FigureSection(
-                f"{report.metric} vs depth",
-                "One line per residual × weights scenario; error bars: 95 % t-interval over "
-                "seeds (none where a single seed finished).",
-                (figure,),
-            )
-        )
+    depth = (
+        [depth_figure(series, target / "metric-vs-depth.png", metric=report.metric)]
+        if any(len(points) > 1 for points in series.values())
+        else []
+    )
     done = [r for r in report.cells if r.status == "done"]
     groups = [g for g in group_cells(done) if g.done]
     with open_store(report.store_path) as store:
@@ -349,90 +343,69 @@ def report_figures(
                     )
                 )
         predictions = {r.cell_id: store.predictions(r.cell_id) for r in done}
-    if curves:
-        sections.append(
-            FigureSection(
-                "Training curves",
-                "Loss and metric against the optimiser step for each finished cell "
-                "(train: running means since the previous evaluation; val/test: evaluations).",
-                tuple(curves),
-            )
-        )
-    schedules = _schedule_figures(done, target)
-    if schedules:
-        sections.append(
-            FigureSection(
-                "Learning-rate schedule",
-                "The learning rate of each optimiser step, computed from the cell's recipe by "
-                "the engine's schedule function over the steps the cell took.",
-                tuple(schedules),
-            )
-        )
     confusions, galleries = _prediction_figures(groups, predictions, target, gallery_size)
-    if confusions:
-        sections.append(
-            FigureSection(
-                "Confusion matrices",
-                "Test-set counts per configuration, summed over its finished seeds "
-                "(rows: true class, columns: predicted class).",
-                tuple(confusions),
-            )
-        )
-    if galleries:
-        sections.append(
-            FigureSection(
-                "Misclassified test images",
-                "The most confident mistakes of each configuration (lowest finished seed), with "
-                "the true and predicted class and the probability of the predicted class.",
-                tuple(galleries),
-            )
-        )
-    gradflow = gradflow_figures(done, target)
-    if gradflow:
-        sections.append(
-            FigureSection(
-                "Gradient norm per stage over training",
-                "L2 norm of each stage's gradient (before the optimiser step) against the step, "
-                "log scale; residual plans of the same configuration side by side. Logged by "
-                "`resablate grid --log-gradflow`.",
-                tuple(gradflow),
-            )
-        )
-    lesions = lesion_figures(done, target)
-    if lesions:
-        sections.append(
-            FigureSection(
-                "Lesion studies",
-                "Test accuracy with k residual blocks deleted at test time (k = 0: intact; "
-                "mean ± sd over single deletions and random draws), from the studies saved by "
-                "`resablate lesion RUN_DIR`.",
-                tuple(lesions),
-            )
-        )
-    similarities = cka_figures(done, target)
-    if similarities:
-        sections.append(
-            FigureSection(
-                "Representation similarity (CKA)",
-                "Linear CKA between the stage outputs of two runs on run A's test images (1 = "
-                "the same representation up to rotation and scale), from the comparisons saved "
-                "by `resablate compare-features RUN_A RUN_B` in run A's directory.",
-                tuple(similarities),
-            )
-        )
-    if feature_maps:
-        maps = _feature_map_figures(report, predictions, target)
-        if maps:
-            sections.append(
-                FigureSection(
-                    "Feature maps",
-                    "Outputs of the stem (conv1) and the first two stages (conv2_x, conv3_x) for "
-                    "the first test image, residual connections on vs off (same weights and "
-                    "seed); first 8 channels, each min-max scaled.",
-                    tuple(maps),
-                )
-            )
-    return sections
+    maps = _feature_map_figures(report, predictions, target) if feature_maps else []
+    candidates = [
+        (
+            f"{report.metric} vs depth",
+            "One line per residual × weights scenario; error bars: 95 % t-interval over "
+            "seeds (none where a single seed finished).",
+            depth,
+        ),
+        (
+            "Training curves",
+            "Loss and metric against the optimiser step for each finished cell "
+            "(train: running means since the previous evaluation; val/test: evaluations).",
+            curves,
+        ),
+        (
+            "Learning-rate schedule",
+            "The learning rate of each optimiser step, computed from the cell's recipe by "
+            "the engine's schedule function over the steps the cell took.",
+            _schedule_figures(done, target),
+        ),
+        (
+            "Confusion matrices",
+            "Test-set counts per configuration, summed over its finished seeds "
+            "(rows: true class, columns: predicted class).",
+            confusions,
+        ),
+        (
+            "Misclassified test images",
+            "The most confident mistakes of each configuration (lowest finished seed), with "
+            "the true and predicted class and the probability of the predicted class.",
+            galleries,
+        ),
+        (
+            "Gradient norm per stage over training",
+            "L2 norm of each stage's gradient (before the optimiser step) against the step, "
+            "log scale; residual plans of the same configuration side by side. Logged by "
+            "`resablate grid --log-gradflow`.",
+            gradflow_figures(done, target),
+        ),
+        (
+            "Lesion studies",
+            "Test accuracy with k residual blocks deleted at test time (k = 0: intact; "
+            "mean ± sd over single deletions and random draws), from the studies saved by "
+            "`resablate lesion RUN_DIR`.",
+            lesion_figures(done, target),
+        ),
+        (
+            "Representation similarity (CKA)",
+            "Linear CKA between the stage outputs of two runs on run A's test images (1 = "
+            "the same representation up to rotation and scale), from the comparisons saved "
+            "by `resablate compare-features RUN_A RUN_B` in run A's directory.",
+            cka_figures(done, target),
+        ),
+        (
+            "Feature maps",
+            "Outputs of the stem (conv1) and the first two stages (conv2_x, conv3_x) for "
+            "the first test image, residual connections on vs off (same weights and "
+            "seed); first 8 channels, each min-max scaled.",
+            maps,
+        ),
+    ]
+    return [FigureSection(title, text, tuple(figs)) for title, text, figs in candidates if figs]
 
 
 def _cell_title(row: CellRow) -> str:
