@@ -73,10 +73,11 @@ def test_demo_weights_unknown_arch() -> None:
 
 @pytest.mark.slow
 def test_demo_recipe_reaches_clearly_above_chance(tmp_path: Path) -> None:
-    # The documented command, whole recipe (4 epochs); measured 0.86 test accuracy (seed 0).
+    # The documented command, whole recipe (4 epochs of batch 64 = 48 steps); measured 0.747 test
+    # accuracy (seed 0) on a 2-core CPU; chance is 0.50.
     args = ["train", "--arch", "resnet18", "--data", "demo", "--recipe", "demo", "--json"]
     result = CliRunner().invoke(app, [*args, "--device", "cpu", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert (data["status"], data["steps"]) == ("done", 100)
+    assert (data["status"], data["steps"]) == ("done", 48)
     assert data["metrics"]["accuracy"] >= 0.70
