@@ -222,7 +222,7 @@ FOOD = Recipe(
 # Demo: the embedded 32 x 32 demo data on two CPU cores. Native resolution with flips only: a
 # random-resized crop resamples the image and blurs away the up-sampling artefacts that tell the
 # demo's FAKE images apart. AdamW at a rate suited to random initialisation, short warm-up.
-# Batch 64: on a 2-core CPU it trains ResNet-50 at 13 ms/image against 22 ms/image at batch 32,
+# Batch 64: on a 2-core CPU it trains ResNet-50 at 14 ms/image against 17 ms/image at batch 32,
 # which brings the 8-cell demo grid (ResNet-18/50) to about six minutes; evaluation once per epoch.
 DEMO = Recipe(
     name="demo",
