@@ -2,7 +2,9 @@
 plain torchvision pipeline, measured in the same process on the demo data.
 
 Ours: ``scan`` + ``decode_split`` (the uint8 cache, memory-mapped) + ``BatchTransform`` in train
-mode (random-resized crop, flip, normalise) on the chosen device, batches of random indices.
+mode (random-resized crop, flip, normalise) on the chosen device, batches of random indices,
+written into reused buffers (``RecyclingTransform``) as the engine's loops do. Both sides run with
+the allocator setting the engine uses on the CPU (``keep_freed_memory``).
 Reference: ``torchvision.datasets.ImageFolder`` + PIL transforms (``RandomResizedCrop``,
 ``RandomHorizontalFlip``, ``ToTensor``, ``Normalize``) + ``DataLoader(num_workers=2,
 shuffle=True, persistent_workers=True)``, fp32 NCHW tensors on the same device.
@@ -61,10 +63,10 @@ def measure(
 
 
 def ours(root: Path, size: int, batch: int, device: torch.device) -> Callable[[int], int]:
-    from resablate.data import BatchTransform, decode_split, scan
+    from resablate.data import BatchTransform, RecyclingTransform, decode_split, scan
 
     split = decode_split(scan(root), "train", storage_size=None).to(device)
-    transform = BatchTransform(size, train=True)
+    transform = RecyclingTransform(BatchTransform(size, train=True))
     generator = torch.Generator().manual_seed(0)
 
     def deliver(n: int) -> int:
@@ -143,18 +145,26 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from resablate.data import demo_data
+    from resablate.engine.memory import keep_freed_memory
 
     device = torch.device(args.device)
     root = args.data if args.data is not None else demo_data()
-    print(f"device: {device_name(device)}; torch {torch.__version__}; data: {root}")
+    # As the engine does on the CPU; before either side runs, so that both (and the reference's
+    # forked DataLoader workers) use the same allocator setting.
+    kept = keep_freed_memory()
+    print(
+        f"device: {device_name(device)}; torch {torch.__version__}; data: {root}; "
+        f"keep_freed_memory: {kept}"
+    )
     print(f"batch {args.batch}, {args.repeats} repeats after a warm-up, images/s (mean ± std)")
     print(
         f"{'output':>8} {'decode-once + batched':>22} {'ImageFolder+DataLoader':>24} {'ratio':>7}"
     )
     for size in args.sizes:
-        # Same work per repeat in pixels delivered: fewer images at larger outputs.
+        # Same work per repeat in pixels delivered (fewer images at larger outputs), and at
+        # least 4 batches so that one slow batch does not decide the figure.
         n_images = max(
-            args.batch, args.images * 32 * 32 // (size * size) // args.batch * args.batch
+            4 * args.batch, args.images * 32 * 32 // (size * size) // args.batch * args.batch
         )
         fast = measure(ours(root, size, args.batch, device), n_images, args.repeats, device)
         plain = measure(

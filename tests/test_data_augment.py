@@ -14,7 +14,9 @@ from resablate.data.augment import (
     IMAGENET_STD,
     BatchTransform,
     CropParams,
+    RecyclingTransform,
     random_resized_crop_params,
+    resample_weights,
 )
 from resablate.errors import ConfigError
 from resablate.recipes import get_recipe
@@ -198,6 +200,71 @@ def test_wrong_image_shape_is_a_config_error() -> None:
         ConfigError, match=r"expected images of shape \[B, 3, H, W\], got \[2, 1, 8, 8\]"
     ):
         BatchTransform(8, train=True)(torch.zeros(2, 1, 8, 8, dtype=torch.uint8))
+
+
+def _dense_weights(offset: torch.Tensor, length: torch.Tensor, size_in: int, size_out: int):
+    """The triangle filter evaluated at every input pixel (the definition the taps must match)."""
+    scale = length.to(torch.float32) / size_out  # float32 arithmetic, as the taps use
+    support = scale.clamp(min=1.0)
+    centre = (torch.arange(size_out) + 0.5)[None, :] * scale[:, None]
+    position = torch.arange(size_in)[None, :] - offset[:, None]
+    distance = (position[:, None, :] + 0.5 - centre[:, :, None]) / support[:, None, None]
+    weights = (1.0 - distance.abs()).clamp(min=0.0)
+    weights = weights * ((position >= 0) & (position < length[:, None]))[:, None, :]
+    return weights / weights.sum(dim=2, keepdim=True)
+
+
+@pytest.mark.parametrize(("size_in", "size_out"), [(32, 224), (32, 32), (37, 5), (256, 224)])
+def test_resample_weights_equal_the_filter_at_every_pixel(size_in: int, size_out: int) -> None:
+    generator = torch.Generator().manual_seed(3)
+    top, _, height, _ = random_resized_crop_params(64, size_in, size_in, generator)
+    weights = resample_weights(top, height, size_in, size_out)
+    expected = _dense_weights(top, height, size_in, size_out)
+    assert weights.shape == (64, size_out, size_in) and weights.dtype == torch.float32
+    assert torch.allclose(weights, expected, rtol=0, atol=2e-7)  # summation order aside
+    assert torch.equal(weights != 0, expected != 0)  # no tap missed, none outside the box
+
+
+@pytest.mark.parametrize("size", [32, 48])  # no resampling (normalise + flip) and resampling
+def test_out_receives_exactly_the_fresh_result(size: int) -> None:
+    images = _images(5)
+    transform = BatchTransform(size, train=True)
+    fresh = transform(images, torch.Generator().manual_seed(9))
+    out = torch.full((5, 3, size, size), float("nan"))
+    returned = transform(images, torch.Generator().manual_seed(9), out=out)
+    assert returned is out
+    assert torch.equal(out, fresh)
+
+
+def test_out_of_the_wrong_shape_is_a_config_error() -> None:
+    with pytest.raises(
+        ConfigError,
+        match=r"out must be a contiguous float32 tensor of shape \[2, 3, 8, 8\] on cpu, "
+        r"got torch.float32 \[2, 3, 8, 9\] on cpu",
+    ):
+        BatchTransform(8)(_images(2), out=torch.empty(2, 3, 8, 9))
+
+
+def test_recycling_transform_reuses_its_buffers_and_changes_no_value() -> None:
+    transform = BatchTransform(40, train=True)
+    recycling = RecyclingTransform(transform, slots=2)
+    outputs, pointers = [], []
+    for step in range(4):
+        batch = recycling(_images(6, seed=step), torch.Generator().manual_seed(step))
+        assert torch.equal(
+            batch, transform(_images(6, seed=step), torch.Generator().manual_seed(step))
+        )
+        outputs.append(batch.clone())
+        pointers.append(batch.data_ptr())
+    assert pointers[0] == pointers[2] != pointers[1] == pointers[3]
+    # A smaller last batch is the head of its slot; a larger one gets a new buffer.
+    small = recycling(_images(3), torch.Generator().manual_seed(0))
+    assert small.shape == (3, 3, 40, 40) and small.data_ptr() == pointers[0]
+    assert torch.equal(small, transform(_images(3), torch.Generator().manual_seed(0)))
+    large = recycling(_images(9), torch.Generator().manual_seed(0))
+    assert large.shape == (9, 3, 40, 40) and large.data_ptr() != pointers[1]
+    with pytest.raises(ConfigError, match="slots must be at least 1, not 0"):
+        RecyclingTransform(transform, slots=0)
 
 
 @pytest.mark.gpu

@@ -8,7 +8,7 @@ See ``docs/data.md``. The modules: :mod:`~resablate.data.layouts` (``scan``),
 
 from __future__ import annotations
 
-from resablate.data.augment import BatchTransform, CropParams
+from resablate.data.augment import BatchTransform, CropParams, RecyclingTransform
 from resablate.data.cache import DecodedSplit, ImageSource, StreamingSplit, decode_split
 from resablate.data.demo import demo_data, demo_proxy_data
 from resablate.data.images import BadImageError, decode_image, read_header
@@ -22,6 +22,7 @@ __all__ = [
     "DatasetScan",
     "DecodedSplit",
     "ImageSource",
+    "RecyclingTransform",
     "Sample",
     "SizeSummary",
     "StreamingSplit",

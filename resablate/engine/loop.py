@@ -36,6 +36,7 @@ from resablate.engine.events import (
     TrainFinished,
     TrainStarted,
 )
+from resablate.engine.memory import keep_freed_memory
 from resablate.engine.optim import build_optimizer
 from resablate.engine.results import EvalRecord, EvalResult, TrainResult
 from resablate.engine.schedule import build_scheduler
@@ -99,10 +100,13 @@ def recipe_fingerprint(recipe: Recipe) -> str:
 
 
 def _default_transforms(recipe: Recipe) -> tuple[Transform, Transform]:
-    from resablate.data import BatchTransform
+    """The recipe's train and eval transforms, writing into reused buffers (each loop is done
+    with a batch before it asks for the next)."""
+    from resablate.data import BatchTransform, RecyclingTransform
 
-    return BatchTransform.from_recipe(recipe, train=True), BatchTransform.from_recipe(
-        recipe, train=False
+    return (
+        RecyclingTransform(BatchTransform.from_recipe(recipe, train=True)),
+        RecyclingTransform(BatchTransform.from_recipe(recipe, train=False)),
     )
 
 
@@ -460,7 +464,8 @@ def train(
     The model is trained in place (its frozen parts, if any, are left out of the optimiser and
     checked afterwards). Randomness comes from ``seed`` through named streams (data order per
     epoch, augmentation per micro-batch), so a resumed run continues exactly where the checkpoint
-    was taken. On CUDA the recipe's autocast mode and channels_last apply; CPU runs train in fp32.
+    was taken. On CUDA the recipe's autocast mode and channels_last apply; CPU runs train in fp32
+    and keep freed memory in the process (:func:`resablate.engine.memory.keep_freed_memory`).
     A non-finite fp32 training loss ends the run with status ``"diverged"`` (no exception).
 
     Args:
@@ -480,7 +485,7 @@ def train(
         on_step: Hooks called after each step's gradients are accumulated, before they are
             applied (e.g. gradient-norm logging).
         transforms: ``(train, eval)`` batch transforms; default: the data package's
-            ``BatchTransform`` built from the recipe.
+            ``BatchTransform`` built from the recipe, in a ``RecyclingTransform``.
 
     Returns:
         The run's :class:`TrainResult`.
@@ -498,6 +503,8 @@ def train(
         )
     evals = _as_evals(eval_data)
     device = torch.device(device)
+    if device.type == "cpu":
+        keep_freed_memory()
     run_dir.mkdir(parents=True, exist_ok=True)
     sweep_stale(run_dir)
     frozen_before = _frozen_fingerprint(model)
