@@ -67,9 +67,7 @@ class Recipe:
         eval_batch_size: Images per evaluation batch.
         amp: Autocast dtype on CUDA: ``"bf16"``, ``"fp16"`` (with a GradScaler) or ``"none"``. CPU
             runs always train in fp32.
-        channels_last: NHWC memory format for the model and its inputs, on CUDA and on the CPU
-            (oneDNN's convolutions are faster in it: ResNet-18 at 224 × 224 trains about 1.2×
-            faster on 2 cores, see ``docs/performance.md``).
+        channels_last: NHWC memory format on CUDA (ignored on CPU).
         compile: Wrap the model in ``torch.compile``.
         positive: Index of the positive class for precision/recall/F1.
     """

@@ -148,7 +148,7 @@ class _Session:
         self.plan = StepPlan.of(len(train_data), recipe)
         self.cuda = device.type == "cuda"
         self.amp = recipe.amp if self.cuda else "none"
-        self.channels_last = recipe.channels_last
+        self.channels_last = self.cuda and recipe.channels_last
         classes = getattr(train_data, "classes", None)
         self.num_classes = len(classes) if classes else max(2, int(train_data.labels.max()) + 1)
 
@@ -464,9 +464,8 @@ def train(
     The model is trained in place (its frozen parts, if any, are left out of the optimiser and
     checked afterwards). Randomness comes from ``seed`` through named streams (data order per
     epoch, augmentation per micro-batch), so a resumed run continues exactly where the checkpoint
-    was taken. The recipe's channels_last applies on every device, its autocast mode on CUDA;
-    CPU runs train in fp32 and keep freed memory in the process
-    (:func:`resablate.engine.memory.keep_freed_memory`).
+    was taken. On CUDA the recipe's autocast mode and channels_last apply; CPU runs train in fp32
+    and keep freed memory in the process (:func:`resablate.engine.memory.keep_freed_memory`).
     A non-finite fp32 training loss ends the run with status ``"diverged"`` (no exception).
 
     Args:
