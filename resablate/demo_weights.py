@@ -23,9 +23,10 @@ DEMO_WEIGHTS_SEED = 0
 """Seed of the pre-training run (fixed: the demo weights of an architecture are one file)."""
 
 PRETRAIN_RECIPE: Recipe = get_recipe(
-    "demo", epochs=2, eval_every=None, checkpoint_every=None, lr=2e-3
+    "demo", epochs=1, eval_every=None, checkpoint_every=None, lr=2e-3
 )
-"""The fixed pre-training recipe: the demo recipe at 32 × 32, no intermediate checkpoints."""
+"""The fixed pre-training recipe: the demo recipe at 32 × 32 for one epoch of the proxy task (11
+steps; ResNet-50: about 15 s on 2 CPU cores), no intermediate checkpoints."""
 
 
 @contextlib.contextmanager

@@ -222,16 +222,18 @@ FOOD = Recipe(
 # Demo: the embedded 32 x 32 demo data on two CPU cores. Native resolution with flips only: a
 # random-resized crop resamples the image and blurs away the up-sampling artefacts that tell the
 # demo's FAKE images apart. AdamW at a rate suited to random initialisation, short warm-up.
-# Batch 64: on a 2-core CPU it trains ResNet-50 at 14 ms/image against 17 ms/image at batch 32,
-# which brings the 8-cell demo grid (ResNet-18/50) to about six minutes; evaluation once per epoch.
+# Batch 64: on a 2-core CPU it trains ResNet-50 at 14 ms/image against 17 ms/image at batch 32.
+# 3 epochs (36 steps) keep the 8-cell demo grid (ResNet-18/50) within five minutes; ResNet-18
+# still reaches 0.72 test accuracy. Evaluation every epoch; a checkpoint only at the end (a demo
+# cell takes under a minute, and a ResNet-50 checkpoint with its AdamW state is 283 MB).
 DEMO = Recipe(
     name="demo",
     optimizer="adamw",
-    lr=2e-3,
+    lr=1e-3,
     weight_decay=0.01,
     batch_size=64,
     grad_accum=1,
-    epochs=4,
+    epochs=3,
     warmup_fraction=0.1,
     schedule="linear",
     image_size=32,
@@ -239,7 +241,7 @@ DEMO = Recipe(
     train_transform="resize",
     hflip=True,
     eval_every=12,
-    checkpoint_every=24,
+    checkpoint_every=None,
 )
 
 RECIPES: Mapping[str, Recipe] = MappingProxyType({r.name: r for r in (CIFAKE, FOOD, DEMO)})

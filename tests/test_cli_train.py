@@ -73,11 +73,12 @@ def test_demo_weights_unknown_arch() -> None:
 
 @pytest.mark.slow
 def test_demo_recipe_reaches_clearly_above_chance(tmp_path: Path) -> None:
-    # The documented command, whole recipe (4 epochs of batch 64 = 48 steps); measured 0.747 test
-    # accuracy (seed 0) on a 2-core CPU; chance is 0.50.
+    # The documented command, whole recipe (3 epochs of batch 64 = 36 steps); measured 0.716 test
+    # accuracy (seed 0) on a 2-core CPU. Chance is 0.50 (standard deviation 0.028 on 320 images),
+    # so 0.65 is more than five deviations above it.
     args = ["train", "--arch", "resnet18", "--data", "demo", "--recipe", "demo", "--json"]
     result = CliRunner().invoke(app, [*args, "--device", "cpu", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert (data["status"], data["steps"]) == ("done", 48)
-    assert data["metrics"]["accuracy"] >= 0.70
+    assert (data["status"], data["steps"]) == ("done", 36)
+    assert data["metrics"]["accuracy"] >= 0.65
