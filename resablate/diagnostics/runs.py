@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from resablate.errors import ConfigError, DataError
-from resablate.grid.cell import Cell, residual_stages
+from resablate.grid.cell import Cell, dataset_root, residual_stages
 from resablate.recipes import Recipe, get_recipe
 
 
@@ -145,15 +145,6 @@ def _recorded_fingerprint(folder: Path) -> str | None:
     except (json.JSONDecodeError, AttributeError):
         return None
     return value if isinstance(value, str) else None
-
-
-def dataset_root(data: str | os.PathLike[str]) -> Path:
-    """The dataset folder of a cell's ``data`` field; ``"demo"`` = the demo data (made once)."""
-    if str(data) == "demo":
-        from resablate.data import demo_data
-
-        return demo_data()
-    return Path(data)
 
 
 def eval_images(

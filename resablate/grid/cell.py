@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -248,9 +249,9 @@ class CellResult:
         return {"cell_id": self.cell_id, **data}
 
 
-def dataset_root(data: str) -> Path:
+def dataset_root(data: str | os.PathLike[str]) -> Path:
     """The folder of a cell's dataset: ``"demo"`` is the demo tree (generated on first use)."""
-    if data == "demo":
+    if str(data) == "demo":
         from resablate.data import demo_data
 
         return demo_data()
