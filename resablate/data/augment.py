@@ -312,8 +312,9 @@ class BatchTransform:
         # Nothing to resample: normalise, and mirror the samples drawn for a flip.
         x = self._normalise(images, out=_output_tensor(out, n, self.output_size, images.device))
         if self.train and self.hflip:
-            flipped = params.flip.to(images.device).nonzero().squeeze(1)
-            x.index_copy_(0, flipped, x.index_select(0, flipped).flip(3))
+            # A mask, not indices: no device-to-host sync on CUDA.
+            flip = params.flip.to(images.device).view(n, 1, 1, 1)
+            torch.where(flip, x.flip(3), x, out=x)
         return x
 
 
