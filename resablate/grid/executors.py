@@ -117,21 +117,16 @@ def execute_cell(
     device = device or default_device()
     cell_id = job.cell.cell_id
     logger = None
-    hooks: dict[str, Any] = {}
     if job.gradflow_every is not None:
         from resablate.diagnostics.gradflow import GradNormLogger
 
         path = Path(job.run_dir) / GRADFLOW_FILE
         logger = GradNormLogger(path, every=job.gradflow_every, blocks=False)
-        hooks["on_step"] = [logger]
+    hooks: dict[str, Any] = {} if logger is None else {"on_step": [logger]}
     try:
-        try:
-            result = cell_runner(
-                job.cell, job.run_dir, device=device, callback=callback, resume=True, **hooks
-            )
-        finally:
-            if logger is not None and logger.records:
-                logger.flush()
+        result = cell_runner(
+            job.cell, job.run_dir, device=device, callback=callback, resume=True, **hooks
+        )
     except WeightsUnavailableError as exc:
         return CellOutcome(cell_id, "skipped", str(exc), None, device)
     except Exception as exc:
@@ -139,6 +134,9 @@ def execute_cell(
         if _out_of_memory(exc) and not summary.lower().startswith("out of memory"):
             summary = f"out of memory: {summary}"
         return CellOutcome(cell_id, "failed", summary, None, device)
+    finally:
+        if logger is not None and logger.records:
+            logger.flush()
     status = str(result.status)
     reason = None if status == "done" else getattr(result, "reason", None)
     return CellOutcome(cell_id, status, reason, result, device)
