@@ -342,12 +342,11 @@ class RecyclingTransform:
 
     A fresh float batch is large (batch 256 at 224 × 224: 154 MB). On the CPU, allocating it
     anew for every batch costs page faults and the kernel's zeroing of every page, because
-    allocations that large are returned to the operating system when freed; that takes longer
-    than computing the batch (batch 256 at 224 × 224 on the 2-core CPU of
-    ``docs/performance.md``: about 90 ms of page faults against 40 ms of arithmetic). Writing
-    into ``slots`` buffers that are kept and reused removes it. On CUDA it changes nothing
-    measurable (the caching allocator already reuses memory) and is still correct, since kernels
-    on one stream run in order.
+    allocations that large are returned to the operating system when freed; on the 2-core CPU
+    of ``docs/performance.md`` that took longer than computing the batch. Writing into
+    ``slots`` buffers that are kept and reused removes it. On CUDA the caching allocator already
+    reuses memory, so there is little to gain; it is still correct, since kernels on one stream
+    run in order.
 
     The tensor returned by one call is overwritten ``slots`` calls later, so use this only in
     loops that are done with a batch (forward and backward) before they ask for the next but
@@ -376,6 +375,6 @@ class RecyclingTransform:
         self._next = (slot + 1) % self.slots
         buffer = self._buffers[slot]
         if buffer is None or buffer.shape[0] < n or buffer.device != images.device:
-            buffer = torch.empty((n, 3, size, size), dtype=torch.float32, device=images.device)
+            buffer = _output_tensor(None, n, size, images.device)
             self._buffers[slot] = buffer
         return self.transform(images, generator, out=buffer[:n])
