@@ -309,8 +309,7 @@ def report_figures(
     test images per configuration (seeds pooled for the matrix, lowest seed for the gallery);
     gradient norms per stage over training (cells run with ``grid --log-gradflow``); saved lesion
     studies (``resablate lesion RUN_DIR``) and CKA comparisons (``resablate compare-features``);
-    feature maps of the stem and first stages with and
-    without residuals.
+    feature maps of the stem and first stages with and without residuals.
 
     Args:
         report: The report whose store and cells to read.
