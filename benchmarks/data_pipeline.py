@@ -13,12 +13,14 @@ Each measurement delivers ``--images`` images after a warm-up; mean ± std over 
 
     python benchmarks/data_pipeline.py                      # CPU, 32x32 and 224x224 output
     python benchmarks/data_pipeline.py --device cuda --sizes 224
+    RESABLATE_KEEP_FREED_MEMORY=0 python benchmarks/data_pipeline.py   # glibc's default allocator
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -49,17 +51,21 @@ def _sync(device: torch.device) -> None:
 
 def measure(
     deliver: Callable[[int], int], n_images: int, repeats: int, device: torch.device
-) -> list[float]:
-    """Images/s of ``deliver(n)`` (which returns how many images it produced), per repeat."""
+) -> tuple[list[float], float]:
+    """Images/s of ``deliver(n)`` (which returns how many images it produced), per repeat, and
+    the minor page faults of this process per image delivered over the timed repeats (a
+    DataLoader's faults happen in its workers and are not counted)."""
     deliver(min(n_images, 512))  # warm-up: caches, workers, allocator
     _sync(device)
     rates = []
+    faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(repeats):
         start = time.perf_counter()
         produced = deliver(n_images)
         _sync(device)
         rates.append(produced / (time.perf_counter() - start))
-    return rates
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
+    return rates, faults / (n_images * repeats)
 
 
 def ours(root: Path, size: int, batch: int, device: torch.device) -> Callable[[int], int]:
@@ -159,6 +165,7 @@ def main() -> None:
     print(f"batch {args.batch}, {args.repeats} repeats after a warm-up, images/s (mean ± std)")
     print(
         f"{'output':>8} {'decode-once + batched':>22} {'ImageFolder+DataLoader':>24} {'ratio':>7}"
+        f" {'page faults per batch (ours)':>29}"
     )
     for size in args.sizes:
         # Same work per repeat in pixels delivered (fewer images at larger outputs), and at
@@ -166,12 +173,15 @@ def main() -> None:
         n_images = max(
             4 * args.batch, args.images * 32 * 32 // (size * size) // args.batch * args.batch
         )
-        fast = measure(ours(root, size, args.batch, device), n_images, args.repeats, device)
-        plain = measure(
+        fast, faults = measure(ours(root, size, args.batch, device), n_images, args.repeats, device)
+        plain, _ = measure(
             reference(root, size, args.batch, device, args.workers), n_images, args.repeats, device
         )
         ratio = statistics.mean(fast) / statistics.mean(plain)
-        print(f"{size:>5}x{size:<3} {_summary(fast):>22} {_summary(plain):>24} {ratio:>6.1f}x")
+        print(
+            f"{size:>5}x{size:<3} {_summary(fast):>22} {_summary(plain):>24} {ratio:>6.1f}x"
+            f" {faults * args.batch:>29,.0f}"
+        )
 
 
 if __name__ == "__main__":
