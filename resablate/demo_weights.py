@@ -26,7 +26,7 @@ PRETRAIN_RECIPE: Recipe = get_recipe(
     "demo", epochs=1, eval_every=None, checkpoint_every=None, lr=2e-3
 )
 """The fixed pre-training recipe: the demo recipe at 32 × 32 for one epoch of the proxy task (11
-steps; ResNet-50: about 15 s on 2 CPU cores), no intermediate checkpoints."""
+steps; ResNet-50: 16 s on 2 CPU cores), no intermediate checkpoints."""
 
 
 @contextlib.contextmanager

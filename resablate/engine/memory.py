@@ -4,9 +4,10 @@ Every training step on the CPU allocates and frees the same multi-megabyte tenso
 batches, activations, gradients). glibc's ``malloc`` hands blocks above its ``mmap`` threshold
 back to the kernel when they are freed and trims the top of its heap once more than the trim
 threshold is free, so the next step gets fresh pages, and each first touch of a 4 KiB page is a
-fault in which the kernel zeroes it. On the 2-core CPU of ``docs/performance.md`` this was half
-of the augmentation time (batch 256: 3,552 faults per batch at 32 × 32 output, 10,355 at
-224 × 224). PyTorch's CPU tuning guide suggests swapping in jemalloc or TCMalloc for the same
+fault in which the kernel zeroes it. On the 2-core CPU of ``docs/performance.md`` this was about
+half of the augmentation time (``benchmarks/data_pipeline.py``, batch 256: 3,560 faults per batch
+at 32 × 32 output and 20,660 at 224 × 224 with glibc's defaults, 8 and 502 with this setting).
+PyTorch's CPU tuning guide suggests swapping in jemalloc or TCMalloc for the same
 reason; :func:`keep_freed_memory` gets the effect without a preloaded library by raising the two
 thresholds with ``mallopt``. The cost: memory freed by the process is reused by it rather than
 returned to the system, so its resident size stays near its peak.
