@@ -41,6 +41,17 @@ def write_tiny_dataset(root: Path, per_class: int = 8, size: int = 16) -> Path:
     return root
 
 
+def tiny_grid_args(data: Path, out: Path, max_steps: int = 3) -> list[str]:
+    """``resablate grid`` arguments of the tiny two-cell grid: ResNet-18 residual on/off, random
+    init, the demo recipe at 16 px, batch 4, ``max_steps`` steps, on the CPU."""
+    return [
+        "grid",
+        *("--depths", "18", "--residual", "on", "off", "--pretrained", "none"),
+        *("--data", str(data), "--recipe", "demo", "--max-steps", str(max_steps)),
+        *("--image-size", "16", "--batch-size", "4", "--device", "cpu", "--out", str(out)),
+    ]
+
+
 def imagenet_standins(archs: tuple[str, ...]) -> None:
     """Write seeded stand-ins for the ImageNet weights into the (test) torch hub cache, so that
     ``--pretrained imagenet`` runs offline through the real loading path."""

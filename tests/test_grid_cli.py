@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from grid_helpers import one_thread, write_tiny_dataset
+from grid_helpers import one_thread, tiny_grid_args, write_tiny_dataset
 from typer.testing import CliRunner
 
 from resablate.errors import ConfigError
@@ -102,9 +102,7 @@ def test_invalid_axis_values_fail_before_training(
 def test_dry_run_stores_pending_cells_with_counts_and_trains_nothing(tmp_path: Path) -> None:
     data = write_tiny_dataset(tmp_path / "data")
     out = tmp_path / "out"
-    args = ["grid", "--depths", "18", "--residual", "on", "off", "--pretrained", "none"]
-    args += ["--data", str(data), "--recipe", "demo", "--image-size", "16", "--batch-size", "4"]
-    args += ["--max-steps", "3", "--out", str(out), "--dry-run"]
+    args = [*tiny_grid_args(data, out), "--dry-run"]
     with one_thread():
         result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from grid_helpers import one_thread, write_tiny_dataset
+from grid_helpers import one_thread, tiny_grid_args, write_tiny_dataset
 from typer.testing import CliRunner
 
 from resablate.grid.spec import GridSpec
@@ -20,11 +20,9 @@ STAGES = ["conv1", "conv2_x", "conv3_x", "conv4_x", "conv5_x", "fc"]
 def test_log_gradflow_writes_one_record_per_step_per_done_cell(tmp_path: Path) -> None:
     data = write_tiny_dataset(tmp_path / "data")
     out = tmp_path / "out"
-    args = ["grid", "--depths", "18", "--residual", "on", "off", "--pretrained", "none"]
-    args += ["--data", str(data), "--recipe", "demo", "--max-steps", "3", "--image-size", "16"]
-    args += ["--batch-size", "4", "--device", "cpu", "--out", str(out)]
+    args = [*tiny_grid_args(data, out), "--log-gradflow", "--gradflow-every", "1"]
     with one_thread():
-        result = CliRunner().invoke(app, [*args, "--log-gradflow", "--gradflow-every", "1"])
+        result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     with ResultStore.open(out) as store:
         rows = store.cells()
