@@ -86,8 +86,9 @@ def _is_number(text: str) -> bool:
 
 
 def _values(option: str, text: str) -> list[str]:
-    parts = [p for p in text.split(",") if p.strip()] if not text.startswith("off:") else [text]
-    return [item for part in parts for item in (option, part.strip())]
+    from resablate.residual_plan import split_plans
+
+    return [item for part in split_plans(text) for item in (option, part)]
 
 
 def parse_settings(settings: list[str]) -> dict[str, Any]:

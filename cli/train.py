@@ -44,13 +44,14 @@ def _split_list(values: list[str] | None) -> list[str]:
 def residual_plan(no_residual: bool, stages: list[str] | None) -> str:
     """The cell's residual plan from ``--no-residual`` and ``--stages``."""
     from resablate.errors import ConfigError
+    from resablate.residual_plan import ResidualPlan
 
     names = _split_list(stages)
     if names and not no_residual:
         raise ConfigError("--stages only applies together with --no-residual")
     if not no_residual:
-        return "on"
-    return "off" if not names else "off:" + ",".join(names)
+        return ResidualPlan.parse("on").text
+    return ResidualPlan.off(names).text
 
 
 class ProgressRenderer:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from resablate.atomic import write_text
 from resablate.errors import StoreError
+from resablate.residual_plan import ResidualPlan
 
 if TYPE_CHECKING:
     from resablate.grid.cell import Cell
@@ -263,6 +264,11 @@ class CellRow:
     started_at: str | None
     finished_at: str | None
     updated_at: str
+
+    @property
+    def residual_plan(self) -> ResidualPlan:
+        """The cell's residual plan (``residual`` with its ``residual_alpha``)."""
+        return ResidualPlan.parse(self.residual, self.residual_alpha)
 
     def to_dict(self) -> dict[str, Any]:
         """All fields as JSON-ready plain types."""

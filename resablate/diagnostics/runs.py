@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from resablate.errors import ConfigError, DataError
-from resablate.grid.cell import Cell, dataset_root, residual_stages
+from resablate.grid.cell import Cell, dataset_root
 from resablate.recipes import Recipe, get_recipe
 
 
@@ -87,7 +87,6 @@ def load_run(run_dir: str | os.PathLike[str]) -> LoadedRun:
         WeightsError: ``model.safetensors`` does not fit the cell's architecture.
     """
     from resablate.families import get_family
-    from resablate.surgery import scale_residual
     from resablate.weights import build_model, load_state_dict_file
 
     folder = Path(run_dir)
@@ -112,9 +111,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> LoadedRun:
         num_classes=int(state[f"{head}.weight"].shape[0]),
         source=cell.source,
     )
-    stages = residual_stages(cell.residual)
-    if stages != ():
-        scale_residual(model, cell.residual_alpha, stages)
+    cell.residual_plan.apply(model)
     model.eval()
     return LoadedRun(
         model=model,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from resablate.errors import ConfigError
+from resablate.residual_plan import RESIDUAL_ON, ResidualPlan
 
 if TYPE_CHECKING:
     import torch
@@ -31,47 +32,7 @@ if TYPE_CHECKING:
     from resablate.recipes import Recipe
     from resablate.surgery import SurgeryReport
 
-RESIDUAL_ON = "on"
-RESIDUAL_OFF = "off"
 CELL_ID_LENGTH = 12
-
-
-def canonical_residual(residual: str) -> str:
-    """Normalise a residual plan: ``"on"``, ``"off"`` (all stages) or ``"off:layer3,layer4"``.
-
-    Stage names may be the papers' (``conv4_x``) or the code's (``layer3``), in any case; the
-    canonical form uses the code's names, sorted, and collapses the full set to ``"off"``.
-    """
-    from resablate.families import RESNET_STAGES, canonical_stage
-
-    text = residual.strip().lower()
-    if text in (RESIDUAL_ON, RESIDUAL_OFF):
-        return text
-    prefix, sep, rest = text.partition(":")
-    if prefix != RESIDUAL_OFF or not sep or not rest.strip():
-        raise ConfigError(
-            f"residual plan {residual!r} is not valid; use 'on', 'off' or 'off:STAGE[,STAGE...]' "
-            "(e.g. 'off:conv4_x,conv5_x')"
-        )
-    stages = sorted({canonical_stage(s) for s in rest.split(",") if s.strip()})
-    bad = [s for s in stages if s not in RESNET_STAGES]
-    if bad:
-        raise ConfigError(
-            f"residual plan {residual!r}: stage {bad[0]!r} has no residual blocks; "
-            f"legal stages: {', '.join(RESNET_STAGES)} (or conv2_x..conv5_x)"
-        )
-    if tuple(stages) == RESNET_STAGES:
-        return RESIDUAL_OFF
-    return f"{RESIDUAL_OFF}:{','.join(stages)}"
-
-
-def residual_stages(residual: str) -> tuple[str, ...] | None:
-    """Stages whose shortcuts a canonical plan alters (``None`` = all, ``()`` = none)."""
-    if residual == RESIDUAL_ON:
-        return ()
-    if residual == RESIDUAL_OFF:
-        return None
-    return tuple(residual.partition(":")[2].split(","))
 
 
 @dataclass(frozen=True)
@@ -106,14 +67,9 @@ class Cell:
     data: str = "demo"
 
     def __post_init__(self) -> None:
-        residual = canonical_residual(self.residual)
-        alpha = float(self.residual_alpha)
-        if not 0.0 <= alpha <= 1.0:
-            raise ConfigError(f"residual alpha {alpha} is outside [0, 1]")
-        if residual == RESIDUAL_ON or alpha == 1.0:
-            residual, alpha = RESIDUAL_ON, 1.0
-        object.__setattr__(self, "residual", residual)
-        object.__setattr__(self, "residual_alpha", alpha)
+        plan = ResidualPlan.parse(self.residual, self.residual_alpha)
+        object.__setattr__(self, "residual", plan.text)
+        object.__setattr__(self, "residual_alpha", plan.alpha)
         object.__setattr__(self, "overrides", tuple(sorted(dict(self.overrides).items())))
         weights = self.weights if self.weights else "none"
         if weights.lower() in ("none", "imagenet", "demo"):
@@ -135,12 +91,16 @@ class Cell:
         return hashlib.sha256(blob.encode()).hexdigest()[:CELL_ID_LENGTH]
 
     @property
+    def residual_plan(self) -> ResidualPlan:
+        """The residual plan (``residual`` with its ``residual_alpha``)."""
+        return ResidualPlan.parse(self.residual, self.residual_alpha)
+
+    @property
     def label(self) -> str:
         """A short human label, e.g. ``resnet50 · residual off · weights demo · seed 0``."""
         parts = [self.arch if self.source == "torchvision" else f"{self.arch} ({self.source})"]
-        if self.residual != RESIDUAL_ON:
-            alpha = "" if self.residual_alpha == 0.0 else f" ×{self.residual_alpha:g}"
-            parts.append(f"residual {self.residual}{alpha}")
+        if not self.residual_plan.is_on:
+            parts.append(self.residual_plan.suffix)
         parts.append(f"weights {Path(self.weights).name if '/' in self.weights else self.weights}")
         if self.freeze != "none":
             parts.append(f"freeze {self.freeze}")
@@ -284,17 +244,8 @@ def apply_ablation(model: nn.Module, cell: Cell) -> tuple[SurgeryReport | None, 
         The surgery report (``None`` when the residual plan is ``"on"``) and the freeze report.
     """
     from resablate.freezing import freeze
-    from resablate.surgery import drop_residual, scale_residual
 
-    stages = residual_stages(cell.residual)
-    surgery = None
-    if stages != ():
-        surgery = (
-            drop_residual(model, stages)
-            if cell.residual_alpha == 0.0
-            else scale_residual(model, cell.residual_alpha, stages)
-        )
-    return surgery, freeze(model, cell.freeze, bn=cell.bn)
+    return cell.residual_plan.apply(model), freeze(model, cell.freeze, bn=cell.bn)
 
 
 def run_cell(

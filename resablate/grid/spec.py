@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from resablate.errors import ConfigError, DataNotFoundError
-from resablate.grid.cell import RESIDUAL_ON, Cell
+from resablate.grid.cell import Cell
+from resablate.residual_plan import ResidualPlan
 
 DEMO_DATA = "demo"
 #: Weights specs that name no file.
@@ -140,14 +141,15 @@ class GridSpec:
             archs.append((family.arch, family.source, False))
         return tuple(archs)
 
-    def residual_plans(self) -> tuple[tuple[str, float], ...]:
-        """The residual axis as ``(plan, alpha)`` pairs (alpha replaces the plans' 0 when given)."""
-        plans: list[tuple[str, float]] = []
-        for plan in self.residual:
-            if plan.strip().lower() == RESIDUAL_ON or self.residual_alpha is None:
-                plans.append((plan, 0.0))
+    def residual_plans(self) -> tuple[ResidualPlan, ...]:
+        """The residual axis as plans (each alpha replaces the plans' 0 when given)."""
+        plans: list[ResidualPlan] = []
+        for text in self.residual:
+            plan = ResidualPlan.parse(text)
+            if plan.is_on or self.residual_alpha is None:
+                plans.append(plan)
             else:
-                plans.extend((plan, alpha) for alpha in self.residual_alpha)
+                plans.extend(ResidualPlan.parse(text, alpha) for alpha in self.residual_alpha)
         return tuple(plans)
 
     def weights_for_cells(self) -> tuple[str, ...]:
@@ -175,16 +177,16 @@ class GridSpec:
         overrides = self.overrides
         cells: dict[str, Cell] = {}
         for arch, source, residual_axis in self.architectures():
-            plans = self.residual_plans() if residual_axis else ((RESIDUAL_ON, 0.0),)
-            for plan, alpha in plans:
+            plans = self.residual_plans() if residual_axis else (ResidualPlan.parse("on"),)
+            for plan in plans:
                 for weights in self.weights_for_cells():
                     for plan_name in self.freeze:
                         for seed in self.seeds:
                             cell = Cell(
                                 arch=arch,
                                 source=source,
-                                residual=plan,
-                                residual_alpha=alpha,
+                                residual=plan.text,
+                                residual_alpha=plan.alpha,
                                 weights=weights,
                                 freeze=plan_name,
                                 bn=self.bn,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from resablate.residual_plan import ResidualPlan
 from resablate.store import METRIC_COLUMNS, CellRow
 
 #: Metrics a table can show.
@@ -20,14 +21,6 @@ TABLE_METRICS = METRIC_COLUMNS
 
 def _weights_label(weights: str) -> str:
     return Path(weights).name if "/" in weights else weights
-
-
-def residual_label(residual: str, alpha: float) -> str:
-    """``"on"``, ``"off"``, ``"off:layer3,layer4"`` or ``"×0.5 layer4"``-style shortcut scales."""
-    if residual == "on" or alpha == 0.0:
-        return residual
-    stages = "" if residual == "off" else f" {residual.partition(':')[2]}"
-    return f"×{alpha:g}{stages}"
 
 
 def arch_label(row: CellRow) -> str:
@@ -49,9 +42,14 @@ class TableColumn:
     pretrained: str
 
     @property
+    def plan(self) -> ResidualPlan:
+        """The column's residual plan."""
+        return ResidualPlan.parse(self.residual, self.residual_alpha)
+
+    @property
     def label(self) -> str:
         """``"residual off · weights none"``."""
-        residual = residual_label(self.residual, self.residual_alpha)
+        residual = self.plan.label
         return f"residual {residual} · weights {_weights_label(self.pretrained)}"
 
 
@@ -201,7 +199,7 @@ def results_table(rows: Sequence[CellRow], metric: str = "f1") -> ResultsTable:
     for members in groups.values():
         first = members[0]
         label = arch_label(first) + (f" · freeze {first.freeze}" if several_plans else "")
-        reference = [m for m in members if m.residual == "on" and m.params is not None]
+        reference = [m for m in members if m.residual_plan.is_on and m.params is not None]
         counted = reference or [m for m in members if m.params is not None]
         entries = tuple(
             _summarise(

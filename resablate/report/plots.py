@@ -27,6 +27,7 @@ from resablate.report.figures import (
     lr_schedule_figure,
 )
 from resablate.report.tables import Group, group_cells, row_label
+from resablate.residual_plan import PLAN_FIELDS, RESIDUAL_OFF
 
 if TYPE_CHECKING:
     import numpy as np
@@ -135,14 +136,11 @@ def rebuild_model(row: CellRow, num_classes: int) -> nn.Module:
     Builds the architecture without weights, loads ``model.safetensors`` and applies the cell's
     residual surgery (removing or scaling the shortcuts of its plan), in eval mode on the CPU.
     """
-    from resablate.grid.cell import residual_stages
-    from resablate.surgery import scale_residual
     from resablate.weights import build_model, load_state_dict_file
 
     model = build_model(row.arch, weights=None, num_classes=num_classes, source=row.source)
     model.load_state_dict(load_state_dict_file(Path(str(row.run_dir)) / MODEL_FILE))
-    if row.residual != "on":
-        scale_residual(model, row.residual_alpha, stages=residual_stages(row.residual))
+    row.residual_plan.apply(model)
     return model.eval()
 
 
@@ -194,17 +192,17 @@ def _feature_pairs(report: Report) -> list[tuple[CellRow, CellRow]]:
             and (Path(str(row.run_dir)) / MODEL_FILE).is_file()
         )
 
-    on = {_but_residual(r): r for r in report.cells if r.residual == "on" and ready(r)}
+    on = {_but_residual(r): r for r in report.cells if r.residual_plan.is_on and ready(r)}
     pairs: dict[tuple[str, str], tuple[CellRow, CellRow]] = {}
     for row in report.cells:
-        if row.residual == "off" and ready(row) and _but_residual(row) in on:
+        if row.residual_plan.text == RESIDUAL_OFF and ready(row) and _but_residual(row) in on:
             pairs.setdefault((row.arch, row.source), (on[_but_residual(row)], row))
     return list(pairs.values())
 
 
 def _but_residual(row: CellRow) -> str:
     """A cell's config without its residual plan: cells that differ only there share it."""
-    rest = {k: v for k, v in row.config.items() if k not in ("residual", "residual_alpha")}
+    rest = {k: v for k, v in row.config.items() if k not in PLAN_FIELDS}
     return json.dumps(rest, sort_keys=True)
 
 
@@ -229,7 +227,7 @@ def gradflow_figures(done: Sequence[CellRow], target: Path) -> list[FigureFile]:
     figures: list[FigureFile] = []
     for index, members in enumerate(groups.values()):
         first = members[0][0]
-        panels = {_residual_name(row): records for row, records in members}
+        panels = {row.residual_plan.title: records for row, records in members}
         title = _cell_title(first) if len(members) == 1 else row_label(first)
         figures.append(
             gradflow_figure(
@@ -239,12 +237,6 @@ def gradflow_figures(done: Sequence[CellRow], target: Path) -> list[FigureFile]:
             )
         )
     return figures
-
-
-def _residual_name(row: CellRow) -> str:
-    scaled = row.residual != "on" and row.residual_alpha not in (None, 0.0)
-    alpha = f" (α = {row.residual_alpha:g})" if scaled else ""
-    return f"residual {row.residual}{alpha}"
 
 
 def lesion_figures(done: Sequence[CellRow], target: Path) -> list[FigureFile]:
@@ -481,7 +473,7 @@ def _feature_map_figures(
         classes = class_names(preds)
         recipe = cell_recipe(on)
         maps = {
-            f"residual {row.residual}": stage_activations(
+            f"residual {row.residual_plan.text}": stage_activations(
                 rebuild_model(row, len(classes)), image, recipe, row
             )
             for row in (on, off)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from resablate.grid.table import TableColumn, arch_label, results_table
 from resablate.report.stats import McNemarResult, MeanInterval, paired_mcnemar, t_interval
+from resablate.residual_plan import PLAN_FIELDS, RESIDUAL_ON
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -39,7 +40,7 @@ EMPTY = "—"
 FREEZE_ORDER = ("none", "conv1", "conv1-2", "conv1-3", "conv1-4", "all")
 # Cell fields that the tables lay out explicitly; any other field that varies between the cells of
 # a table is appended to the row (or column) label so that different groups never share a slot.
-_LAID_OUT = frozenset({"arch", "residual", "residual_alpha", "weights", "freeze", "seed"})
+_LAID_OUT = frozenset({"arch", *PLAN_FIELDS, "weights", "freeze", "seed"})
 
 PredictionsFn = Callable[[str], Sequence["PredictionRow"]]
 
@@ -348,12 +349,13 @@ def _entry(
 
 
 def _lookup(study: PublishedStudy | None, metric: str, row: CellRow) -> PublishedValue | None:
-    if study is None or row.residual not in ("on", "off"):
+    plan = row.residual_plan
+    if study is None or not (plan.is_on or plan.every_stage):
         return None
     return study.lookup(
         metric,
         arch=row.arch,
-        residual=row.residual,
+        residual=plan.text,
         pretrained=row.pretrained != "none",
         freeze=row.freeze,
     )
@@ -395,8 +397,8 @@ def ablation_table(
             if e.cell_ids
         }
         for column, group in slots.items():
-            ref_column = TableColumn("on", 1.0, column.pretrained)
-            ref = slots.get(ref_column) if column.residual != "on" else None
+            ref_column = TableColumn(RESIDUAL_ON, 1.0, column.pretrained)
+            ref = slots.get(ref_column) if not column.plan.is_on else None
             entries.append(
                 _entry(
                     table_row.label,
@@ -441,7 +443,7 @@ def freeze_table(
     Returns:
         The table, or ``None`` when the grid froze nothing.
     """
-    chosen = [c for c in cells if c.residual == "on"]
+    chosen = [c for c in cells if c.residual_plan.is_on]
     if not any(c.freeze != "none" for c in chosen):
         return None
     extras = sorted({*_extras(chosen), *(["weights"] if _varies(chosen, "weights") else [])})
