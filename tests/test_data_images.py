@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
@@ -156,22 +157,6 @@ def test_decompression_bomb_is_refused_before_decoding(
     assert loads == []  # refused from the header: no pixel buffer was ever allocated
 
 
-def test_images_between_pillows_warning_and_error_limits_are_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Pillow raises above 2x MAX_IMAGE_PIXELS and only warns between 1x and 2x; we refuse both.
-    Image.fromarray(_pattern(10, 11)).save(tmp_path / "big.png")
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
-    with (
-        pytest.warns(Image.DecompressionBombWarning),
-        pytest.raises(
-            BadImageError,
-            match=r"^decompression bomb refused: 11x10 = 110 pixels exceeds the limit of 100$",
-        ),
-    ):
-        decode_image(tmp_path / "big.png")
-
-
 @pytest.mark.parametrize(
     ("name", "write"),
     [
@@ -191,3 +176,83 @@ def test_parallel_map_keeps_order() -> None:
     assert images.parallel_map(lambda x: x * x, list(range(50)), workers=4) == [
         x * x for x in range(50)
     ]
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _with_chunk(path: Path, chunk: bytes, *, after_data: bool = False) -> None:
+    """Insert one chunk into a PNG: after IHDR, or after the image data (before IEND)."""
+    data = path.read_bytes()
+    at = len(data) - 12 if after_data else 8 + 25
+    path.write_bytes(data[:at] + chunk + data[at:])
+
+
+def _incompressible(n: int) -> bytes:
+    return np.random.default_rng(n).integers(0, 256, n, dtype=np.uint8).tobytes()
+
+
+@pytest.mark.parametrize(
+    "chunk",
+    [
+        pytest.param(
+            _png_chunk(b"iCCP", b"big profile\0\0" + zlib.compress(_incompressible(2_000_000))),
+            id="2MB-ICC-profile",
+        ),
+        pytest.param(
+            _png_chunk(b"zTXt", b"Comment\0\0" + zlib.compress(b"x" * 5_000_000)), id="5MB-zTXt"
+        ),
+        pytest.param(
+            _png_chunk(b"iTXt", b"Comment\0\1\0\0\0" + zlib.compress(b"y" * 5_000_000)),
+            id="5MB-iTXt",
+        ),
+    ],
+)
+@pytest.mark.parametrize("after_data", [False, True], ids=["before-IDAT", "after-IDAT"])
+def test_big_png_metadata_is_ignored_and_the_image_decoded(
+    tmp_path: Path, chunk: bytes, after_data: bool
+) -> None:
+    pixels = _pattern(5, 6)
+    path = tmp_path / "meta.png"
+    Image.fromarray(pixels).save(path)
+    _with_chunk(path, chunk, after_data=after_data)
+    np.testing.assert_array_equal(decode_image(path), pixels)
+    assert read_header(path) == images.ImageHeader("PNG", 6, 5)
+    np.testing.assert_array_equal(
+        decode_image(path, size=5),
+        np.asarray(Image.fromarray(pixels).resize((5, 5), Image.Resampling.BILINEAR)),
+    )
+
+
+def test_any_exception_while_opening_is_a_bad_file_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Image.fromarray(_pattern(4, 4)).save(tmp_path / "a.png")
+
+    def broken(*args, **kwargs):
+        raise struct.error("unpack requires a buffer of 4 bytes")
+
+    monkeypatch.setattr(Image, "open", broken)
+    with pytest.raises(BadImageError, match=r"^cannot open: unpack requires a buffer of 4 bytes$"):
+        read_header(tmp_path / "a.png")
+    with pytest.raises(BadImageError, match=r"^cannot open: unpack requires a buffer of 4 bytes$"):
+        decode_image(tmp_path / "a.png")
+
+
+def test_images_between_pillows_warning_and_error_limits_are_refused_silently(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Pillow raises above 2x MAX_IMAGE_PIXELS and only warns between 1x and 2x; we refuse both,
+    # without Pillow's warning (the image is refused, so there is nothing to warn about).
+    Image.fromarray(_pattern(10, 11)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(
+            BadImageError,
+            match=r"^decompression bomb refused: 11x10 = 110 pixels exceeds the limit of 100$",
+        ):
+            decode_image(tmp_path / "big.png")
+        with pytest.raises(BadImageError, match=r"^decompression bomb refused: 11x10 = 110"):
+            read_header(tmp_path / "big.png")

@@ -270,3 +270,40 @@ def test_mixed_sizes_summary(tmp_path: Path) -> None:
     assert summary.describe() == "4x6 to 8x10 (most common 4x10: 3)"
     assert not summary.uniform
     assert summary.count == 5
+
+
+def test_odd_entries_are_listed_with_reasons_and_fifos_never_opened(tmp_path: Path) -> None:
+    root = _tree(tmp_path, {"train/a": 2, "train/b": 2, "test/a": 1, "test/b": 1})
+    (root / "train/a/folder.jpg").mkdir()
+    os.symlink("missing.png", root / "train/a/dangling.png")
+    os.symlink("loop.png", root / "train/b/loop.png")
+    os.mkfifo(root / "train/b/pipe.png")  # opening it would block: the scan must not
+    os.symlink(root / "train/a/000.png", root / "train/b/link.png")  # a good link is an image
+    for verify in (False, True):
+        found = scan(root, verify=verify)
+        assert [(Path(b.path).name, b.reason) for b in found.bad_files] == [
+            ("dangling.png", "broken symbolic link: missing.png does not exist"),
+            ("folder.jpg", "a folder, not an image file (folders inside a class are not read)"),
+            ("loop.png", "symbolic link loop"),
+            ("pipe.png", "not a regular file (a FIFO)"),
+        ]
+        assert dict(found.class_counts["train"]) == {"a": 2, "b": 3}
+
+
+def test_an_exception_reading_one_file_makes_it_bad_not_the_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = _tree(tmp_path, {"a": 3, "b": 3})
+    original = images.read_header
+
+    def flaky(path):
+        if Path(path).name == "001.png":
+            raise ValueError("Decompressed data too large for PngImagePlugin.MAX_TEXT_CHUNK")
+        return original(path)
+
+    monkeypatch.setattr(images, "read_header", flaky)
+    found = scan(root, test_fraction=0.3)
+    assert [(Path(b.path).parent.name, b.reason) for b in found.bad_files] == [
+        ("a", "cannot read: Decompressed data too large for PngImagePlugin.MAX_TEXT_CHUNK"),
+        ("b", "cannot read: Decompressed data too large for PngImagePlugin.MAX_TEXT_CHUNK"),
+    ]

@@ -14,7 +14,11 @@ Policy (DESIGN.md §7):
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import threading
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -57,16 +61,71 @@ class ImageHeader:
     height: int
 
 
-def _open(path: str | os.PathLike[str]) -> Image.Image:
-    """Open ``path`` lazily (header only), refusing unknown formats and decompression bombs."""
+def describe_error(exc: BaseException) -> str:
+    """An exception's message on one line (its type name when it has none)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Ancillary PNG chunks that only carry metadata resablate never uses: colour profiles and text.
+# Pillow caps their decompressed size (PngImagePlugin.MAX_TEXT_CHUNK) and raises above it.
+_PNG_METADATA_CHUNKS = frozenset({b"iCCP", b"tEXt", b"zTXt", b"iTXt"})
+
+# Pillow warns (DecompressionBombWarning) between 1x and 2x its pixel limit; images there are
+# refused below, so the warning is silenced while opening. ``warnings.catch_warnings`` swaps
+# process-wide state, hence the lock (opening reads only a header: cheap to serialise).
+_OPEN_LOCK = threading.Lock()
+
+
+def _png_without_metadata(path: str | os.PathLike[str]) -> io.BytesIO | None:
+    """The PNG file's bytes without its metadata chunks, or None (not a PNG, or none to drop)."""
     try:
-        image = Image.open(path, formats=FORMATS)
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    if not data.startswith(_PNG_SIGNATURE):
+        return None
+    kept = [_PNG_SIGNATURE]
+    at, dropped = len(_PNG_SIGNATURE), False
+    while at + 8 <= len(data):
+        length = int.from_bytes(data[at : at + 4], "big")
+        end = at + 12 + length
+        if data[at + 4 : at + 8] in _PNG_METADATA_CHUNKS and end <= len(data):
+            dropped = True
+        else:
+            kept.append(data[at:end])
+        at = end
+    kept.append(data[at:])
+    return io.BytesIO(b"".join(kept)) if dropped else None
+
+
+def _pillow_open(source: str | os.PathLike[str] | io.BytesIO) -> Image.Image:
+    with _OPEN_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(source, formats=FORMATS)
+
+
+def _open(path: str | os.PathLike[str], source: io.BytesIO | None = None) -> Image.Image:
+    """Open ``path`` (or ``source``, its bytes) lazily: header only.
+
+    Refuses unknown formats and decompression bombs; any other exception while reading the
+    header is the file's bad-file reason, unless the file is a PNG that opens once its metadata
+    chunks (colour profile, text) are dropped.
+    """
+    try:
+        image = _pillow_open(path if source is None else source)
     except UnidentifiedImageError:
         raise BadImageError("not a JPEG, PNG or WebP image") from None
     except Image.DecompressionBombError as exc:
         raise BadImageError(f"decompression bomb refused: {exc}") from None
-    except OSError as exc:
-        raise BadImageError(f"cannot open: {exc}") from None
+    except MemoryError:
+        raise
+    except Exception as exc:
+        stripped = _png_without_metadata(path) if source is None else None
+        if stripped is None:
+            raise BadImageError(f"cannot open: {describe_error(exc)}") from None
+        return _open(path, stripped)
     pixels = image.width * image.height
     limit = Image.MAX_IMAGE_PIXELS
     # Pillow raises only above twice its limit and merely warns in between; refuse both.
@@ -135,21 +194,31 @@ def decode_image(path: str | os.PathLike[str], size: int | None = None) -> np.nd
         BadImageError: The file cannot be used; the message says why (unknown format,
             decompression bomb, truncated or corrupt data, unsupported colour mode).
     """
+    # Pillow raises many exception types on corrupt input (OSError, SyntaxError, ValueError,
+    # struct.error, ...); each is a property of the file, so all become a bad-file reason. A PNG
+    # whose metadata chunks (after the image data) Pillow refuses is decoded without them.
     with _open(path) as source:
-        # Pillow raises many exception types on corrupt input (OSError, SyntaxError, ValueError,
-        # struct.error, ...); each is a property of the file, so all become a bad-file reason.
         try:
-            source.load()
-            ImageOps.exif_transpose(source, in_place=True)
-            image = _to_rgb(source)
-            if size is not None and image.size != (size, size):
-                image = image.resize((size, size), Image.Resampling.BILINEAR)
-            return np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
+            return _pixels(source, size)
         except MemoryError:
             raise
         except Exception as exc:
-            message = " ".join(str(exc).split()) or type(exc).__name__
-            raise BadImageError(f"cannot decode: {message}") from None
+            failure = exc
+    stripped = _png_without_metadata(path)
+    if stripped is not None:
+        with _open(path, stripped) as source, contextlib.suppress(Exception):
+            return _pixels(source, size)
+    raise BadImageError(f"cannot decode: {describe_error(failure)}")
+
+
+def _pixels(source: Image.Image, size: int | None) -> np.ndarray:
+    """Load, orient, convert to RGB and resize an opened image (see :func:`decode_image`)."""
+    source.load()
+    ImageOps.exif_transpose(source, in_place=True)
+    image = _to_rgb(source)
+    if size is not None and image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    return np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
 
 
 def default_workers() -> int:

@@ -25,9 +25,11 @@ those that are not readable JPEG/PNG/WebP images are listed as bad files with th
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import stat as stat_module
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -259,7 +261,8 @@ def _subdirs(folder: Path) -> list[Path]:
 
 
 def _files(folder: Path) -> list[Path]:
-    return [p for p in _visible(folder.iterdir()) if p.is_file()]
+    """Every visible entry of ``folder`` that is not a folder (links, FIFOs, ... included)."""
+    return [p for p in _visible(folder.iterdir()) if not p.is_dir()]
 
 
 def _find_split_dirs(
@@ -293,10 +296,11 @@ class _Candidate:
 
 
 def _class_folder_candidates(split: str, folder: Path) -> list[_Candidate]:
+    """Every visible entry of each class folder: files, and nested folders (listed as bad)."""
     return [
         _Candidate(path, split, class_dir.name)
         for class_dir in _subdirs(folder)
-        for path in _files(class_dir)
+        for path in _visible(class_dir.iterdir())
     ]
 
 
@@ -376,8 +380,14 @@ class _HeaderCache:
     def inspect(
         self, relative: str, path: Path, verify: bool
     ) -> tuple[os.stat_result, images.ImageHeader | str]:
-        """The file's stat and its header (or why it is bad), from the cache when still valid."""
-        stat = path.stat()
+        """The entry's stat and its header (or why it is bad), from the cache when still valid.
+
+        Only regular files (or links to them) are opened; any exception reading one is that
+        file's reason, never the scan's.
+        """
+        stat, problem = _entry_problem(path)
+        if problem is not None:
+            return stat, problem
         entry = self.entries.get(relative)
         if (
             entry is not None
@@ -391,6 +401,10 @@ class _HeaderCache:
                 images.decode_image(path)
         except images.BadImageError as exc:
             header = str(exc)
+        except MemoryError:
+            raise
+        except Exception as exc:
+            header = f"cannot read: {images.describe_error(exc)}"
         stored = header if isinstance(header, str) else [header.format, header.width, header.height]
         self.entries[relative] = [stat.st_size, stat.st_mtime_ns, verify, stored]
         self.changed = True
@@ -403,6 +417,39 @@ class _HeaderCache:
             return
         record = {"format": _HEADER_CACHE_FORMAT, "root": str(root), "files": kept}
         atomic.write_text(self.file, json.dumps(record))
+
+
+_FILE_TYPES = (
+    (stat_module.S_ISFIFO, "a FIFO"),
+    (stat_module.S_ISSOCK, "a socket"),
+    (stat_module.S_ISCHR, "a character device"),
+    (stat_module.S_ISBLK, "a block device"),
+)
+
+
+def _entry_problem(path: Path) -> tuple[os.stat_result, str | None]:
+    """The entry's stat and why it cannot be an image file (None when it is a regular file).
+
+    The stat is of the link itself when a symbolic link cannot be followed.
+    """
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        try:
+            stat = path.lstat()
+        except OSError:  # gone since the folder was listed
+            return os.stat_result((0,) * 10), f"cannot read: {exc.strerror}"
+        if exc.errno == errno.ELOOP:
+            return stat, "symbolic link loop"
+        if exc.errno == errno.ENOENT and stat_module.S_ISLNK(stat.st_mode):
+            return stat, f"broken symbolic link: {os.readlink(path)} does not exist"
+        return stat, f"cannot read: {exc.strerror}"
+    if stat_module.S_ISDIR(stat.st_mode):
+        return stat, "a folder, not an image file (folders inside a class are not read)"
+    if not stat_module.S_ISREG(stat.st_mode):
+        kind = next((name for test, name in _FILE_TYPES if test(stat.st_mode)), "a special file")
+        return stat, f"not a regular file ({kind})"
+    return stat, None
 
 
 def _fingerprint(layout: str, classes: Sequence[str], rows: Iterable[str]) -> str:
