@@ -92,6 +92,8 @@ class ProgressRenderer:
             console.err.print(line, highlight=False, markup=False)
 
     def start(self, event: Any) -> None:
+        for skipped in event.skipped_checkpoints:
+            self.log(f"warning: checkpoint skipped: {skipped}")
         resumed = f", resuming at step {event.start_step}" if event.start_step else ""
         self.log(
             f"training on {event.device} (amp {event.amp}): {event.total_steps} steps, "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -102,9 +103,37 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         else:
             raw = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as exc:  # any decoder failure means "not a weights file we can use"
-        reason = " ".join(str(exc).split())[:200]
-        raise WeightsError(f"cannot read weights file {source}: {reason}") from None
+        if holds_pickled_objects(exc):
+            raise WeightsError(
+                f"weights file {source} refused: it holds pickled Python objects, which could run "
+                "code when loaded; if you trust the file, load it once with "
+                "torch.load(path, weights_only=False) and save its state dict with "
+                "safetensors.torch.save_file(state_dict, 'weights.safetensors'), "
+                "then pass that file"
+            ) from None
+        raise WeightsError(f"cannot read weights file {source}: {load_failure(exc)}") from None
     return _unwrap(raw, source)
+
+
+def holds_pickled_objects(exc: BaseException) -> bool:
+    """Whether ``torch.load(..., weights_only=True)`` refused a pickled class or function."""
+    return isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in str(exc)
+
+
+def load_failure(exc: BaseException) -> str:
+    """Why a file did not load as tensors, in one short line (PyTorch's texts run to paragraphs).
+
+    Args:
+        exc: What ``torch.load(..., weights_only=True)`` or ``safetensors`` raised.
+    """
+    if holds_pickled_objects(exc):
+        return "it holds pickled Python objects, which could run code (refused, never run)"
+    if isinstance(exc, pickle.UnpicklingError):
+        return "its pickle data is not plain tensors and containers"
+    message = " ".join(str(exc).split())
+    if len(message) > 160:
+        message = message[:157] + "..."
+    return message or type(exc).__name__
 
 
 def _checked_suffix(path: Path) -> str:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -198,7 +200,8 @@ def test_run_directory_and_result(tmp_path: Path) -> None:
 
 def test_checkpoint_loads_weights_only(tmp_path: Path) -> None:
     run_tiny(tmp_path)
-    path, state = ckpt.load_latest(tmp_path / "checkpoints")
+    latest = ckpt.load_latest(tmp_path / "checkpoints")
+    path, state = latest.path, latest.state
     assert path.name == "step-00000015.pt"
     assert (state["step"], state["epoch"], state["position"], state["micro_step"]) == (15, 2, 9, 0)
     assert set(state) >= {"model", "optimizer", "scheduler", "scaler", "rng_cpu", "history"}
@@ -329,6 +332,43 @@ def test_resume_after_interruption_is_exact(tmp_path: Path, deterministic: None)
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "cut" / "checkpoints")] == [6, 4]
     resumed = run_tiny(tmp_path / "cut")
     assert resumed.resumed_from_step == 6  # mid-epoch: epoch 1, micro-batch 2
+    _assert_same_run(tmp_path / "whole", tmp_path / "cut")
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"\x8a\x13random bytes\xff" * 40, "does not load: "),
+        (pickle.dumps(collections.OrderedDict), "does not load: "),
+        (b"step 8 notes\n", "does not load: "),
+        (None, "not a checkpoint (holds a list)"),
+    ],
+    ids=["random-bytes", "class-pickle", "text", "list"],
+)
+def test_a_bad_newest_checkpoint_is_skipped_and_named(
+    tmp_path: Path, deterministic: None, content: bytes | None, reason: str
+) -> None:
+    run_tiny(tmp_path / "whole")
+
+    def stop_at_7(event: object) -> None:
+        if isinstance(event, events.StepProgress) and event.step == 7:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        run_tiny(tmp_path / "cut", callback=stop_at_7)
+    bad = ckpt.checkpoint_path(tmp_path / "cut" / "checkpoints", 8)
+    if content is None:
+        torch.save([1, 2], bad)
+    else:
+        bad.write_bytes(content)
+    seen: list[object] = []
+    resumed = run_tiny(tmp_path / "cut", callback=seen.append)
+    assert resumed.resumed_from_step == 6
+    started = next(e for e in seen if isinstance(e, events.TrainStarted))
+    assert started.start_step == 6
+    assert len(started.skipped_checkpoints) == 1
+    assert started.skipped_checkpoints[0].startswith(f"{bad}: {reason}")
+    assert "\n" not in started.skipped_checkpoints[0]
     _assert_same_run(tmp_path / "whole", tmp_path / "cut")
 
 

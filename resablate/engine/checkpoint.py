@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import io
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from resablate.atomic import sweep_stale, write_bytes
+from resablate.weights import load_failure
 
 KEEP = 2
 CHECKPOINT_DIR = "checkpoints"
@@ -54,21 +56,43 @@ def save_checkpoint(folder: Path, step: int, state: dict[str, Any], keep: int = 
     return path
 
 
-def load_latest(folder: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint that loads (``weights_only=True``, on CPU), or ``None``.
+@dataclass(frozen=True)
+class Latest:
+    """What :func:`load_latest` found.
 
-    A file that fails to load (e.g. truncated by a full disk before the atomic rename existed) is
-    passed over in favour of the next older one. Stale temporary files are swept first.
+    Attributes:
+        path: The newest checkpoint that loads, or None.
+        state: Its contents (None with ``path``).
+        skipped: ``"<file>: <why>"`` for each newer checkpoint passed over because it does not
+            load, newest first.
+    """
+
+    path: Path | None
+    state: dict[str, Any] | None
+    skipped: tuple[str, ...]
+
+
+def load_latest(folder: Path) -> Latest:
+    """The newest checkpoint that loads (``weights_only=True``, on CPU), and the ones passed over.
+
+    A file that fails to load for any reason (random bytes, a pickle of objects, text, a file cut
+    by a full disk, not a dict) is skipped and named in :attr:`Latest.skipped`; the next older
+    one is tried. Stale temporary files are swept first.
     """
     sweep_stale(folder)
+    skipped = []
     for _, path in list_checkpoints(folder):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError, ValueError):
+        except MemoryError:
+            raise
+        except Exception as exc:
+            skipped.append(f"{path}: does not load: {load_failure(exc)}")
             continue
         if isinstance(state, dict):
-            return path, state
-    return None
+            return Latest(path, state, tuple(skipped))
+        skipped.append(f"{path}: not a checkpoint (holds a {type(state).__name__})")
+    return Latest(None, None, tuple(skipped))
 
 
 def clear_checkpoints(folder: Path) -> None:

@@ -22,6 +22,8 @@ class TrainStarted:
         images_per_step: Images per optimiser step.
         device: Device name, e.g. ``"cpu"`` or ``"NVIDIA H100 80GB HBM3"``.
         amp: Autocast mode in effect (``"none"`` on CPU).
+        skipped_checkpoints: ``"<file>: <why>"`` for each newer checkpoint that did not load
+            and was passed over on resume (see ``checkpoint.load_latest``).
     """
 
     total_steps: int
@@ -30,6 +32,7 @@ class TrainStarted:
     images_per_step: int
     device: str
     amp: str
+    skipped_checkpoints: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

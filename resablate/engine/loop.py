@@ -522,8 +522,8 @@ def train(
     )
     torch.manual_seed(stream_seed(seed, "dropout"))
     found = ckpt.load_latest(session.ckpt_dir) if resume else None
-    if found is not None:
-        session.restore(*found)
+    if found is not None and found.path is not None and found.state is not None:
+        session.restore(found.path, found.state)
     elif not resume:
         ckpt.clear_checkpoints(session.ckpt_dir)
     write_text(run_dir / "recipe.json", json.dumps(recipe.to_dict(), indent=2) + "\n")
@@ -535,6 +535,7 @@ def train(
             images_per_step=recipe.images_per_step,
             device=device_name(device),
             amp=session.amp,
+            skipped_checkpoints=found.skipped if found is not None else (),
         )
     )
     status, diverged_at = session.run()
