@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from resablate_cli import console
-from resablate_cli.diagnostic_output import show, split_names
+from resablate_cli.options import show, split_values
 
 
 def compare_features(
@@ -47,7 +47,8 @@ def compare_features(
     """
     from resablate.diagnostics.cka import compare_runs, plot_cka, save_cka
 
-    result = compare_runs(run_a, run_b, stages=split_names(stages), limit=images, seed=seed)
+    chosen = split_values(stages) or None
+    result = compare_runs(run_a, run_b, stages=chosen, limit=images, seed=seed)
     if save:
         saved = save_cka(result, run_a, run_b)
         console.err.print(f"saved {saved[0]} and {saved[1].name}", highlight=False, markup=False)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from resablate_cli.surgery import InputSizeOption, JsonOption, Source, SourceOption, show
+from resablate_cli.options import InputSizeOption, JsonOption, Source, SourceOption, show
 
 
 def count(
@@ -26,7 +26,7 @@ def count(
     from resablate.counting import count_architectures
 
     result = count_architectures(archs, source=source.value, input_size=(3, input_size, input_size))
-    show(result, json)
+    show(result, as_json=json)
 
 
 def register(app: typer.Typer) -> None:

@@ -11,6 +11,7 @@ from typer.core import TyperGroup
 
 from resablate.errors import ResablateError
 from resablate_cli.console import err
+from resablate_cli.options import flag
 
 # Exceptions the command-line framework handles itself (usage errors, --help, exits). Typer 0.29
 # vendors its own click, so its exceptions are not click's: both families pass through.
@@ -47,7 +48,8 @@ class ResablateGroup(TyperGroup):
         except ResablateError as exc:
             if debug_enabled(ctx):
                 raise
-            err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+            where = f" ({flag(exc.field)})" if exc.field else ""
+            err.print(f"[bold red]error:[/] {exc}{where}", markup=True, highlight=False)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             if debug_enabled(ctx):

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from resablate_cli.diagnostic_output import show
+from resablate_cli.options import show
 
 
 class BnMode(StrEnum):

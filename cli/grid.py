@@ -13,6 +13,7 @@ import typer
 from typer.core import TyperCommand
 
 from resablate_cli import console
+from resablate_cli.options import BnPolicy, Metric, Source, show
 
 # Axis options take several values after one flag (``--depths 18 50 101``), as the studies write
 # them; repeating the flag (``--depths 18 --depths 50``) and commas (``--depths 18,50``) work too.
@@ -113,35 +114,11 @@ class GridCommand(TyperCommand):
         return super().parse_args(ctx, expand_multi_values(list(args)))
 
 
-class Source(StrEnum):
-    """Where the architectures come from."""
-
-    torchvision = "torchvision"
-    timm = "timm"
-
-
 class Executor(StrEnum):
     """Where the cells run."""
 
     local = "local"
     ray = "ray"
-
-
-class Metric(StrEnum):
-    """The metric of the results table."""
-
-    f1 = "f1"
-    accuracy = "accuracy"
-    precision = "precision"
-    recall = "recall"
-    loss = "loss"
-
-
-class BnPolicy(StrEnum):
-    """BatchNorm policy of frozen stages."""
-
-    frozen = "frozen"
-    train = "train"
 
 
 _STATUS_STYLE = {
@@ -249,6 +226,7 @@ class GridView:
 
 
 def grid(
+    ctx: typer.Context,
     depths: Annotated[
         list[int] | None,
         typer.Option(
@@ -371,19 +349,11 @@ def grid(
     Every cell is stored in OUT/store.sqlite before the first one trains; results.csv mirrors
     the store after every finished cell. A second process on the same --out is refused.
     """
-    from resablate.grid.spec import GridSpec
+    from resablate.grid.spec import OVERRIDE_FIELDS, GridSpec
 
     overrides = parse_settings(settings or [])
     overrides |= {
-        name: value
-        for name, value in (
-            ("epochs", epochs),
-            ("max_steps", max_steps),
-            ("image_size", image_size),
-            ("batch_size", batch_size),
-            ("lr", lr),
-        )
-        if value is not None
+        name: ctx.params[name] for name in OVERRIDE_FIELDS if ctx.params[name] is not None
     }
     defaults = GridSpec.__dataclass_fields__
     axes: dict[str, Any] = {
@@ -409,10 +379,7 @@ def grid(
 
         console.err.print("probing: a few training steps of each distinct model…", highlight=False)
         plan = plan_grid(spec, out, device=device)
-        if json_output:
-            console.print_json(plan.to_dict())
-        else:
-            console.out.print(plan)
+        show(plan, as_json=json_output)
         return
 
     from resablate.grid.runner import run_grid
@@ -441,10 +408,7 @@ def grid(
         raise  # the root group says "interrupted" and exits with 130
     finally:
         view.close()
-    if json_output:
-        console.print_json(summary.to_dict())
-    else:
-        console.out.print(summary)
+    show(summary, as_json=json_output)
 
 
 def register(app: typer.Typer) -> None:

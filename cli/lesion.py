@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from resablate_cli import console
-from resablate_cli.diagnostic_output import show, split_names
-
-
-class Metric(StrEnum):
-    """Metric of the figure."""
-
-    accuracy = "accuracy"
-    f1 = "f1"
-    loss = "loss"
+from resablate_cli.options import LesionMetric, show, split_values
 
 
 def lesion(
@@ -52,8 +43,8 @@ def lesion(
     limit: Annotated[
         int | None, typer.Option("--limit", min=1, help="Evaluate at most this many images.")
     ] = None,
-    metric: Annotated[Metric, typer.Option("--metric", help="Metric of the figure.")] = (
-        Metric.accuracy
+    metric: Annotated[LesionMetric, typer.Option("--metric", help="Metric of the figure.")] = (
+        LesionMetric.accuracy
     ),
     out: Annotated[Path | None, typer.Option("--out", help="Write the figure (PNG) here.")] = None,
     save: Annotated[
@@ -91,7 +82,7 @@ def lesion(
     result = lesion_study(
         subject.model,
         (subject.data.images, subject.data.labels),
-        split_names(blocks),
+        split_values(blocks) or None,
         k_random=k_random,
         draws=draws,
         seed=seed,

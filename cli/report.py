@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from resablate_cli import console
-from resablate_cli.grid import Metric
+from resablate_cli.options import Metric
 
 
 class Format(StrEnum):

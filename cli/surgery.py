@@ -2,35 +2,18 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from resablate_cli import console
-
-
-class Source(StrEnum):
-    """Where the architecture comes from."""
-
-    torchvision = "torchvision"
-    timm = "timm"
-
-
-# Options shared with ``resablate count``.
-SourceOption = Annotated[Source, typer.Option("--source", help="Model source.")]
-InputSizeOption = Annotated[
-    int, typer.Option("--input-size", min=1, help="Image side for FLOPs, in pixels.")
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
-
-
-def show(result: Any, as_json: bool) -> None:
-    """Print a library result: its ``to_dict()`` as JSON, or its rich rendering."""
-    if as_json:
-        console.print_json(result.to_dict())
-    else:
-        console.out.print(result)
+from resablate_cli.options import (
+    InputSizeOption,
+    JsonOption,
+    Source,
+    SourceOption,
+    show,
+    split_values,
+)
 
 
 def surgery(
@@ -81,7 +64,7 @@ def surgery(
         source=source.value,
         input_size=(3, input_size, input_size),
     )
-    show(result, json)
+    show(result, as_json=json)
 
 
 def _split_words(words: list[str], stages: list[str] | None) -> tuple[str, list[str] | None]:
@@ -106,7 +89,7 @@ def _split_words(words: list[str], stages: list[str] | None) -> tuple[str, list[
             return False
         return True
 
-    chosen = [s for value in stages for s in value.split(",") if s]
+    chosen = split_values(stages)
     archs = [w for w in words if not is_stage(w)]
     chosen += [w for w in words if is_stage(w)]
     if len(archs) != 1:

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from resablate_cli import console
+from resablate_cli.options import BnPolicy, split_values
 
 _PROGRESS_FIELDS = "loss {task.fields[loss]}  {task.fields[rate]} img/s  ETA {task.fields[eta]}"
 
@@ -30,23 +31,12 @@ class Amp(StrEnum):
     none = "none"
 
 
-class BnPolicy(StrEnum):
-    """BatchNorm policy of frozen stages."""
-
-    frozen = "frozen"
-    train = "train"
-
-
-def _split_list(values: list[str] | None) -> list[str]:
-    return [v.strip() for value in values or () for v in value.split(",") if v.strip()]
-
-
 def residual_plan(no_residual: bool, stages: list[str] | None) -> str:
     """The cell's residual plan from ``--no-residual`` and ``--stages``."""
     from resablate.errors import ConfigError
     from resablate.residual_plan import ResidualPlan
 
-    names = _split_list(stages)
+    names = split_values(stages)
     if names and not no_residual:
         raise ConfigError("--stages only applies together with --no-residual")
     if not no_residual:

@@ -14,9 +14,15 @@ class ResablateError(Exception):
 
     exit_code: int = 2
 
-    def __init__(self, message: str) -> None:
-        # Keep the message on one line: the CLI prints exactly this.
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        """Args:
+        message: What was wrong and where, in library terms (argument and field names).
+        field: The argument or config field at fault (e.g. ``"depths"``, ``"resume"``), so that
+            a front end can name its own spelling of it (the CLI adds its flag).
+        """
+        # Keep the message on one line: the CLI prints exactly this (plus the field's flag).
         super().__init__(" ".join(str(message).split()))
+        self.field = field
 
 
 class ConfigError(ResablateError, ValueError):

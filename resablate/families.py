@@ -23,10 +23,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from resablate.choices import SOURCES
 from resablate.errors import ConfigError
 
 RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
-SOURCES = ("torchvision", "timm")
 RESNET_DEPTHS = (18, 34, 50, 101, 152)
 
 _PAPER_TO_CODE = {

@@ -25,11 +25,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from resablate.choices import BN_POLICIES
 from resablate.errors import ConfigError, UnsupportedBlockError
 from resablate.families import stage_map
 
 FREEZE_PLANS = ("none", "conv1", "conv1-2", "conv1-3", "conv1-4", "all")
-BN_POLICIES = ("frozen", "train")
 
 
 class HeldBatchNorm(nn.Module):

@@ -108,7 +108,9 @@ def test_lesion_errors_are_one_line(runs: tuple[Path, Path], tmp_path: Path) -> 
     assert f"error: {tmp_path} is not a run directory: it has no cell.json" in _text(result)
     result = runner.invoke(app, ["lesion"])
     assert result.exit_code == 2
-    assert "give either a run directory or an architecture (--arch), not both" in _text(result)
+    assert "error: give either a run directory or an architecture, not both (--arch)" in _text(
+        result
+    )
     data = str(runs[0].parent / "data")
     result = runner.invoke(app, ["lesion", "--arch", "alexnet", "--data", data])
     assert result.exit_code == 2

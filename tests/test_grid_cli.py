@@ -70,31 +70,48 @@ def test_several_values_after_one_flag() -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "message", "end"),
     [
-        (["--depths", "18", "77"], "error: depth 77 (--depths): unknown architecture 'resnet77';"),
+        (
+            ["--depths", "18", "77"],
+            "error: depth 77: unknown architecture 'resnet77';",
+            "(--depths)",
+        ),
         (
             ["--freeze", "conv1-9"],
-            "error: unknown freeze plan 'conv1-9' (--freeze); plans: none, conv1, conv1-2, "
-            "conv1-3, conv1-4, all",
+            "error: unknown freeze plan 'conv1-9'; plans: none, conv1, conv1-2, "
+            "conv1-3, conv1-4, all (--freeze)",
+            "(--freeze)",
         ),
         (
             ["--pretrained", "/no/such.pth"],
-            "error: weights file /no/such.pth does not exist (--pretrained);",
+            "error: weights file /no/such.pth does not exist;",
+            ".pth/.pt/.safetensors file (--pretrained)",
         ),
-        (["--residual", "off:conv7_x"], "error: unknown stage 'conv7_x'; stages: conv1,"),
+        (
+            ["--residual", "off:conv7_x"],
+            "error: unknown stage 'conv7_x'; stages: conv1,",
+            "layer3, layer4",
+        ),
         (
             ["--data", "/no/such/data"],
             "error: dataset folder /no/such/data does not exist (--data)",
+            "(--data)",
+        ),
+        (
+            ["--residual-alpha", "2"],
+            "error: residual alpha 2 is outside [0, 1] (--residual-alpha)",
+            "(--residual-alpha)",
         ),
     ],
 )
 def test_invalid_axis_values_fail_before_training(
-    args: list[str], message: str, tmp_path: Path
+    args: list[str], message: str, end: str, tmp_path: Path
 ) -> None:
     result = CliRunner().invoke(app, ["grid", *args, "--out", str(tmp_path / "out")])
     assert result.exit_code == 2
     assert _flat(result.output).startswith(message)
+    assert _flat(result.output).strip().endswith(end)
     assert not (tmp_path / "out").exists()
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from resablate.choices import LESION_METRICS
 from resablate.diagnostics._figures import pyplot, save_figure
 from resablate.errors import ConfigError
 from resablate.surgery import (
@@ -35,7 +36,7 @@ from resablate.surgery import (
     residual_state,
 )
 
-METRICS = ("accuracy", "f1", "loss")
+METRICS = LESION_METRICS
 LESION_FILE = "lesion.json"
 """A run directory's saved lesion study (:func:`save_lesion`, ``resablate lesion RUN_DIR``)."""
 

@@ -274,7 +274,7 @@ def load_subject(
         ConfigError: Both or neither of ``run_dir`` and ``arch``; any error of the loaders.
     """
     if (run_dir is None) == (arch is None):
-        raise ConfigError("give either a run directory or an architecture (--arch), not both")
+        raise ConfigError("give either a run directory or an architecture, not both", field="arch")
     if run_dir is not None:
         run = load_run(run_dir)
         images = eval_images(run.cell.data, run.recipe, split=split, limit=limit, seed=seed)

@@ -236,7 +236,8 @@ class _Session:
         ):
             raise ConfigError(
                 f"{path} was written by a run with another recipe or seed; resume with the same "
-                "settings, or start over (--no-resume) or in another output folder"
+                "settings, or start over without resuming, or use another output folder",
+                field="resume",
             )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from resablate.choices import BN_POLICIES
 from resablate.errors import ConfigError
 from resablate.residual_plan import RESIDUAL_ON, ResidualPlan
 
@@ -79,8 +80,9 @@ class Cell:
         object.__setattr__(self, "weights", weights)
         data = self.data if self.data == "demo" else str(Path(self.data).expanduser().resolve())
         object.__setattr__(self, "data", data)
-        if self.bn not in ("frozen", "train"):
-            raise ConfigError(f"BatchNorm policy {self.bn!r} is not valid; use 'frozen' or 'train'")
+        if self.bn not in BN_POLICIES:
+            legal = " or ".join(map(repr, BN_POLICIES))
+            raise ConfigError(f"BatchNorm policy {self.bn!r} is not valid; use {legal}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed {self.seed!r} must be a non-negative integer")
 

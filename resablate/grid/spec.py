@@ -78,7 +78,7 @@ class GridSpec:
         if self.data != DEMO_DATA:
             path = Path(self.data).expanduser()
             if not path.exists():
-                raise DataNotFoundError(f"dataset folder {path} does not exist (--data)")
+                raise DataNotFoundError(f"dataset folder {path} does not exist", field="data")
             values["data"] = str(path.resolve())
         if self.recipe is None:
             values["recipe"] = "demo" if values.get("data", self.data) == DEMO_DATA else "cifake"
@@ -100,21 +100,25 @@ class GridSpec:
                 raise ConfigError("grid axis residual_alpha is empty; give at least one value")
             bad = [a for a in self.residual_alpha if not 0.0 <= a <= 1.0]
             if bad:
-                raise ConfigError(f"residual alpha {bad[0]:g} is outside [0, 1] (--residual-alpha)")
+                raise ConfigError(
+                    f"residual alpha {bad[0]:g} is outside [0, 1]", field="residual_alpha"
+                )
         for plan in self.freeze:
             if plan not in FREEZE_PLANS:
                 raise ConfigError(
-                    f"unknown freeze plan {plan!r} (--freeze); plans: {', '.join(FREEZE_PLANS)}"
+                    f"unknown freeze plan {plan!r}; plans: {', '.join(FREEZE_PLANS)}",
+                    field="freeze",
                 )
         for weights in self.pretrained:
             if weights.lower() not in NAMED_WEIGHTS and not Path(weights).expanduser().is_file():
                 raise ConfigError(
-                    f"weights file {weights} does not exist (--pretrained); use "
-                    f"{', '.join(NAMED_WEIGHTS)} or a path to a .pth/.pt/.safetensors file"
+                    f"weights file {weights} does not exist; use "
+                    f"{', '.join(NAMED_WEIGHTS)} or a path to a .pth/.pt/.safetensors file",
+                    field="pretrained",
                 )
         for depth in self.depths:
             if isinstance(depth, bool) or not isinstance(depth, int):
-                raise ConfigError(f"depth {depth!r} is not an integer (--depths)")
+                raise ConfigError(f"depth {depth!r} is not an integer", field="depths")
         get_recipe(str(self.recipe), **dict(self.overrides))
         self.cells()  # builds every cell: validates architectures, stages and seeds
 
@@ -129,14 +133,14 @@ class GridSpec:
             try:
                 family = get_family(f"{self.arch}{depth}", self.source)
             except ConfigError as exc:
-                raise ConfigError(f"depth {depth} (--depths): {exc}") from None
+                raise ConfigError(f"depth {depth}: {exc}", field="depths") from None
             archs.append((family.arch, family.source, family.residual))
         for name in self.baselines:
             try:
                 family = get_family(name, self.source)
             except ConfigError as exc:
                 if self.source == "torchvision":
-                    raise ConfigError(f"baseline {name} (--baselines): {exc}") from None
+                    raise ConfigError(f"baseline {name}: {exc}", field="baselines") from None
                 family = get_family(name, "torchvision")
             archs.append((family.arch, family.source, False))
         return tuple(archs)

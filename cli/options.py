@@ -1,0 +1,73 @@
+"""What the commands share: choice enums built from the library's constants, common options,
+list splitting, result output, and the flag each library field is spelled as on the command line.
+
+A command imports its shared options from here instead of defining them again; the choices
+follow the library (a new source or metric appears everywhere at once). Nothing here imports
+torch, so ``resablate --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from resablate.choices import BN_POLICIES, LESION_METRICS, SOURCES
+from resablate.grid.table import TABLE_METRICS
+from resablate_cli import console
+
+
+def choices(name: str, values: tuple[str, ...], doc: str) -> type[StrEnum]:
+    """A ``StrEnum`` whose members are ``values`` (member name = value), for Typer choices."""
+    enum = StrEnum(name, {value: value for value in values})  # type: ignore[misc]
+    enum.__doc__ = doc
+    enum.__module__ = __name__
+    return enum
+
+
+Source = choices("Source", SOURCES, "Where the architectures come from.")
+BnPolicy = choices("BnPolicy", BN_POLICIES, "BatchNorm policy of frozen stages.")
+# The results table's default metric comes first in the help text.
+Metric = choices(
+    "Metric", ("f1", *(m for m in TABLE_METRICS if m != "f1")), "The metric of a results table."
+)
+LesionMetric = choices("LesionMetric", LESION_METRICS, "Metric of a lesion figure.")
+
+SourceOption = Annotated[Source, typer.Option("--source", help="Model source.")]
+InputSizeOption = Annotated[
+    int, typer.Option("--input-size", min=1, help="Image side for FLOPs, in pixels.")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+
+# Library fields whose command-line flag is not ``--`` + the field with dashes.
+_FLAGS = {"resume": "--no-resume"}
+
+
+def flag(field: str) -> str:
+    """The command-line flag of a library argument or config field (``residual_alpha`` →
+    ``--residual-alpha``; ``resume`` → ``--no-resume``, the flag that changes it)."""
+    return _FLAGS.get(field, "--" + field.replace("_", "-"))
+
+
+def split_values(values: list[str] | None) -> list[str]:
+    """Repeated and comma-separated option values as one list (``[]`` when none given)."""
+    return [v.strip() for value in values or () for v in value.split(",") if v.strip()]
+
+
+def show(
+    result: Any, *, as_json: bool, figure: Path | None = None, notes: tuple[str, ...] = ()
+) -> None:
+    """Print a library result: its ``to_dict()`` as JSON on stdout, or its rich rendering.
+
+    ``notes`` go to stderr first (as warnings), the figure written last.
+    """
+    for note in notes:
+        console.err.print(f"warning: {note}", markup=False, highlight=False)
+    if as_json:
+        console.print_json(result.to_dict())
+    else:
+        console.out.print(result)
+    if figure is not None:
+        console.err.print(f"wrote {figure}")
