@@ -32,7 +32,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("linear", "constant")
 TRAIN_TRANSFORMS = ("random_resized_crop", "resize")
-AMP_MODES = ("bf16", "fp16", "none")
+AMP_MODES = ("auto", "bf16", "fp16", "none")
 
 
 @dataclass(frozen=True)
@@ -65,10 +65,19 @@ class Recipe:
         eval_every: Evaluate every this many optimiser steps (``None`` = only at the end).
         checkpoint_every: Checkpoint every this many optimiser steps (``None`` = only at the end).
         eval_batch_size: Images per evaluation batch.
-        amp: Autocast dtype on CUDA: ``"bf16"``, ``"fp16"`` (with a GradScaler) or ``"none"``. CPU
-            runs always train in fp32.
-        channels_last: NHWC memory format on CUDA (ignored on CPU).
-        compile: Wrap the model in ``torch.compile``.
+        amp: Autocast dtype: ``"auto"`` (bf16 on CUDA, none on the CPU), ``"bf16"``, ``"fp16"``
+            (with a GradScaler) or ``"none"`` (fp32). An explicit mode applies on any device
+            (``"bf16"`` on the CPU is CPU bf16 autocast).
+        channels_last: NHWC memory format: ``None`` = on for CUDA, off on the CPU; ``True`` or
+            ``False`` applies on any device.
+        compile: Wrap the model in ``torch.compile`` (after surgery and freezing), on any device.
+        tf32: On CUDA, let float32 matmuls and cuDNN convolutions use TF32 tensor cores (about
+            10 mantissa bits, see ``docs/training.md``); no effect on the CPU.
+        cudnn_benchmark: On CUDA, let cuDNN time its convolution algorithms on the first batch
+            of each shape (input shapes are fixed within a run); no effect on the CPU.
+        deterministic: Deterministic algorithms (``torch.use_deterministic_algorithms`` with
+            ``warn_only``, cuDNN deterministic, no cuDNN autotuning, ``CUBLAS_WORKSPACE_CONFIG``
+            set on CUDA); see ``docs/training.md`` for what is then bitwise.
         positive: Index of the positive class for precision/recall/F1.
     """
 
@@ -95,9 +104,12 @@ class Recipe:
     eval_every: int | None = None
     checkpoint_every: int | None = None
     eval_batch_size: int = 256
-    amp: str = "bf16"
-    channels_last: bool = True
+    amp: str = "auto"
+    channels_last: bool | None = None
     compile: bool = False
+    tf32: bool = True
+    cudnn_benchmark: bool = True
+    deterministic: bool = False
     positive: int = 1
 
     def __post_init__(self) -> None:
@@ -112,6 +124,10 @@ class Recipe:
         for name in ("max_steps", "storage_size", "eval_every", "checkpoint_every"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
+        for name in ("compile", "tf32", "cudnn_benchmark", "deterministic"):
+            _flag(name, getattr(self, name))
+        if self.channels_last is not None:
+            _flag("channels_last", self.channels_last)
         if isinstance(self.positive, bool) or not isinstance(self.positive, int):
             raise ConfigError(f"recipe field positive={self.positive!r} must be a class index")
         if self.positive < 0:
@@ -157,6 +173,11 @@ class Recipe:
 def _choice(field: str, value: str, legal: tuple[str, ...]) -> None:
     if value not in legal:
         raise ConfigError(f"recipe field {field}={value!r} is not valid; use {', '.join(legal)}")
+
+
+def _flag(field: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"recipe field {field}={value!r} must be true or false")
 
 
 def _positive_int(field: str, value: Any) -> None:

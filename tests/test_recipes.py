@@ -49,7 +49,7 @@ def test_unknown_recipe_lists_names() -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ({"amp": "fp8"}, "amp='fp8' is not valid; use bf16, fp16, none"),
+        ({"amp": "fp8"}, "amp='fp8' is not valid; use auto, bf16, fp16, none"),
         ({"batch_size": 0}, "batch_size=0 must be a positive integer"),
         ({"lr": -1.0}, "lr=-1.0 must be > 0"),
         ({"warmup_fraction": 1.0}, r"warmup_fraction=1.0 not in \[0, 1\)"),

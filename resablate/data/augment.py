@@ -17,6 +17,7 @@ batch bit for bit.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -257,9 +258,13 @@ class BatchTransform:
         result = _output_tensor(out, n, size, images.device)
         x = self._normalise(images)
         device = images.device
-        rows = resample_weights(params.top.to(device), params.height.to(device), height, size)
-        cols = resample_weights(params.left.to(device), params.width.to(device), width, size)
-        cols = torch.where(params.flip.to(device).view(n, 1, 1), cols.flip(1), cols)
+        top, box_h, left, box_w, flip = (
+            _on(t, device)
+            for t in (params.top, params.height, params.left, params.width, params.flip)
+        )
+        rows = resample_weights(top, box_h, height, size)
+        cols = resample_weights(left, box_w, width, size)
+        cols = torch.where(flip.view(n, 1, 1), cols.flip(1), cols)
         cols_t = cols.transpose(1, 2)  # [B, W, S]
         # Same result either way; take the order with fewer multiply-adds. Both are two bmm
         # calls, the second writing straight into the result.
@@ -275,14 +280,8 @@ class BatchTransform:
 
     def _normalise(self, images: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """``(images / 255 - mean) / std`` per channel, as float32, in one fused pass."""
-        device = images.device
-        gain = torch.tensor([1.0 / (255.0 * s) for s in self.std], device=device)
-        bias = torch.tensor(
-            [-m / s for m, s in zip(self.mean, self.std, strict=True)], device=device
-        )
-        return torch.addcmul(
-            bias.view(1, 3, 1, 1), images.to(torch.float32), gain.view(1, 3, 1, 1), out=out
-        )
+        gain, bias = _normalisation(self.mean, self.std, images.device)
+        return torch.addcmul(bias, images.to(torch.float32), gain, out=out)
 
     def __call__(
         self,
@@ -313,9 +312,25 @@ class BatchTransform:
         x = self._normalise(images, out=_output_tensor(out, n, self.output_size, images.device))
         if self.train and self.hflip:
             # A mask, not indices: no device-to-host sync on CUDA.
-            flip = params.flip.to(images.device).view(n, 1, 1, 1)
+            flip = _on(params.flip, images.device).view(n, 1, 1, 1)
             torch.where(flip, x.flip(3), x, out=x)
         return x
+
+
+def _on(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``; no copy (and no call that could wait) when already there."""
+    return tensor if tensor.device == device else tensor.to(device)
+
+
+@functools.cache
+def _normalisation(
+    mean: tuple[float, float, float], std: tuple[float, float, float], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gain ``1 / (255 std)`` and bias ``-mean / std`` as [1, 3, 1, 1] tensors on ``device``,
+    built once per device (a tensor made from Python numbers is a host-to-device copy)."""
+    gain = torch.tensor([1.0 / (255.0 * s) for s in std], device=device)
+    bias = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)], device=device)
+    return gain.view(1, 3, 1, 1), bias.view(1, 3, 1, 1)
 
 
 def _output_tensor(

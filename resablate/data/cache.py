@@ -64,6 +64,10 @@ class ImageSource(Protocol):
 
 
 def _index(indices: torch.Tensor | Sequence[int], device: torch.device) -> torch.Tensor:
+    """``indices`` as int64 on ``device``; a tensor already there is used as is (no copy, so no
+    host synchronisation when the engine passes an order that lives on the GPU)."""
+    if isinstance(indices, torch.Tensor) and indices.dtype == torch.long:
+        return indices if indices.device == device else indices.to(device)
     return torch.as_tensor(indices, dtype=torch.long).to(device)
 
 
@@ -98,6 +102,11 @@ class DecodedSplit:
     def device(self) -> torch.device:
         """Where the images are."""
         return self.images.device
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the decoded images."""
+        return self.images.numel() * self.images.element_size()
 
     def to(self, device: torch.device | str) -> DecodedSplit:
         """A copy with images and labels on ``device`` (self when already there)."""

@@ -8,19 +8,16 @@ from typing import Any
 
 import torch
 
+from resablate.engine.execution import device_name
+
+__all__ = ["Environment", "capture_environment", "device_name", "resolve_device"]
+
 
 def _version(package: str) -> str | None:
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return None
-
-
-def device_name(device: torch.device) -> str:
-    """``"cpu"``, or the GPU's marketing name (e.g. ``"NVIDIA H100 80GB HBM3"``)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return device.type
 
 
 @dataclass(frozen=True)
@@ -37,6 +34,9 @@ class Environment:
         deterministic: ``torch.are_deterministic_algorithms_enabled()`` during the run.
         dataset_fingerprint: The dataset scan's fingerprint (file list, sizes, mtimes).
         weights_sha256: SHA-256 of the initial weights file (``None`` for random init).
+        execution: What the run executed with (:meth:`Execution.to_dict`: device, GPU name and
+            count, autocast dtype, channels_last, compile, TF32, cudnn.benchmark,
+            deterministic); ``None`` until the run has trained.
     """
 
     torch: str
@@ -48,6 +48,7 @@ class Environment:
     deterministic: bool
     dataset_fingerprint: str | None
     weights_sha256: str | None
+    execution: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready plain types."""
@@ -79,7 +80,8 @@ def resolve_device(name: str | torch.device) -> torch.device:
     """``"auto"`` → CUDA when visible, else CPU; otherwise the named device, checked.
 
     Raises:
-        ConfigError: A CUDA device was asked for but none is visible, or the name is unknown.
+        ConfigError: A CUDA device was asked for but none is visible (or ``cuda:N`` with N
+            beyond the visible count), or the name is unknown.
     """
     from resablate.errors import ConfigError
 
@@ -91,6 +93,13 @@ def resolve_device(name: str | torch.device) -> torch.device:
         raise ConfigError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} asked for, but no CUDA device is visible; use cpu")
+    if device.type == "cuda" and device.index is not None:
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            raise ConfigError(
+                f"device {name!r} asked for, but {count} CUDA device(s) are visible "
+                f"(cuda:0 to cuda:{count - 1})"
+            )
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"device {name!r} is not supported; use cpu, cuda, cuda:N or auto")
     return device

@@ -63,13 +63,14 @@ def evaluate(
                     logits = model(x)
                 logits = logits.float()
                 total_loss += F.cross_entropy(logits, y, reduction="sum").double()
-                preds.append(logits.argmax(dim=1).cpu())
-                probs.append(logits.softmax(dim=1)[:, positive].cpu())
+                preds.append(logits.argmax(dim=1))
+                probs.append(logits.softmax(dim=1)[:, positive])
     finally:
         model.train(was_training)
     n = len(data)
-    pred = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.int64)
-    prob = torch.cat(probs) if probs else torch.zeros(0)
+    # One transfer at the end, not one per batch.
+    pred = torch.cat(preds).cpu() if preds else torch.zeros(0, dtype=torch.int64)
+    prob = torch.cat(probs).cpu() if probs else torch.zeros(0)
     true = labels.cpu()
     return EvalResult(
         split=split,

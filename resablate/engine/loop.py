@@ -13,7 +13,9 @@ import hashlib
 import io
 import json
 import math
+import re
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +27,7 @@ from torch import nn
 
 from resablate.atomic import sweep_stale, write_text
 from resablate.engine import checkpoint as ckpt
-from resablate.engine.data import ImageSource, Transform, to_device
-from resablate.engine.environment import device_name
+from resablate.engine.data import ImageSource, Transform, is_resident, place_sources
 from resablate.engine.evaluate import evaluate
 from resablate.engine.events import (
     CheckpointSaved,
@@ -36,8 +37,10 @@ from resablate.engine.events import (
     TrainFinished,
     TrainStarted,
 )
+from resablate.engine.execution import backend_settings, resolve_execution
 from resablate.engine.memory import keep_freed_memory
 from resablate.engine.optim import build_optimizer
+from resablate.engine.prefetch import Prefetcher
 from resablate.engine.results import EvalRecord, EvalResult, TrainResult
 from resablate.engine.schedule import build_scheduler
 from resablate.engine.seeding import epoch_order, stream_generator, stream_seed
@@ -45,9 +48,11 @@ from resablate.errors import ConfigError, DataError
 from resablate.recipes import Recipe
 from resablate.weights import save_state_dict_file
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 # On CUDA, reading the loss back forces a synchronisation; check it every few steps instead.
 _CUDA_CHECK_EVERY = 10
+# torch's warning when the scheduler steps before the optimiser ever did (a skipped fp16 step).
+_SCHEDULER_ORDER_WARNING = re.escape("Detected call of `lr_scheduler.step()` before")
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,18 @@ def _default_transforms(recipe: Recipe) -> tuple[Transform, Transform]:
     )
 
 
+def device_rng_state(device: torch.device) -> torch.Tensor | None:
+    """The RNG state of the run's own accelerator (``None`` on the CPU, whose state is saved
+    separately). Only this device's generator: another GPU's state is not the run's."""
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def set_device_rng_state(device: torch.device, state: torch.Tensor | None) -> None:
+    """Restore :func:`device_rng_state` onto ``device`` (whatever index the run had before)."""
+    if device.type == "cuda" and state is not None:
+        torch.cuda.set_rng_state(state, device)
+
+
 def _frozen_fingerprint(model: nn.Module) -> dict[str, str] | None:
     """Fingerprint of the frozen parameters and BN statistics (``None`` when nothing is frozen)."""
     if all(p.requires_grad for p in model.parameters()):
@@ -146,25 +163,35 @@ class _Session:
         self.on_step = tuple(on_step)
         self.train_tf, self.eval_tf = transforms
         self.plan = StepPlan.of(len(train_data), recipe)
+        self.execution = resolve_execution(recipe, device)
+        self.device = device = torch.device(self.execution.device)
         self.cuda = device.type == "cuda"
-        self.amp = recipe.amp if self.cuda else "none"
-        self.channels_last = self.cuda and recipe.channels_last
+        self.amp = self.execution.amp
+        self.channels_last = self.execution.channels_last
         classes = getattr(train_data, "classes", None)
         self.num_classes = len(classes) if classes else max(2, int(train_data.labels.max()) + 1)
 
         model.to(device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
-        self.train_data = to_device(train_data, device)
+        self.train_data, *placed = place_sources([train_data, *evals.values()], device)
+        self.evals = dict(zip(evals, placed, strict=True))
         self.train_labels = self.train_data.labels.to(device)
-        self.evals = {name: to_device(data, device) for name, data in evals.items()}
+        # A split not held on the device is loaded one micro-batch ahead, off the step.
+        self.prefetcher = (
+            None if is_resident(self.train_data, device) else Prefetcher(self.train_data, device)
+        )
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ConfigError("the model has no trainable parameters; nothing to train")
         self.optimizer = build_optimizer(params, recipe)
         self.scheduler = build_scheduler(self.optimizer, recipe, self.plan.total_steps)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == "fp16")
         self.forward = cast(nn.Module, torch.compile(model)) if recipe.compile else model
+        # This epoch's order on the CPU, where the data's indices live and on the labels'
+        # device: moved once per epoch, so a step copies no index to the device.
+        self.order_epoch = -1
+        self.order_cpu = self.order_data = self.order_labels = torch.zeros(0, dtype=torch.long)
 
         self.epoch = 0
         self.position = 0
@@ -184,10 +211,7 @@ class _Session:
     # --- helpers -------------------------------------------------------------------------------
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp == "none":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.amp == "bf16" else torch.float16
-        return torch.autocast(device_type="cuda", dtype=dtype)
+        return self.execution.autocast()
 
     def emit(self, event: TrainEvent) -> None:
         if self.callback is not None:
@@ -217,8 +241,10 @@ class _Session:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "precision": self.execution.precision(),
+            "execution": self.execution.to_dict(),
             "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if self.cuda else [],
+            "rng_device": device_rng_state(self.device),
             "history": [r.to_dict() for r in self.history],
             "train_seconds": self.train_seconds,
             "images_seen": self.images_seen,
@@ -239,13 +265,19 @@ class _Session:
                 "settings, or start over without resuming, or use another output folder",
                 field="resume",
             )
+        saved = state.get("precision", "an unrecorded device and precision")
+        if saved != self.execution.precision():
+            raise ConfigError(
+                f"{path} was written by a run on {saved}, this run is on "
+                f"{self.execution.precision()}; resume on the same device type and precision "
+                "(--device, --set amp=...), or start over (--no-resume) or in another output folder"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng_cpu"])
-        if self.cuda and state["rng_cuda"]:
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        set_device_rng_state(self.device, state["rng_device"])
         self.epoch, self.position, self.step = state["epoch"], state["position"], state["step"]
         self.history = [EvalRecord.from_dict(r) for r in state["history"]]
         self.train_seconds = float(state["train_seconds"])
@@ -337,28 +369,47 @@ class _Session:
         bad = (~torch.isfinite(losses)).nonzero()
         return (steps[int(bad[0])] if bad.numel() else None), float(losses.mean())
 
-    def micro_batch(self, order: torch.Tensor, b: int, scale: float) -> torch.Tensor:
+    def set_epoch_order(self) -> None:
+        """Draw this epoch's order and move it where it is used (once per epoch)."""
+        self.order_cpu = epoch_order(self.seed, self.epoch, self.plan.n)
+        data_device = getattr(self.train_data, "device", torch.device("cpu"))
+        self.order_data = self.order_cpu if self.prefetcher else self.order_cpu.to(data_device)
+        self.order_labels = self.order_cpu.to(self.train_labels.device)
+        self.order_epoch = self.epoch
+
+    def batch_images(self, b: int) -> torch.Tensor:
+        """uint8 images of micro-batch ``b`` of the epoch, on the device."""
         bs = self.recipe.batch_size
-        idx = order[b * bs : (b + 1) * bs]
-        images = self.train_data.get_batch(idx).to(self.device, non_blocking=True)
+        if self.prefetcher is None:
+            return self.train_data.get_batch(self.order_data[b * bs : (b + 1) * bs])
+        images = self.prefetcher.take((self.epoch, b), self.order_cpu[b * bs : (b + 1) * bs])
+        if b + 1 < self.plan.micro_per_epoch:
+            following = self.order_cpu[(b + 1) * bs : (b + 2) * bs]
+            self.prefetcher.request((self.epoch, b + 1), following)
+        return images
+
+    def micro_batch(self, b: int, scale: float) -> torch.Tensor:
+        bs = self.recipe.batch_size
+        images = self.batch_images(b)
         generator = stream_generator(self.seed, "augment", self.epoch, b, device=self.device)
         x = self.train_tf(images, generator)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        y = self.train_labels[idx.to(self.train_labels.device)]
+        y = self.train_labels[self.order_labels[b * bs : (b + 1) * bs]]
         with self.autocast():
             logits = self.forward(x)
         loss = F.cross_entropy(logits.float(), y)
         self.scaler.scale(loss * scale).backward()
         loss = loss.detach()
-        self.run_loss += loss.double() * len(idx)
+        self.run_loss += loss.double() * len(y)
         self.run_correct += (logits.detach().argmax(dim=1) == y).sum()
-        self.run_images += len(idx)
+        self.run_images += len(y)
         return loss
 
-    def optimiser_step(self, order: torch.Tensor) -> torch.Tensor:
+    def optimiser_step(self) -> torch.Tensor:
+        """Accumulate the micro-batches of one step and apply it (no host synchronisation)."""
         group = self.plan.group(self.position, self.recipe.grad_accum)
-        loss = torch.stack([self.micro_batch(order, b, 1.0 / len(group)) for b in group]).mean()
+        loss = torch.stack([self.micro_batch(b, 1.0 / len(group)) for b in group]).mean()
         if self.on_step:
             self.scaler.unscale_(self.optimizer)
             info = StepInfo(model=self.model, step=self.step + 1, epoch=self.epoch, loss=loss)
@@ -368,7 +419,14 @@ class _Session:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.lr_used = self.lr
-        self.scheduler.step()
+        if self.scaler.is_enabled():
+            # The schedule follows optimiser steps taken or skipped by the GradScaler (asking
+            # which would synchronise); a skipped first step is not a misordered call.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", _SCHEDULER_ORDER_WARNING)
+                self.scheduler.step()
+        else:
+            self.scheduler.step()
         self.step += 1
         self.position = group.stop
         self.images_seen += len(group) * self.recipe.batch_size
@@ -379,17 +437,14 @@ class _Session:
         recipe, plan = self.recipe, self.plan
         check_every = _CUDA_CHECK_EVERY if self.cuda else 1
         self.model.train()
-        order = None
-        order_epoch = -1
         session_images, session_start = 0, time.perf_counter()
         last_tick = session_start
         while self.step < plan.total_steps:
             if self.position >= plan.micro_per_epoch:
                 self.epoch, self.position = self.epoch + 1, 0
-            if order_epoch != self.epoch:
-                order, order_epoch = epoch_order(self.seed, self.epoch, plan.n), self.epoch
-            assert order is not None
-            loss = self.optimiser_step(order)
+            if self.order_epoch != self.epoch:
+                self.set_epoch_order()
+            loss = self.optimiser_step()
             self.pending.append((self.step, loss))
             session_images += recipe.images_per_step
             evaluate_now = recipe.eval_every is not None and self.step % recipe.eval_every == 0
@@ -534,16 +589,19 @@ def train(
             start_step=session.step,
             steps_per_epoch=session.plan.steps_per_epoch,
             images_per_step=recipe.images_per_step,
-            device=device_name(device),
+            device=session.execution.device_name,
             amp=session.amp,
             skipped_checkpoints=found.skipped if found is not None else (),
         )
     )
-    status, diverged_at = session.run()
-    final = None
-    if status == "done":
-        final = session.evaluate_all()
-        assert final is not None
+    try:
+        with backend_settings(session.execution):
+            status, diverged_at = session.run()
+            final = session.evaluate_all() if status == "done" else None
+    finally:
+        if session.prefetcher is not None:
+            session.prefetcher.close()
+    if final is not None:
         _write_predictions(run_dir / "predictions.csv", final)
         save_state_dict_file(model.state_dict(), run_dir / "model.safetensors")
     else:
@@ -568,8 +626,9 @@ def train(
         ),
         resumed_from_step=session.resumed_from,
         frozen_check=frozen_check,
-        device=device_name(device),
+        device=session.execution.device_name,
         amp=session.amp,
+        execution=session.execution,
     )
     write_text(run_dir / "train.json", json.dumps(result.to_dict(), indent=2) + "\n")
     session.emit(

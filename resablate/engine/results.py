@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from resablate.engine.execution import Execution
 from resablate.metrics import Metrics
 
 
@@ -94,7 +95,9 @@ class TrainResult:
         frozen_check: ``"passed"`` (frozen parameters and BN statistics byte-identical after
             training), ``"failed"`` or ``"not applicable"`` (nothing frozen).
         device: Device name.
-        amp: Autocast mode in effect (``"none"`` on CPU).
+        amp: Autocast mode in effect (``"none"`` = fp32, the CPU's default).
+        execution: Everything the run executed with (device and GPU count, autocast dtype,
+            channels_last, compile, TF32, cudnn.benchmark, deterministic).
     """
 
     status: str
@@ -111,10 +114,12 @@ class TrainResult:
     frozen_check: str
     device: str
     amp: str
+    execution: Execution
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready types (history as a list of records)."""
         data = dict(self.__dict__)
+        data["execution"] = self.execution.to_dict()
         data["final"] = self.final.to_dict() if self.final is not None else None
         data["history"] = [r.to_dict() for r in self.history]
         return data

@@ -8,6 +8,7 @@ directory (layout in ``docs/architecture.md``); ``resablate train`` and the grid
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -366,7 +367,11 @@ def run_cell(
         reason=trained.reason,
         frozen_check=trained.frozen_check,
         resumed_from_step=trained.resumed_from_step,
-        environment=environment,
+        environment=dataclasses.replace(
+            environment,
+            deterministic=trained.execution.deterministic,
+            execution=trained.execution.to_dict(),
+        ),
         run_dir=str(run_dir),
     )
     write_text(run_dir / "result.json", json.dumps(result.to_dict(), indent=2) + "\n")

@@ -1,0 +1,474 @@
+"""The engine's CUDA branches, exercised on the CPU: autocast, GradScaler, channels_last, compile,
+checkpoints across devices and precisions, the device's RNG state, backend flags, the memory
+policy of the caches, and a census of host synchronisations in steady-state steps."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from resablate.data.cache import DecodedSplit
+from resablate.engine import checkpoint as ckpt
+from resablate.engine import loop
+from resablate.engine.data import device_resident, is_resident, place_sources
+from resablate.engine.execution import (
+    CUBLAS_WORKSPACE_CONFIG,
+    Execution,
+    backend_settings,
+    resolve_execution,
+)
+from resablate.engine.loop import _Session, device_rng_state, set_device_rng_state, train
+from resablate.engine.prefetch import Prefetcher
+from resablate.errors import ConfigError
+from resablate.recipes import Recipe, get_recipe
+from sync_census import SyncCensus
+from test_engine import TinySource, _assert_same_run, flip_transform, tiny_model
+
+RECIPE = get_recipe(
+    "demo", batch_size=8, grad_accum=2, epochs=2, eval_every=None, checkpoint_every=2, lr=3e-3
+)
+CPU = torch.device("cpu")
+
+
+def decoded(source: TinySource) -> DecodedSplit:
+    """``source`` as a decode-once split held in memory (the resident path of the engine)."""
+    return DecodedSplit(
+        images=source.images,
+        labels=source.labels,
+        paths=source.paths,
+        classes=source.classes,
+        split="train",
+        bad_files=(),
+        cache_file=Path("unused.npy"),
+        from_cache=True,
+    )
+
+
+class Recorder(nn.Module):
+    """Wraps a model; records the autocast state and memory format of each training input."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.seen: list[tuple[bool, torch.dtype, bool]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.seen.append(
+                (
+                    torch.is_autocast_enabled("cpu"),
+                    torch.get_autocast_dtype("cpu"),
+                    x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(),
+                )
+            )
+        return self.model(x)
+
+
+def run(
+    run_dir: Path,
+    recipe: Recipe = RECIPE,
+    *,
+    model: nn.Module | None = None,
+    train_data=None,
+    transforms=(flip_transform, flip_transform),
+):
+    return train(
+        model if model is not None else tiny_model(),
+        train_data if train_data is not None else TinySource(48, 0),
+        TinySource(16, 1),
+        recipe,
+        run_dir=run_dir,
+        seed=3,
+        transforms=transforms,
+    )
+
+
+# --- what runs on the CPU by default and when asked --------------------------------------------
+
+
+def test_cpu_default_is_fp32_nchw_and_recorded(tmp_path: Path) -> None:
+    model = Recorder(tiny_model())
+    result = run(tmp_path, model=model)
+    assert set(model.seen) == {(False, torch.bfloat16, False)}  # autocast off (its default dtype)
+    assert result.amp == "none"
+    expected = {
+        "device": "cpu",
+        "device_name": "cpu",
+        "gpu_count": 0,
+        "amp": "none",
+        "channels_last": False,
+        "compile": False,
+        "tf32": False,
+        "cudnn_benchmark": False,
+        "deterministic": False,
+    }
+    assert result.execution.to_dict() == expected
+    assert json.loads((tmp_path / "train.json").read_text())["execution"] == expected
+
+
+def test_explicit_bf16_and_channels_last_apply_on_the_cpu(tmp_path: Path) -> None:
+    model = Recorder(tiny_model())
+    recipe = RECIPE.replace(amp="bf16", channels_last=True)
+    result = run(tmp_path, recipe, model=model)
+    assert set(model.seen) == {(True, torch.bfloat16, True)}
+    conv = model.model[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert result.status == "done"
+    assert result.execution.summary() == "cpu · bf16 · channels_last"
+
+
+def test_fp16_uses_a_cpu_grad_scaler_and_resumes_exactly(tmp_path: Path) -> None:
+    recipe = RECIPE.replace(amp="fp16", max_steps=4)
+    full = run(tmp_path / "full", recipe)
+    assert full.execution.amp == "fp16"
+    state = ckpt.load_latest(tmp_path / "full" / "checkpoints")[1]
+    assert state["scaler"]["scale"] == 65536.0  # no overflow in four steps: scale unchanged
+    assert state["precision"] == "cpu fp16"
+    # Stop after step 2 (its checkpoint), then resume: same weights, history, predictions.
+    part = tmp_path / "part"
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            tiny_model(),
+            TinySource(48, 0),
+            TinySource(16, 1),
+            recipe,
+            run_dir=part,
+            seed=3,
+            transforms=(flip_transform, flip_transform),
+            callback=_stop_after_checkpoint(2),
+        )
+    resumed = run(part, recipe)
+    assert resumed.resumed_from_step == 2
+    _assert_same_run(tmp_path / "full", part)
+
+
+def _stop_after_checkpoint(step: int):
+    def callback(event: object) -> None:
+        if getattr(event, "path", None) and event.step == step:
+            raise KeyboardInterrupt
+
+    return callback
+
+
+def test_bf16_channels_last_resume_is_exact(tmp_path: Path) -> None:
+    recipe = RECIPE.replace(amp="bf16", channels_last=True, max_steps=4)
+    run(tmp_path / "full", recipe)
+    part = tmp_path / "part"
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            tiny_model(),
+            TinySource(48, 0),
+            TinySource(16, 1),
+            recipe,
+            run_dir=part,
+            seed=3,
+            transforms=(flip_transform, flip_transform),
+            callback=_stop_after_checkpoint(2),
+        )
+    assert run(part, recipe).resumed_from_step == 2
+    _assert_same_run(tmp_path / "full", part)
+
+
+def test_skipped_fp16_steps_do_not_warn_about_the_scheduler(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A huge initial scale overflows fp16 in backward: the GradScaler skips the first steps.
+    huge = functools.partial(torch.amp.GradScaler, init_scale=2.0**100)
+    monkeypatch.setattr(torch.amp, "GradScaler", huge)
+    model = tiny_model()
+    before = [p.detach().clone() for p in model.parameters()]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run(tmp_path, RECIPE.replace(amp="fp16", max_steps=2), model=model)
+    assert result.execution.amp == "fp16"
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert not [w for w in caught if "lr_scheduler" in str(w.message)]
+
+
+@pytest.mark.slow
+def test_compile_after_surgery_trains_like_eager(tmp_path: Path) -> None:
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    from resablate.surgery import drop_residual
+
+    def surgered() -> nn.Module:
+        torch.manual_seed(0)
+        model = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=2)
+        drop_residual(model, ["layer3"])
+        return model
+
+    recipe = RECIPE.replace(max_steps=2, checkpoint_every=None)
+    eager_model, compiled_model = surgered(), surgered()
+    eager = run(tmp_path / "eager", recipe, model=eager_model)
+    compiled = run(tmp_path / "compiled", recipe.replace(compile=True), model=compiled_model)
+    assert compiled.execution.compile and not eager.execution.compile
+    assert type(compiled_model.layer3[0]).__name__ == "RewiredBasicBlock"
+    for a, b in zip(eager_model.parameters(), compiled_model.parameters(), strict=True):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-5)
+    assert compiled.final.metrics.n == eager.final.metrics.n == 16
+
+
+# --- resuming across devices and precisions, the device RNG --------------------------------------
+
+
+def _forced(amp: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the engine resolve ``amp`` on the CPU (as a CUDA default would resolve bf16)."""
+    real = loop.resolve_execution
+
+    def resolve(recipe: Recipe, device: torch.device) -> Execution:
+        execution = real(recipe, device)
+        return Execution(**{**execution.to_dict(), "amp": amp})
+
+    monkeypatch.setattr(loop, "resolve_execution", resolve)
+
+
+@pytest.mark.parametrize(("first", "second"), [("none", "fp16"), ("bf16", "none")])
+def test_resume_under_another_precision_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first: str, second: str
+) -> None:
+    recipe = RECIPE.replace(max_steps=2)
+    with monkeypatch.context() as patch:
+        _forced(first, patch)
+        run(tmp_path, recipe)
+    _forced(second, monkeypatch)
+    path = tmp_path / "checkpoints" / "step-00000002.pt"
+    names = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}
+    with pytest.raises(ConfigError) as caught:
+        run(tmp_path, recipe)
+    assert str(caught.value) == (
+        f"{path} was written by a run on cpu {names[first]}, this run is on cpu {names[second]}; "
+        "resume on the same device type and precision (--device, --set amp=...), or start "
+        "over (--no-resume) or in another output folder"
+    )
+    assert path.exists()
+
+
+def test_device_rng_state_is_the_runs_own_gpu_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple] = []
+
+    def refuse(*args: object) -> None:
+        raise AssertionError("the state of every GPU must not be saved or restored")
+
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", refuse)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", refuse)
+    monkeypatch.setattr(
+        torch.cuda, "get_rng_state", lambda device: calls.append(("get", device)) or torch.ones(2)
+    )
+    monkeypatch.setattr(
+        torch.cuda, "set_rng_state", lambda state, device: calls.append(("set", device))
+    )
+    state = device_rng_state(torch.device("cuda:1"))
+    # Resumed with one visible GPU (e.g. a Ray task): restored onto that device, no IndexError.
+    set_device_rng_state(torch.device("cuda:0"), state)
+    assert device_rng_state(CPU) is None
+    set_device_rng_state(CPU, None)
+    assert calls == [("get", torch.device("cuda:1")), ("set", torch.device("cuda:0"))]
+
+
+# --- resolution and backend flags --------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake H100")
+
+
+def test_cuda_policy_bf16_channels_last_tf32_benchmark(fake_gpus: None) -> None:
+    recipe = get_recipe("demo")
+    cuda = resolve_execution(recipe, torch.device("cuda"))
+    assert cuda.to_dict() == {
+        "device": "cuda:2",
+        "device_name": "Fake H100",
+        "gpu_count": 4,
+        "amp": "bf16",
+        "channels_last": True,
+        "compile": False,
+        "tf32": True,
+        "cudnn_benchmark": True,
+        "deterministic": False,
+    }
+    assert (
+        cuda.summary() == "Fake H100 (cuda:2 of 4) · bf16 · channels_last · tf32 · cudnn.benchmark"
+    )
+    exact = resolve_execution(recipe.replace(deterministic=True, tf32=False), torch.device("cuda"))
+    assert (exact.tf32, exact.cudnn_benchmark, exact.deterministic) == (False, False, True)
+    cpu = resolve_execution(recipe.replace(tf32=True, cudnn_benchmark=True), CPU)
+    assert (cpu.amp, cpu.channels_last, cpu.tf32, cpu.cudnn_benchmark) == (
+        "none",
+        False,
+        False,
+        False,
+    )
+
+
+def test_backend_settings_apply_and_restore() -> None:
+    execution = Execution(
+        device="cuda:0",
+        device_name="Fake",
+        gpu_count=1,
+        amp="bf16",
+        channels_last=True,
+        compile=False,
+        tf32=True,
+        cudnn_benchmark=False,
+        deterministic=True,
+    )
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = (matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark, cudnn.deterministic)
+    env_before = os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    try:
+        with backend_settings(execution):
+            assert (matmul.allow_tf32, cudnn.allow_tf32) == (True, True)
+            assert (cudnn.benchmark, cudnn.deterministic) == (False, True)
+            assert torch.are_deterministic_algorithms_enabled()
+            assert torch.is_deterministic_algorithms_warn_only_enabled()
+            assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == CUBLAS_WORKSPACE_CONFIG == ":4096:8"
+        after = (matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark, cudnn.deterministic)
+        assert after == before
+        assert not torch.are_deterministic_algorithms_enabled()
+        assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    finally:
+        if env_before is not None:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = env_before
+
+
+def test_deterministic_recipe_on_the_cpu(tmp_path: Path) -> None:
+    result = run(tmp_path, RECIPE.replace(deterministic=True, max_steps=2))
+    assert result.execution.deterministic
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+# --- memory policy and prefetching ---------------------------------------------------------------
+
+
+def test_caches_stay_on_the_gpu_only_within_the_stated_fraction() -> None:
+    mb = 1 << 20
+    # 10 GB free, half of it for caches: train (3 GB) and val (1 GB) fit, test (2 GB) does not.
+    assert device_resident([3000 * mb, 1000 * mb, 2000 * mb], 10000 * mb) == (True, True, False)
+    assert device_resident([3000 * mb, None, 500 * mb], 10000 * mb, 0.3) == (
+        True,
+        False,
+        False,
+    )
+    assert device_resident([5001 * mb, 10 * mb], 10000 * mb) == (False, True)
+
+
+class Movable:
+    """A source that records where it is moved instead of moving."""
+
+    def __init__(self, nbytes: int | None) -> None:
+        self.nbytes = nbytes
+        self.moved_to: torch.device | None = None
+
+    def to(self, device: torch.device) -> Movable:
+        self.moved_to = device
+        return self
+
+
+def test_place_sources_uses_the_free_gpu_memory() -> None:
+    sources = [Movable(600), Movable(300), Movable(None)]
+    placed = place_sources(sources, torch.device("cuda:1"), free_bytes=1000)
+    assert placed == sources
+    assert [s.moved_to for s in sources] == [None, torch.device("cuda:1"), None]
+    on_cpu = [Movable(600)]
+    place_sources(on_cpu, CPU, free_bytes=0)
+    assert on_cpu[0].moved_to == CPU
+
+
+def test_prefetcher_loads_ahead_in_a_background_thread() -> None:
+    source = TinySource(16, 0)
+    threads: list[str] = []
+    real = source.get_batch
+
+    def get_batch(indices: torch.Tensor) -> torch.Tensor:
+        import threading
+
+        threads.append(threading.current_thread().name)
+        return real(indices)
+
+    source.get_batch = get_batch
+    prefetcher = Prefetcher(source, CPU)
+    try:
+        first, second = torch.tensor([3, 1]), torch.tensor([0, 2])
+        prefetcher.request((0, 1), second)
+        assert torch.equal(prefetcher.take((0, 1), second), source.images[second])
+        # Not the batch in flight (e.g. after a resume): loaded in the step's thread.
+        prefetcher.request((0, 5), second)
+        assert torch.equal(prefetcher.take((0, 0), first), source.images[first])
+    finally:
+        prefetcher.close()
+    assert threads[0].startswith("resablate-prefetch") and threads[1].startswith("resablate")
+    assert not threads[2].startswith("resablate-prefetch")
+
+
+def test_host_source_through_the_prefetcher_trains_like_a_resident_one(tmp_path: Path) -> None:
+    resident = decoded(TinySource(48, 0))
+    assert is_resident(resident, CPU) and not is_resident(TinySource(48, 0), CPU)
+    run(tmp_path / "resident", train_data=resident)
+    run(tmp_path / "host", train_data=TinySource(48, 0))
+    _assert_same_run(tmp_path / "resident", tmp_path / "host")
+
+
+# --- host synchronisations ---------------------------------------------------------------------
+
+
+def test_sync_census_counts_what_it_is_for() -> None:
+    t = torch.ones(3)
+    with SyncCensus() as census:
+        t.sum().item()
+        bool(t[0] > 0)
+        t.tolist()
+        torch.tensor([1.0, 2.0])
+        t.to("cpu")
+        t.to(torch.float16)  # a dtype change: no transfer
+        t.to("cpu", non_blocking=True)  # asynchronous: no wait
+        torch.as_tensor(t)  # already a tensor
+        torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=0.1).step()
+    assert census.calls == {
+        "item": 1,
+        "bool": 1,
+        "tolist": 1,
+        "torch.tensor(data)": 1,
+        **{"blocking .to(device)": 1},
+    }
+
+
+def test_no_host_sync_in_steady_state_bf16_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from resablate.data import BatchTransform, RecyclingTransform
+
+    counts: list[dict[str, int]] = []
+    step = _Session.optimiser_step
+
+    def census_step(self: _Session) -> torch.Tensor:
+        with SyncCensus() as census:
+            loss = step(self)
+        counts.append(dict(census.calls))
+        return loss
+
+    monkeypatch.setattr(_Session, "optimiser_step", census_step)
+    recipe = RECIPE.replace(
+        amp="bf16",
+        image_size=12,
+        train_transform="random_resized_crop",
+        optimizer="adamw",
+        max_steps=5,
+    )
+    transforms = tuple(
+        RecyclingTransform(BatchTransform.from_recipe(recipe, train=train))
+        for train in (True, False)
+    )
+    result = run(tmp_path, recipe, train_data=decoded(TinySource(48, 0)), transforms=transforms)
+    assert result.execution.amp == "bf16"
+    assert len(counts) == 5
+    assert counts[2:] == [{}, {}, {}]  # steps 3-5: none (steps 1-2 create optimiser state)
