@@ -66,7 +66,7 @@ class SyncCensus(TorchFunctionMode):
             )
         return None
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         kind = self._kind(func, args, kwargs)
         if kind is not None and not _from_optimiser():

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from sync_census import SyncCensus
+from test_engine import TinySource, _assert_same_run, flip_transform, tiny_model
 from torch import nn
 
 from resablate.data.cache import DecodedSplit
@@ -28,8 +30,6 @@ from resablate.engine.loop import _Session, device_rng_state, set_device_rng_sta
 from resablate.engine.prefetch import Prefetcher
 from resablate.errors import ConfigError
 from resablate.recipes import Recipe, get_recipe
-from sync_census import SyncCensus
-from test_engine import TinySource, _assert_same_run, flip_transform, tiny_model
 
 RECIPE = get_recipe(
     "demo", batch_size=8, grad_accum=2, epochs=2, eval_every=None, checkpoint_every=2, lr=3e-3

@@ -31,6 +31,11 @@ CellRunner = Callable[..., Any]
 EXECUTORS = ("local", "ray")
 GRADFLOW_FILE = "gradflow.jsonl"
 """Per-stage gradient norms of a cell run with ``--log-gradflow`` (in its run directory)."""
+WORKERS_EXITED = (
+    "every grid worker process has exited; worker processes are spawned and import the main "
+    "module again, so a script that runs a grid with several workers must call it under "
+    '`if __name__ == "__main__":` (or use --workers 1)'
+)
 RAY_HINT = "the ray executor needs Ray, which is not installed: pip install 'resablate[ray]'"
 
 
@@ -152,10 +157,18 @@ class LocalExecutor:
 
     Args:
         cell_runner: Runs one cell (must be importable by name when ``workers > 1``).
-        device: Device for in-process runs (``None`` = :func:`default_device`).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` (``None`` = :func:`default_device`); checked
+            here, before anything runs.
         workers: Worker processes; ``None`` = one per visible GPU when there are several, else
-            run in this process. With ``workers > 1`` each worker gets ``cuda:i`` (round robin
-            over visible GPUs) or the CPU when there is none.
+            run in this process. With ``workers > 1`` and ``device`` ``None`` or ``"cuda"``,
+            worker ``i`` gets ``cuda:(i mod GPUs)`` (or the CPU when there is none) and makes it
+            its current device; a ``cuda:N`` puts every worker on that GPU. Workers are spawned
+            processes: a script that runs a grid must do so under
+            ``if __name__ == "__main__":``.
+
+    Raises:
+        ConfigError: ``workers < 1``, or a device that is not visible (see
+            :func:`resablate.engine.environment.resolve_device`).
     """
 
     name = "local"
@@ -165,6 +178,10 @@ class LocalExecutor:
     ) -> None:
         import torch
 
+        from resablate.engine.environment import resolve_device
+
+        if device is not None:
+            resolve_device(device)
         gpus = torch.cuda.device_count()
         if workers is None:
             workers = gpus if gpus > 1 and device is None else 1
@@ -173,8 +190,9 @@ class LocalExecutor:
         self.cell_runner = cell_runner
         self.device = device
         self.workers = workers
+        spread = device in (None, "cuda") and gpus > 0
         self.worker_devices = tuple(
-            (device or (f"cuda:{i % gpus}" if gpus else "cpu")) for i in range(workers)
+            f"cuda:{i % gpus}" if spread else (device or "cpu") for i in range(workers)
         )
 
     def run(
@@ -217,7 +235,7 @@ class LocalExecutor:
                 except queue.Empty:
                     remaining -= self._reap_dead(processes, current, on_done)
                     if remaining and not any(p.is_alive() for p in processes):
-                        raise RuntimeError("every grid worker process has exited") from None
+                        raise ConfigError(WORKERS_EXITED) from None
                     continue
                 if kind == "start":
                     current[index] = cell_id
@@ -253,7 +271,11 @@ class LocalExecutor:
 def _worker_main(
     index: int, cell_runner: CellRunner, device: str, tasks: Any, messages: Any
 ) -> None:
-    """A per-GPU worker: run queued cells on ``device`` until the stop marker."""
+    """A per-GPU worker: make ``device`` current, run queued cells on it until the stop marker."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.set_device(device)
     while (job := tasks.get()) is not None:
         cell_id = job.cell.cell_id
         messages.put(("start", index, cell_id, device))

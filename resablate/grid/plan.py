@@ -137,22 +137,31 @@ def _model(cell: Cell, num_classes: int) -> Any:
 
 def _probe(model: Any, recipe: Recipe, num_classes: int, device: Any, steps: int) -> float:
     """Seconds per optimiser step: the median of ``steps`` timed steps after one warm-up step
-    (the median, because other work on a shared machine inflates single steps)."""
+    (the median, because other work on a shared machine inflates single steps). The steps run
+    as the engine would run them on ``device``: autocast dtype, channels_last and the backend
+    flags of :func:`resablate.engine.execution.resolve_execution` (compilation aside)."""
     import torch
     import torch.nn.functional as F
 
+    from resablate.engine.execution import backend_settings, resolve_execution
     from resablate.engine.optim import build_optimizer
     from resablate.freezing import trainable_parameters
 
+    execution = resolve_execution(recipe, device)
     model = model.to(device).train()
-    params = trainable_parameters(model)
-    optimizer = build_optimizer(params, recipe) if params else None
     size = recipe.image_size
     images = torch.randn(recipe.batch_size, 3, size, size, device=device)
+    if execution.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    params = trainable_parameters(model)
+    optimizer = build_optimizer(params, recipe) if params else None
     labels = torch.arange(recipe.batch_size, device=device) % num_classes
 
     def micro_batch() -> None:
-        loss = F.cross_entropy(model(images), labels)
+        with execution.autocast():
+            logits = model(images)
+        loss = F.cross_entropy(logits.float(), labels)
         if optimizer is not None:
             loss.backward()
 
@@ -165,12 +174,13 @@ def _probe(model: Any, recipe: Recipe, num_classes: int, device: Any, steps: int
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
+    with backend_settings(execution):
         step()
-        times.append(time.perf_counter() - start)
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
