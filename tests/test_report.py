@@ -71,6 +71,27 @@ def _test_images(folder: Path) -> list[str]:
     return paths
 
 
+_CPU_RUN = {
+    "device": "cpu",
+    "device_name": "cpu",
+    "gpu_count": 0,
+    "amp": "none",
+    "channels_last": False,
+    "compile": False,
+    "tf32": False,
+    "cudnn_benchmark": False,
+    "deterministic": False,
+}
+EXECUTION = {
+    "resnet18": _CPU_RUN,
+    "resnet50": {
+        **_CPU_RUN,
+        **{"device": "cuda:1", "device_name": "Fake H100", "gpu_count": 2, "amp": "bf16"},
+        **{"channels_last": True, "tf32": True, "cudnn_benchmark": True},
+    },
+}
+
+
 def make_store(
     out: Path, *, extra: tuple[tuple[Cell, str, str], ...] = (), seeds: tuple[int, ...] = SEEDS
 ) -> Path:
@@ -107,7 +128,12 @@ def make_store(
                     "images_per_second": 100.0,
                     "steps": 8,
                 },
-                environment={"torch": "2.x", "device": "cpu", "seed": cell.seed},
+                environment={
+                    "torch": "2.x",
+                    "device": "cpu",
+                    "seed": cell.seed,
+                    "execution": EXECUTION[cell.arch],
+                },
                 evaluations=[
                     {"step": s, "epoch": s / 4, "split": "val", "loss": 1 / (s + 1), "f1": f1}
                     for s in (1, 2)
@@ -254,6 +280,18 @@ def test_model_table_and_problems(store_dir: Path) -> None:
     assert f1 is not None and f1.mean == pytest.approx(0.92, abs=1e-12)
     record = report.models.records()[0]
     assert record["params"] == 11_000_000 and record["f1"] == pytest.approx(0.92, abs=1e-12)
+    # What ran is in the model table (it differs between the rows, so not in the environment).
+    gpu = "Fake H100 (cuda:1 of 2) · bf16 · channels_last · tf32 · cudnn.benchmark"
+    assert [(r.model, r.seeds, r.ran_on) for r in report.models.rows] == [
+        ("ResNet-18", "3/3", "cpu · fp32"),
+        ("ResNet-18", "3/3", "cpu · fp32"),
+        ("ResNet-50", "3/3", gpu),
+        ("ResNet-50", "3/3", gpu),
+        ("ResNet-18", "0/1", None),  # the diverged cell: nothing finished
+        ("ResNet-18", "0/1", None),  # the pending cell
+    ]
+    assert report.models.header()[14] == "ran on" and record["ran_on"] == "cpu · fp32"
+    assert report.models.display_rows()[0][14] == "cpu · fp32"
     problems = {p.status: p.reason for p in report.problems.problems}
     assert problems == {
         "diverged": "loss became nan at step 3",

@@ -504,6 +504,9 @@ class ModelRecord:
         metrics: Test ``loss``, ``f1``, ``precision``, ``recall``, ``accuracy`` over seeds.
         train_seconds: Mean wall-clock training time per seed, seconds.
         images_per_second: Mean training throughput, images per second.
+        ran_on: What the finished seeds ran with (device, GPU count, autocast dtype, memory
+            format, compile, TF32, cudnn.benchmark), e.g. ``"cpu · fp32"``; distinct settings
+            joined by ``"; "``; ``None`` when nothing finished or it was not recorded.
         published: Published numbers for this configuration, by metric (and ``params_m``, the
             published parameter count in millions).
         cell_ids: The group's cells, by seed.
@@ -519,6 +522,7 @@ class ModelRecord:
     metrics: Mapping[str, MeanInterval | None]
     train_seconds: float | None
     images_per_second: float | None
+    ran_on: str | None = None
     published: Mapping[str, PublishedValue] = field(default_factory=dict)
     cell_ids: tuple[str, ...] = ()
 
@@ -539,6 +543,7 @@ class ModelRecord:
             record[f"{name}_half_width"] = None if value is None else value.half_width
         record["train_seconds"] = self.train_seconds
         record["images_per_second"] = self.images_per_second
+        record["ran_on"] = self.ran_on
         for name, pub in self.published.items():
             record[f"published_{name}"] = pub.value
         record["cell_ids"] = list(self.cell_ids)
@@ -565,7 +570,7 @@ class ModelTable:
     def header(self) -> list[str]:
         """Column names as displayed."""
         names = ["model", "scenario", "freeze", "seeds", "params", "active params", "GFLOPs"]
-        names += ["loss", "F1", "precision", "recall", "accuracy", "train s", "images/s"]
+        names += ["loss", "F1", "precision", "recall", "accuracy", "train s", "images/s", "ran on"]
         if self.compare:
             names.append(f"{self.compare} published")
         return names
@@ -588,6 +593,7 @@ class ModelTable:
             line.append(_fmt_float(rec.gflops, ".3f"))
             line += [metric_text(n) for n in ("loss", "f1", "precision", "recall", "accuracy")]
             line += [_fmt_float(rec.train_seconds, ".1f"), _fmt_float(rec.images_per_second, ".0f")]
+            line.append(rec.ran_on or EMPTY)
             if self.compare:
                 pub = ", ".join(f"{k} {v.value:.4g} ({v.table})" for k, v in rec.published.items())
                 line.append(pub or EMPTY)
@@ -599,15 +605,16 @@ class ModelTable:
         return [{"table": "models", **r.to_dict()} for r in self.rows]
 
     def __rich__(self) -> RenderableType:
-        # Fourteen columns do not fit a terminal: show size/cost/speed and metrics as two tables,
+        # Fifteen columns do not fit a terminal: show size/cost/speed and metrics as two tables,
         # each keyed by the configuration in one column.
         from rich.console import Group as RichGroup
         from rich.table import Table
         from rich.text import Text
 
         header, rows = self.header(), self.display_rows()
-        cost = [3, 4, 5, 6, 12, 13]  # seeds, params, active params, GFLOPs, train s, images/s
-        metrics = list(range(7, 12)) + ([14] if self.compare else [])
+        # seeds, params, active params, GFLOPs, train s, images/s, ran on
+        cost = [3, 4, 5, 6, 12, 13, 14]
+        metrics = list(range(7, 12)) + ([15] if self.compare else [])
         parts: list[Any] = []
         for title, picked in (("size, cost, speed", cost), ("test metrics", metrics)):
             grid = Table(title=f"Models: {title}", show_lines=True, title_justify="left")
@@ -627,6 +634,15 @@ class ModelTable:
             "compare": self.compare,
             "notes": list(self.notes),
         }
+
+
+def _ran_on(rows: Sequence[CellRow]) -> str | None:
+    """The distinct execution summaries of ``rows`` (see :meth:`Execution.summary`)."""
+    from resablate.engine.execution import Execution
+
+    found = [r.environment.get("execution") for r in rows]
+    summaries = dict.fromkeys(Execution(**e).summary() for e in found if e)
+    return "; ".join(summaries) or None
 
 
 def model_table(cells: Sequence[CellRow], *, published: PublishedStudy | None = None) -> ModelTable:
@@ -653,6 +669,7 @@ def model_table(cells: Sequence[CellRow], *, published: PublishedStudy | None = 
                 metrics={name: group.interval(name) for name in METRICS},
                 train_seconds=_mean(r.train_seconds for r in done),
                 images_per_second=_mean(r.images_per_second for r in done),
+                ran_on=_ran_on(done),
                 published=pubs,
                 cell_ids=tuple(r.cell_id for r in group.rows),
             )
@@ -662,7 +679,8 @@ def model_table(cells: Sequence[CellRow], *, published: PublishedStudy | None = 
         "size; active params: those the forward pass uses (dropped shortcuts' projections are "
         "inactive).",
         "loss, F1, precision, recall, accuracy: final test evaluation, mean ± 95 % t-interval "
-        "half-width over finished seeds; train s and images/s: means over finished seeds.",
+        "half-width over finished seeds; train s and images/s: means over finished seeds; "
+        "ran on: device (GPU index and count), autocast dtype and the flags that were on.",
         *_published_notes(published),
     )
     return ModelTable(
