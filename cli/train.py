@@ -24,8 +24,9 @@ class Device(StrEnum):
 
 
 class Amp(StrEnum):
-    """Autocast mode on CUDA."""
+    """Autocast mode: auto = bf16 on CUDA, fp32 on the CPU; an explicit mode applies anywhere."""
 
+    auto = "auto"
     bf16 = "bf16"
     fp16 = "fp16"
     none = "none"
@@ -242,7 +243,10 @@ def train(
     image_size: Annotated[
         int | None, typer.Option("--image-size", help="Override: input side in pixels.")
     ] = None,
-    amp: Annotated[Amp | None, typer.Option("--amp", help="Override: autocast on CUDA.")] = None,
+    amp: Annotated[
+        Amp | None,
+        typer.Option("--amp", help="Override: autocast dtype (auto: bf16 on CUDA, fp32 on CPU)."),
+    ] = None,
     compile_model: Annotated[
         bool | None, typer.Option("--compile/--no-compile", help="Override: torch.compile.")
     ] = None,

@@ -128,7 +128,7 @@ def test_fp16_uses_a_cpu_grad_scaler_and_resumes_exactly(tmp_path: Path) -> None
     recipe = RECIPE.replace(amp="fp16", max_steps=4)
     full = run(tmp_path / "full", recipe)
     assert full.execution.amp == "fp16"
-    state = ckpt.load_latest(tmp_path / "full" / "checkpoints")[1]
+    state = ckpt.load_latest(tmp_path / "full" / "checkpoints").state
     assert state["scaler"]["scale"] == 65536.0  # no overflow in four steps: scale unchanged
     assert state["precision"] == "cpu fp16"
     # Stop after step 2 (its checkpoint), then resume: same weights, history, predictions.
