@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -132,6 +133,14 @@ class Recipe:
             raise ConfigError(f"recipe field positive={self.positive!r} must be a class index")
         if self.positive < 0:
             raise ConfigError(f"recipe field positive={self.positive} must be >= 0")
+        for name in ("lr", "warmup_fraction", "momentum", "weight_decay", "eps"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(
+                    f"recipe field {name}={getattr(self, name)!r} must be a finite number"
+                )
+        for name in ("betas", "crop_scale", "mean", "std"):
+            if not all(math.isfinite(v) for v in getattr(self, name)):
+                raise ConfigError(f"recipe field {name}={getattr(self, name)!r} must be finite")
         if not self.lr > 0:
             raise ConfigError(f"recipe field lr={self.lr!r} must be > 0")
         if not 0.0 <= self.warmup_fraction < 1.0:

@@ -350,6 +350,37 @@ def _cell_depth(cell: Cell) -> int | None:
     return get_family(cell.arch, cell.source).depth
 
 
+def _connect(database: str | Path, *, uri: bool = False) -> sqlite3.Connection:
+    conn = sqlite3.connect(database, uri=uri, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    return conn
+
+
+def _connect_read_only(target: Path) -> sqlite3.Connection:
+    """Open ``target`` for reading only, wherever it lies.
+
+    ``mode=ro`` reads the write-ahead log a running or killed writer left (SQLite creates its
+    ``-shm`` index beside the store when the folder is writable). In a read-only place without
+    that index, a store whose log is empty or gone is read as ``immutable``; one whose log still
+    holds results cannot be read there safely and is refused with what to do.
+    """
+    uri = target.resolve().as_uri()
+    try:
+        conn = _connect(f"{uri}?mode=ro", uri=True)
+        conn.execute("PRAGMA user_version").fetchone()
+        return conn
+    except sqlite3.OperationalError:
+        wal = target.with_name(target.name + "-wal")
+        if wal.is_file() and wal.stat().st_size > 0:
+            raise StoreError(
+                f"{target} cannot be read where it is: its write-ahead log {wal.name} holds "
+                "results not yet merged into it and the folder is read-only; copy the run "
+                "folder somewhere writable and read it there"
+            ) from None
+    return _connect(f"{uri}?immutable=1", uri=True)
+
+
 class ResultStore:
     """A grid's results database.
 
@@ -358,7 +389,8 @@ class ResultStore:
 
     Args:
         path: The database file, or the run directory holding ``store.sqlite``.
-        readonly: Open an existing store for reading only.
+        readonly: Open an existing store for reading only (SQLite ``mode=ro``; never
+            writes, so a store in a read-only place, e.g. a mounted archive, can be read).
 
     Raises:
         StoreError: The store is missing (read-only), not a resablate store, written by a newer
@@ -384,13 +416,7 @@ class ResultStore:
                 )
             target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            conn = sqlite3.connect(target, isolation_level=None)
-            conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            if readonly:
-                # Not ``mode=ro``: a reader must be able to recover the WAL a killed writer left.
-                conn.execute("PRAGMA query_only = ON")
-            self._conn = conn
+            self._conn = _connect_read_only(target) if readonly else _connect(target)
             self._prepare()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{target} is not a usable results store: {exc}") from None
@@ -401,27 +427,41 @@ class ResultStore:
         return cls(path, readonly=True)
 
     def _prepare(self) -> None:
-        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        if self.readonly:
+            # One statement, one snapshot: a writer creating the store between two reads would
+            # otherwise show tables without their format version.
+            version, tables = self._conn.execute(
+                "SELECT (SELECT user_version FROM pragma_user_version), "
+                "(SELECT count(*) FROM sqlite_master)"
+            ).fetchone()
+            self._check_version(version, tables)
+            return
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        # FULL: a committed cell survives a power cut, not only a killed process.
+        self._conn.execute("PRAGMA synchronous = FULL")
+        # Read the version inside the writing transaction: of several processes creating the
+        # store at once, exactly one creates the schema and the others see it.
+        with self._write() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            if self._check_version(version, tables):
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
+
+    def _check_version(self, version: int, tables: int) -> bool:
+        """Refuse a newer or foreign store; True when the database is empty (to be created)."""
         if version > FORMAT_VERSION:
             raise StoreError(
                 f"{self.path} was written by a newer resablate (store format {version}, this "
                 f"version reads up to {FORMAT_VERSION}); upgrade resablate"
             )
-        if version == 0:
-            tables = self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-            if tables or self.readonly:
-                raise StoreError(f"{self.path} is not a resablate results store")
-            self._conn.execute("PRAGMA journal_mode = WAL")
-            with self._write():
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        self._conn.execute(statement)
-                self._conn.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
-        elif not self.readonly:
-            self._conn.execute("PRAGMA journal_mode = WAL")
-        if not self.readonly:
-            # FULL: a committed cell survives a power cut, not only a killed process.
-            self._conn.execute("PRAGMA synchronous = FULL")
+        if version == 0 and (tables or self.readonly):
+            if not tables:
+                raise StoreError(f"{self.path} holds no results yet (a grid is starting there?)")
+            raise StoreError(f"{self.path} is not a resablate results store")
+        return version == 0
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:

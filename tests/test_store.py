@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
+from readonly import run_read_only
 
 from resablate.errors import StoreError
 from resablate.grid.cell import Cell
@@ -202,3 +205,51 @@ def test_network_store_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr("resablate.store.network_filesystem", lambda path: "nfs")
     with pytest.raises(StoreError, match=r"is on a network file system \(nfs\)"):
         ResultStore(tmp_path / "out")
+
+
+def _create(path: str, barrier: Any, results: Any) -> None:
+    barrier.wait()
+    try:
+        ResultStore(path).close()
+        results.put("ok")
+    except Exception as exc:  # reported to the test, which shows it
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_eight_processes_creating_one_store_at_once_all_succeed(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("fork")
+    for attempt in range(3):
+        path = str(tmp_path / f"race{attempt}" / "store.sqlite")
+        barrier, results = context.Barrier(8), context.Queue()
+        workers = [context.Process(target=_create, args=(path, barrier, results)) for _ in range(8)]
+        for worker in workers:
+            worker.start()
+        outcomes = sorted(results.get(timeout=60) for _ in workers)
+        for worker in workers:
+            worker.join(timeout=60)
+        assert outcomes == ["ok"] * 8
+        with ResultStore.open(path) as reader:
+            assert reader.integrity_check() == "ok"
+            assert reader.status_counts()["pending"] == 0
+
+
+_READ = """
+import sys
+from resablate.store import ResultStore
+with ResultStore.open(sys.argv[1]) as store:
+    print(store.integrity_check(), [r.status for r in store.cells()], store.status_counts()["done"])
+"""
+
+
+@pytest.mark.parametrize("left_open", [False, True], ids=["closed", "writer-killed"])
+def test_a_finished_store_reads_from_a_read_only_place(
+    store: ResultStore, tmp_path: Path, left_open: bool
+) -> None:
+    _finish(store, CELLS[0], 0.8)
+    if not left_open:
+        store.close()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    done = run_read_only(tmp_path, ["python", "-c", _READ, str(tmp_path)])
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == "ok ['done', 'pending', 'pending'] 1\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

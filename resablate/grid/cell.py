@@ -270,7 +270,7 @@ def run_cell(
 
     Args:
         cell: The cell.
-        run_dir: Its run directory (created).
+        run_dir: Its run directory (created; checked before any work).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
         callback: Receives :class:`CellPrepared` once, then the engine's progress events.
         resume: Continue from the newest checkpoint in ``run_dir``; ``False`` starts over.
@@ -293,9 +293,11 @@ def run_cell(
     from resablate.data import decode_split, scan
     from resablate.engine import stream_seed, train
     from resablate.engine.environment import capture_environment, resolve_device
+    from resablate.paths import output_dir
     from resablate.recipes import get_recipe
     from resablate.weights import build_model, weights_sha256
 
+    output_dir(run_dir)
     target = resolve_device(device)
     recipe = get_recipe(cell.recipe, **dict(cell.overrides))
     dataset = scan(dataset_root(cell.data))

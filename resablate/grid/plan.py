@@ -207,7 +207,9 @@ def plan_grid(
     from resablate.data import scan
     from resablate.engine.environment import device_name, resolve_device
     from resablate.engine.loop import StepPlan
+    from resablate.paths import output_dir
 
+    output_dir(out_dir)
     target = resolve_device(device or "auto")
     dataset = scan(dataset_root(spec.data))
     train_images = len(dataset.splits["train"])

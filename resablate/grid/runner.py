@@ -46,6 +46,7 @@ from resablate.grid.executors import (
 from resablate.grid.lock import RunLock
 from resablate.grid.spec import GridSpec
 from resablate.grid.table import ResultsTable, results_table
+from resablate.paths import output_dir
 from resablate.store import METRIC_COLUMNS, CellRow, ResultStore
 
 CELLS_FOLDER = "cells"
@@ -315,10 +316,11 @@ def open_grid(spec: GridSpec, out_dir: str | os.PathLike[str]) -> Iterator[Resul
     Yields the writable store; the lock is held until the block exits.
 
     Raises:
+        ConfigError: ``out_dir`` is a file, below a file, or cannot be written.
         StoreLockedError: Another process holds ``out_dir``.
         StoreError: The store is newer, foreign, or on a network file system.
     """
-    out = Path(out_dir)
+    out = output_dir(out_dir)
     with RunLock(out):
         sweep_stale(out)
         with ResultStore(out) as store:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from resablate.atomic import sweep_stale, write_text
 from resablate.errors import ConfigError
+from resablate.paths import output_dir
 from resablate.report.document import report_document
 from resablate.report.html import render_html
 from resablate.report.markdown import render_markdown
@@ -108,11 +109,19 @@ def write_report(
         feature_maps: Include the feature-map figure (rebuilds models from their run dirs).
 
     Raises:
-        ConfigError: Unknown format.
+        ConfigError: Unknown format; a destination that is (below) a file or cannot be written,
+            checked before anything is drawn.
     """
     if fmt not in FILE_FORMATS:
         raise ConfigError(f"unknown report format {fmt!r}; choose one of {', '.join(FILE_FORMATS)}")
     target = Path(out).expanduser() if out is not None else default_output(report, fmt)
+    in_file = fmt == "json" or (fmt == "html" and target.suffix == ".html")
+    try:
+        output_dir(target.parent if in_file else target, "report folder")
+    except ConfigError as exc:
+        if out is None:  # the default lies in the grid's folder, which may be read-only
+            raise ConfigError(f"{exc} (write it elsewhere with --out DIR)") from None
+        raise
     if fmt == "json":
         write_text(target, json.dumps(report.to_dict(), indent=2, default=str) + "\n")
         return WrittenReport(target, (target,), 0)

@@ -1,0 +1,101 @@
+"""Output folders are checked before any work: a file, a path below a file or a read-only place
+is one line and exit 2, never an internal error after the data was decoded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from grid_helpers import tiny_grid_args, write_tiny_dataset
+from readonly import run_read_only
+from test_report import make_store
+from typer.testing import CliRunner
+
+from resablate.errors import ConfigError
+from resablate.paths import output_dir
+from resablate_cli.app import app
+
+
+def _no_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any dataset scan fail loudly: the output check must come first."""
+
+    def scan(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the dataset was scanned before the output folder was checked")
+
+    monkeypatch.setattr("resablate.data.scan", scan)
+
+
+def _commands(data: Path, out: Path) -> dict[str, list[str]]:
+    return {
+        "grid": tiny_grid_args(data, out),
+        "train": ["train", "--arch", "resnet18", "--data", str(data), "--out", str(out)],
+    }
+
+
+@pytest.mark.parametrize("command", ["grid", "train"])
+def test_out_that_is_a_file_or_below_one_is_one_line_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    data = write_tiny_dataset(tmp_path / "data", per_class=2)
+    _no_work(monkeypatch)
+    (tmp_path / "file").write_text("x")
+    for out, message in (
+        (tmp_path / "file", f"error: output folder {tmp_path / 'file'} is a file, not a folder"),
+        (
+            tmp_path / "file" / "run",
+            f"error: output folder {tmp_path / 'file' / 'run'} cannot be created: "
+            f"{tmp_path / 'file'} is not a folder",
+        ),
+    ):
+        result = CliRunner().invoke(app, _commands(data, out)[command])
+        assert (result.exit_code, result.stderr) == (2, message + "\n")
+
+
+def test_output_dir_creates_parents_and_refuses_what_it_cannot_write(tmp_path: Path) -> None:
+    assert output_dir(tmp_path / "a" / "b", "run directory") == tmp_path / "a" / "b"
+    assert (tmp_path / "a" / "b").is_dir()
+    (tmp_path / "f").write_text("")
+    with pytest.raises(ConfigError, match=r"^run directory .*/f is a file, not a folder$"):
+        output_dir(tmp_path / "f", "run directory")
+
+
+_CLI = """
+import json, sys
+from typer.testing import CliRunner
+from resablate_cli.app import app
+runs = [CliRunner().invoke(app, args) for args in json.loads(sys.argv[1])]
+print(json.dumps([[r.exit_code, r.stdout, r.stderr] for r in runs]))
+"""
+
+
+def test_report_and_grid_in_a_read_only_place(tmp_path: Path) -> None:
+    store = make_store(tmp_path / "archive" / "grid")
+    data = write_tiny_dataset(tmp_path / "data", per_class=4)
+    elsewhere = tmp_path / "elsewhere"
+    report = ["report", str(store)]
+    calls = [
+        report,
+        [*report, "--format", "json"],
+        [*report, "--format", "csv", "--out", str(elsewhere / "csv")],
+        [*report, "--format", "md", "--no-figures", "--out", str(elsewhere / "md")],
+        [*report, "--format", "html", "--no-figures", "--out", str(elsewhere / "r.html")],
+        [*report, "--format", "csv"],
+        tiny_grid_args(data, tmp_path / "archive" / "new"),
+        tiny_grid_args(data, store),
+    ]
+    done = run_read_only(tmp_path / "archive", ["python", "-c", _CLI, json.dumps(calls)])
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout)
+    assert [code for code, _, _ in results] == [0, 0, 0, 0, 0, 2, 2, 2]
+    assert "ResNet-18" in results[0][1]
+    assert json.loads(results[1][1])["summary"] == "12 cells: 12 done"
+    assert sorted(p.name for p in (elsewhere / "csv").iterdir())[:1] == ["ablation.csv"]
+    assert (elsewhere / "md" / "report.md").is_file() and (elsewhere / "r.html").is_file()
+    archive = tmp_path / "archive"
+    assert [stderr for _, _, stderr in results[5:]] == [
+        f"error: cannot create report folder {store / 'report'}: read-only file system "
+        "(write it elsewhere with --out DIR)\n",
+        f"error: cannot create output folder {archive / 'new'}: read-only file system\n",
+        f"error: cannot write to output folder {store}: read-only file system\n",
+    ]
