@@ -14,12 +14,8 @@ from test_report_figures import png_size
 from resablate.report import figures as F
 from resablate.report.build import build_report
 from resablate.report.output import write_report
-from resablate.report.plots import (
-    FEATURE_STAGES,
-    cell_recipe,
-    rebuild_model,
-    stage_activations,
-)
+from resablate.report.plots import FEATURE_STAGES, cell_recipe, stage_activations
+from resablate.run_dir import RunDir
 from resablate.weights import load_state_dict_file
 
 pytestmark = pytest.mark.slow
@@ -95,12 +91,14 @@ def test_rebuilt_model_has_the_cells_residual_plan(tiny_grid: Path) -> None:
     report = build_report(tiny_grid)
     on, off = sorted(report.cells, key=lambda r: r.residual != "on")
     assert (on.residual, off.residual) == ("on", "off")
-    model_on, model_off = rebuild_model(on, 2), rebuild_model(off, 2)
+    model_on = RunDir(str(on.run_dir)).rebuild_model()
+    model_off = RunDir(str(off.run_dir)).rebuild_model()
+    assert not model_on.training and model_on.fc.out_features == 2
     alphas_off = {b["alpha"] for b in residual_state(model_off).values()}
     assert alphas_off == {0.0}
     assert {b["alpha"] for b in residual_state(model_on).values()} == {1.0}
     # The rebuilt model holds exactly the weights the cell saved.
-    saved = load_state_dict_file(Path(str(on.run_dir)) / "model.safetensors")
+    saved = load_state_dict_file(RunDir(str(on.run_dir)).weights_file)
     assert all(torch.equal(v, saved[k]) for k, v in model_on.state_dict().items())
     image = np.zeros((32, 32, 3), dtype=np.uint8)
     maps = stage_activations(model_off, image, cell_recipe(off), off)

@@ -32,8 +32,6 @@ from resablate.errors import ConfigError
 # Columns centred and multiplied per chunk, so a float64 copy of a whole wide feature map is
 # never held at once.
 _CHUNK = 1 << 16
-CKA_PREFIX = "cka-"
-"""Saved comparisons in run A's directory: ``cka-<run B's folder name>.json`` (:func:`save_cka`)."""
 
 
 def centered_gram(features: Tensor) -> Tensor:
@@ -372,11 +370,8 @@ def save_cka(result: CKAResult, run_a: str | Path, run_b: str | Path) -> tuple[P
     Returns:
         The JSON and PNG paths.
     """
-    import json
+    from resablate.run_dir import RunDir
 
-    from resablate.atomic import write_text
-
-    stem = Path(run_a) / f"{CKA_PREFIX}{Path(run_b).resolve().name}"
-    target = stem.with_suffix(".json")
-    write_text(target, json.dumps(result.to_dict(), indent=2) + "\n")
-    return target, plot_cka(result, stem.with_suffix(".png"))
+    run = RunDir(run_a)
+    target = run.write_cka(run_b, result.to_dict())
+    return target, plot_cka(result, run.cka_stem(run_b).with_suffix(".png"))

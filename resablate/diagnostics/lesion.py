@@ -37,8 +37,6 @@ from resablate.surgery import (
 )
 
 METRICS = LESION_METRICS
-LESION_FILE = "lesion.json"
-"""A run directory's saved lesion study (:func:`save_lesion`, ``resablate lesion RUN_DIR``)."""
 
 
 @contextmanager
@@ -356,11 +354,7 @@ def save_lesion(
     Returns:
         The JSON and PNG paths.
     """
-    import json
+    from resablate.run_dir import RunDir
 
-    from resablate.atomic import write_text
-
-    folder = Path(run_dir)
-    target = folder / LESION_FILE
-    write_text(target, json.dumps(result.to_dict(), indent=2) + "\n")
-    return target, plot_lesion(result, folder / "lesion.png", metric=metric)
+    run = RunDir(run_dir)
+    return run.write_lesion(result.to_dict()), plot_lesion(result, run.lesion_figure, metric=metric)

@@ -2,14 +2,13 @@
 
 A finished run directory (``docs/architecture.md``, "Run directory") holds ``cell.json`` (the
 cell's config) and ``model.safetensors`` (its final weights). :func:`load_run` rebuilds the
-architecture, re-applies the cell's residual plan (surgery never changes state-dict keys, so
-the file loads strictly) and loads the weights. :func:`eval_images` turns a dataset split into
-the normalised float tensor the model was evaluated on (the recipe's eval transform).
+trained model with its residual plan (:meth:`resablate.run_dir.RunDir.rebuild_model`).
+:func:`eval_images` turns a dataset split into the normalised float tensor the model was
+evaluated on (the recipe's eval transform).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from torch import Tensor, nn
 from resablate.errors import ConfigError, DataError
 from resablate.grid.cell import Cell, dataset_root
 from resablate.recipes import Recipe, get_recipe
+from resablate.run_dir import RunDir
 
 
 @dataclass(frozen=True)
@@ -86,62 +86,22 @@ def load_run(run_dir: str | os.PathLike[str]) -> LoadedRun:
             (unfinished or diverged).
         WeightsError: ``model.safetensors`` does not fit the cell's architecture.
     """
-    from resablate.families import get_family
-    from resablate.weights import build_model, load_state_dict_file
-
-    folder = Path(run_dir)
-    cell_file, weights_file = folder / "cell.json", folder / "model.safetensors"
-    if not cell_file.is_file():
-        raise ConfigError(f"{folder} is not a run directory: it has no cell.json")
-    if not weights_file.is_file():
-        raise ConfigError(
-            f"run {folder} has no model.safetensors: it has not finished or it diverged"
-        )
+    run = RunDir(run_dir)
+    config = run.read_cell()
     try:
-        cell = Cell.from_dict(json.loads(cell_file.read_text()))
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise ConfigError(f"{cell_file} is not a valid cell: {exc}") from None
-    state = load_state_dict_file(weights_file)
-    head = get_family(cell.arch, cell.source).head
-    if f"{head}.weight" not in state:
-        raise ConfigError(f"{weights_file} has no {head}.weight: not a {cell.arch} state dict")
-    model = build_model(
-        cell.arch,
-        weights=weights_file,
-        num_classes=int(state[f"{head}.weight"].shape[0]),
-        source=cell.source,
-    )
-    cell.residual_plan.apply(model)
-    model.eval()
+        cell = Cell.from_dict(config)
+    except TypeError as exc:
+        raise ConfigError(f"{run.cell_file} is not a valid cell: {exc}") from None
+    model = run.rebuild_model()
+    result = run.read_result() or {}
+    fingerprint = (result.get("environment") or {}).get("dataset_fingerprint")
     return LoadedRun(
         model=model,
         cell=cell,
-        recipe=_run_recipe(folder, cell),
-        run_dir=folder,
-        dataset_fingerprint=_recorded_fingerprint(folder),
+        recipe=run.read_recipe(config),
+        run_dir=run.path,
+        dataset_fingerprint=fingerprint if isinstance(fingerprint, str) else None,
     )
-
-
-def _run_recipe(folder: Path, cell: Cell) -> Recipe:
-    # The recipe as trained: a named recipe may have changed since the run.
-    path = folder / "recipe.json"
-    if path.is_file():
-        try:
-            return Recipe.from_dict(json.loads(path.read_text()))
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise ConfigError(f"{path} is not a valid recipe: {exc}") from None
-    return get_recipe(cell.recipe, **dict(cell.overrides))
-
-
-def _recorded_fingerprint(folder: Path) -> str | None:
-    path = folder / "result.json"
-    if not path.is_file():
-        return None
-    try:
-        value = json.loads(path.read_text()).get("environment", {}).get("dataset_fingerprint")
-    except (json.JSONDecodeError, AttributeError):
-        return None
-    return value if isinstance(value, str) else None
 
 
 def eval_images(

@@ -8,9 +8,7 @@ Writes only into ``run_dir`` (layout in ``docs/architecture.md``): ``recipe.json
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
-import io
 import json
 import math
 import re
@@ -25,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resablate.atomic import sweep_stale, write_text
+from resablate.atomic import sweep_stale
 from resablate.engine import checkpoint as ckpt
 from resablate.engine.data import ImageSource, Transform, is_resident, place_sources
 from resablate.engine.evaluate import evaluate
@@ -46,7 +44,7 @@ from resablate.engine.schedule import build_scheduler
 from resablate.engine.seeding import epoch_order, stream_generator, stream_seed
 from resablate.errors import ConfigError, DataError
 from resablate.recipes import Recipe
-from resablate.weights import save_state_dict_file
+from resablate.run_dir import RunDir
 
 CHECKPOINT_FORMAT = 2
 # On CUDA, reading the loss back forces a synchronisation; check it every few steps instead.
@@ -296,8 +294,7 @@ class _Session:
     # --- evaluation ----------------------------------------------------------------------------
 
     def write_history(self) -> None:
-        lines = "".join(json.dumps(r.to_dict()) + "\n" for r in self.history)
-        write_text(self.run_dir / "history.jsonl", lines)
+        RunDir(self.run_dir).write_history(r.to_dict() for r in self.history)
 
     def record_train(self) -> None:
         if self.run_images == 0:
@@ -490,17 +487,6 @@ def _as_evals(eval_data: ImageSource | Mapping[str, ImageSource]) -> dict[str, I
     return {"test": eval_data}
 
 
-def _write_predictions(path: Path, result: EvalResult) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["index", "path", "label", "pred", "prob_positive"])
-    paths = result.paths or ("",) * len(result.labels)
-    for i, row in enumerate(zip(paths, result.labels, result.preds, result.probs, strict=True)):
-        path_, label, pred, prob = row
-        writer.writerow([i, path_, label, pred, f"{prob:.6g}"])
-    write_text(path, buffer.getvalue())
-
-
 def train(
     model: nn.Module,
     train_data: ImageSource,
@@ -555,7 +541,8 @@ def train(
     if len(train_data) < recipe.batch_size:
         raise DataError(
             f"the training split has {len(train_data)} images, fewer than one batch "
-            f"({recipe.batch_size}); lower --batch-size"
+            f"({recipe.batch_size}); lower the batch size",
+            field="batch_size",
         )
     evals = _as_evals(eval_data)
     device = torch.device(device)
@@ -582,7 +569,8 @@ def train(
         session.restore(found.path, found.state)
     elif not resume:
         ckpt.clear_checkpoints(session.ckpt_dir)
-    write_text(run_dir / "recipe.json", json.dumps(recipe.to_dict(), indent=2) + "\n")
+    files = RunDir(run_dir)
+    files.write_recipe(recipe)
     session.emit(
         TrainStarted(
             total_steps=session.plan.total_steps,
@@ -602,8 +590,8 @@ def train(
         if session.prefetcher is not None:
             session.prefetcher.close()
     if final is not None:
-        _write_predictions(run_dir / "predictions.csv", final)
-        save_state_dict_file(model.state_dict(), run_dir / "model.safetensors")
+        files.write_predictions(final.labels, final.preds, final.probs, final.paths)
+        files.write_weights(model)
     else:
         session.write_history()
     frozen_after = _frozen_fingerprint(model)
@@ -630,7 +618,7 @@ def train(
         amp=session.amp,
         execution=session.execution,
     )
-    write_text(run_dir / "train.json", json.dumps(result.to_dict(), indent=2) + "\n")
+    files.write_train(result.to_dict())
     session.emit(
         TrainFinished(status=status, steps=session.step, train_seconds=result.train_seconds)
     )

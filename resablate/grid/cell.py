@@ -284,17 +284,16 @@ def run_cell(
             (``WeightsUnavailableError``/``WeightsError``), an invalid plan for this architecture
             (``ConfigError``): the grid records the cell as skipped or failed with the message.
     """
-    import json
 
     import torch
 
-    from resablate.atomic import write_text
     from resablate.counting import count
     from resablate.data import decode_split, scan
     from resablate.engine import stream_seed, train
     from resablate.engine.environment import capture_environment, resolve_device
     from resablate.paths import output_dir
     from resablate.recipes import get_recipe
+    from resablate.run_dir import RunDir
     from resablate.weights import build_model, weights_sha256
 
     output_dir(run_dir)
@@ -318,8 +317,8 @@ def run_cell(
     counts = count(model, (3, recipe.image_size, recipe.image_size))
 
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "cell.json", json.dumps(cell.to_dict(), indent=2) + "\n")
+    files = RunDir(run_dir)
+    files.write_cell(cell.to_dict())
     environment = capture_environment(
         target,
         dataset_fingerprint=dataset.fingerprint,
@@ -376,5 +375,5 @@ def run_cell(
         ),
         run_dir=str(run_dir),
     )
-    write_text(run_dir / "result.json", json.dumps(result.to_dict(), indent=2) + "\n")
+    files.write_result(result.to_dict())
     return result

@@ -19,7 +19,6 @@ import multiprocessing
 import queue
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from resablate.errors import ConfigError, WeightsUnavailableError
@@ -29,8 +28,6 @@ CellRunner = Callable[..., Any]
 """``cell_runner(cell, run_dir, *, device, callback, resume) -> CellResult`` (``run_cell``)."""
 
 EXECUTORS = ("local", "ray")
-GRADFLOW_FILE = "gradflow.jsonl"
-"""Per-stage gradient norms of a cell run with ``--log-gradflow`` (in its run directory)."""
 WORKERS_EXITED = (
     "every grid worker process has exited; worker processes are spawned and import the main "
     "module again, so a script that runs a grid with several workers must call it under "
@@ -124,8 +121,9 @@ def execute_cell(
     logger = None
     if job.gradflow_every is not None:
         from resablate.diagnostics.gradflow import GradNormLogger
+        from resablate.run_dir import RunDir
 
-        path = Path(job.run_dir) / GRADFLOW_FILE
+        path = RunDir(job.run_dir).gradflow_file
         logger = GradNormLogger(path, every=job.gradflow_every, blocks=False)
     hooks: dict[str, Any] = {} if logger is None else {"on_step": [logger]}
     try:

@@ -20,8 +20,6 @@ Resume policy (a rerun of the same spec on the same run directory):
 from __future__ import annotations
 
 import contextlib
-import csv
-import json
 import os
 import platform
 import signal
@@ -47,6 +45,7 @@ from resablate.grid.lock import RunLock
 from resablate.grid.spec import GridSpec
 from resablate.grid.table import ResultsTable, results_table
 from resablate.paths import output_dir
+from resablate.run_dir import RunDir
 from resablate.store import METRIC_COLUMNS, CellRow, ResultStore
 
 CELLS_FOLDER = "cells"
@@ -204,30 +203,6 @@ def cell_run_dir(out_dir: str | os.PathLike[str], cell_id: str) -> Path:
     return Path(out_dir) / CELLS_FOLDER / cell_id
 
 
-def _read_predictions(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "predictions.csv"
-    if not path.is_file():
-        return []
-    with path.open(newline="") as fh:
-        return [
-            {
-                "index": int(r["index"]),
-                "path": r["path"],
-                "label": int(r["label"]),
-                "pred": int(r["pred"]),
-                "prob": float(r["prob_positive"]),
-            }
-            for r in csv.DictReader(fh)
-        ]
-
-
-def _read_history(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "history.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def _record(store: ResultStore, outcome: CellOutcome, base_env: dict[str, Any]) -> None:
     """Write one outcome to the store (one transaction)."""
     if outcome.result is None:
@@ -258,8 +233,8 @@ def _record(store: ResultStore, outcome: CellOutcome, base_env: dict[str, Any]) 
             "run_dir": str(run_dir),
         },
         environment={**base_env, **(data.get("environment") or {})},
-        evaluations=_read_history(run_dir),
-        predictions=_read_predictions(run_dir),
+        evaluations=RunDir(run_dir).read_history(),
+        predictions=RunDir(run_dir).read_predictions(),
     )
 
 

@@ -28,6 +28,7 @@ from resablate.report.figures import (
 )
 from resablate.report.tables import Group, group_cells, row_label
 from resablate.residual_plan import PLAN_FIELDS, RESIDUAL_OFF
+from resablate.run_dir import RunDir
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
 
 #: Stages whose outputs the feature-map figure shows (the stem and the first two stages).
 FEATURE_STAGES = ("conv1", "conv2_x", "conv3_x")
-MODEL_FILE = "model.safetensors"
 
 
 def class_names(predictions: Sequence[PredictionRow]) -> tuple[str, ...]:
@@ -75,13 +75,7 @@ def history_records(evaluations: Sequence[EvaluationRow]) -> list[dict[str, Any]
 def cell_recipe(row: CellRow) -> Recipe:
     """The effective recipe of a cell: its run directory's ``recipe.json``, else rebuilt from the
     recipe name and overrides in its config."""
-    from resablate.recipes import Recipe, get_recipe
-
-    if row.run_dir:
-        saved = Path(row.run_dir) / "recipe.json"
-        if saved.is_file():
-            return Recipe.from_dict(json.loads(saved.read_text()))
-    return get_recipe(row.config["recipe"], **dict(row.config.get("overrides", {})))
+    return RunDir(row.run_dir or "").read_recipe(row.config)
 
 
 def learning_rates(recipe: Recipe, total_steps: int) -> list[float]:
@@ -130,20 +124,6 @@ def misclassified(
     return samples
 
 
-def rebuild_model(row: CellRow, num_classes: int) -> nn.Module:
-    """A finished cell's trained model from its run directory, with its residual plan applied.
-
-    Builds the architecture without weights, loads ``model.safetensors`` and applies the cell's
-    residual surgery (removing or scaling the shortcuts of its plan), in eval mode on the CPU.
-    """
-    from resablate.weights import build_model, load_state_dict_file
-
-    model = build_model(row.arch, weights=None, num_classes=num_classes, source=row.source)
-    model.load_state_dict(load_state_dict_file(Path(str(row.run_dir)) / MODEL_FILE))
-    row.residual_plan.apply(model)
-    return model.eval()
-
-
 def stage_activations(
     model: nn.Module, image: np.ndarray, recipe: Recipe, row: CellRow
 ) -> dict[str, np.ndarray]:
@@ -186,11 +166,7 @@ def _feature_pairs(report: Report) -> list[tuple[CellRow, CellRow]]:
     weights, seed and everything else, both with a saved model."""
 
     def ready(row: CellRow) -> bool:
-        return (
-            row.status == "done"
-            and bool(row.run_dir)
-            and (Path(str(row.run_dir)) / MODEL_FILE).is_file()
-        )
+        return row.status == "done" and bool(row.run_dir) and RunDir(str(row.run_dir)).has_weights
 
     on = {_but_residual(r): r for r in report.cells if r.residual_plan.is_on and ready(r)}
     pairs: dict[tuple[str, str], tuple[CellRow, CellRow]] = {}
@@ -206,22 +182,12 @@ def _but_residual(row: CellRow) -> str:
     return json.dumps(rest, sort_keys=True)
 
 
-def _run_file(row: CellRow, name: str) -> Path | None:
-    path = Path(str(row.run_dir)) / name if row.run_dir else None
-    return path if path is not None and path.is_file() else None
-
-
 def gradflow_figures(done: Sequence[CellRow], target: Path) -> list[FigureFile]:
     """One figure per configuration whose cells logged gradient norms (``gradflow.jsonl``):
     its residual plans side by side, one line per stage."""
-    from resablate.grid.executors import GRADFLOW_FILE
-
     groups: dict[str, list[tuple[CellRow, list[dict[str, Any]]]]] = {}
     for row in done:
-        path = _run_file(row, GRADFLOW_FILE)
-        if path is None:
-            continue
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        records = RunDir(row.run_dir).read_gradflow() if row.run_dir else []
         if records:
             groups.setdefault(_but_residual(row), []).append((row, records))
     figures: list[FigureFile] = []
@@ -242,13 +208,11 @@ def gradflow_figures(done: Sequence[CellRow], target: Path) -> list[FigureFile]:
 def lesion_figures(done: Sequence[CellRow], target: Path) -> list[FigureFile]:
     """Saved lesion studies (``lesion.json`` in run dirs): accuracy vs blocks deleted, one line
     per cell."""
-    from resablate.diagnostics.lesion import LESION_FILE
-
     series: dict[str, list[tuple[int, float, float]]] = {}
     for row in done:
-        path = _run_file(row, LESION_FILE)
-        if path is not None:
-            by_k = json.loads(path.read_text())["by_k"]
+        study = RunDir(row.run_dir).read_lesion() if row.run_dir else None
+        if study is not None:
+            by_k = study["by_k"]
             series[_cell_title(row)] = [
                 (int(p["k"]), float(p["accuracy_mean"]), float(p["accuracy_std"])) for p in by_k
             ]
@@ -262,14 +226,14 @@ def cka_figures(done: Sequence[CellRow], target: Path) -> list[FigureFile]:
     heat map redrawn by the diagnostics' own :func:`~resablate.diagnostics.cka.plot_cka`."""
     from PIL import Image
 
-    from resablate.diagnostics.cka import CKA_PREFIX, CKAResult, plot_cka
+    from resablate.diagnostics.cka import CKAResult, plot_cka
 
     figures: list[FigureFile] = []
     for row in done:
-        if not row.run_dir or not Path(str(row.run_dir)).is_dir():
+        if not row.run_dir:
             continue
-        for saved in sorted(Path(str(row.run_dir)).glob(f"{CKA_PREFIX}*.json")):
-            result = CKAResult.from_dict(json.loads(saved.read_text()))
+        for saved in RunDir(row.run_dir).read_cka():
+            result = CKAResult.from_dict(saved)
             title = f"linear CKA · {result.label_a} vs {result.label_b}"
             path = plot_cka(result, target / f"cka-{len(figures)}.png", title=title)
             with Image.open(path) as image:
@@ -470,11 +434,10 @@ def _feature_map_figures(
         if path is None:
             continue
         image = decode_image(path)
-        classes = class_names(preds)
         recipe = cell_recipe(on)
         maps = {
             f"residual {row.residual_plan.text}": stage_activations(
-                rebuild_model(row, len(classes)), image, recipe, row
+                RunDir(str(row.run_dir)).rebuild_model(), image, recipe, row
             )
             for row in (on, off)
         }
