@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from resablate_cli import console
 from resablate_cli.options import (
     InputSizeOption,
     JsonOption,
@@ -14,6 +15,11 @@ from resablate_cli.options import (
     show,
     split_values,
 )
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from resablate.surgery import SurgeryCounts
 
 
 def surgery(
@@ -64,7 +70,53 @@ def surgery(
         source=source.value,
         input_size=(3, input_size, input_size),
     )
-    show(result, as_json=json)
+    if json:
+        show(result, as_json=True)
+    else:
+        console.out.print(surgery_table(result))
+
+
+def surgery_table(result: SurgeryCounts) -> Table:
+    """The table ``resablate surgery`` prints: per stage, blocks rewired, params, GFLOPs."""
+    from rich.table import Table
+
+    data = result.to_dict()
+    what = "dropped" if result.alpha == 0.0 else f"scaled by {result.alpha:g}"
+    size = "×".join(str(s) for s in result.before.input_size)
+    table = Table(
+        title=f"{result.arch} ({result.source}): residual connections {what} in "
+        f"{', '.join(result.stages)}; input {size}, batch 1, 1000-class head"
+    )
+    table.add_column("stage")
+    for column in ("blocks rewired", "params", "active params", "GFLOPs"):
+        table.add_column(column, justify="right")
+
+    def arrow(before: str, after: str) -> str:
+        return before if before == after else f"{before} -> {after}"
+
+    def params(before: int, after: int) -> str:
+        return arrow(f"{before:,}", f"{after:,}")
+
+    def gflops(before: int, after: int) -> str:
+        return arrow(f"{before / 1e9:.3f}", f"{after / 1e9:.3f}")
+
+    for row in data["per_stage"]:
+        table.add_row(
+            row["stage"],
+            str(row["blocks_rewired"]),
+            f"{row['params']:,}",
+            params(row["active_params_before"], row["active_params_after"]),
+            gflops(row["flops_before"], row["flops_after"]),
+        )
+    table.add_row(
+        "total",
+        f"{data['blocks_rewired']} / {data['blocks_total']}",
+        f"{data['params']:,}",
+        params(data["active_params_before"], data["active_params"]),
+        gflops(data["flops_before"], data["flops_after"]),
+        style="bold",
+    )
+    return table
 
 
 def _split_words(words: list[str], stages: list[str] | None) -> tuple[str, list[str] | None]:

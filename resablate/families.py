@@ -1,7 +1,9 @@
 """The one registry of architectures: how to build each, its stages, its head, its residual blocks.
 
-Everything else reads these declarations: surgery finds residual blocks through the block
-adapters, freezing and counting read the stage maps, the CLI offers :func:`list_architectures`.
+Everything else reads these declarations: surgery groups residual blocks by the stage maps,
+freezing and counting read them, the CLI offers :func:`list_architectures`. Residual blocks
+themselves are not declared here (surgery finds them by tracing, or through
+:mod:`resablate.blocks`): this module imports no model code at module level.
 
 Stage names follow the papers (He et al. 2016, Table 1): ``conv1`` is the stem (conv1, bn1,
 relu, maxpool), ``conv2_x`` … ``conv5_x`` are torchvision's and timm's ``layer1`` … ``layer4``.
@@ -11,7 +13,7 @@ paper's Table 1: ``conv1`` is the stem convolution (``features.0``), ``conv2`` �
 seven MBConv stages (``features.1`` … ``features.7``) and ``conv9`` is the final 1×1 convolution
 (``features.8``).
 
-timm is imported only when a timm family is built or a timm block is met.
+timm is imported only when a timm family is built.
 """
 
 from __future__ import annotations
@@ -19,9 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
 
-from torch import Tensor, nn
+from torch import nn
 
 from resablate.choices import SOURCES
 from resablate.errors import ConfigError
@@ -74,29 +75,7 @@ class Family:
         return tuple(self.stages)
 
 
-@dataclass(frozen=True)
-class BlockAdapter:
-    """How surgery sees one residual block type (faithful to the upstream ``forward``).
-
-    The upstream block computes ``act(main(x) + shortcut(x))``.
-
-    Attributes:
-        block_type: Dotted name of the upstream class (``"torchvision.models.resnet.Bottleneck"``).
-        main: The main (residual) path, everything before the addition.
-        shortcut: The identity, or ``block.downsample(x)`` when the block has a projection.
-        act: The activation applied after the addition.
-        rewired: Dotted name of the module-level subclass surgery swaps in.
-    """
-
-    block_type: str
-    main: Callable[[nn.Module, Tensor], Tensor] = field(repr=False)
-    shortcut: Callable[[nn.Module, Tensor], Tensor] = field(repr=False)
-    act: Callable[[nn.Module, Tensor], Tensor] = field(repr=False)
-    rewired: str
-
-
 _FAMILIES: dict[tuple[str, str], Family] = {}
-_ADAPTERS: dict[str, BlockAdapter] = {}
 
 
 def register(family: Family) -> Family:
@@ -115,18 +94,6 @@ def register(family: Family) -> Family:
         raise ConfigError(f"architecture {family.arch!r} ({family.source}) is already registered")
     _FAMILIES[key] = family
     return family
-
-
-def register_block(adapter: BlockAdapter) -> BlockAdapter:
-    """Declare how surgery handles one residual block type.
-
-    Raises:
-        ConfigError: The block type is already declared.
-    """
-    if adapter.block_type in _ADAPTERS:
-        raise ConfigError(f"block type {adapter.block_type} is already registered")
-    _ADAPTERS[adapter.block_type] = adapter
-    return adapter
 
 
 def list_architectures(source: str | None = None) -> list[str]:
@@ -250,27 +217,6 @@ def type_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def block_adapter(block: nn.Module) -> BlockAdapter | None:
-    """The adapter for ``block`` (an upstream block or its rewired subclass), or None."""
-    cls: type = type(block)
-    upstream = cls.__dict__.get("upstream_block")  # set on the rewired class itself only
-    if isinstance(upstream, type):
-        cls = upstream
-    _ensure_timm_adapters(cls)
-    return _ADAPTERS.get(type_name(cls))
-
-
-def supported_block_types() -> list[str]:
-    """Dotted names of every block type surgery supports (timm's included, loaded or not)."""
-    return sorted({*_ADAPTERS, "timm.models.resnet.BasicBlock", "timm.models.resnet.Bottleneck"})
-
-
-def _ensure_timm_adapters(cls: type) -> None:
-    # timm's adapters are declared with timm's classes; load them when a timm block is met.
-    if cls.__module__.startswith("timm."):
-        import resablate._timm_blocks  # noqa: F401  (registers the timm adapters)
-
-
 def is_resnet_like(model: nn.Module) -> bool:
     """True when ``model`` has ``layer1``..``layer4`` (torchvision/timm ResNet layout)."""
     return all(isinstance(getattr(model, s, None), nn.Module) for s in RESNET_STAGES)
@@ -349,97 +295,6 @@ def head_of(model: nn.Module) -> str:
     if isinstance(getattr(model, "fc", None), nn.Linear):
         return "fc"
     raise ConfigError(f"cannot find the classifier head of {type(model).__name__}")
-
-
-# --- torchvision block adapters ------------------------------------------------------------------
-
-
-def _shortcut(block: Any, x: Tensor) -> Tensor:
-    downsample = block.downsample
-    return x if downsample is None else downsample(x)
-
-
-def _tv_basic_main(block: Any, x: Tensor) -> Tensor:
-    out = block.relu(block.bn1(block.conv1(x)))
-    return block.bn2(block.conv2(out))
-
-
-def _tv_bottleneck_main(block: Any, x: Tensor) -> Tensor:
-    out = block.relu(block.bn1(block.conv1(x)))
-    out = block.relu(block.bn2(block.conv2(out)))
-    return block.bn3(block.conv3(out))
-
-
-def _tv_act(block: Any, x: Tensor) -> Tensor:
-    return block.relu(x)
-
-
-def declare_blocks(
-    upstream_module: str,
-    rewired_module: str,
-    prefix: str,
-    paths: Mapping[str, tuple[Callable[[nn.Module, Tensor], Tensor], ...]],
-) -> tuple[BlockAdapter, ...]:
-    """Register adapters for block classes of one module: class name -> (main path, activation).
-
-    The rewired subclass of ``upstream_module.Name`` is ``rewired_module.{prefix}Name``.
-    """
-    return tuple(
-        register_block(
-            BlockAdapter(
-                block_type=f"{upstream_module}.{name}",
-                main=main,
-                shortcut=_shortcut,
-                act=act,
-                rewired=f"{rewired_module}.{prefix}{name}",
-            )
-        )
-        for name, (main, act) in paths.items()
-    )
-
-
-TV_BASIC_BLOCK, TV_BOTTLENECK = declare_blocks(
-    "torchvision.models.resnet",
-    "resablate._rewired",
-    "Rewired",
-    {"BasicBlock": (_tv_basic_main, _tv_act), "Bottleneck": (_tv_bottleneck_main, _tv_act)},
-)
-
-
-# --- timm block adapters (functions only; registered by resablate._timm_blocks) ----------------
-
-
-def _timm_tail(block: Any, x: Tensor) -> Tensor:
-    if block.se is not None:
-        x = block.se(x)
-    if block.drop_path is not None:
-        x = block.drop_path(x)
-    return x
-
-
-def timm_basic_main(block: Any, x: Tensor) -> Tensor:
-    """The main path of timm's ``BasicBlock`` (conv1 .. bn2, then se and drop_path)."""
-    x = block.act1(block.drop_block(block.bn1(block.conv1(x))))
-    x = block.bn2(block.conv2(block.aa(x)))
-    return _timm_tail(block, x)
-
-
-def timm_bottleneck_main(block: Any, x: Tensor) -> Tensor:
-    """timm ``Bottleneck`` main path (conv1..3, bn1..3, act1/2, drop_block, aa, se, drop_path)."""
-    x = block.act1(block.bn1(block.conv1(x)))
-    x = block.act2(block.drop_block(block.bn2(block.conv2(x))))
-    x = block.bn3(block.conv3(block.aa(x)))
-    return _timm_tail(block, x)
-
-
-def timm_basic_act(block: Any, x: Tensor) -> Tensor:
-    """timm ``BasicBlock`` final activation (``act2``)."""
-    return block.act2(x)
-
-
-def timm_bottleneck_act(block: Any, x: Tensor) -> Tensor:
-    """timm ``Bottleneck`` final activation (``act3``)."""
-    return block.act3(x)
 
 
 # --- family declarations -------------------------------------------------------------------------

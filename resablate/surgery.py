@@ -1,23 +1,25 @@
-"""Residual surgery: drop, scale, lesion and restore the residual connections of a ResNet, in place.
+"""Residual surgery: drop, scale, lesion and restore the residual connections of a model, in place.
 
-Semantics (DESIGN.md §3): dropping the residual connection of a block makes its output
-``act(main_path(x))``; the identity or projection shortcut and the addition are gone, the final
-activation stays. The projection shortcut (``downsample``) is then never called: it computes no
-FLOPs and its parameters are *inactive*, yet they stay in the state_dict so any checkpoint loads
-before and after surgery.
+Semantics (docs/surgery.md): dropping the residual connection of a block makes its output
+``act(main_path(x))``; the identity or projection shortcut and the addition are gone, whatever
+follows the addition stays. A projection shortcut is then never called: it computes no FLOPs and
+its parameters are *inactive* (not reached by the rewired forward), yet they stay in the
+state_dict so any checkpoint loads before and after surgery.
 
-How: each block's class is swapped for a module-level subclass of the same upstream block
-(:mod:`resablate._rewired`) whose ``forward`` reads ``residual_alpha`` and ``lesioned``; restoring
-swaps the upstream class back and removes those attributes, which gives exactly the untouched model.
+Where: every module of the model tree whose own ``forward`` adds a shortcut to its input (found by
+tracing it with ``torch.fx``, :mod:`resablate._trace`) or whose class is declared with
+:func:`resablate.blocks.register_block`; wrappers (a user module, ``nn.Sequential``,
+``DataParallel``) are looked through. Blocks group into the stages of the model's stage map
+(:func:`resablate.families.stage_map`) where it has one, else by their parent module.
 
-Works on any torchvision or timm ResNet instance (ResNeXt and Wide-ResNet included), built by
-:func:`resablate.weights.build_model` or not. Every function validates all its arguments and the
-whole model before changing anything.
+How: each block's class is swapped for a subclass of its own class (:mod:`resablate._rewired`);
+restoring swaps the upstream class back and removes the wiring attributes, which gives exactly the
+untouched model. Every function validates all its arguments and the whole model before changing
+anything. The model is changed in place; the functions return a report, not the model.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -26,19 +28,26 @@ from typing import Any
 import torch
 from torch import nn
 
+from resablate._rewired import (
+    BlockView,
+    Untraceable,
+    inactive_params,
+    set_wiring,
+    upstream_of,
+    view,
+    wiring,
+)
+from resablate.blocks import block_adapter
 from resablate.counting import Counts, count
 from resablate.errors import ConfigError, UnsupportedBlockError
 from resablate.families import (
-    RESNET_STAGES,
-    block_adapter,
-    canonical_stage,
+    Family,
     family_of,
     get_family,
     is_resnet_like,
     paper_stage,
     residual_architectures,
-    residual_stage_names,
-    supported_block_types,
+    stage_map,
     type_name,
 )
 
@@ -113,60 +122,66 @@ class SurgeryReport:
         data["stages"] = [asdict(s) for s in self.stages]
         return data
 
-    def __rich__(self) -> Any:
-        from rich.table import Table
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(_IN_PLACE.format(what="called"))
 
-        title = f"residual surgery: {self.operation}"
-        if self.alpha is not None:
-            title += f" (alpha = {self.alpha:g})"
-        table = Table(title=title)
-        for column in ("stage", "blocks", "rewired", "inactive params"):
-            table.add_column(column, justify="left" if column == "stage" else "right")
-        for s in self.stages:
-            table.add_row(s.stage, str(s.blocks), str(s.blocks_rewired), f"{s.inactive_params:,}")
-        table.add_row(
-            "total",
-            str(self.blocks_total),
-            str(len(self.blocks_rewired)),
-            f"{self.inactive_params:,}",
-            style="bold",
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names a report lacks, e.g. `model = drop_residual(model); model.eval()`.
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise AttributeError(
+            f"SurgeryReport has no attribute {name!r}; " + _IN_PLACE.format(what="used")
         )
-        table.caption = (
-            f"params {self.params:,}; active params "
-            f"{self.active_params_before:,} -> {self.active_params_after:,}"
-        )
-        return table
+
+
+_IN_PLACE = (
+    "a SurgeryReport was {what} like a model: surgery changes the model in place and returns "
+    "this report, so write `report = drop_residual(model)` and keep using `model`"
+)
+
+
+@dataclass(frozen=True)
+class _Site:
+    """One residual site: ``name`` (``"layer3.2"``, ``"blocks.3.attn"``), its block and stage."""
+
+    name: str
+    path: str
+    block: nn.Module
+    seen: BlockView
+    index: int
+    stage: str
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """The residual sites of a model and its stages (paper stage name -> module paths)."""
+
+    sites: tuple[_Site, ...]
+    family: Family | None
+    stages: Mapping[str, tuple[str, ...]] | None
 
 
 def residual_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The residual blocks of ``model`` in forward order, named like ``"layer3.2"``.
+    """The residual sites of ``model`` in forward order, each with the block that holds it.
 
-    Returns an empty list for a model without ``layer1``..``layer4`` (AlexNet, VGG, EfficientNet).
+    A block with one residual addition (a ResNet block) is named by its module path
+    (``"layer3.2"``, ``"module.layer3.2"`` inside ``DataParallel``); a block with several (a ViT
+    block: attention, then MLP) gives one name per site: ``"blocks.3.attn"``, ``"blocks.3.mlp"``.
+    Returns an empty list for a model without residual connections (AlexNet, VGG).
 
     Raises:
-        UnsupportedBlockError: A child of ``layer1``..``layer4`` is of a block type the registry
-            does not declare (never skipped silently).
+        UnsupportedBlockError: A module that may be a residual block cannot be traced and is not
+            declared with :func:`resablate.register_block`.
     """
-    if not is_resnet_like(model):
-        return []
-    blocks = []
-    for stage in RESNET_STAGES:
-        for name, block in getattr(model, stage).named_children():
-            if block_adapter(block) is None:
-                raise UnsupportedBlockError(
-                    f"unsupported block type {type_name(type(block))} at {stage}.{name}; "
-                    f"residual surgery supports: {', '.join(supported_block_types())}"
-                )
-            blocks.append((f"{stage}.{name}", block))
-    return blocks
+    return [(site.name, site.block) for site in _layout(model).sites]
 
 
 def residual_state(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """Every residual block's wiring: name -> ``{"alpha": float, "lesioned": bool}``.
+    """Every residual site's wiring: name -> ``{"alpha": float, "lesioned": bool}``.
 
     Feed it back to :func:`apply_residual_state` to restore a previous (possibly mixed) state.
     """
-    return {name: asdict(_state_of(block)) for name, block in _checked_blocks(model)}
+    return {site.name: asdict(_state_of(site)) for site in _checked(model).sites}
 
 
 def drop_residual(
@@ -176,19 +191,24 @@ def drop_residual(
 ) -> SurgeryReport:
     """Remove the residual connections of the selected blocks, in place: output = ``act(main(x))``.
 
+    The model is changed in place and the report of what changed is returned: keep using
+    ``model`` (``report = drop_residual(model)``). The report refuses to be called like a model.
+
     Args:
-        model: A torchvision or timm ResNet (ResNeXt, Wide-ResNet included).
-        stages: Stages to rewire (``conv2_x``..``conv5_x`` or ``layer1``..``layer4``,
-            case-insensitive); None with ``blocks`` None means every stage.
-        blocks: Single blocks (``"layer3.2"`` or ``"conv4_x.2"``); the union with ``stages`` is
-            rewired.
+        model: Any model with residual blocks (see ``docs/surgery.md``), also inside wrappers
+            such as ``nn.Sequential`` or ``DataParallel``.
+        stages: Stages to rewire: the model's stage names (``conv2_x``..``conv5_x`` or
+            ``layer1``..``layer4`` for ResNets, case-insensitive) or module paths; None with
+            ``blocks`` None means every stage.
+        blocks: Single blocks or sites (``"layer3.2"``, ``"conv4_x.2"``, ``"blocks.3.attn"``);
+            the union with ``stages`` is rewired.
 
     Returns:
         The report of what changed.
 
     Raises:
         ConfigError: Unknown stage or block, or a model without residual connections.
-        UnsupportedBlockError: The model holds a block type the registry does not declare.
+        UnsupportedBlockError: A module that may be a residual block cannot be traced.
     """
     return scale_residual(model, 0.0, stages=stages, blocks=blocks, _operation="drop")
 
@@ -205,26 +225,25 @@ def scale_residual(
 
     Output = ``act(main(x) + alpha * shortcut(x))``. ``alpha == 1`` swaps the upstream class
     back (exactly the untouched block); ``alpha == 0`` is :func:`drop_residual` (the shortcut is
-    not run).
-    A lesion on a selected block is lifted.
+    not run). A lesion on a selected block is lifted.
 
     Args:
-        model: A torchvision or timm ResNet.
+        model: As in :func:`drop_residual`.
         alpha: Finite weight of the shortcut.
         stages: As in :func:`drop_residual`.
         blocks: As in :func:`drop_residual`.
 
     Raises:
         ConfigError: Non-finite alpha, unknown stage/block, or a model without residual connections.
-        UnsupportedBlockError: The model holds a block type the registry does not declare.
+        UnsupportedBlockError: A module that may be a residual block cannot be traced.
     """
     alpha = float(alpha)
     if not math.isfinite(alpha):
         raise ConfigError(f"residual alpha must be a finite number, not {alpha}")
-    all_blocks = _checked_blocks(model)
-    selected = _select(all_blocks, stages, blocks)
+    layout = _checked(model)
+    selected = _select(model, layout, stages, blocks)
     target = BlockState(alpha=alpha)
-    return _apply(model, all_blocks, {name: target for name in selected}, _operation, alpha)
+    return _apply(model, layout, {name: target for name in selected}, _operation, alpha)
 
 
 def lesion_blocks(model: nn.Module, blocks: Iterable[str] | str) -> SurgeryReport:
@@ -235,18 +254,18 @@ def lesion_blocks(model: nn.Module, blocks: Iterable[str] | str) -> SurgeryRepor
 
     Raises:
         ConfigError: No block named, unknown block, or a model without residual connections.
-        UnsupportedBlockError: The model holds a block type the registry does not declare.
+        UnsupportedBlockError: A module that may be a residual block cannot be traced.
     """
-    all_blocks = _checked_blocks(model)
+    layout = _checked(model)
     if isinstance(blocks, str):
         blocks = [blocks]
     blocks = list(blocks)
     if not blocks:
         raise ConfigError("lesion_blocks needs at least one block name such as 'layer3.2'")
-    selected = _select(all_blocks, None, blocks)
-    current = {name: _state_of(block) for name, block in all_blocks}
+    selected = _select(model, layout, None, blocks)
+    current = {site.name: _state_of(site) for site in layout.sites}
     changes = {name: BlockState(current[name].alpha, lesioned=True) for name in selected}
-    return _apply(model, all_blocks, changes, "lesion", None)
+    return _apply(model, layout, changes, "lesion", None)
 
 
 def restore_residual(model: nn.Module, blocks: Iterable[str] | str | None = None) -> SurgeryReport:
@@ -256,30 +275,31 @@ def restore_residual(model: nn.Module, blocks: Iterable[str] | str | None = None
 
     Raises:
         ConfigError: Unknown block, or a model without residual connections.
-        UnsupportedBlockError: The model holds a block type the registry does not declare.
+        UnsupportedBlockError: A module that may be a residual block cannot be traced.
     """
-    all_blocks = _checked_blocks(model)
-    names = [n for n, _ in all_blocks] if blocks is None else _select(all_blocks, None, blocks)
-    return _apply(model, all_blocks, dict.fromkeys(names, BlockState()), "restore", None)
+    layout = _checked(model)
+    if blocks is None:
+        names = [site.name for site in layout.sites]
+    else:
+        names = _select(model, layout, None, blocks)
+    return _apply(model, layout, dict.fromkeys(names, BlockState()), "restore", None)
 
 
 def apply_residual_state(model: nn.Module, state: Mapping[str, Mapping[str, Any]]) -> SurgeryReport:
-    """Set the wiring of the blocks named in ``state`` (as returned by :func:`residual_state`).
+    """Set the wiring of the sites named in ``state`` (as returned by :func:`residual_state`).
 
-    Blocks not named keep their current wiring.
+    Sites not named keep their current wiring.
 
     Raises:
         ConfigError: Unknown block name, malformed entry, or a model without residual connections.
-        UnsupportedBlockError: The model holds a block type the registry does not declare.
+        UnsupportedBlockError: A module that may be a residual block cannot be traced.
     """
-    all_blocks = _checked_blocks(model)
-    known = {name for name, _ in all_blocks}
+    layout = _checked(model)
+    known = {site.name for site in layout.sites}
     changes: dict[str, BlockState] = {}
     for name, entry in state.items():
         if name not in known:
-            raise ConfigError(
-                f"unknown block {name!r} in residual state; {_legal_blocks(all_blocks)}"
-            )
+            raise ConfigError(f"unknown block {name!r} in residual state; {_legal_blocks(layout)}")
         extra = set(entry) - {"alpha", "lesioned"}
         if extra:
             raise ConfigError(
@@ -289,133 +309,215 @@ def apply_residual_state(model: nn.Module, state: Mapping[str, Mapping[str, Any]
         if not math.isfinite(alpha):
             raise ConfigError(f"residual alpha of block {name} must be finite, not {alpha}")
         changes[name] = BlockState(alpha, bool(entry.get("lesioned", False)))
-    return _apply(model, all_blocks, changes, "apply", None)
+    return _apply(model, layout, changes, "apply", None)
 
 
 # --- internals -----------------------------------------------------------------------------------
 
 
-def _checked_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    blocks = residual_blocks(model)
-    if not blocks:
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path and name else path or name
+
+
+def _under(path: str, prefix: str) -> bool:
+    return not prefix or path == prefix or path.startswith(prefix + ".")
+
+
+def _find(
+    module: nn.Module, path: str, found: list[tuple[str, nn.Module, BlockView]], doubtful: list[str]
+) -> int:
+    """Collect the residual blocks at or below ``module`` in forward order; count them."""
+    upstream = upstream_of(module)
+    traceable = next(
+        iter(module.children()), None
+    ) is not None and not upstream.__module__.startswith("torch.nn.")
+    seen = view(module) if traceable or block_adapter(upstream) is not None else None
+    if isinstance(seen, BlockView):
+        found.append((path, module, seen))
+        return 1
+    below = sum(
+        _find(child, _join(path, n), found, doubtful) for n, child in module.named_children()
+    )
+    if isinstance(seen, Untraceable) and seen.maybe_residual and not below:
+        doubtful.append(
+            f"cannot tell whether {type_name(upstream)} at {path or 'the model'} is a residual "
+            f"block: torch.fx cannot trace its forward ({seen.reason}); if it is one, declare it "
+            f"with resablate.register_block({upstream.__name__}, main=..., shortcut=..., act=...) "
+            "(docs/surgery.md)"
+        )
+    return below
+
+
+def _stage_layout(model: nn.Module) -> tuple[Family | None, Mapping[str, tuple[str, ...]] | None]:
+    """The stage map of the first (pre-order) module with one, its paths made model-relative."""
+    for path, sub in model.named_modules():
+        family = family_of(sub)
+        if family is None and not is_resnet_like(sub):
+            continue
+        stages = stage_map(sub)
+        return family, {k: tuple(_join(path, p) for p in v) for k, v in stages.items()}
+    return None, None
+
+
+def _layout(model: nn.Module) -> _Layout:
+    found: list[tuple[str, nn.Module, BlockView]] = []
+    doubtful: list[str] = []
+    _find(model, "", found, doubtful)
+    if doubtful:
+        raise UnsupportedBlockError(doubtful[0])
+    family, stages = _stage_layout(model) if found else (None, None)
+    sites = []
+    for path, block, seen in found:
+        stage = _stage_of(path, stages)
+        for index, suffix in enumerate(seen.sites):
+            name = _join(path, suffix) or type(block).__name__
+            sites.append(_Site(name, path, block, seen, index, stage))
+    return _Layout(tuple(sites), family, stages)
+
+
+def _stage_of(path: str, stages: Mapping[str, tuple[str, ...]] | None) -> str:
+    for stage, paths in (stages or {}).items():
+        if any(_under(path, p) for p in paths):
+            return stage
+    return path.rpartition(".")[0] or "model"
+
+
+def _checked(model: nn.Module) -> _Layout:
+    layout = _layout(model)
+    if not layout.sites:
         family = family_of(model)
         name = family.arch if family is not None else type(model).__name__.lower()
         raise ConfigError(
             f"{name} has no residual connections; residual surgery applies to: "
-            f"{', '.join(residual_architectures())}"
+            f"{', '.join(residual_architectures())}, and any model whose blocks add a shortcut "
+            "to their input (docs/surgery.md)"
         )
-    return blocks
+    return layout
 
 
-def _legal_blocks(all_blocks: list[tuple[str, nn.Module]]) -> str:
+def _legal_blocks(layout: _Layout) -> str:
     ranges = []
-    for stage in RESNET_STAGES:
-        names = [n for n, _ in all_blocks if n.startswith(stage + ".")]
-        if names:
-            ranges.append(f"{names[0]}..{names[-1]}")
+    for stage in dict.fromkeys(site.stage for site in layout.sites):
+        names = [site.name for site in layout.sites if site.stage == stage]
+        ranges.append(names[0] if len(names) == 1 else f"{names[0]}..{names[-1]}")
     return "blocks: " + ", ".join(ranges)
 
 
-def _canonical_block(name: str) -> str:
-    stage, _, index = name.strip().partition(".")
-    return f"{canonical_stage(stage)}.{index}" if index else name
+def _stage_key(layout: _Layout, name: str) -> str | None:
+    """The stage map's key for a stage name in any accepted spelling, or None."""
+    if layout.stages is None:
+        return None
+    family = layout.family if layout.family is not None and layout.family.kind != "resnet" else None
+    try:
+        key = paper_stage(name, family)
+    except ConfigError:
+        return None
+    return key if key in layout.stages else None
+
+
+def _stage_paths(model: nn.Module, layout: _Layout, stage: str) -> tuple[str, ...]:
+    key = _stage_key(layout, stage)
+    if key is not None:
+        assert layout.stages is not None
+        return layout.stages[key]
+    path = stage.strip()
+    try:
+        model.get_submodule(path)
+    except AttributeError:
+        names = ", ".join(layout.stages) if layout.stages else "none"
+        raise ConfigError(
+            f"unknown stage {stage!r}; stages: {names}, or a module path of the model"
+        ) from None
+    return (path,)
+
+
+def _canonical_block(layout: _Layout, name: str) -> str:
+    head, _, rest = name.strip().partition(".")
+    key = _stage_key(layout, head) if rest else None
+    if key is not None and layout.stages is not None and len(layout.stages[key]) == 1:
+        return _join(layout.stages[key][0], rest)
+    return name.strip()
 
 
 def _select(
-    all_blocks: list[tuple[str, nn.Module]],
+    model: nn.Module,
+    layout: _Layout,
     stages: Iterable[str] | str | None,
     blocks: Iterable[str] | str | None,
 ) -> list[str]:
-    """Names of the selected blocks in forward order; everything when both are None."""
-    names = [n for n, _ in all_blocks]
+    """Names of the selected sites in forward order; everything when both are None."""
+    names = [site.name for site in layout.sites]
     if stages is None and blocks is None:
         return names
     chosen: set[str] = set()
-    if stages is not None:
-        for stage in residual_stage_names(stages):
-            chosen.update(n for n in names if n.startswith(stage + "."))
-    if blocks is not None:
-        for block in [blocks] if isinstance(blocks, str) else blocks:
-            canonical = _canonical_block(block)
-            if canonical not in names:
-                raise ConfigError(f"unknown block {block!r}; {_legal_blocks(all_blocks)}")
-            chosen.add(canonical)
+    for stage in [stages] if isinstance(stages, str) else stages or ():
+        paths = _stage_paths(model, layout, stage)
+        members = {s.name for s in layout.sites if any(_under(s.path, p) for p in paths)}
+        if not members:
+            legal = ", ".join(dict.fromkeys(s.stage for s in layout.sites))
+            raise ConfigError(f"stage {stage!r} has no residual blocks; residual stages: {legal}")
+        chosen |= members
+    for block in [blocks] if isinstance(blocks, str) else blocks or ():
+        canonical = _canonical_block(layout, block)
+        members = {s.name for s in layout.sites if s.name == canonical or s.path == canonical}
+        if not members:
+            raise ConfigError(f"unknown block {block!r}; {_legal_blocks(layout)}")
+        chosen |= members
     return [n for n in names if n in chosen]
 
 
-def _state_of(block: nn.Module) -> BlockState:
-    return BlockState(
-        float(getattr(block, "residual_alpha", 1.0)), bool(getattr(block, "lesioned", False))
-    )
-
-
-def _rewired_class(block: nn.Module) -> type[nn.Module]:
-    adapter = block_adapter(block)
-    assert adapter is not None  # residual_blocks checked every block
-    module, _, name = adapter.rewired.rpartition(".")
-    return getattr(importlib.import_module(module), name)
-
-
-def _set_state(block: nn.Module, state: BlockState) -> None:
-    rewired = _rewired_class(block)
-    if state.untouched:
-        block.__class__ = rewired.upstream_block  # type: ignore[attr-defined]
-        block.__dict__.pop("residual_alpha", None)
-        block.__dict__.pop("lesioned", None)
-    else:
-        block.__class__ = rewired
-        block.__dict__["residual_alpha"] = state.alpha
-        block.__dict__["lesioned"] = state.lesioned
-
-
-def _count(module: nn.Module | None) -> int:
-    return 0 if module is None else sum(p.numel() for p in module.parameters())
-
-
-def _inactive_params(block: nn.Module, state: BlockState) -> int:
-    """Parameters of ``block`` that its forward does not use in ``state``."""
-    downsample = _count(getattr(block, "downsample", None))
-    if state.lesioned:
-        return _count(block) - downsample
-    return downsample if state.alpha == 0.0 else 0
+def _state_of(site: _Site) -> BlockState:
+    alpha, lesioned = wiring(site.block, len(site.seen.sites))[site.index]
+    return BlockState(alpha, lesioned)
 
 
 def _apply(
     model: nn.Module,
-    all_blocks: list[tuple[str, nn.Module]],
+    layout: _Layout,
     changes: Mapping[str, BlockState],
     operation: str,
     alpha: float | None,
 ) -> SurgeryReport:
-    before = {name: _state_of(block) for name, block in all_blocks}
+    before = {site.name: _state_of(site) for site in layout.sites}
     after = {**before, **changes}
-    for name, block in all_blocks:
-        if name in changes:
-            _set_state(block, changes[name])
+    blocks: dict[str, list[_Site]] = {}
+    for site in layout.sites:
+        blocks.setdefault(site.path, []).append(site)
+
+    def inactive(members: list[_Site], states: Mapping[str, BlockState]) -> int:
+        wired = tuple((states[s.name].alpha, states[s.name].lesioned) for s in members)
+        return inactive_params(members[0].block, members[0].seen, wired)
+
+    inactive_before = {path: inactive(m, before) for path, m in blocks.items()}
+    for members in blocks.values():
+        if any(s.name in changes for s in members):
+            wired = tuple((after[s.name].alpha, after[s.name].lesioned) for s in members)
+            set_wiring(members[0].block, members[0].seen, wired)
+    inactive_after = {path: inactive(m, after) for path, m in blocks.items()}
     params = sum(p.numel() for p in model.parameters())
-    inactive_before = sum(_inactive_params(b, before[n]) for n, b in all_blocks)
     per_stage = []
-    for stage in RESNET_STAGES:
-        members = [(n, b) for n, b in all_blocks if n.startswith(stage + ".")]
-        if members:
-            per_stage.append(
-                StageSurgery(
-                    stage=paper_stage(stage),
-                    blocks=len(members),
-                    blocks_rewired=sum(1 for n, _ in members if n in changes),
-                    inactive_params=sum(_inactive_params(b, after[n]) for n, b in members),
-                )
+    for stage in dict.fromkeys(site.stage for site in layout.sites):
+        members = [s for s in layout.sites if s.stage == stage]
+        paths = dict.fromkeys(s.path for s in members)
+        per_stage.append(
+            StageSurgery(
+                stage=stage,
+                blocks=len(members),
+                blocks_rewired=sum(1 for s in members if s.name in changes),
+                inactive_params=sum(inactive_after[p] for p in paths),
             )
-    inactive_after = sum(s.inactive_params for s in per_stage)
+        )
+    total_after = sum(inactive_after.values())
+    total_before = sum(inactive_before.values())
     return SurgeryReport(
         operation=operation,
         alpha=alpha,
-        blocks_total=len(all_blocks),
-        blocks_rewired=tuple(n for n, _ in all_blocks if n in changes),
-        inactive_params=inactive_after,
+        blocks_total=len(layout.sites),
+        blocks_rewired=tuple(s.name for s in layout.sites if s.name in changes),
+        inactive_params=total_after,
         params=params,
-        active_params_before=params - inactive_before,
-        active_params_after=params - inactive_after,
+        active_params_before=params - total_before,
+        active_params_after=params - total_after,
         stages=tuple(per_stage),
     )
 
@@ -477,47 +579,6 @@ class SurgeryCounts:
             ],
         }
 
-    def __rich__(self) -> Any:
-        from rich.table import Table
-
-        data = self.to_dict()
-        what = "dropped" if self.alpha == 0.0 else f"scaled by {self.alpha:g}"
-        size = "×".join(str(s) for s in self.before.input_size)
-        table = Table(
-            title=f"{self.arch} ({self.source}): residual connections {what} in "
-            f"{', '.join(self.stages)}; input {size}, batch 1, 1000-class head"
-        )
-        table.add_column("stage")
-        for column in ("blocks rewired", "params", "active params", "GFLOPs"):
-            table.add_column(column, justify="right")
-
-        def arrow(before: str, after: str) -> str:
-            return before if before == after else f"{before} -> {after}"
-
-        def params(before: int, after: int) -> str:
-            return arrow(f"{before:,}", f"{after:,}")
-
-        def gflops(before: int, after: int) -> str:
-            return arrow(f"{before / 1e9:.3f}", f"{after / 1e9:.3f}")
-
-        for row in data["per_stage"]:
-            table.add_row(
-                row["stage"],
-                str(row["blocks_rewired"]),
-                f"{row['params']:,}",
-                params(row["active_params_before"], row["active_params_after"]),
-                gflops(row["flops_before"], row["flops_after"]),
-            )
-        table.add_row(
-            "total",
-            f"{data['blocks_rewired']} / {data['blocks_total']}",
-            f"{data['params']:,}",
-            params(data["active_params_before"], data["active_params"]),
-            gflops(data["flops_before"], data["flops_after"]),
-            style="bold",
-        )
-        return table
-
 
 def surgery_counts(
     arch: str,
@@ -548,17 +609,12 @@ def surgery_counts(
             f"{family.arch} has no residual connections; residual surgery applies to: "
             f"{', '.join(residual_architectures())}"
         )
-    if stages is not None and not isinstance(stages, str):
-        stages = tuple(stages)  # read twice below
-    selected = residual_stage_names(stages)
     with torch.device("meta"):
         model = family.builder()
     before = count(model, input_size)
     report = scale_residual(model, alpha, stages=stages, blocks=blocks)
     after = count(model, input_size)
     stage_names = tuple(s.stage for s in report.stages if s.blocks_rewired)
-    if blocks is None:
-        stage_names = tuple(paper_stage(s) for s in selected)
     return SurgeryCounts(
         arch=family.arch,
         source=family.source,

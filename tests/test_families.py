@@ -10,7 +10,6 @@ from resablate import list_architectures
 from resablate.errors import ConfigError
 from resablate.families import (
     RESNET_STAGES,
-    block_adapter,
     canonical_stage,
     family_of,
     get_family,
@@ -20,6 +19,7 @@ from resablate.families import (
     register,
     stage_map,
 )
+from resablate.surgery import residual_blocks
 
 TORCHVISION = [
     "resnet18",
@@ -121,7 +121,8 @@ def test_stage_map_and_head_fit_the_built_model(family) -> None:  # type: ignore
     assert head_of(model) == family.head
     if family.kind == "resnet":
         assert list(family.stages) == ["conv1", "conv2_x", "conv3_x", "conv4_x", "conv5_x"]
-        assert all(block_adapter(b) is not None for s in RESNET_STAGES for b in getattr(model, s))
+        names = [name for name, _ in residual_blocks(model)]
+        assert names == [f"{s}.{i}" for s in RESNET_STAGES for i in range(len(getattr(model, s)))]
     else:
         # every conv layer of the feature extractor belongs to exactly one stage
         convs = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}

@@ -71,4 +71,4 @@ def test_core_import_pulls_in_nothing_above_the_core(probe: dict) -> None:
 def test_timm_is_imported_only_when_a_timm_model_is_met(probe: dict) -> None:
     assert probe["after_torchvision"] == []
     assert probe["timm_loaded"] is True
-    assert probe["timm_block"] == "RewiredTimmBasicBlock"
+    assert probe["timm_block"] == "RewiredBasicBlock"
