@@ -27,6 +27,7 @@ _EXPORTS: dict[str, str] = {
     "residual_state": "resablate.surgery",
     "apply_residual_state": "resablate.surgery",
     "lesion_blocks": "resablate.surgery",
+    "register_block": "resablate.blocks",
     "SurgeryReport": "resablate.surgery",
     "freeze": "resablate.freezing",
     "unfreeze": "resablate.freezing",
@@ -55,6 +56,7 @@ __all__ = [
     "lesion",
     "lesion_blocks",
     "list_architectures",
+    "register_block",
     "residual_blocks",
     "residual_state",
     "restore_residual",
@@ -64,6 +66,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from resablate.blocks import register_block
     from resablate.counting import Counts, count
     from resablate.diagnostics.lesion import lesion
     from resablate.errors import ResablateError

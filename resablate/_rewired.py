@@ -101,12 +101,19 @@ def _mode(state: Wiring) -> Mode:
     return ("keep", 1.0) if alpha == 1.0 else ("scale", alpha)
 
 
+def unwire(block: nn.Module) -> type[nn.Module]:
+    """Give ``block`` back its upstream class and drop the wiring attributes; return the class."""
+    upstream = upstream_of(block)
+    block.__class__ = upstream
+    for key in (*_STATE, _FORWARD):
+        block.__dict__.pop(key, None)
+    return upstream
+
+
 def set_wiring(block: nn.Module, seen: BlockView, states: tuple[Wiring, ...]) -> None:
     """Rewire ``block`` to ``states`` (one per site); all untouched gives the upstream block."""
     if all(s == UNTOUCHED for s in states):
-        block.__class__ = seen.upstream
-        for key in (*_STATE, _FORWARD):
-            block.__dict__.pop(key, None)
+        unwire(block)
         return
     block.__class__ = rewired_class(seen.upstream)
     block.__dict__["residual_alpha"] = tuple(a for a, _ in states)

@@ -264,19 +264,47 @@ def _covers_container(model: nn.Module, paths: list[str]) -> bool:
     return True
 
 
-def stage_map(model: nn.Module) -> Mapping[str, tuple[str, ...]]:
-    """Paper stage name -> module paths, for any ResNet-like model or a registered family's model.
-
-    Raises:
-        ConfigError: The model is neither ResNet-like nor an instance of a registered family.
-    """
+def _own_stage_map(model: nn.Module) -> tuple[Family | None, Mapping[str, tuple[str, ...]]] | None:
     family = family_of(model)
     if family is not None:
-        return family.stages
+        return family, family.stages
     if is_resnet_like(model):
         stages = {"conv1": resnet_stem(model)}
         stages.update({_CODE_TO_PAPER[s]: (s,) for s in RESNET_STAGES})
-        return MappingProxyType(stages)
+        return None, MappingProxyType(stages)
+    return None
+
+
+def stage_layout(model: nn.Module) -> tuple[Family | None, Mapping[str, tuple[str, ...]]] | None:
+    """The family (None for an unregistered ResNet-like model) and stage map of ``model``.
+
+    When ``model`` itself has none, the first module of its tree (pre-order) that has one is
+    used, its module paths prefixed: a backbone inside a user module, ``nn.Sequential``,
+    ``DataParallel`` or ``DistributedDataParallel`` (``"module.layer1"``). None when no module has a
+    stage map.
+    """
+    for path, sub in model.named_modules():
+        found = _own_stage_map(sub)
+        if found is not None:
+            family, stages = found
+            if not path:
+                return family, stages
+            prefixed = {k: tuple(f"{path}.{p}" for p in v) for k, v in stages.items()}
+            return family, MappingProxyType(prefixed)
+    return None
+
+
+def stage_map(model: nn.Module) -> Mapping[str, tuple[str, ...]]:
+    """Paper stage name -> module paths, for a ResNet-like model or a registered family's model.
+
+    Models inside wrappers are found as :func:`stage_layout` says (paths from ``model``).
+
+    Raises:
+        ConfigError: No module of ``model`` is ResNet-like or an instance of a registered family.
+    """
+    found = stage_layout(model)
+    if found is not None:
+        return found[1]
     raise ConfigError(
         f"no stage map for {type(model).__name__}; known architectures: "
         f"{', '.join(list_architectures())}"

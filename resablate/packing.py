@@ -43,9 +43,11 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from resablate._rewired import RewiredBasicBlock, RewiredBottleneck
+from resablate._rewired import rewired_class, unwire
+from resablate.adapters import BASIC_BLOCK, BOTTLENECK
+from resablate.blocks import BlockAdapter
 from resablate.errors import ConfigError
-from resablate.families import TV_BASIC_BLOCK, TV_BOTTLENECK, BlockAdapter, type_name
+from resablate.families import type_name
 from resablate.freezing import HeldBatchNorm
 from resablate.surgery import residual_state
 
@@ -155,19 +157,19 @@ def _packed_class(upstream: type[nn.Module], adapter: BlockAdapter, name: str) -
         "adapter": adapter,
         "__module__": __name__,
         "__qualname__": name,
-        "__doc__": f"{adapter.block_type} of a packed model (per-group shortcut alpha).",
+        "__doc__": f"{upstream.__qualname__} of a packed model (per-group shortcut alpha).",
     }
     return type(name, (PackedBlock, upstream), namespace)
 
 
-PackedBasicBlock = _packed_class(BasicBlock, TV_BASIC_BLOCK, "PackedBasicBlock")
-PackedBottleneck = _packed_class(Bottleneck, TV_BOTTLENECK, "PackedBottleneck")
+PackedBasicBlock = _packed_class(BasicBlock, BASIC_BLOCK, "PackedBasicBlock")
+PackedBottleneck = _packed_class(Bottleneck, BOTTLENECK, "PackedBottleneck")
 
 _BLOCKS: dict[type[nn.Module], type[nn.Module]] = {
     BasicBlock: PackedBasicBlock,
-    RewiredBasicBlock: PackedBasicBlock,
+    rewired_class(BasicBlock): PackedBasicBlock,
     Bottleneck: PackedBottleneck,
-    RewiredBottleneck: PackedBottleneck,
+    rewired_class(Bottleneck): PackedBottleneck,
 }
 _LEAVES = (nn.ReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Identity, nn.Sequential)
 
@@ -306,10 +308,7 @@ def _set_module(root: nn.Module, path: str, module: nn.Module) -> None:
 
 
 def _pack_block(block: nn.Module, alphas: tuple[float, ...]) -> None:
-    upstream = getattr(type(block), "upstream_block", type(block))
-    block.__class__ = _BLOCKS[upstream]
-    block.__dict__.pop("residual_alpha", None)
-    block.__dict__.pop("lesioned", None)
+    block.__class__ = _BLOCKS[unwire(block)]
     block.pack_alphas = alphas  # type: ignore[assignment]
     device = next(block.parameters()).device
     block.register_buffer("pack_alpha", torch.tensor(alphas, device=device), persistent=False)

@@ -44,10 +44,9 @@ from resablate.families import (
     Family,
     family_of,
     get_family,
-    is_resnet_like,
     paper_stage,
     residual_architectures,
-    stage_map,
+    stage_layout,
     type_name,
 )
 
@@ -348,24 +347,13 @@ def _find(
     return below
 
 
-def _stage_layout(model: nn.Module) -> tuple[Family | None, Mapping[str, tuple[str, ...]] | None]:
-    """The stage map of the first (pre-order) module with one, its paths made model-relative."""
-    for path, sub in model.named_modules():
-        family = family_of(sub)
-        if family is None and not is_resnet_like(sub):
-            continue
-        stages = stage_map(sub)
-        return family, {k: tuple(_join(path, p) for p in v) for k, v in stages.items()}
-    return None, None
-
-
 def _layout(model: nn.Module) -> _Layout:
     found: list[tuple[str, nn.Module, BlockView]] = []
     doubtful: list[str] = []
     _find(model, "", found, doubtful)
     if doubtful:
         raise UnsupportedBlockError(doubtful[0])
-    family, stages = _stage_layout(model) if found else (None, None)
+    family, stages = (stage_layout(model) if found else None) or (None, None)
     sites = []
     for path, block, seen in found:
         stage = _stage_of(path, stages)
