@@ -243,6 +243,14 @@ def train(
     image_size: Annotated[
         int | None, typer.Option("--image-size", help="Override: input side in pixels.")
     ] = None,
+    storage_size: Annotated[
+        int | None,
+        typer.Option(
+            "--storage-size",
+            help="Override: side in pixels each image is resized to once, when decoded "
+            "(needed when the images differ in size).",
+        ),
+    ] = None,
     amp: Annotated[
         Amp | None,
         typer.Option("--amp", help="Override: autocast dtype (auto: bf16 on CUDA, fp32 on CPU)."),
@@ -265,6 +273,7 @@ def train(
         "grad_accum": grad_accum,
         "max_steps": max_steps,
         "image_size": image_size,
+        "storage_size": storage_size,
         "amp": amp.value if amp is not None else None,
         "compile": compile_model,
     }

@@ -42,7 +42,8 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]:
         path: The final file. Its folder is created if missing.
         mode: ``"wb"`` or ``"w"`` (text, UTF-8).
 
-    If the block raises, the temporary file is removed and ``path`` is untouched.
+    If the block raises, the temporary file is removed and ``path`` is untouched; an
+    ``OSError`` without a file name (a full disk, an I/O error) is raised again naming ``path``.
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_open mode must be 'wb' or 'w', not {mode!r}")
@@ -60,9 +61,12 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
         _fsync_dir(target.parent)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+            # A full disk (ENOSPC) or an I/O error surfaces at write or fsync without a name.
+            raise OSError(exc.errno, exc.strerror, str(target)) from exc
         raise
 
 

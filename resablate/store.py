@@ -468,13 +468,17 @@ class ResultStore:
         if self.readonly:
             raise StoreError(f"{self.path} is open read-only")
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:  # SQLite has already rolled back after a full disk
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:  # full disk, I/O error, locked past the timeout
+            raise StoreError(f"cannot write the results store {self.path}: {exc}") from None
 
     def close(self) -> None:
         """Close the connection (idempotent)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -45,3 +46,16 @@ def test_sweep_removes_only_stale_temp_files(tmp_path: Path) -> None:
 def test_atomic_open_refuses_append_mode(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="'wb' or 'w'"), atomic_open(tmp_path / "x", "a"):
         pass
+
+
+def test_a_full_disk_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    target = tmp_path / "history.jsonl"
+    with pytest.raises(OSError) as info:
+        write_text(target, "x" * 1000)
+    assert str(info.value) == f"[Errno 28] No space left on device: '{target}'"
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+    assert list(tmp_path.iterdir()) == []

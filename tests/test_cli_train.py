@@ -82,3 +82,27 @@ def test_demo_recipe_reaches_clearly_above_chance(tmp_path: Path) -> None:
     data = json.loads(result.stdout)
     assert (data["status"], data["steps"]) == ("done", 36)
     assert data["metrics"]["accuracy"] >= 0.65
+
+
+def test_mixed_sizes_advice_can_be_taken_with_storage_size(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for split, n in (("train", 4), ("test", 2)):
+        for value, name in ((40, "REAL"), (200, "FAKE")):
+            (tmp_path / "data" / split / name).mkdir(parents=True)
+            for i in range(n):
+                size = (12, 12) if i % 2 else (16, 10)
+                image = Image.new("RGB", size, (value, value - i, 30))
+                image.save(tmp_path / "data" / split / name / f"{i}.png")
+    args = ["train", "--arch", "resnet18", "--data", str(tmp_path / "data"), *FAST]
+    args += ["--image-size", "8", "--batch-size", "4", "--max-steps", "1"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "a")])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "error: the train split has images of 2 different sizes (16x10 to 12x12); resize them "
+        "to one stored size: --storage-size N (train), --set storage_size=N (grid)\n"
+    )
+    result = CliRunner().invoke(app, [*args, "--storage-size", "8", "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    stored = json.loads((tmp_path / "b" / "recipe.json").read_text())
+    assert (stored["storage_size"], stored["image_size"]) == (8, 8)

@@ -253,3 +253,15 @@ def test_a_finished_store_reads_from_a_read_only_place(
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout == "ok ['done', 'pending', 'pending'] 1\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_full_disk_is_one_line_naming_the_store(store: ResultStore) -> None:
+    store.mark_running(CELLS[0].cell_id, device="cpu")
+    store._conn.execute("PRAGMA max_page_count = 1")  # what SQLite meets on a full disk
+    rows = [{"index": i, "path": f"{i}.png" * 20, "label": 0, "pred": 0} for i in range(2000)]
+    with pytest.raises(StoreError) as info:
+        store.record_result(CELLS[0].cell_id, "done", predictions=rows)
+    assert str(info.value) == (
+        f"cannot write the results store {store.path}: database or disk is full"
+    )
+    assert store.cell(CELLS[0].cell_id).status == "running"
