@@ -382,6 +382,7 @@ def grid(
         show(plan, as_json=json_output)
         return
 
+    from resablate.diagnostics.gradflow import GradNormLogging
     from resablate.grid.runner import run_grid
 
     view = GridView(live=console.err.is_terminal and not json_output, metric=metric.value)
@@ -396,7 +397,7 @@ def grid(
             device=device,
             workers=workers,
             ray_address=ray_address,
-            gradflow_every=gradflow_every if log_gradflow else None,
+            step_hooks=[GradNormLogging(every=gradflow_every)] if log_gradflow else [],
         )
     except KeyboardInterrupt:
         view.close()

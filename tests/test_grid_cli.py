@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from resablate.errors import ConfigError
 from resablate.grid.executors import RayExecutor
-from resablate.store import ResultStore
+from resablate.grid.store import ResultStore
 from resablate_cli.app import app
 from resablate_cli.grid import expand_multi_values, parse_settings
 

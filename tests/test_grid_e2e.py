@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 
 from resablate.grid.runner import GridSummary, run_grid
 from resablate.grid.spec import GridSpec
-from resablate.store import RESULT_COLUMNS, ResultStore
+from resablate.grid.store import RESULT_COLUMNS, ResultStore
 from resablate_cli.app import app
 
 # Checkpoint every step so that a killed cell resumes mid-run (the fault test).

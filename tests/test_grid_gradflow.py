@@ -10,7 +10,7 @@ from grid_helpers import one_thread, tiny_grid_args, write_tiny_dataset
 from typer.testing import CliRunner
 
 from resablate.grid.spec import GridSpec
-from resablate.store import ResultStore
+from resablate.grid.store import ResultStore
 from resablate_cli.app import app
 
 STAGES = ["conv1", "conv2_x", "conv3_x", "conv4_x", "conv5_x", "fc"]

@@ -26,7 +26,7 @@ from resablate.grid.runner import (
     run_grid,
 )
 from resablate.grid.spec import GridSpec
-from resablate.store import ResultStore
+from resablate.grid.store import ResultStore
 
 SPEC = GridSpec(depths=(18, 34), residual=("on", "off"), pretrained=("none",))
 

@@ -9,8 +9,8 @@ import pytest
 from resablate.errors import ConfigError, DataNotFoundError
 from resablate.grid.cell import Cell
 from resablate.grid.spec import GridSpec
+from resablate.grid.store import ResultStore
 from resablate.grid.table import results_table
-from resablate.store import ResultStore
 
 
 def _axes(cells: list[Cell]) -> list[tuple[str, str, float, str]]:

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from resablate.errors import ConfigError, StoreError
 from resablate.grid.cell import Cell
+from resablate.grid.store import ResultStore
 from resablate.report.build import build_report
 from resablate.report.published import published
 from resablate.report.stats import (
@@ -24,7 +25,6 @@ from resablate.report.stats import (
     paired_mcnemar,
     t_interval,
 )
-from resablate.store import ResultStore
 from resablate_cli import console
 from resablate_cli.app import app
 

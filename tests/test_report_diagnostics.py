@@ -11,6 +11,7 @@ from grid_helpers import one_thread, write_tiny_dataset
 from test_report_figures import png_size
 
 from resablate.diagnostics.cka import CKAResult, save_cka
+from resablate.diagnostics.gradflow import GradNormLogging
 from resablate.diagnostics.lesion import LesionEntry, LesionResult, save_lesion
 from resablate.report import figures as F
 from resablate.report.build import build_report
@@ -35,7 +36,7 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
         overrides=(("max_steps", 2), ("image_size", 16), ("batch_size", 4)),
     )
     with one_thread():
-        summary = run_grid(spec, root / "grid", device="cpu", gradflow_every=1)
+        summary = run_grid(spec, root / "grid", device="cpu", step_hooks=[GradNormLogging(every=1)])
     assert summary.counts["done"] == 2, summary.counts
     return root / "grid"
 

@@ -14,7 +14,7 @@ from readonly import run_read_only
 
 from resablate.errors import StoreError
 from resablate.grid.cell import Cell
-from resablate.store import (
+from resablate.grid.store import (
     FORMAT_VERSION,
     RESULT_COLUMNS,
     ResultStore,
@@ -202,7 +202,7 @@ def test_network_file_systems_are_detected_by_longest_mount() -> None:
 
 
 def test_network_store_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("resablate.store.network_filesystem", lambda path: "nfs")
+    monkeypatch.setattr("resablate.grid.store.network_filesystem", lambda path: "nfs")
     with pytest.raises(StoreError, match=r"is on a network file system \(nfs\)"):
         ResultStore(tmp_path / "out")
 
@@ -235,7 +235,7 @@ def test_eight_processes_creating_one_store_at_once_all_succeed(tmp_path: Path) 
 
 _READ = """
 import sys
-from resablate.store import ResultStore
+from resablate.grid.store import ResultStore
 with ResultStore.open(sys.argv[1]) as store:
     print(store.integrity_check(), [r.status for r in store.cells()], store.status_counts()["done"])
 """

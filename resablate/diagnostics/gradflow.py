@@ -161,12 +161,42 @@ class GradNormLogger:
         if self._pending >= self.flush_every:
             self.flush()
 
+    def close(self) -> None:
+        """Write the records once training ends (nothing when none was taken)."""
+        if self.records:
+            self.flush()
+
     def flush(self) -> None:
         """Write every record to :attr:`path` (atomically)."""
         from resablate.atomic import write_text
 
         write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
         self._pending = 0
+
+
+@dataclass(frozen=True)
+class GradNormLogging:
+    """Gradient-norm logging for every cell of a grid (``run_grid(step_hooks=[...])``).
+
+    A picklable factory: called with a cell's run directory (in the worker that runs it), it
+    returns the :class:`GradNormLogger` writing that run's ``gradflow.jsonl``.
+
+    Attributes:
+        every: Record every this many optimiser steps.
+        blocks: Per residual block instead of per stage.
+    """
+
+    every: int = 10
+    blocks: bool = False
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ConfigError(f"every={self.every} must be at least 1", field="gradflow_every")
+
+    def __call__(self, run_dir: str | Path) -> GradNormLogger:
+        from resablate.run_dir import RunDir
+
+        return GradNormLogger(RunDir(run_dir).gradflow_file, every=self.every, blocks=self.blocks)
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,13 @@ import multiprocessing
 import queue
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from resablate.errors import ConfigError, WeightsUnavailableError
 from resablate.grid.cell import Cell
+
+if TYPE_CHECKING:
+    from resablate.engine import StepHook
 
 CellRunner = Callable[..., Any]
 """``cell_runner(cell, run_dir, *, device, callback, resume) -> CellResult`` (``run_cell``)."""
@@ -33,6 +36,10 @@ WORKERS_EXITED = (
     "module again, so a script that runs a grid with several workers must call it under "
     '`if __name__ == "__main__":` (or use --workers 1)'
 )
+StepHookFactory = Callable[[str], "StepHook"]
+"""Builds one run's engine step hook from its run directory, in the worker that runs the cell
+(picklable: it crosses process boundaries in the job). A hook with a ``close()`` method is closed
+when the cell ends, however it ends (e.g. gradient-norm logging writing its file)."""
 RAY_HINT = "the ray executor needs Ray, which is not installed: pip install 'resablate[ray]'"
 
 
@@ -43,13 +50,13 @@ class CellJob:
     Attributes:
         cell: The cell.
         run_dir: Its run directory.
-        gradflow_every: Log per-stage gradient norms to ``RUN_DIR/gradflow.jsonl`` every this
-            many optimiser steps (``None`` = no logging). A run option: not part of the cell id.
+        step_hooks: Per-run step hooks for the engine, built in the worker from ``run_dir`` (e.g.
+            gradient-norm logging). A run option: not part of the cell id.
     """
 
     cell: Cell
     run_dir: str
-    gradflow_every: int | None = None
+    step_hooks: tuple[StepHookFactory, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -112,20 +119,14 @@ def execute_cell(
         device: Device to run on; :func:`default_device` when ``None``.
         callback: Receives the engine's progress events.
 
-    With ``job.gradflow_every`` set, a :class:`~resablate.diagnostics.gradflow.GradNormLogger`
-    is built here (in the worker) and handed to the cell runner as ``on_step``; its records are
-    written to ``RUN_DIR/gradflow.jsonl`` when the cell ends, however it ends.
+    The job's step-hook factories are called here (in the worker) with the run directory; the
+    hooks go to the cell runner as ``on_step`` and those with a ``close()`` method are closed
+    when the cell ends, however it ends.
     """
     device = device or default_device()
     cell_id = job.cell.cell_id
-    logger = None
-    if job.gradflow_every is not None:
-        from resablate.diagnostics.gradflow import GradNormLogger
-        from resablate.run_dir import RunDir
-
-        path = RunDir(job.run_dir).gradflow_file
-        logger = GradNormLogger(path, every=job.gradflow_every, blocks=False)
-    hooks: dict[str, Any] = {} if logger is None else {"on_step": [logger]}
+    step_hooks = [factory(job.run_dir) for factory in job.step_hooks]
+    hooks: dict[str, Any] = {"on_step": step_hooks} if step_hooks else {}
     try:
         result = cell_runner(
             job.cell, job.run_dir, device=device, callback=callback, resume=True, **hooks
@@ -138,8 +139,10 @@ def execute_cell(
             summary = f"out of memory: {summary}"
         return CellOutcome(cell_id, "failed", summary, None, device)
     finally:
-        if logger is not None and logger.records:
-            logger.flush()
+        for hook in step_hooks:
+            close = getattr(hook, "close", None)
+            if callable(close):
+                close()
     status = str(result.status)
     reason = None if status == "done" else getattr(result, "reason", None)
     return CellOutcome(cell_id, status, reason, result, device)

@@ -40,13 +40,14 @@ from resablate.grid.executors import (
     CellRunner,
     LocalExecutor,
     RayExecutor,
+    StepHookFactory,
 )
 from resablate.grid.lock import RunLock
 from resablate.grid.spec import GridSpec
+from resablate.grid.store import METRIC_COLUMNS, CellRow, ResultStore
 from resablate.grid.table import ResultsTable, results_table
 from resablate.paths import output_dir
 from resablate.run_dir import RunDir
-from resablate.store import METRIC_COLUMNS, CellRow, ResultStore
 
 CELLS_FOLDER = "cells"
 INTERRUPTED = "interrupted; a rerun resumes it from its last checkpoint"
@@ -319,7 +320,7 @@ def run_grid(
     device: str | None = None,
     workers: int | None = None,
     ray_address: str | None = None,
-    gradflow_every: int | None = None,
+    step_hooks: Sequence[StepHookFactory] = (),
 ) -> GridSummary:
     """Run a grid in ``out_dir``, resuming whatever an earlier run left unfinished.
 
@@ -335,9 +336,9 @@ def run_grid(
         device: Device for the local executor (``None`` = CUDA when visible, else CPU).
         workers: Local worker processes (default: one per visible GPU) or local Ray CPUs.
         ray_address: A Ray cluster to join (executor ``ray``).
-        gradflow_every: Log per-stage gradient norms of each cell run now to
-            ``cells/<cell_id>/gradflow.jsonl`` every this many optimiser steps (``None`` = off;
-            ``--log-gradflow``). A run option: cell ids do not change.
+        step_hooks: Per-run engine step hooks, each built in the worker from the cell's run
+            directory (e.g. ``resablate.diagnostics.gradflow.GradNormLogging``, what
+            ``--log-gradflow`` passes). A run option: cell ids do not change.
 
     Returns:
         The grid's state when the run ended.
@@ -347,8 +348,6 @@ def run_grid(
             back to ``pending``; a rerun resumes them).
         StoreLockedError: Another process runs a grid in ``out_dir``.
     """
-    if gradflow_every is not None and gradflow_every < 1:
-        raise ConfigError(f"gradflow_every={gradflow_every} must be at least 1")
     if cell_runner is None:
         from resablate.grid.cell import run_cell
 
@@ -367,7 +366,7 @@ def run_grid(
             CellJob(
                 Cell.from_dict(row.config),
                 str(cell_run_dir(out_dir, row.cell_id)),
-                gradflow_every=gradflow_every,
+                step_hooks=tuple(step_hooks),
             )
             for row in rows
             if row.cell_id in wanted

@@ -1,6 +1,6 @@
 """The results table in the papers' shape: rows = depth, columns = residual × pretrained.
 
-Built from store rows (:class:`~resablate.store.CellRow`) as plain records; rendering is
+Built from store rows (:class:`~resablate.grid.store.CellRow`) as plain records; rendering is
 separate (``__rich__`` here, other formats in ``resablate.report``). Cells that differ only in
 seed are averaged (mean of the done ones; ``n`` says how many).
 """
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from resablate.grid.store import METRIC_COLUMNS, CellRow
 from resablate.residual_plan import ResidualPlan
-from resablate.store import METRIC_COLUMNS, CellRow
 
 #: Metrics a table can show.
 TABLE_METRICS = METRIC_COLUMNS

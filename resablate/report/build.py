@@ -25,7 +25,7 @@ from resablate.report.tables import (
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-    from resablate.store import CellRow, PredictionRow, ResultStore
+    from resablate.grid.store import CellRow, PredictionRow, ResultStore
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def common_environment(rows: list[CellRow]) -> dict[str, Any]:
 def open_store(out_dir: str | os.PathLike[str]) -> ResultStore:
     """Open the store of a grid run directory read-only (``StoreError`` naming the problem)."""
     from resablate.errors import StoreError
-    from resablate.store import STORE_FILENAME, ResultStore
+    from resablate.grid.store import STORE_FILENAME, ResultStore
 
     folder = Path(out_dir).expanduser()
     if not folder.exists():

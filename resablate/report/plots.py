@@ -34,10 +34,10 @@ if TYPE_CHECKING:
     import numpy as np
     from torch import nn
 
+    from resablate.grid.store import CellRow, EvaluationRow, PredictionRow
     from resablate.recipes import Recipe
     from resablate.report.build import Report
     from resablate.report.stats import MeanInterval
-    from resablate.store import CellRow, EvaluationRow, PredictionRow
 
 #: Stages whose outputs the feature-map figure shows (the stem and the first two stages).
 FEATURE_STAGES = ("conv1", "conv2_x", "conv3_x")

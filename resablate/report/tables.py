@@ -32,8 +32,8 @@ from resablate.residual_plan import PLAN_FIELDS, RESIDUAL_ON
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
+    from resablate.grid.store import CellRow, PredictionRow
     from resablate.report.published import PublishedStudy, PublishedValue
-    from resablate.store import CellRow, PredictionRow
 
 METRICS = ("f1", "accuracy", "precision", "recall", "loss")
 EMPTY = "—"
