@@ -143,7 +143,7 @@ class GridView:
 
     def __call__(self, event: object) -> None:
         from resablate.engine import StepProgress, TrainStarted
-        from resablate.grid.runner import CellFinished, CellProgress, CellStarted, GridStarted
+        from resablate.grid.events import CellFinished, CellProgress, CellStarted, GridStarted
 
         if isinstance(event, GridStarted):
             self.started(event)

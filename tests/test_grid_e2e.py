@@ -25,9 +25,10 @@ import torch
 from grid_helpers import imagenet_standins, one_thread, write_tiny_dataset
 from typer.testing import CliRunner
 
-from resablate.grid.runner import GridSummary, run_grid
+from resablate.grid.runner import run_grid
 from resablate.grid.spec import GridSpec
 from resablate.grid.store import RESULT_COLUMNS, ResultStore
+from resablate.grid.summary import GridSummary
 from resablate_cli.app import app
 
 # Checkpoint every step so that a killed cell resumes mid-run (the fault test).

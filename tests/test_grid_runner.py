@@ -15,18 +15,13 @@ import pytest
 
 from resablate.errors import StoreLockedError, WeightsUnavailableError
 from resablate.grid.cell import Cell
+from resablate.grid.events import CellFinished, CellStarted, GridStarted
 from resablate.grid.executors import CellJob, execute_cell, one_line
 from resablate.grid.lock import RunLock
-from resablate.grid.runner import (
-    INTERRUPTED,
-    CellFinished,
-    CellStarted,
-    GridStarted,
-    grid_status,
-    run_grid,
-)
+from resablate.grid.runner import INTERRUPTED, run_grid
 from resablate.grid.spec import GridSpec
 from resablate.grid.store import ResultStore
+from resablate.grid.summary import grid_status
 
 SPEC = GridSpec(depths=(18, 34), residual=("on", "off"), pretrained=("none",))
 

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import platform
+import subprocess
 from dataclasses import asdict, dataclass
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from resablate.engine.execution import device_name
 
-__all__ = ["Environment", "capture_environment", "device_name", "resolve_device"]
+__all__ = [
+    "Environment",
+    "capture_environment",
+    "device_name",
+    "driver_environment",
+    "git_revision",
+    "resolve_device",
+]
 
 
 def _version(package: str) -> str | None:
@@ -103,3 +114,36 @@ def resolve_device(name: str | torch.device) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"device {name!r} is not supported; use cpu, cuda, cuda:N or auto")
     return device
+
+
+def git_revision() -> str | None:
+    """The git revision of the resablate source tree, or ``None`` outside a git checkout."""
+    folder = Path(__file__).resolve().parent
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        done = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        if done.returncode == 0:
+            return done.stdout.strip()
+    return None
+
+
+def driver_environment() -> dict[str, Any]:
+    """What the driver knows of the environment: versions, host, git revision."""
+    import torch
+    import torchvision
+
+    from resablate import __version__
+
+    return {
+        "resablate": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "host": platform.node(),
+        "git_revision": git_revision(),
+    }

@@ -360,3 +360,23 @@ class RayExecutor:
                 ray.cancel(ref, force=True)
             if started_here:
                 ray.shutdown()
+
+
+def make_executor(
+    executor: str,
+    cell_runner: CellRunner,
+    *,
+    device: str | None,
+    workers: int | None,
+    ray_address: str | None,
+) -> LocalExecutor | RayExecutor:
+    """The executor called ``executor`` (one of :data:`EXECUTORS`) running ``cell_runner``.
+
+    Raises:
+        ConfigError: Unknown executor name.
+    """
+    if executor == "local":
+        return LocalExecutor(cell_runner, device=device, workers=workers)
+    if executor == "ray":
+        return RayExecutor(cell_runner, address=ray_address, workers=workers)
+    raise ConfigError(f"unknown executor {executor!r}; executors: {', '.join(EXECUTORS)}")

@@ -21,176 +21,31 @@ from __future__ import annotations
 
 import contextlib
 import os
-import platform
-import signal
-import subprocess
-import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from resablate.atomic import sweep_stale
-from resablate.errors import ConfigError
 from resablate.grid.cell import Cell
+from resablate.grid.events import CellFinished, CellProgress, CellStarted, GridEvent, GridStarted
 from resablate.grid.executors import (
-    EXECUTORS,
     CellJob,
     CellOutcome,
     CellRunner,
-    LocalExecutor,
-    RayExecutor,
     StepHookFactory,
+    make_executor,
 )
 from resablate.grid.lock import RunLock
+from resablate.grid.signals import sigterm_as_interrupt, uninterruptible
 from resablate.grid.spec import GridSpec
 from resablate.grid.store import METRIC_COLUMNS, CellRow, ResultStore
-from resablate.grid.table import ResultsTable, results_table
+from resablate.grid.summary import GridSummary
+from resablate.grid.table import results_table
 from resablate.paths import output_dir
 from resablate.run_dir import RunDir
 
 CELLS_FOLDER = "cells"
 INTERRUPTED = "interrupted; a rerun resumes it from its last checkpoint"
-
-
-# --------------------------------------------------------------------------------- events
-
-
-@dataclass(frozen=True)
-class GridStarted:
-    """The store holds every cell; ``to_run`` are the ids about to run, in order."""
-
-    out_dir: str
-    cells: tuple[CellRow, ...]
-    to_run: tuple[str, ...]
-    notes: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class CellStarted:
-    """A cell started (or was submitted to a cluster) on ``device``."""
-
-    cell_id: str
-    label: str
-    device: str
-
-
-@dataclass(frozen=True)
-class CellProgress:
-    """An engine progress event of a running cell (``resablate.engine.events``)."""
-
-    cell_id: str
-    event: Any
-
-
-@dataclass(frozen=True)
-class CellFinished:
-    """A cell ended with ``status`` (``done``, ``diverged``, ``failed``, ``skipped``).
-
-    Attributes:
-        row: The cell as now stored (metrics, reason).
-    """
-
-    cell_id: str
-    status: str
-    row: CellRow
-
-
-GridEvent = GridStarted | CellStarted | CellProgress | CellFinished
-
-
-# --------------------------------------------------------------------------------- summary
-
-
-@dataclass(frozen=True)
-class GridSummary:
-    """The state of a grid after a run.
-
-    Attributes:
-        out_dir: The run directory.
-        cells: Every cell of the grid, as stored, in grid order.
-        ran: Ids of the cells this run started, in order.
-        counts: Cells per status.
-        table: The results table (:func:`~resablate.grid.table.results_table`).
-        notes: What the spec changed from what was asked (e.g. demo weights for ImageNet's).
-    """
-
-    out_dir: str
-    cells: tuple[CellRow, ...]
-    ran: tuple[str, ...]
-    counts: dict[str, int]
-    table: ResultsTable
-    notes: tuple[str, ...] = ()
-
-    @property
-    def complete(self) -> bool:
-        """True when no cell is pending or running."""
-        return self.counts["pending"] == 0 and self.counts["running"] == 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: counts, ran, the cells' result records and the table."""
-        return {
-            "out_dir": self.out_dir,
-            "counts": dict(self.counts),
-            "ran": list(self.ran),
-            "cells": [row.result_record() for row in self.cells],
-            "table": self.table.to_dict(),
-            "notes": list(self.notes),
-        }
-
-    def __rich__(self) -> Any:
-        from rich.console import Group
-        from rich.text import Text
-
-        counts = ", ".join(f"{n} {status}" for status, n in self.counts.items() if n)
-        parts: list[Any] = [self.table]
-        problems = [r for r in self.cells if r.status in ("failed", "diverged", "skipped")]
-        for row in problems:
-            parts.append(Text(f"{row.status}: {row.cell_id} {_label(row)}: {row.reason}"))
-        parts.append(
-            Text(f"{len(self.cells)} cells: {counts} · ran {len(self.ran)} now · {self.out_dir}")
-        )
-        return Group(*parts)
-
-
-def _label(row: CellRow) -> str:
-    return Cell.from_dict(row.config).label
-
-
-# --------------------------------------------------------------------------------- helpers
-
-
-def git_revision() -> str | None:
-    """The git revision of the resablate source tree, or ``None`` outside a git checkout."""
-    folder = Path(__file__).resolve().parent
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        done = subprocess.run(
-            ["git", "-C", str(folder), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-        if done.returncode == 0:
-            return done.stdout.strip()
-    return None
-
-
-def driver_environment() -> dict[str, Any]:
-    """What the driver knows of the environment: versions, host, git revision."""
-    import torch
-    import torchvision
-
-    from resablate import __version__
-
-    return {
-        "resablate": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "host": platform.node(),
-        "git_revision": git_revision(),
-    }
 
 
 def select_cells(rows: Sequence[CellRow], *, retry_failed: bool = False) -> list[str]:
@@ -237,52 +92,6 @@ def _record(store: ResultStore, outcome: CellOutcome, base_env: dict[str, Any]) 
         evaluations=RunDir(run_dir).read_history(),
         predictions=RunDir(run_dir).read_predictions(),
     )
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt while the grid runs (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
-def _uninterruptible() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM while the store is being finalised (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _make_executor(
-    executor: str,
-    cell_runner: CellRunner,
-    *,
-    device: str | None,
-    workers: int | None,
-    ray_address: str | None,
-) -> LocalExecutor | RayExecutor:
-    if executor == "local":
-        return LocalExecutor(cell_runner, device=device, workers=workers)
-    if executor == "ray":
-        return RayExecutor(cell_runner, address=ray_address, workers=workers)
-    raise ConfigError(f"unknown executor {executor!r}; executors: {', '.join(EXECUTORS)}")
 
 
 @contextlib.contextmanager
@@ -352,9 +161,11 @@ def run_grid(
         from resablate.grid.cell import run_cell
 
         cell_runner = run_cell
-    runner = _make_executor(
+    runner = make_executor(
         executor, cell_runner, device=device, workers=workers, ray_address=ray_address
     )
+    from resablate.engine.environment import driver_environment
+
     emit = callback or (lambda event: None)
     base_env = driver_environment()
     with open_grid(spec, out_dir) as store:
@@ -384,17 +195,17 @@ def run_grid(
             emit(CellProgress(cell_id, event))
 
         def on_done(outcome: CellOutcome) -> None:
-            with _uninterruptible():
+            with uninterruptible():
                 _record(store, outcome, base_env)
                 in_flight.discard(outcome.cell_id)
                 store.write_mirrors()
             emit(CellFinished(outcome.cell_id, outcome.status, store.cell(outcome.cell_id)))
 
         try:
-            with _sigterm_as_interrupt():
+            with sigterm_as_interrupt():
                 runner.run(jobs, on_start, on_event, on_done)
         except KeyboardInterrupt:
-            with _uninterruptible():
+            with uninterruptible():
                 for cell_id in sorted(in_flight):
                     store.set_status(cell_id, "pending", INTERRUPTED)
                 store.write_mirrors()
@@ -407,17 +218,4 @@ def run_grid(
             counts=store.status_counts(),
             table=results_table(final, metric),
             notes=spec.notes,
-        )
-
-
-def grid_status(out_dir: str | os.PathLike[str], *, metric: str = "f1") -> GridSummary:
-    """The state of the grid stored in ``out_dir`` (read-only; safe while a grid runs)."""
-    with ResultStore.open(out_dir) as store:
-        rows = store.cells()
-        return GridSummary(
-            out_dir=str(out_dir),
-            cells=tuple(rows),
-            ran=(),
-            counts=store.status_counts(),
-            table=results_table(rows, metric),
         )

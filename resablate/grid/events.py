@@ -1,0 +1,55 @@
+"""What a running grid tells its caller: one event per step of the run (the CLI draws from them).
+
+``GridStarted`` once the store holds every cell, then per cell ``CellStarted``, its engine
+progress wrapped in ``CellProgress``, and ``CellFinished`` with the row as stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from resablate.grid.store import CellRow
+
+
+@dataclass(frozen=True)
+class GridStarted:
+    """The store holds every cell; ``to_run`` are the ids about to run, in order."""
+
+    out_dir: str
+    cells: tuple[CellRow, ...]
+    to_run: tuple[str, ...]
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CellStarted:
+    """A cell started (or was submitted to a cluster) on ``device``."""
+
+    cell_id: str
+    label: str
+    device: str
+
+
+@dataclass(frozen=True)
+class CellProgress:
+    """An engine progress event of a running cell (``resablate.engine.events``)."""
+
+    cell_id: str
+    event: Any
+
+
+@dataclass(frozen=True)
+class CellFinished:
+    """A cell ended with ``status`` (``done``, ``diverged``, ``failed``, ``skipped``).
+
+    Attributes:
+        row: The cell as now stored (metrics, reason).
+    """
+
+    cell_id: str
+    status: str
+    row: CellRow
+
+
+GridEvent = GridStarted | CellStarted | CellProgress | CellFinished
