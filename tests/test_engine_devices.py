@@ -472,3 +472,124 @@ def test_no_host_sync_in_steady_state_bf16_steps(
     assert result.execution.amp == "bf16"
     assert len(counts) == 5
     assert counts[2:] == [{}, {}, {}]  # steps 3-5: none (steps 1-2 create optimiser state)
+
+
+# --- on a real GPU -----------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+def test_gpu_default_run_is_bf16_channels_last_and_recorded(tmp_path: Path) -> None:
+    model = tiny_model()
+    result = train(
+        model,
+        decoded(TinySource(48, 0)),
+        TinySource(16, 1),
+        RECIPE,
+        run_dir=tmp_path,
+        seed=3,
+        device="cuda",
+        transforms=(flip_transform, flip_transform),
+    )
+    index = torch.cuda.current_device()
+    assert result.execution.to_dict() == {
+        "device": f"cuda:{index}",
+        "device_name": torch.cuda.get_device_name(index),
+        "gpu_count": torch.cuda.device_count(),
+        "amp": "bf16",
+        "channels_last": True,
+        "compile": False,
+        "tf32": True,
+        "cudnn_benchmark": True,
+        "deterministic": False,
+    }
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.cuda.get_rng_state(index).equal(
+        ckpt.load_latest(tmp_path / "checkpoints").state["rng_device"]
+    )
+
+
+@pytest.mark.gpu
+def test_gpu_steady_state_steps_do_not_synchronise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    step = _Session.optimiser_step
+    checked: list[int] = []
+
+    def strict_step(self: _Session) -> torch.Tensor:
+        if self.step < 2:
+            return step(self)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return step(self)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+            checked.append(self.step)
+
+    monkeypatch.setattr(_Session, "optimiser_step", strict_step)
+    recipe = RECIPE.replace(train_transform="random_resized_crop", image_size=12, max_steps=5)
+    from resablate.data import BatchTransform, RecyclingTransform
+
+    transforms = tuple(
+        RecyclingTransform(BatchTransform.from_recipe(recipe, train=t)) for t in (True, False)
+    )
+    train(
+        tiny_model(),
+        decoded(TinySource(48, 0)),
+        TinySource(16, 1),
+        recipe,
+        run_dir=tmp_path,
+        seed=3,
+        device="cuda",
+        transforms=transforms,
+    )
+    assert checked == [3, 4, 5]
+
+
+@pytest.mark.gpu
+def test_gpu_resume_of_a_cpu_checkpoint_is_refused(tmp_path: Path) -> None:
+    run(tmp_path, RECIPE.replace(max_steps=2))
+    with pytest.raises(ConfigError, match="written by a run on cpu fp32, this run is on cuda bf16"):
+        train(
+            tiny_model(),
+            TinySource(48, 0),
+            TinySource(16, 1),
+            RECIPE.replace(max_steps=2),
+            run_dir=tmp_path,
+            seed=3,
+            device="cuda",
+            transforms=(flip_transform, flip_transform),
+        )
+
+
+@pytest.mark.gpu
+def test_gpu_host_split_through_the_prefetcher(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    device = torch.device("cuda")
+    split = decoded(TinySource(48, 0))
+    (kept,) = place_sources([split], device, free_bytes=0)  # no room: stays in host memory
+    assert kept is split and not is_resident(split, device)
+    taken: list[torch.device] = []
+
+    class Spy(Prefetcher):
+        def take(self, key, indices):
+            images = super().take(key, indices)
+            taken.append(images.device)
+            return images
+
+    monkeypatch.setattr(loop, "place_sources", functools.partial(place_sources, free_bytes=0))
+    monkeypatch.setattr(loop, "Prefetcher", Spy)
+    result = train(
+        tiny_model(),
+        split,
+        TinySource(16, 1),
+        RECIPE.replace(amp="fp16", max_steps=4),
+        run_dir=tmp_path,
+        seed=3,
+        device=device,
+        transforms=(flip_transform, flip_transform),
+    )
+    assert result.status == "done" and result.execution.amp == "fp16"
+    assert len(taken) == 8 and {d.type for d in taken} == {"cuda"}  # 4 steps × 2 micro-batches
+    state = ckpt.load_latest(tmp_path / "checkpoints").state
+    assert state["precision"] == "cuda fp16" and state["scaler"]["scale"] > 0

@@ -364,7 +364,13 @@ def test_surgery_counts_for_the_cli() -> None:
 
 
 @pytest.mark.gpu
-def test_surgered_model_moves_to_the_gpu_and_back() -> None:
+@pytest.mark.parametrize(
+    ("tf32", "tolerance"),
+    # TF32 keeps 10 mantissa bits (float32: 23): the training policy (recipe tf32=True) needs a
+    # tolerance about ten times wider than exact float32 convolutions.
+    [(False, 1e-3), (True, 2e-2)],
+)
+def test_surgered_model_moves_to_the_gpu_and_back(tf32: bool, tolerance: float) -> None:
     from resablate.counting import count
 
     model = fresh("torchvision", "resnet18")
@@ -372,8 +378,17 @@ def test_surgered_model_moves_to_the_gpu_and_back() -> None:
     expected = model(X)
     on_gpu = copy.deepcopy(model).to("cuda")
     assert type(on_gpu.layer2[0]).__name__ == "RewiredBasicBlock"
-    with torch.no_grad():
-        assert torch.allclose(on_gpu(X.cuda()).cpu(), expected, rtol=1e-3, atol=1e-4)
+    flags = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = [flag.allow_tf32 for flag in flags]
+    try:
+        for flag in flags:
+            flag.allow_tf32 = tf32
+        with torch.no_grad():
+            got = on_gpu(X.cuda()).cpu()
+    finally:
+        for flag, value in zip(flags, saved, strict=True):
+            flag.allow_tf32 = value
+    assert torch.allclose(got, expected, rtol=tolerance, atol=tolerance / 10)
     assert count(on_gpu, (3, 32, 32)) == count(model, (3, 32, 32))
     assert all(p.is_cuda for p in on_gpu.parameters())
     back = on_gpu.to("cpu")

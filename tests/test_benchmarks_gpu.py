@@ -1,0 +1,66 @@
+"""benchmarks/gpu_acceptance.py without a GPU: one line and exit 0; its checks run on the CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+SCRIPT = Path(__file__).parent.parent / "benchmarks" / "gpu_acceptance.py"
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("gpu_acceptance", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_without_cuda_it_says_so_in_one_line_and_exits_0() -> None:
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--no-pytest"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0
+    assert done.stdout == (
+        "gpu_acceptance: no CUDA device is visible; nothing to check (run it on a GPU machine)\n"
+    )
+
+
+def test_bf16_peaks_by_device_name() -> None:
+    acceptance = _load()
+    assert acceptance.bf16_peak("NVIDIA H100 80GB HBM3", None) == 989.0
+    assert acceptance.bf16_peak("NVIDIA H100 PCIe", None) == 756.0
+    assert acceptance.bf16_peak("NVIDIA H200", None) == 989.0
+    assert acceptance.bf16_peak("NVIDIA A100-SXM4-80GB", None) == 312.0
+    assert acceptance.bf16_peak("Some GPU", None) is None
+    assert acceptance.bf16_peak("NVIDIA H100 PCIe", 500.0) == 500.0
+
+
+@pytest.mark.slow
+def test_precision_and_resume_checks_pass_on_the_cpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    acceptance = _load()
+    monkeypatch.setattr(acceptance, "TINY", {"images": 64, "size": 16, "batch": 8})
+    precision = acceptance.check_precisions(tmp_path, "cpu")
+    assert [(c.name, c.ok) for c in precision] == [
+        ("bf16 tiny run ends with a finite loss", True),
+        ("parameters are channels_last", True),
+        ("fp16 tiny run ends with a finite loss", True),
+    ]
+    assert precision[1].detail == "20/20 4-d parameters"
+    resume = acceptance.check_resume(tmp_path, "cpu")
+    # On the CPU the resumed run is bitwise the uninterrupted one.
+    assert resume == acceptance.Check(
+        "stop and resume", True, "resumed from step 5; max |Δw| vs uninterrupted 0.00e+00"
+    )
