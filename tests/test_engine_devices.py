@@ -593,3 +593,22 @@ def test_gpu_host_split_through_the_prefetcher(
     assert len(taken) == 8 and {d.type for d in taken} == {"cuda"}  # 4 steps × 2 micro-batches
     state = ckpt.load_latest(tmp_path / "checkpoints").state
     assert state["precision"] == "cuda fp16" and state["scaler"]["scale"] > 0
+
+
+@pytest.mark.gpu
+def test_gpu_deterministic_mode_trains_through_adaptive_pooling(tmp_path: Path) -> None:
+    # AdaptiveAvgPool2d has no deterministic CUDA backward: it warns instead of raising.
+    with pytest.warns(UserWarning, match="adaptive_avg_pool2d_backward_cuda"):
+        result = train(
+            tiny_model(),
+            decoded(TinySource(48, 0)),
+            TinySource(16, 1),
+            RECIPE.replace(deterministic=True, max_steps=2),
+            run_dir=tmp_path,
+            seed=3,
+            device="cuda",
+            transforms=(flip_transform, flip_transform),
+        )
+    assert result.status == "done"
+    assert (result.execution.deterministic, result.execution.cudnn_benchmark) == (True, False)
+    assert not torch.are_deterministic_algorithms_enabled()

@@ -373,6 +373,9 @@ class _Session:
         self.order_data = self.order_cpu if self.prefetcher else self.order_cpu.to(data_device)
         self.order_labels = self.order_cpu.to(self.train_labels.device)
         self.order_epoch = self.epoch
+        if self.prefetcher is not None:  # the epoch's (or the resumed run's) first micro-batch
+            bs, b = self.recipe.batch_size, self.position
+            self.prefetcher.request((self.epoch, b), self.order_cpu[b * bs : (b + 1) * bs])
 
     def batch_images(self, b: int) -> torch.Tensor:
         """uint8 images of micro-batch ``b`` of the epoch, on the device."""
