@@ -57,7 +57,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from resablate.errors import ConfigError
-from resablate.families import get_family, stage_map
+from resablate.families import stage_map
+from resablate.model_spec import parse_model
 
 HEAD_STAGE = "head"
 
@@ -572,7 +573,8 @@ class ArchitectureCounts:
 
     Attributes:
         input_size: ``(C, H, W)`` of the counted input.
-        rows: ``(arch, source, counts)`` in the order asked.
+        rows: ``(arch, source, counts)`` in the order asked (for a user factory, ``arch`` is
+            ``"module:callable"`` and ``source`` is ``"factory"``).
     """
 
     input_size: tuple[int, ...]
@@ -589,6 +591,7 @@ class ArchitectureCounts:
                     "params": c.params,
                     "flops": c.flops,
                     "stages": [asdict(s) for s in c.stages],
+                    "uncounted_ops": dict(c.uncounted_ops),
                 }
                 for arch, source, c in self.rows
             ],
@@ -598,7 +601,15 @@ class ArchitectureCounts:
         from rich.table import Table
 
         size = "×".join(str(s) for s in self.input_size)
-        table = Table(title=f"parameters and FLOPs (1000-class heads, input {size}, batch 1)")
+        notes = [
+            f"{arch}: {note}"
+            for arch, _, c in self.rows
+            if (note := uncounted_note(c.uncounted_ops)) is not None
+        ]
+        table = Table(
+            title=f"parameters and FLOPs (1000-class heads, input {size}, batch 1)",
+            caption="\n".join(notes) or None,
+        )
         table.add_column("architecture")
         table.add_column("source")
         for column in ("params", "params (M)", "GFLOPs"):
@@ -611,21 +622,25 @@ class ArchitectureCounts:
 def count_architectures(
     archs: Sequence[str], *, source: str = "torchvision", input_size: Sequence[int] = (3, 224, 224)
 ) -> ArchitectureCounts:
-    """Count registered architectures as the papers quote them (1000-class heads, random init).
+    """Count models as the papers quote them (1000-class heads, random init).
 
-    Models are built on the meta device (shapes only), so this is fast and allocates nothing.
+    Models are built on the meta device where their builders allow (shapes only), so this is
+    fast and allocates nothing.
+
+    Args:
+        archs: Model names: registered architectures, any torchvision or timm model
+            (``timm:convnext_tiny``) or user factories (``package.module:callable``); see
+            :func:`resablate.model_spec.parse_model`.
+        source: The source of names without one.
+        input_size: ``(C, H, W)`` of the counted input, in pixels.
 
     Raises:
-        ConfigError: No architecture, an unknown one (checked before any is built), or a bad
-            ``input_size``.
+        ConfigError: No architecture, an unknown one (all are checked before any is built), or a
+            bad ``input_size``.
     """
     if not archs:
         raise ConfigError("name at least one architecture to count")
     size = _checked_size(input_size)
-    families = [get_family(arch, source) for arch in archs]
-    rows = []
-    for family in families:
-        with torch.device("meta"):
-            model = family.builder()
-        rows.append((family.arch, family.source, count(model, size)))
+    specs = [parse_model(arch, source) for arch in archs]
+    rows = [(spec.arch, spec.source, count(spec.build_on_meta(), size)) for spec in specs]
     return ArchitectureCounts(input_size=size, rows=tuple(rows))
