@@ -88,6 +88,8 @@ def test_surgery_alpha() -> None:
         ),
         (["surgery", "resnet18"], ["pass exactly one of --no-residual or --alpha"]),
         (["count", "resnet18", "resnet77"], ["unknown architecture 'resnet77'"]),
+        (["count", "vit_b_1"], ["nor a torchvision model; close torchvision models: vit_b_16"]),
+        (["count", "no_such_pkg.nets:make"], ["cannot import module 'no_such_pkg.nets'"]),
     ],
 )
 def test_bad_input_is_one_line_without_traceback(args: list[str], fragments: list[str]) -> None:
@@ -102,6 +104,22 @@ def test_count_compares_architectures() -> None:
     data = json.loads(run("count", "resnet152", "--json").stdout)
     assert data["architectures"][0]["params"] == 60_192_808
     assert data["architectures"][0]["flops"] == 11_558_835_200
+
+
+def test_count_any_library_model_and_says_what_it_leaves_out() -> None:
+    result = run("count", "torchvision:vit_b_16", "convnext_tiny", "--source", "timm")
+    assert result.exit_code == 0, result.output
+    rows = [line.split("│")[1:-1] for line in result.stdout.splitlines() if "│" in line]
+    assert [[cell.strip() for cell in row] for row in rows] == [
+        ["vit_b_16", "torchvision", "86,567,656", "86.6", "16.87"],
+        ["convnext_tiny", "timm", "28,589,128", "28.6", "4.47"],
+    ]
+    assert "vit_b_16: not counted (0 FLOPs): scaled_dot_product_attention ×12" in result.stdout
+    data = json.loads(run("count", "vit_b_16", "--json").stdout)["architectures"][0]
+    assert (data["flops"], data["uncounted_ops"]) == (
+        16_867_412_736,
+        {"scaled_dot_product_attention": 12},
+    )
 
 
 def test_weights_list_and_offline_fetch(monkeypatch: pytest.MonkeyPatch) -> None:
