@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from resablate_cli import console
-from resablate_cli.options import BnPolicy, split_values
+from resablate_cli.options import BnPolicy, Source, SourceOption, split_values
 
 _PROGRESS_FIELDS = "loss {task.fields[loss]}  {task.fields[rate]} img/s  ETA {task.fields[eta]}"
 
@@ -196,9 +196,7 @@ def train(
             "--recipe", help="cifake, food or demo (default: demo for --data demo, else cifake)."
         ),
     ] = None,
-    source: Annotated[
-        str, typer.Option("--source", help="Model source: torchvision or timm.")
-    ] = "torchvision",
+    source: SourceOption = Source.torchvision,
     no_residual: Annotated[
         bool, typer.Option("--no-residual", help="Remove the residual connections.")
     ] = False,
@@ -279,7 +277,7 @@ def train(
     }
     cell = Cell(
         arch=arch,
-        source=source,
+        source=source.value,
         residual=residual_plan(no_residual, stages),
         residual_alpha=alpha,
         weights=weights,

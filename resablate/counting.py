@@ -377,8 +377,9 @@ def unwrap(model: nn.Module) -> nn.Module:
 class _Tally:
     """What one counting run has seen: flops per stage, parameters read, uncounted operators.
 
-    Module hooks keep the stack of running modules; inside a module counted by its own rule the
-    operators it runs are not counted again (``covered``), only the parameters they read.
+    Module hooks keep the stack of running modules. Inside a module or call counted by its own
+    rule the operators it runs are not looked at again (``covered``); the parameters it reads are
+    its own (a module's) or its arguments (a call's).
     """
 
     def __init__(self, module_stage: dict[str, str], param_of: dict[int, int]) -> None:
@@ -395,7 +396,7 @@ class _Tally:
 
     def read(self, values: Iterable[Any]) -> None:
         for value in values:
-            if isinstance(value, list | tuple):
+            if isinstance(value, list | tuple) and value and isinstance(value[0], Tensor):
                 self.read(value)
             elif isinstance(value, Tensor):
                 param = self.param_of.get(id(value))
@@ -423,6 +424,8 @@ class _FunctionCounter(TorchFunctionMode):
             out = func(*args, **kwargs)
         finally:
             tally.covered -= 1
+        tally.read(args)
+        tally.read(kwargs.values())
         flops = rule(args, kwargs)
         if flops is not None:
             tally.add(flops)
@@ -444,15 +447,16 @@ class _OperatorCounter(TorchDispatchMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         tally = self.tally
+        if tally.covered:
+            return out
         tally.read(args)
         tally.read(kwargs.values())
-        if not tally.covered:
-            packet = func.overloadpacket
-            rule = _OP_RULES.get(packet)
-            if rule is not None:
-                tally.add(rule(args, out))
-            elif packet.__name__ in _UNCOUNTED_OPS:
-                tally.uncounted[packet.__name__] += 1
+        packet = func.overloadpacket
+        rule = _OP_RULES.get(packet)
+        if rule is not None:
+            tally.add(rule(args, out))
+        elif packet.__name__ in _UNCOUNTED_OPS:
+            tally.uncounted[packet.__name__] += 1
         return out
 
 
@@ -493,8 +497,10 @@ def count(model: nn.Module, input_size: Sequence[int] = (3, 224, 224)) -> Counts
     def make_hooks(name: str, module: nn.Module) -> tuple[Callable[..., None], Callable[..., None]]:
         rule = _rule(module)
         stage = tally.module_stage[name]
-        # A shape-preserving module skips its kernel, so mark its own parameters read here.
-        own = [id(p) for p in module.parameters(recurse=False)] if id(module) in shortcut else []
+        # Counted by its rule or skipping its kernel (shape-preserving): its operators are not
+        # looked at, and it reads its own parameters.
+        reads_own = rule is not None or id(module) in shortcut
+        own = [id(p) for p in module.parameters(recurse=False)] if reads_own else []
 
         def before(module: nn.Module, inputs: tuple[Any, ...]) -> None:
             tally.stack.append(name)
