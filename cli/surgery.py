@@ -27,7 +27,8 @@ def surgery(
         list[str],
         typer.Argument(
             metavar="ARCH",
-            help="Architecture, e.g. resnet152 (see `count`); further stage names of --stages.",
+            help="Model, e.g. resnet152, timm:resnetv2_50 or package.module:callable (see "
+            "`count`); further stage names of --stages.",
         ),
     ],
     no_residual: Annotated[
@@ -80,12 +81,17 @@ def surgery_table(result: SurgeryCounts) -> Table:
     """The table ``resablate surgery`` prints: per stage, blocks rewired, params, GFLOPs."""
     from rich.table import Table
 
+    from resablate.counting import uncounted_note
+    from resablate.model_spec import FACTORY
+
     data = result.to_dict()
     what = "dropped" if result.alpha == 0.0 else f"scaled by {result.alpha:g}"
     size = "×".join(str(s) for s in result.before.input_size)
+    head = "" if result.source == FACTORY else ", 1000-class head"  # a factory has its own
     table = Table(
         title=f"{result.arch} ({result.source}): residual connections {what} in "
-        f"{', '.join(result.stages)}; input {size}, batch 1, 1000-class head"
+        f"{', '.join(result.stages)}; input {size}, batch 1{head}",
+        caption=uncounted_note(result.before.uncounted_ops),
     )
     table.add_column("stage")
     for column in ("blocks rewired", "params", "active params", "GFLOPs"):

@@ -575,7 +575,7 @@ def count(model: nn.Module, input_size: Sequence[int] = (3, 224, 224)) -> Counts
 
 @dataclass(frozen=True)
 class ArchitectureCounts:
-    """Parameters and FLOPs of several architectures side by side (1000-class heads).
+    """Parameters and FLOPs of several models side by side (library models: 1000-class heads).
 
     Attributes:
         input_size: ``(C, H, W)`` of the counted input.
@@ -613,7 +613,8 @@ class ArchitectureCounts:
             if (note := uncounted_note(c.uncounted_ops)) is not None
         ]
         table = Table(
-            title=f"parameters and FLOPs (1000-class heads, input {size}, batch 1)",
+            title=f"parameters and FLOPs (input {size}, batch 1; library models with 1000-class "
+            "heads)",
             caption="\n".join(notes) or None,
         )
         table.add_column("architecture")
@@ -628,7 +629,7 @@ class ArchitectureCounts:
 def count_architectures(
     archs: Sequence[str], *, source: str = "torchvision", input_size: Sequence[int] = (3, 224, 224)
 ) -> ArchitectureCounts:
-    """Count models as the papers quote them (1000-class heads, random init).
+    """Count models as the papers quote them (random init; library models with 1000-class heads).
 
     Models are built on the meta device where their builders allow (shapes only), so this is
     fast and allocates nothing.

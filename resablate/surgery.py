@@ -25,7 +25,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import torch
 from torch import nn
 
 from resablate._rewired import (
@@ -43,12 +42,12 @@ from resablate.errors import ConfigError, UnsupportedBlockError
 from resablate.families import (
     Family,
     family_of,
-    get_family,
     paper_stage,
     residual_architectures,
     stage_layout,
     type_name,
 )
+from resablate.model_spec import parse_model
 
 
 @dataclass(frozen=True)
@@ -580,32 +579,33 @@ def surgery_counts(
     """Build ``arch`` (1000-class head, on the meta device: shapes only), count, rewire, count.
 
     Args:
-        arch: A registered architecture with residual blocks.
+        arch: A model name (:func:`resablate.model_spec.parse_model`): a registered architecture
+            with residual blocks, any torchvision or timm model (``timm:convnext_tiny``) or a
+            factory (``package.module:callable``) whose blocks surgery finds.
         alpha: Shortcut weight (0.0 drops the residual connections, as :func:`drop_residual`).
         stages: As in :func:`drop_residual`.
         blocks: As in :func:`drop_residual`.
-        source: ``"torchvision"`` or ``"timm"``.
+        source: The source of a name without one (``"torchvision"``, ``"timm"``, ...).
         input_size: ``(C, H, W)`` of the counted input, in pixels.
 
     Raises:
-        ConfigError: Unknown architecture, stage or block, or an architecture without residual
+        ConfigError: Unknown architecture, stage or block, or a model without residual
             connections.
     """
-    family = get_family(arch, source)
-    if not family.residual:
+    spec = parse_model(arch, source)
+    if spec.family is not None and not spec.family.residual:
         raise ConfigError(
-            f"{family.arch} has no residual connections; residual surgery applies to: "
+            f"{spec.arch} has no residual connections; residual surgery applies to: "
             f"{', '.join(residual_architectures())}"
         )
-    with torch.device("meta"):
-        model = family.builder()
+    model = spec.build_on_meta()
     before = count(model, input_size)
     report = scale_residual(model, alpha, stages=stages, blocks=blocks)
     after = count(model, input_size)
     stage_names = tuple(s.stage for s in report.stages if s.blocks_rewired)
     return SurgeryCounts(
-        arch=family.arch,
-        source=family.source,
+        arch=spec.arch,
+        source=spec.source,
         alpha=float(alpha),
         stages=stage_names,
         report=report,

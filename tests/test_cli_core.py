@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import urllib.error
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -120,6 +121,54 @@ def test_count_any_library_model_and_says_what_it_leaves_out() -> None:
         16_867_412_736,
         {"scaled_dot_product_attention": 12},
     )
+
+
+CIFAR_NET = """
+from torch import nn
+import torch.nn.functional as F
+
+class Block(nn.Module):
+    def __init__(self, cin, cout, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        out += self.shortcut(x)
+        return F.relu(out)
+
+def cifar_net():
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, 1, 1), Block(16, 16), Block(16, 32, 2), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Linear(32, 10),
+    )
+"""
+
+
+def test_surgery_and_count_on_a_user_factory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "cifar_nets_cli.py").write_text(CIFAR_NET)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = run("surgery", "--no-residual", "cifar_nets_cli:cifar_net", "--input-size", "32")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    assert "cifar_nets_cli:cifar_net (factory): residual connections dropped in model; " in text
+    assert "input 3×32×32, batch 1 ┏" in text  # a factory's head is its own: no 1000-class claim
+    # the projection shortcut (1×1 conv 16→32 and its BN) no longer runs
+    assert "│ total │ 2 / 2 │ 19,978 │ 19,978 -> 19,402 │ 0.009 │" in text
+    assert 16 * 32 + 2 * 32 == 19_978 - 19_402
+    data = json.loads(run("count", "cifar_nets_cli:cifar_net", "--json").stdout)
+    assert data["architectures"][0]["source"] == "factory"
+    assert data["architectures"][0]["params"] == 19_978
 
 
 def test_weights_list_and_offline_fetch(monkeypatch: pytest.MonkeyPatch) -> None:
