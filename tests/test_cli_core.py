@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import urllib.error
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -123,52 +122,22 @@ def test_count_any_library_model_and_says_what_it_leaves_out() -> None:
     )
 
 
-CIFAR_NET = """
-from torch import nn
-import torch.nn.functional as F
-
-class Block(nn.Module):
-    def __init__(self, cin, cout, stride=1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
-            )
-
-    def forward(self, x):
-        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-        out += self.shortcut(x)
-        return F.relu(out)
-
-def cifar_net():
-    return nn.Sequential(
-        nn.Conv2d(3, 16, 3, 1, 1), Block(16, 16), Block(16, 32, 2), nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(), nn.Linear(32, 10),
-    )
-"""
-
-
-def test_surgery_and_count_on_a_user_factory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    (tmp_path / "cifar_nets_cli.py").write_text(CIFAR_NET)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    result = run("surgery", "--no-residual", "cifar_nets_cli:cifar_net", "--input-size", "32")
+def test_surgery_and_count_on_a_user_factory() -> None:
+    # tests/ is on sys.path: the classic CIFAR ResNet of test_surgery_user_blocks (widths 8..64)
+    factory = "test_surgery_user_blocks:CifarResNet"
+    result = run("surgery", "--no-residual", factory, "--input-size", "32")
     assert result.exit_code == 0, result.output
     text = " ".join(result.stdout.split())
-    assert "cifar_nets_cli:cifar_net (factory): residual connections dropped in model; " in text
+    assert f"{factory} (factory): residual connections dropped in conv2_x, conv3_x, " in text
     assert "input 3×32×32, batch 1 ┏" in text  # a factory's head is its own: no 1000-class claim
-    # the projection shortcut (1×1 conv 16→32 and its BN) no longer runs
-    assert "│ total │ 2 / 2 │ 19,978 │ 19,978 -> 19,402 │ 0.009 │" in text
-    assert 16 * 32 + 2 * 32 == 19_978 - 19_402
-    data = json.loads(run("count", "cifar_nets_cli:cifar_net", "--json").stdout)
-    assert data["architectures"][0]["source"] == "factory"
-    assert data["architectures"][0]["params"] == 19_978
+    # the projection shortcuts (1×1 conv and BN) of layer2..4 no longer run
+    assert "│ conv5_x │ 1 │ 57,728 │ 57,728 -> 55,552 │ 0.001 │" in text
+    assert "│ total │ 4 / 4 │ 78,002 │ 78,002 -> 75,090 │ 0.004 │" in text
+    data = json.loads(run("surgery", "--no-residual", factory, "--json").stdout)
+    shortcuts = sum(cin * cout + 2 * cout for cin, cout in ((8, 16), (16, 32), (32, 64)))
+    assert data["inactive_params"] == data["params"] - data["active_params"] == shortcuts == 2_912
+    counted = json.loads(run("count", factory, "--json").stdout)["architectures"][0]
+    assert (counted["arch"], counted["source"], counted["params"]) == (factory, "factory", 78_002)
 
 
 def test_weights_list_and_offline_fetch(monkeypatch: pytest.MonkeyPatch) -> None:
