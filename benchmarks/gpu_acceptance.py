@@ -107,7 +107,14 @@ def tiny_run(run_dir: Path, device: str, *, callback=None, model=None, **overrid
     from resablate.recipes import get_recipe
     from resablate.weights import build_model
 
-    settings = {"amp": "bf16", "channels_last": True, **overrides}
+    # A random-resized crop to 3/4 of the side: the augmentation's resampling path runs too.
+    settings = {
+        "amp": "bf16",
+        "channels_last": True,
+        "train_transform": "random_resized_crop",
+        "image_size": TINY["size"] * 3 // 4,
+        **overrides,
+    }
     recipe = get_recipe("demo", batch_size=TINY["batch"], max_steps=10, eval_every=None, **settings)
     torch.manual_seed(0)
     model = model if model is not None else build_model("resnet18", num_classes=2)

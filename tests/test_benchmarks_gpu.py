@@ -64,3 +64,10 @@ def test_precision_and_resume_checks_pass_on_the_cpu(
     assert resume == acceptance.Check(
         "stop and resume", True, "resumed from step 5; max |Δw| vs uninterrupted 0.00e+00"
     )
+
+
+@pytest.mark.gpu
+def test_acceptance_sync_check_passes_on_the_gpu(tmp_path: Path) -> None:
+    check = _load().check_no_sync(tmp_path)
+    assert check.ok, check.detail
+    assert check.detail == "8 steps under set_sync_debug_mode('error'), status done"

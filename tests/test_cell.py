@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_engine_devices import CPU_EXECUTION
 
 import resablate.demo_weights as demo_weights
 from resablate.errors import WeightsError
@@ -47,11 +48,7 @@ def test_run_cell_writes_the_run_directory(tmp_path: Path) -> None:
     assert saved["environment"]["weights_sha256"] is None
     assert len(saved["environment"]["dataset_fingerprint"]) == 64
     # What ran, as the grid's store and the report's model table read it.
-    assert saved["environment"]["execution"] == {
-        **{"device": "cpu", "device_name": "cpu", "gpu_count": 0, "amp": "none"},
-        **{"channels_last": False, "compile": False, "tf32": False},
-        **{"cudnn_benchmark": False, "deterministic": False},
-    }
+    assert saved["environment"]["execution"] == CPU_EXECUTION
     # ResNet-18 with a 2-class head: 11,177,538 parameters; fvcore FLOPs at the recipe's 32×32.
     assert (result.params, result.active_params, result.trainable_params) == (11_177_538,) * 3
     assert result.flops == 37_114_368

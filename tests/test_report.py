@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 from scipy.stats import binomtest
 from scipy.stats import t as student_t
+from test_engine_devices import CPU_EXECUTION
 from typer.testing import CliRunner
 
 from resablate.errors import ConfigError, StoreError
@@ -71,21 +72,10 @@ def _test_images(folder: Path) -> list[str]:
     return paths
 
 
-_CPU_RUN = {
-    "device": "cpu",
-    "device_name": "cpu",
-    "gpu_count": 0,
-    "amp": "none",
-    "channels_last": False,
-    "compile": False,
-    "tf32": False,
-    "cudnn_benchmark": False,
-    "deterministic": False,
-}
 EXECUTION = {
-    "resnet18": _CPU_RUN,
+    "resnet18": CPU_EXECUTION,
     "resnet50": {
-        **_CPU_RUN,
+        **CPU_EXECUTION,
         **{"device": "cuda:1", "device_name": "Fake H100", "gpu_count": 2, "amp": "bf16"},
         **{"channels_last": True, "tf32": True, "cudnn_benchmark": True},
     },
