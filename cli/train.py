@@ -86,8 +86,9 @@ class ProgressRenderer:
         for skipped in event.skipped_checkpoints:
             self.log(f"warning: checkpoint skipped: {skipped}")
         resumed = f", resuming at step {event.start_step}" if event.start_step else ""
+        where = event.ran_on or f"{event.device} (amp {event.amp})"
         self.log(
-            f"training on {event.device} (amp {event.amp}): {event.total_steps} steps, "
+            f"training on {where}: {event.total_steps} steps, "
             f"{event.steps_per_epoch} per epoch, {event.images_per_step} images per step{resumed}"
         )
         if self.plain:

@@ -123,7 +123,9 @@ def run(
 
 def test_cpu_default_is_fp32_nchw_and_recorded(tmp_path: Path) -> None:
     model = Recorder(tiny_model())
-    result = run(tmp_path, model=model)
+    started = []
+    result = run(tmp_path, model=model, callback=started.append)
+    assert started[0].ran_on == "cpu · fp32"  # what `resablate train` prints as "training on"
     assert set(model.seen) == {(False, torch.bfloat16, False)}  # autocast off (its default dtype)
     assert result.amp == "none"
     assert result.execution.to_dict() == CPU_EXECUTION

@@ -24,6 +24,7 @@ class TrainStarted:
         amp: Autocast mode in effect (``"none"`` on CPU).
         skipped_checkpoints: ``"<file>: <why>"`` for each newer checkpoint that did not load
             and was passed over on resume (see ``checkpoint.load_latest``).
+        ran_on: What runs, in one line (``Execution.summary()``, e.g. ``"cpu · fp32"``).
     """
 
     total_steps: int
@@ -33,6 +34,7 @@ class TrainStarted:
     device: str
     amp: str
     skipped_checkpoints: tuple[str, ...] = ()
+    ran_on: str = ""
 
 
 @dataclass(frozen=True)

@@ -583,6 +583,7 @@ def train(
             device=session.execution.device_name,
             amp=session.amp,
             skipped_checkpoints=found.skipped if found is not None else (),
+            ran_on=session.execution.summary(),
         )
     )
     try:
