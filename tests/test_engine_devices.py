@@ -237,9 +237,10 @@ def test_resume_under_another_precision_is_refused(
         run(tmp_path, recipe)
     assert str(caught.value) == (
         f"{path} was written by a run on cpu {names[first]}, this run is on cpu {names[second]}; "
-        "resume on the same device type and precision (--device, --set amp=...), or start "
-        "over (--no-resume) or in another output folder"
+        "resume on the same device type and precision (device, recipe field amp), or start "
+        "over without resuming, or use another output folder"
     )
+    assert caught.value.field == "resume"  # the command line adds "(--no-resume)"
     assert path.exists()
 
 

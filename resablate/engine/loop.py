@@ -268,7 +268,9 @@ class _Session:
             raise ConfigError(
                 f"{path} was written by a run on {saved}, this run is on "
                 f"{self.execution.precision()}; resume on the same device type and precision "
-                "(--device, --set amp=...), or start over (--no-resume) or in another output folder"
+                "(device, recipe field amp), or start over without resuming, or use another "
+                "output folder",
+                field="resume",
             )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
