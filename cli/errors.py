@@ -48,7 +48,7 @@ class ResablateGroup(TyperGroup):
         except ResablateError as exc:
             if debug_enabled(ctx):
                 raise
-            where = f" ({flag(exc.field)})" if exc.field else ""
+            where = f" ({flag(exc.field, ctx.invoked_subcommand)})" if exc.field else ""
             err.print(f"[bold red]error:[/] {exc}{where}", markup=True, highlight=False)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:

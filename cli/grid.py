@@ -359,13 +359,13 @@ def grid(
     axes: dict[str, Any] = {
         "depths": depths,
         "residual": residual,
-        "pretrained": pretrained,
+        "weights": pretrained,
         "freeze": freeze,
         "seeds": seeds,
         "baselines": baselines,
     }
     spec = GridSpec(
-        arch=arch,
+        family=arch,
         source=source.value,
         residual_alpha=tuple(residual_alpha) if residual_alpha else None,
         recipe=recipe,

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from resablate.choices import BN_POLICIES, LESION_METRICS, SOURCES
-from resablate.grid.table import TABLE_METRICS
+from resablate.grid.table import METRICS_SHOWN
 from resablate_cli import console
 
 
@@ -29,10 +29,7 @@ def choices(name: str, values: tuple[str, ...], doc: str) -> type[StrEnum]:
 
 Source = choices("Source", SOURCES, "Where the architectures come from.")
 BnPolicy = choices("BnPolicy", BN_POLICIES, "BatchNorm policy of frozen stages.")
-# The results table's default metric comes first in the help text.
-Metric = choices(
-    "Metric", ("f1", *(m for m in TABLE_METRICS if m != "f1")), "The metric of a results table."
-)
+Metric = choices("Metric", METRICS_SHOWN, "The metric of a results table.")
 LesionMetric = choices("LesionMetric", LESION_METRICS, "Metric of a lesion figure.")
 
 SourceOption = Annotated[Source, typer.Option("--source", help="Model source.")]
@@ -41,14 +38,19 @@ InputSizeOption = Annotated[
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 
-# Library fields whose command-line flag is not ``--`` + the field with dashes.
+# Library fields whose command-line flag is not ``--`` + the field with dashes: everywhere, and
+# per command (``grid`` keeps the studies' words: ``--pretrained`` for the weights axis, ``--arch``
+# for the family).
 _FLAGS = {"resume": "--no-resume"}
+_COMMAND_FLAGS = {"grid": {"weights": "--pretrained", "family": "--arch"}}
 
 
-def flag(field: str) -> str:
+def flag(field: str, command: str | None = None) -> str:
     """The command-line flag of a library argument or config field (``residual_alpha`` →
-    ``--residual-alpha``; ``resume`` → ``--no-resume``, the flag that changes it)."""
-    return _FLAGS.get(field, "--" + field.replace("_", "-"))
+    ``--residual-alpha``; ``resume`` → ``--no-resume``, the flag that changes it; in ``grid``,
+    ``weights`` → ``--pretrained``)."""
+    named = _COMMAND_FLAGS.get(command or "", {}) | _FLAGS
+    return named.get(field, "--" + field.replace("_", "-"))
 
 
 def split_values(values: list[str] | None) -> list[str]:

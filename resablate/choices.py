@@ -9,6 +9,9 @@ from __future__ import annotations
 
 #: Where architectures come from.
 SOURCES = ("torchvision", "timm")
+#: Freeze plans named by the ResNet/AlexNet/VGG16 stages (``resablate.freezing.FREEZE_PLANS``;
+#: a family with more stages has more, see ``freezing.freeze_plans``).
+FREEZE_PLANS = ("none", "conv1", "conv1-2", "conv1-3", "conv1-4", "all")
 #: BatchNorm policies of frozen stages: ``frozen`` keeps the running statistics, ``train`` lets
 #: them update.
 BN_POLICIES = ("frozen", "train")

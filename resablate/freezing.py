@@ -26,10 +26,9 @@ import torch
 from torch import nn
 
 from resablate.choices import BN_POLICIES
+from resablate.choices import FREEZE_PLANS as FREEZE_PLANS
 from resablate.errors import ConfigError, UnsupportedBlockError
 from resablate.families import stage_map
-
-FREEZE_PLANS = ("none", "conv1", "conv1-2", "conv1-3", "conv1-4", "all")
 
 
 class HeldBatchNorm(nn.Module):

@@ -64,7 +64,7 @@ def reference(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Reference
     imagenet_standins(("resnet18", "resnet34"))
     spec = GridSpec(
         depths=(18, 34),
-        pretrained=("imagenet", "none"),
+        weights=("imagenet", "none"),
         data=str(data),
         recipe="demo",
         overrides=TINY,
@@ -118,7 +118,7 @@ def test_nan_weights_diverge_wrong_weights_fail_and_the_rest_finish(
     spec = GridSpec(
         depths=(18,),
         residual=("on",),
-        pretrained=("none", str(tmp_path / "nan.pth"), str(tmp_path / "alexnet.pth")),
+        weights=("none", str(tmp_path / "nan.pth"), str(tmp_path / "alexnet.pth")),
         data=str(data),
         overrides=TINY,
     )
@@ -233,7 +233,7 @@ def test_sigkill_at_random_points_then_resume_loses_nothing(
     assert refused and kills == 5
     # The last rerun (in this process: same code, same thread count) finishes the grid.
     spec = GridSpec(
-        depths=(18,), pretrained=("imagenet", "none"), data=str(data), recipe="demo", overrides=TINY
+        depths=(18,), weights=("imagenet", "none"), data=str(data), recipe="demo", overrides=TINY
     )
     final = run_grid(spec, out, device="cpu")
     assert set(final.ran) == set(expected) - set(done_before)
@@ -251,9 +251,7 @@ def test_ray_executor_gives_the_same_cells_as_local(
     data: Path, tmp_path: Path, reference: Reference
 ) -> None:
     pytest.importorskip("ray")
-    spec = GridSpec(
-        depths=(18,), pretrained=("none",), data=str(data), recipe="demo", overrides=TINY
-    )
+    spec = GridSpec(depths=(18,), weights=("none",), data=str(data), recipe="demo", overrides=TINY)
     on_ray = run_grid(spec, tmp_path / "ray", executor="ray", workers=2)
     local = {r.cell_id: r for r in reference.summary.cells}  # the same cells, run locally
     assert [r.status for r in on_ray.cells] == ["done", "done"]

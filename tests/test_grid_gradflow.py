@@ -28,7 +28,7 @@ def test_log_gradflow_writes_one_record_per_step_per_done_cell(tmp_path: Path) -
         rows = store.cells()
     overrides = (("max_steps", 3), ("image_size", 16), ("batch_size", 4))
     spec = GridSpec(
-        pretrained=("none",), depths=(18,), data=str(data), recipe="demo", overrides=overrides
+        weights=("none",), depths=(18,), data=str(data), recipe="demo", overrides=overrides
     )
     assert [c.cell_id for c in spec.cells()] == [r.cell_id for r in rows]  # a run option only
     assert [r.status for r in rows] == ["done", "done"]

@@ -34,7 +34,7 @@ def test_what_a_worker_sends_and_receives_pickles(tmp_path: Path) -> None:
     spec = GridSpec(
         depths=(18,),
         residual=("off",),
-        pretrained=("none",),
+        weights=("none",),
         data=str(data),
         recipe="demo",
         overrides=TINY,

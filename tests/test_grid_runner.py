@@ -23,7 +23,7 @@ from resablate.grid.spec import GridSpec
 from resablate.grid.store import ResultStore
 from resablate.grid.summary import grid_status
 
-SPEC = GridSpec(depths=(18, 34), residual=("on", "off"), pretrained=("none",))
+SPEC = GridSpec(depths=(18, 34), residual=("on", "off"), weights=("none",))
 
 
 @dataclass(frozen=True)
@@ -166,11 +166,11 @@ def test_interrupt_puts_the_cell_back_to_pending_and_a_rerun_finishes(tmp_path: 
 
 def test_changing_the_spec_adds_cells_and_leaves_finished_ones(tmp_path: Path) -> None:
     run_grid(SPEC, tmp_path, cell_runner=Recorder(), device="cpu")
-    bigger = GridSpec(depths=(18, 34), residual=("on", "off"), pretrained=("none",), seeds=(0, 1))
+    bigger = GridSpec(depths=(18, 34), residual=("on", "off"), weights=("none",), seeds=(0, 1))
     runner = Recorder()
     summary = run_grid(bigger, tmp_path, cell_runner=runner, device="cpu")
     assert len(runner.calls) == 4 and len(summary.cells) == 8
-    smaller = GridSpec(depths=(18,), residual=("on",), pretrained=("none",))
+    smaller = GridSpec(depths=(18,), residual=("on",), weights=("none",))
     runner = Recorder()
     summary = run_grid(smaller, tmp_path, cell_runner=runner, device="cpu")
     assert runner.calls == [] and [r.status for r in summary.cells] == ["done"]
@@ -212,7 +212,7 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path: Path) -> None:
 def test_started_events_name_the_device(tmp_path: Path) -> None:
     events: list[Any] = []
     run_grid(
-        GridSpec(depths=(18,), residual=("on",), pretrained=("none",)),
+        GridSpec(depths=(18,), residual=("on",), weights=("none",)),
         tmp_path,
         cell_runner=Recorder(),
         device="cpu",

@@ -48,7 +48,7 @@ def test_alpha_axis_replaces_off_and_stage_sets() -> None:
         depths=(18,),
         residual=("on", "off:conv5_x"),
         residual_alpha=(1, 0.5, 0),
-        pretrained=("none",),
+        weights=("none",),
         seeds=(0, 1),
     )
     assert [(c.residual, c.residual_alpha, c.seed) for c in spec.cells()] == [
@@ -62,9 +62,7 @@ def test_alpha_axis_replaces_off_and_stage_sets() -> None:
 
 
 def test_baselines_skip_the_residual_axis() -> None:
-    spec = GridSpec(
-        depths=(18,), baselines=("vgg16",), pretrained=("none",), freeze=("none", "conv1")
-    )
+    spec = GridSpec(depths=(18,), baselines=("vgg16",), weights=("none",), freeze=("none", "conv1"))
     assert [(c.arch, c.residual, c.freeze) for c in spec.cells()] == [
         ("resnet18", "on", "none"),
         ("resnet18", "on", "conv1"),
@@ -79,7 +77,8 @@ def test_round_trip_and_unknown_keys() -> None:
     spec = GridSpec(depths=(18, 50), overrides=(("max_steps", 3), ("image_size", 32)))
     assert GridSpec.from_dict(spec.to_dict()) == spec
     assert spec.to_dict()["overrides"] == {"image_size": 32, "max_steps": 3}
-    with pytest.raises(ConfigError, match=r"^unknown grid spec key\(s\): depth; keys: arch, "):
+    legal = r"keys: baselines, bn, data, depths, family, "
+    with pytest.raises(ConfigError, match=r"^unknown grid spec key\(s\): depth; " + legal):
         GridSpec.from_dict({"depth": [18]})
 
 
@@ -102,10 +101,10 @@ def test_round_trip_and_unknown_keys() -> None:
             "freeze",
         ),
         (
-            {"pretrained": ("/no/such/weights.pth",)},
+            {"weights": ("/no/such/weights.pth",)},
             "weights file /no/such/weights.pth does not exist; use none, "
             "imagenet, demo or a path to a .pth/.pt/.safetensors file",
-            "pretrained",
+            "weights",
         ),
         ({"residual": ("off:conv9_x",)}, "unknown stage 'conv9_x'; stages: conv1, conv2_x", None),
         ({"residual_alpha": (2.0,)}, "residual alpha 2 is outside [0, 1]", "residual_alpha"),
@@ -135,7 +134,7 @@ def test_missing_dataset_folder() -> None:
 
 
 def test_results_table_has_the_papers_shape(tmp_path: Path) -> None:
-    spec = GridSpec(depths=(18, 50), pretrained=("none", "imagenet"), seeds=(0, 1))
+    spec = GridSpec(depths=(18, 50), weights=("none", "imagenet"), seeds=(0, 1))
     cells = spec.cells()
     with ResultStore(tmp_path) as store:
         store.sync_cells(cells, run_dirs={c.cell_id: str(tmp_path) for c in cells})
@@ -185,3 +184,9 @@ def test_results_table_has_the_papers_shape(tmp_path: Path) -> None:
     assert table.rows[1].entries[2].status == "diverged"
     with pytest.raises(ConfigError, match="unknown metric 'auc'; metrics: accuracy, precision"):
         results_table([], "auc")
+
+
+def test_specs_written_before_the_rename_are_read() -> None:
+    old = GridSpec(depths=(18,), weights=("none",)).to_dict()
+    old["arch"], old["pretrained"] = old.pop("family"), old.pop("weights")
+    assert GridSpec.from_dict(old) == GridSpec(depths=(18,), weights=("none",))

@@ -30,7 +30,7 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
     spec = GridSpec(
         depths=(18,),
         residual=("on", "off"),
-        pretrained=("none",),
+        weights=("none",),
         data=str(write_tiny_dataset(root / "data")),
         recipe="demo",
         overrides=(("max_steps", 2), ("image_size", 16), ("batch_size", 4)),

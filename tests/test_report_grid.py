@@ -13,8 +13,8 @@ from test_report_figures import png_size
 
 from resablate.report import figures as F
 from resablate.report.build import build_report
+from resablate.report.figure_data import FEATURE_STAGES, cell_recipe, stage_activations
 from resablate.report.output import write_report
-from resablate.report.plots import FEATURE_STAGES, cell_recipe, stage_activations
 from resablate.run_dir import RunDir
 from resablate.weights import load_state_dict_file
 
@@ -44,7 +44,7 @@ def tiny_grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
     spec = GridSpec(
         depths=(18,),
         residual=("on", "off"),
-        pretrained=("none",),
+        weights=("none",),
         data=str(_tiny_data(root / "data")),
         recipe="demo",
         overrides=(("max_steps", 1), ("batch_size", 8), ("epochs", 1)),

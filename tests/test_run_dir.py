@@ -56,8 +56,8 @@ def test_each_run_file_name_is_spelled_in_one_module() -> None:
         # Same names, other folders: the Hugging Face hub's file, the report's figure folder.
         elsewhere = {
             WEIGHTS_FILE: ["resablate/weights.py"],
-            LESION_FIGURE: ["resablate/report/plots.py"],
-            CKA_PREFIX: ["resablate/report/plots.py"],
+            LESION_FIGURE: ["resablate/report/figure_data.py"],
+            CKA_PREFIX: ["resablate/report/figure_data.py"],
         }
         assert spelled == sorted(["resablate/run_dir.py", *elsewhere.get(name, [])]), name
 

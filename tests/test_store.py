@@ -62,7 +62,7 @@ def test_new_cells_are_pending_in_grid_order_with_columns(store: ResultStore) ->
     rows = store.cells()
     assert [r.cell_id for r in rows] == [c.cell_id for c in CELLS]
     assert [r.status for r in rows] == ["pending"] * 3
-    assert [(r.arch, r.depth, r.residual, r.pretrained) for r in rows] == [
+    assert [(r.arch, r.depth, r.residual, r.weights) for r in rows] == [
         ("resnet18", 18, "on", "demo"),
         ("resnet18", 18, "off", "none"),
         ("vgg16", None, "on", "none"),

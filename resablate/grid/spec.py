@@ -20,6 +20,8 @@ from resablate.residual_plan import ResidualPlan
 DEMO_DATA = "demo"
 #: Weights specs that name no file.
 NAMED_WEIGHTS = ("none", "imagenet", "demo")
+#: Spec keys of earlier releases -> their names now.
+_RENAMED = {"arch": "family", "pretrained": "weights"}
 #: Recipe fields the CLI exposes as overrides (the library accepts any recipe field).
 OVERRIDE_FIELDS = ("epochs", "max_steps", "image_size", "batch_size", "lr")
 
@@ -36,30 +38,32 @@ class GridSpec:
     (ImageNet) or not, one seed.
 
     Attributes:
-        arch: The residual family, e.g. ``"resnet"``; each depth names ``f"{arch}{depth}"``.
+        family: The residual family, e.g. ``"resnet"``; each depth names the architecture
+            ``f"{family}{depth}"`` (a cell's ``arch``, e.g. ``"resnet50"``).
         source: ``"torchvision"`` or ``"timm"``.
         depths: Depths of the family (18, 34, 50, 101, 152 for ResNets).
         residual: Residual plans: ``"on"``, ``"off"`` or a stage set ``"off:conv4_x,conv5_x"``.
         residual_alpha: Shortcut scales for the plans that alter stages (1 = residual on,
             0 = off); ``None`` = the plans' own meaning (off = alpha 0).
-        pretrained: Weights specs: ``"imagenet"``, ``"demo"``, ``"none"`` or a state-dict path.
-            With ``data="demo"``, ``"imagenet"`` becomes ``"demo"`` (the offline stand-in).
+        weights: The pretrained axis: weights specs ``"imagenet"``, ``"demo"``, ``"none"`` or a
+            state-dict path (a cell's ``weights``). With ``data="demo"``, ``"imagenet"`` becomes
+            ``"demo"`` (the offline stand-in).
         freeze: Freeze plans (``resablate.freezing.FREEZE_PLANS``).
         seeds: Seeds; every other axis is crossed with each.
         baselines: Further architectures (e.g. ``"vgg16"``, ``"efficientnet_b3"``) crossed with
-            pretrained × freeze × seeds but not with the residual axis.
+            weights × freeze × seeds but not with the residual axis.
         recipe: Recipe name; ``None`` = ``"demo"`` on the demo data, else ``"cifake"``.
         data: Dataset folder, or ``"demo"`` for the embedded demo data.
         overrides: Recipe field overrides as ``(name, value)`` pairs (e.g. ``("max_steps", 10)``).
         bn: BatchNorm policy of frozen stages, ``"frozen"`` or ``"train"``.
     """
 
-    arch: str = "resnet"
+    family: str = "resnet"
     source: str = "torchvision"
     depths: tuple[int, ...] = (18, 50, 101, 152)
     residual: tuple[str, ...] = ("on", "off")
     residual_alpha: tuple[float, ...] | None = None
-    pretrained: tuple[str, ...] = ("imagenet", "none")
+    weights: tuple[str, ...] = ("imagenet", "none")
     freeze: tuple[str, ...] = ("none",)
     seeds: tuple[int, ...] = (0,)
     baselines: tuple[str, ...] = ()
@@ -69,8 +73,8 @@ class GridSpec:
     bn: str = "frozen"
 
     def __post_init__(self) -> None:
-        values: dict[str, Any] = {"arch": self.arch.strip().lower()}
-        for name in ("depths", "residual", "pretrained", "freeze", "seeds", "baselines"):
+        values: dict[str, Any] = {"family": self.family.strip().lower()}
+        for name in ("depths", "residual", "weights", "freeze", "seeds", "baselines"):
             values[name] = _unique(getattr(self, name))
         if self.residual_alpha is not None:
             values["residual_alpha"] = _unique(float(a) for a in self.residual_alpha)
@@ -92,7 +96,7 @@ class GridSpec:
         from resablate.freezing import FREEZE_PLANS
         from resablate.recipes import get_recipe
 
-        for name in ("depths", "residual", "pretrained", "freeze", "seeds"):
+        for name in ("depths", "residual", "weights", "freeze", "seeds"):
             if not getattr(self, name):
                 raise ConfigError(f"grid axis {name} is empty; give at least one value")
         if self.residual_alpha is not None:
@@ -109,12 +113,12 @@ class GridSpec:
                     f"unknown freeze plan {plan!r}; plans: {', '.join(FREEZE_PLANS)}",
                     field="freeze",
                 )
-        for weights in self.pretrained:
+        for weights in self.weights:
             if weights.lower() not in NAMED_WEIGHTS and not Path(weights).expanduser().is_file():
                 raise ConfigError(
                     f"weights file {weights} does not exist; use "
                     f"{', '.join(NAMED_WEIGHTS)} or a path to a .pth/.pt/.safetensors file",
-                    field="pretrained",
+                    field="weights",
                 )
         for depth in self.depths:
             if isinstance(depth, bool) or not isinstance(depth, int):
@@ -131,7 +135,7 @@ class GridSpec:
         archs: list[tuple[str, str, bool]] = []
         for depth in self.depths:
             try:
-                family = get_family(f"{self.arch}{depth}", self.source)
+                family = get_family(f"{self.family}{depth}", self.source)
             except ConfigError as exc:
                 raise ConfigError(f"depth {depth}: {exc}", field="depths") from None
             archs.append((family.arch, family.source, family.residual))
@@ -159,14 +163,14 @@ class GridSpec:
     def weights_for_cells(self) -> tuple[str, ...]:
         """The pretrained axis as the cells see it (``imagenet`` → ``demo`` on demo data)."""
         if self.data != DEMO_DATA:
-            return self.pretrained
-        return _unique("demo" if w.lower() == "imagenet" else w for w in self.pretrained)
+            return self.weights
+        return _unique("demo" if w.lower() == "imagenet" else w for w in self.weights)
 
     @property
     def notes(self) -> tuple[str, ...]:
         """What the spec changed from what was asked, in sentences for the user."""
         notes = []
-        if self.data == DEMO_DATA and any(w.lower() == "imagenet" for w in self.pretrained):
+        if self.data == DEMO_DATA and any(w.lower() == "imagenet" for w in self.weights):
             notes.append(
                 "demo data: the pretrained axis uses the demo weights instead of ImageNet's, so "
                 "the whole grid runs offline"
@@ -174,7 +178,7 @@ class GridSpec:
         return tuple(notes)
 
     def cells(self) -> list[Cell]:
-        """Every cell, in a stable order: architecture, residual, pretrained, freeze, seed.
+        """Every cell, in a stable order: architecture, residual, weights, freeze, seed.
 
         Duplicates (e.g. residual ``off`` with alpha 1, which is residual ``on``) appear once.
         """
@@ -215,7 +219,12 @@ class GridSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GridSpec:
-        """Rebuild a spec from :meth:`to_dict` output; unknown keys raise ``ConfigError``."""
+        """Rebuild a spec from :meth:`to_dict` output; unknown keys raise ``ConfigError``.
+
+        Specs written before the rename (``arch`` for the family, ``pretrained`` for the weights
+        axis) are read too.
+        """
+        data = {_RENAMED.get(name, name): value for name, value in data.items()}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -223,7 +232,7 @@ class GridSpec:
                 f"unknown grid spec key(s): {', '.join(unknown)}; keys: {', '.join(sorted(known))}"
             )
         values = dict(data)
-        for name in ("depths", "residual", "pretrained", "freeze", "seeds", "baselines"):
+        for name in ("depths", "residual", "weights", "freeze", "seeds", "baselines"):
             if name in values:
                 values[name] = tuple(values[name])
         if values.get("residual_alpha") is not None:

@@ -212,7 +212,8 @@ class CellRow:
         cell_id: The cell's id (hash of its canonical config).
         config: The canonical config (``Cell.to_dict()``); ``Cell.from_dict(config)`` rebuilds it.
         depth: The ResNet depth, ``None`` for non-ResNet baselines.
-        pretrained: The weights spec (``none``, ``imagenet``, ``demo`` or a path).
+        weights: The weights spec (``none``, ``imagenet``, ``demo`` or a path); stored, and
+            written to ``results.csv``, in the column ``pretrained`` (the studies' word).
         in_grid: Whether the cell belongs to the grid spec last run in this store (cells that a
             changed spec dropped stay in the store with ``in_grid`` false).
         position: The cell's index in that grid (``None`` when not in it).
@@ -236,7 +237,7 @@ class CellRow:
     depth: int | None
     residual: str
     residual_alpha: float
-    pretrained: str
+    weights: str
     freeze: str
     recipe: str
     seed: int
@@ -276,7 +277,7 @@ class CellRow:
 
     def result_record(self) -> dict[str, Any]:
         """The row of ``results.csv`` / ``results.jsonl`` (:data:`RESULT_COLUMNS`)."""
-        return {name: getattr(self, name) for name in RESULT_COLUMNS}
+        return {name: getattr(self, _FIELD_OF_COLUMN.get(name, name)) for name in RESULT_COLUMNS}
 
 
 @dataclass(frozen=True)
@@ -333,11 +334,14 @@ class PredictionRow:
 
 
 _CELL_ROW_FIELDS = tuple(f.name for f in fields(CellRow))
+# Stored columns whose CellRow field has another name.
+_FIELD_OF_COLUMN = {"pretrained": "weights"}
+_COLUMN_OF_FIELD = {field: column for column, field in _FIELD_OF_COLUMN.items()}
 _EVAL_FIELDS = ("step", "epoch", "split", *METRIC_COLUMNS)
 
 
 def _cell_row(row: sqlite3.Row) -> CellRow:
-    values = {name: row[name] for name in _CELL_ROW_FIELDS}
+    values = {name: row[_COLUMN_OF_FIELD.get(name, name)] for name in _CELL_ROW_FIELDS}
     values["config"] = json.loads(row["config"])
     values["environment"] = json.loads(row["environment"] or "{}")
     values["in_grid"] = bool(row["in_grid"])

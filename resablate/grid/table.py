@@ -17,6 +17,10 @@ from resablate.residual_plan import ResidualPlan
 
 #: Metrics a table can show.
 TABLE_METRICS = METRIC_COLUMNS
+#: The metric a table shows unless told otherwise (the studies report F1).
+DEFAULT_METRIC = "f1"
+#: :data:`TABLE_METRICS` with the default first: the order reports and the CLI list them in.
+METRICS_SHOWN = (DEFAULT_METRIC, *(m for m in TABLE_METRICS if m != DEFAULT_METRIC))
 
 
 def _weights_label(weights: str) -> str:
@@ -39,7 +43,7 @@ class TableColumn:
 
     residual: str
     residual_alpha: float
-    pretrained: str
+    weights: str
 
     @property
     def plan(self) -> ResidualPlan:
@@ -50,7 +54,7 @@ class TableColumn:
     def label(self) -> str:
         """``"residual off · weights none"``."""
         residual = self.plan.label
-        return f"residual {residual} · weights {_weights_label(self.pretrained)}"
+        return f"residual {residual} · weights {_weights_label(self.weights)}"
 
 
 @dataclass(frozen=True)
@@ -189,7 +193,7 @@ def results_table(rows: Sequence[CellRow], metric: str = "f1") -> ResultsTable:
     if metric not in TABLE_METRICS:
         raise ConfigError(f"unknown metric {metric!r}; metrics: {', '.join(TABLE_METRICS)}")
     columns = tuple(
-        dict.fromkeys(TableColumn(r.residual, r.residual_alpha, r.pretrained) for r in rows)
+        dict.fromkeys(TableColumn(r.residual, r.residual_alpha, r.weights) for r in rows)
     )
     several_plans = len({r.freeze for r in rows}) > 1
     groups: dict[tuple[str, str, str], list[CellRow]] = {}
@@ -206,7 +210,7 @@ def results_table(rows: Sequence[CellRow], metric: str = "f1") -> ResultsTable:
                 [
                     m
                     for m in members
-                    if TableColumn(m.residual, m.residual_alpha, m.pretrained) == column
+                    if TableColumn(m.residual, m.residual_alpha, m.weights) == column
                 ],
                 metric,
             )

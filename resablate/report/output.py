@@ -145,7 +145,7 @@ def _write_page(
 ) -> WrittenReport:
     sections = []
     if figures:
-        from resablate.report.plots import report_figures
+        from resablate.report.figure_data import report_figures
 
         sections = report_figures(report, figure_dir, feature_maps=feature_maps)
     blocks = report_document(report, sections)

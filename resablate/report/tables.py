@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from resablate.grid.table import TableColumn, arch_label, results_table
+from resablate.choices import FREEZE_PLANS
+from resablate.grid.table import METRICS_SHOWN, TableColumn, arch_label, results_table
 from resablate.report.stats import McNemarResult, MeanInterval, paired_mcnemar, t_interval
 from resablate.residual_plan import PLAN_FIELDS, RESIDUAL_ON
 
@@ -35,9 +36,8 @@ if TYPE_CHECKING:
     from resablate.grid.store import CellRow, PredictionRow
     from resablate.report.published import PublishedStudy, PublishedValue
 
-METRICS = ("f1", "accuracy", "precision", "recall", "loss")
+METRICS = METRICS_SHOWN
 EMPTY = "—"
-FREEZE_ORDER = ("none", "conv1", "conv1-2", "conv1-3", "conv1-4", "all")
 # Cell fields that the tables lay out explicitly; any other field that varies between the cells of
 # a table is appended to the row (or column) label so that different groups never share a slot.
 _LAID_OUT = frozenset({"arch", *PLAN_FIELDS, "weights", "freeze", "seed"})
@@ -117,7 +117,7 @@ def row_label(row: CellRow, extras: Sequence[str] = ()) -> str:
 
 
 def _column(row: CellRow) -> TableColumn:
-    return TableColumn(row.residual, row.residual_alpha, row.pretrained)
+    return TableColumn(row.residual, row.residual_alpha, row.weights)
 
 
 def paired_test(group: Group, reference: Group, predictions: PredictionsFn) -> McNemarResult | None:
@@ -356,7 +356,7 @@ def _lookup(study: PublishedStudy | None, metric: str, row: CellRow) -> Publishe
         metric,
         arch=row.arch,
         residual=plan.text,
-        pretrained=row.pretrained != "none",
+        pretrained=row.weights != "none",
         freeze=row.freeze,
     )
 
@@ -397,7 +397,7 @@ def ablation_table(
             if e.cell_ids
         }
         for column, group in slots.items():
-            ref_column = TableColumn(RESIDUAL_ON, 1.0, column.pretrained)
+            ref_column = TableColumn(RESIDUAL_ON, 1.0, column.weights)
             ref = slots.get(ref_column) if not column.plan.is_on else None
             entries.append(
                 _entry(
@@ -451,7 +451,7 @@ def freeze_table(
     by_slot = {(row_label(g.first, extras), g.first.freeze): g for g in groups}
     plans = sorted(
         {g.first.freeze for g in groups},
-        key=lambda p: (FREEZE_ORDER.index(p) if p in FREEZE_ORDER else len(FREEZE_ORDER), p),
+        key=lambda p: (FREEZE_PLANS.index(p) if p in FREEZE_PLANS else len(FREEZE_PLANS), p),
     )
     columns = sorted({(g.first.depth or 0, row_label(g.first, extras)) for g in groups})
     entries = []
