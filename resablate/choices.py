@@ -7,8 +7,8 @@ choices from these tuples without paying for importing torch at start-up.
 
 from __future__ import annotations
 
-#: Where architectures come from.
-SOURCES = ("torchvision", "timm")
+#: Where architectures come from (``hf``: Hugging Face transformers, extra ``resablate[hf]``).
+SOURCES = ("torchvision", "timm", "hf")
 #: Freeze plans named by the ResNet/AlexNet/VGG16 stages (``resablate.freezing.FREEZE_PLANS``;
 #: a family with more stages has more, see ``freezing.freeze_plans``).
 FREEZE_PLANS = ("none", "conv1", "conv1-2", "conv1-3", "conv1-4", "all")

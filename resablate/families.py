@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+import torch
 from torch import nn
 
 from resablate.choices import SOURCES
@@ -45,17 +46,18 @@ class Family:
 
     Attributes:
         arch: Architecture name as users type it (``"resnet50"``, ``"vgg16"``, ...).
-        source: ``"torchvision"`` or ``"timm"``.
+        source: ``"torchvision"``, ``"timm"`` or ``"hf"`` (Hugging Face ``transformers``).
         kind: ``"resnet"``, ``"alexnet"``, ``"vgg"`` or ``"efficientnet"``.
         depth: 18, 34, 50, 101 or 152 for ResNets (ResNeXt/Wide-ResNet included), else None.
         builder: Builds the model with random initialisation and a 1000-class head.
         stages: Paper stage name -> module paths of that stage, in forward order.
         head: Module path of the final classifier (an ``nn.Linear``).
         imagenet: The official ImageNet weights: a torchvision weights enum name
-            (``"ResNet50_Weights.IMAGENET1K_V1"``) or a timm pretrained tag
-            (``"resnet50.a1_in1k"``).
+            (``"ResNet50_Weights.IMAGENET1K_V1"``), a timm pretrained tag (``"resnet50.a1_in1k"``)
+            or a Hugging Face model repository (``"microsoft/resnet-50"``).
         residual: Whether residual surgery applies (the model has residual blocks).
-        model_type: Dotted name of the class ``builder`` returns (used to recognise instances).
+        model_type: Dotted name of the class ``builder`` returns or one of its bases (instances of
+            it and of its subclasses are recognised).
     """
 
     arch: str
@@ -237,28 +239,54 @@ def _has_path(model: nn.Module, path: str) -> bool:
 
 
 def family_of(model: nn.Module) -> Family | None:
-    """The registered family whose declaration matches ``model``'s class and layout, or None.
+    """The registered family whose declaration matches ``model``'s class, layout and size, or None.
 
-    A family matches when the model is an instance of its ``model_type`` and every module path of
-    its stage map and its head exists (VGG16 and VGG11 share a class but not a layout).
+    A family matches when the model is an instance of its ``model_type`` (or of a subclass), every
+    module path of its stage map and its head exists (VGG16 and VGG11 share a class but not a
+    layout), and the model has as many parameters outside the head as the family's model (ResNet-18
+    and -34, EfficientNet-B0, -B3 and -B4 share a class and a layout; the head may have any number
+    of classes).
     """
-    name = type_name(type(model))
+    names = {type_name(cls) for cls in type(model).__mro__}
     for family in _FAMILIES.values():
-        if family.model_type != name:
+        if family.model_type not in names:
             continue
         paths = [p for group in family.stages.values() for p in group]
-        if all(_has_path(model, p) for p in (*paths, family.head)) and _covers_container(
-            model, paths
+        if not all(_has_path(model, p) for p in (*paths, family.head)):
+            continue
+        if _covers_container(model, paths) and _body_params(model, family.head) == _family_body(
+            family
         ):
             return family
     return None
+
+
+def _body_params(model: nn.Module, head: str) -> int:
+    """Parameters of ``model`` outside its classifier ``head``."""
+    in_head = {id(p) for p in model.get_submodule(head).parameters()}
+    return sum(p.numel() for p in model.parameters() if id(p) not in in_head)
+
+
+_BODIES: dict[tuple[str, str], int] = {}
+
+
+def _family_body(family: Family) -> int:
+    """Parameters of ``family``'s model outside its head (built once on the meta device)."""
+    key = (family.arch, family.source)
+    if key not in _BODIES:
+        with torch.device("meta"):
+            _BODIES[key] = _body_params(family.builder(), family.head)
+    return _BODIES[key]
 
 
 def _covers_container(model: nn.Module, paths: list[str]) -> bool:
     # For sequential feature extractors, the stage map must list every child of the container.
     containers = {p.rsplit(".", 1)[0] for p in paths if "." in p}
     for container in containers:
-        children = {f"{container}.{n}" for n, _ in model.get_submodule(container).named_children()}
+        module = model.get_submodule(container)
+        if not isinstance(module, nn.Sequential | nn.ModuleList):
+            continue
+        children = {f"{container}.{n}" for n, _ in module.named_children()}
         if not children <= set(paths):
             return False
     return True
@@ -271,6 +299,14 @@ def _own_stage_map(model: nn.Module) -> tuple[Family | None, Mapping[str, tuple[
     if is_resnet_like(model):
         stages = {"conv1": resnet_stem(model)}
         stages.update({_CODE_TO_PAPER[s]: (s,) for s in RESNET_STAGES})
+        return None, MappingProxyType(stages)
+    encoder_stages = getattr(getattr(model, "encoder", None), "stages", None)
+    if isinstance(getattr(model, "embedder", None), nn.Module) and (
+        isinstance(encoder_stages, nn.ModuleList) and len(encoder_stages) == len(RESNET_STAGES)
+    ):
+        # A Hugging Face ResNetModel of any config: embedder, encoder.stages.0..3.
+        stages = {"conv1": ("embedder",)}
+        stages.update({f"conv{i + 2}_x": (f"encoder.stages.{i}",) for i in range(4)})
         return None, MappingProxyType(stages)
     return None
 
@@ -417,6 +453,44 @@ for _source, _table, _stem, _make, _type in (
                 model_type=_type,
             )
         )
+
+
+def _hf_builder(depth: int) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        from resablate.hf import build_resnet
+
+        return build_resnet(depth)
+
+    build.__name__ = f"build_hf_resnet{depth}"
+    return build
+
+
+# Hugging Face transformers' ResNets (microsoft/resnet-N): the stem is the embedder, the stages
+# are encoder.stages.0..3, the head classifier.1 (after a Flatten).
+_HF_STAGES = MappingProxyType(
+    {
+        "conv1": ("resnet.embedder",),
+        **{
+            paper: (f"resnet.encoder.stages.{int(code[-1]) - 1}",)
+            for paper, code in _PAPER_TO_CODE.items()
+        },
+    }
+)
+for _depth in RESNET_DEPTHS:
+    register(
+        Family(
+            arch=f"resnet{_depth}",
+            source="hf",
+            kind="resnet",
+            depth=_depth,
+            builder=_hf_builder(_depth),
+            stages=_HF_STAGES,
+            head="classifier.1",
+            imagenet=f"microsoft/resnet-{_depth}",
+            residual=True,
+            model_type="transformers.models.resnet.modeling_resnet.ResNetForImageClassification",
+        )
+    )
 
 _TV_EFFICIENTNET = "torchvision.models.efficientnet.EfficientNet"
 _BASELINES = {

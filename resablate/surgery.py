@@ -418,12 +418,15 @@ def _stage_paths(model: nn.Module, layout: _Layout, stage: str) -> tuple[str, ..
     return (path,)
 
 
-def _canonical_block(layout: _Layout, name: str) -> str:
+def _canonical_block(model: nn.Module, layout: _Layout, name: str) -> str:
+    """``"conv4_x.2"`` -> the path of the stage's third block (forward order); else ``name``."""
     head, _, rest = name.strip().partition(".")
-    key = _stage_key(layout, head) if rest else None
-    if key is not None and layout.stages is not None and len(layout.stages[key]) == 1:
-        return _join(layout.stages[key][0], rest)
-    return name.strip()
+    if not rest.isdigit() or _stage_key(layout, head) is None:
+        return name.strip()
+    paths = _stage_paths(model, layout, head)
+    members = [s.path for s in layout.sites if any(_under(s.path, p) for p in paths)]
+    blocks = list(dict.fromkeys(members))
+    return blocks[int(rest)] if int(rest) < len(blocks) else name.strip()
 
 
 def _select(
@@ -445,7 +448,7 @@ def _select(
             raise ConfigError(f"stage {stage!r} has no residual blocks; residual stages: {legal}")
         chosen |= members
     for block in [blocks] if isinstance(blocks, str) else blocks or ():
-        canonical = _canonical_block(layout, block)
+        canonical = _canonical_block(model, layout, block)
         members = {s.name for s in layout.sites if s.name == canonical or s.path == canonical}
         if not members:
             raise ConfigError(f"unknown block {block!r}; {_legal_blocks(layout)}")

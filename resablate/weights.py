@@ -2,7 +2,8 @@
 
 Weights files are loaded without unpickling code: ``.safetensors`` with safetensors,
 ``.pth``/``.pt`` with ``torch.load(weights_only=True)``. ImageNet weights come through the upstream
-caches: torchvision's ``$TORCH_HOME/hub/checkpoints/`` and the Hugging Face hub cache for timm tags.
+caches: torchvision's ``$TORCH_HOME/hub/checkpoints/`` and the Hugging Face hub cache for timm tags
+and the ``hf`` family's microsoft/resnet-N repositories.
 Nothing reaches the network unless ImageNet weights are asked for and not cached.
 """
 
@@ -35,8 +36,8 @@ class WeightsInfo:
 
     Attributes:
         arch: Architecture name.
-        source: ``"torchvision"`` or ``"timm"``.
-        tag: torchvision weights enum name or timm pretrained tag.
+        source: ``"torchvision"``, ``"timm"`` or ``"hf"``.
+        tag: torchvision weights enum name, timm pretrained tag or Hugging Face repository.
         cached: The file is in the upstream cache (usable offline).
         path: Where the file is (or will be, once fetched).
     """
@@ -190,7 +191,8 @@ def build_model(
             ``.pth``/``.pt``/``.safetensors`` state dict.
         num_classes: Outputs of the classifier. The head is a fresh ``nn.Linear`` (initialised from
             the global torch RNG) unless the weights' head already has ``num_classes`` outputs.
-        source: ``"torchvision"`` or ``"timm"``.
+        source: ``"torchvision"``, ``"timm"`` or ``"hf"`` (Hugging Face ``transformers``, the
+            ``resablate[hf]`` extra; the model returns the logits tensor).
 
     Returns:
         The model in training mode on the CPU.
@@ -252,7 +254,8 @@ def _load_body(model: nn.Module, family: Family, state: Mapping[str, Tensor]) ->
     head_keys = {f"{family.head}.weight", f"{family.head}.bias"}
     expected = {k: v for k, v in model.state_dict().items() if k not in head_keys}
     given = {k: v for k, v in state.items() if k not in head_keys}
-    missing = [k for k in expected if k not in given]
+    # BatchNorm batch counters are absent from some published checkpoints; they stay as built.
+    missing = [k for k in expected if k not in given and not k.endswith(".num_batches_tracked")]
     unexpected = [k for k in given if k not in expected]
     wrong = [k for k in expected if k in given and given[k].shape != expected[k].shape]
     if missing or unexpected or wrong:
@@ -290,6 +293,18 @@ def _imagenet_tag(family: Family) -> str:
     return family.imagenet
 
 
+def _hf_repo(family: Family) -> str:
+    """The Hugging Face repository of a timm tag (``timm/<tag>``) or an ``hf`` family (itself)."""
+    tag = _imagenet_tag(family)
+    return f"timm/{tag}" if family.source == "timm" else tag
+
+
+def _hf_files(family: Family) -> tuple[str, ...]:
+    # microsoft/resnet-N repositories hold model.safetensors; older ones only pytorch_model.bin
+    # (a plain state dict, loaded with weights_only=True).
+    return (_HF_FILE,) if family.source == "timm" else (_HF_FILE, "pytorch_model.bin")
+
+
 def _cached_path(family: Family) -> Path:
     """Where the upstream cache keeps (or would keep) the ImageNet weights of ``family``."""
     tag = _imagenet_tag(family)
@@ -300,10 +315,11 @@ def _cached_path(family: Family) -> Path:
         return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
     from huggingface_hub import constants, try_to_load_from_cache
 
-    repo = f"timm/{tag}"
-    found = try_to_load_from_cache(repo, _HF_FILE)
-    if isinstance(found, str):
-        return Path(found)
+    repo = _hf_repo(family)
+    for name in _hf_files(family):
+        found = try_to_load_from_cache(repo, name)
+        if isinstance(found, str):
+            return Path(found)
     folder = "models--" + repo.replace("/", "--")
     return Path(constants.HF_HUB_CACHE) / folder / "snapshots" / "<revision>" / _HF_FILE
 
@@ -314,10 +330,18 @@ def _download(family: Family) -> None:
         import torchvision.models as tvm
 
         tvm.get_weight(tag).get_state_dict(progress=False, check_hash=True)
-    else:
-        from huggingface_hub import hf_hub_download
+        return
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
 
-        hf_hub_download(f"timm/{tag}", _HF_FILE)
+    *first, last = _hf_files(family)
+    for name in first:
+        try:
+            hf_hub_download(_hf_repo(family), name)
+        except EntryNotFoundError:
+            continue
+        return
+    hf_hub_download(_hf_repo(family), last)
 
 
 def fetch_weights(arch: str, source: str = "torchvision") -> Path:

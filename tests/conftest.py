@@ -7,13 +7,15 @@ import os
 import pytest
 import torch
 
+# Before any test module imports huggingface_hub (transformers does), which reads it at import.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     # Keep every cache (decoded datasets, weights, demo weights) inside the test session.
     os.environ["RESABLATE_CACHE"] = str(tmp_path_factory.mktemp("resablate-cache"))
     os.environ["TORCH_HOME"] = str(tmp_path_factory.mktemp("torch-home"))
-    os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 @pytest.fixture(autouse=True)
