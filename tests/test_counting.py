@@ -46,6 +46,12 @@ FVCORE_64 = {
     ("timm", "resnet50"): (337514496, 307908608),
     ("timm", "resnet101"): (641388544, 611782656),
     ("timm", "resnet152"): (945459200, 915853312),
+    # Hugging Face's microsoft/resnet-N: the same network (live fvcore checked at depths 18 and 50)
+    ("hf", "resnet18"): (148965376, 147363840),
+    ("hf", "resnet34"): (300165120, 298563584),
+    ("hf", "resnet50"): (337514496, 307908608),
+    ("hf", "resnet101"): (641388544, 611782656),
+    ("hf", "resnet152"): (945459200, 915853312),
     ("torchvision", "alexnet"): (98145216, None),
     ("torchvision", "vgg16"): (1376421888, None),
     ("torchvision", "efficientnet_b3"): (84231872, None),
