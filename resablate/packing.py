@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -65,12 +65,19 @@ class PackedBatchNorm2d(nn.BatchNorm2d):
     """
 
     held: Tensor | None
+    group_batches_tracked: Tensor
 
-    def __init__(self, num_features: int, pack_size: int, **kwargs: object) -> None:
-        super().__init__(num_features, **kwargs)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        num_features: int,
+        pack_size: int,
+        *,
+        device: torch.device | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(num_features, device=device, **kwargs)
         self.pack_size = pack_size
-        device = kwargs.get("device")
-        counter = torch.zeros(pack_size, dtype=torch.long, device=device)  # type: ignore[arg-type]
+        counter = torch.zeros(pack_size, dtype=torch.long, device=device)
         self.register_buffer(GROUP_COUNTER, counter)
         self.held = None
 
@@ -87,8 +94,9 @@ class PackedBatchNorm2d(nn.BatchNorm2d):
         keep_mean, keep_var = mean.clone(), var.clone()
         out = super().forward(x)
         channels = held.to(mean.device).repeat_interleave(self.num_features // self.pack_size)
-        mean.copy_(torch.where(channels, keep_mean, mean))
-        var.copy_(torch.where(channels, keep_var, var))
+        # New tensors, not in-place copies: autograd saved the updated ones for the backward.
+        self.running_mean = torch.where(channels, keep_mean, mean)
+        self.running_var = torch.where(channels, keep_var, var)
         self.group_batches_tracked.add_((~held).to(self.group_batches_tracked))
         return out
 
@@ -136,11 +144,12 @@ class PackedBlock(nn.Module):
     upstream_block: ClassVar[type[nn.Module]]
     adapter: ClassVar[BlockAdapter]
     pack_alpha: Tensor
+    pack_alphas: tuple[float, ...]
 
     def forward(self, x: Tensor) -> Tensor:
         adapter = self.adapter
         out = adapter.main(self, x)
-        alphas = self.pack_alphas  # type: ignore[attr-defined]
+        alphas = self.pack_alphas
         if any(alphas):
             shortcut = adapter.shortcut(self, x)
             if all(a == 1.0 for a in alphas):
@@ -275,13 +284,19 @@ def _fuse_norm(norms: Sequence[nn.BatchNorm2d]) -> PackedBatchNorm2d:
     _copy_params(fused, norms)
     if ref.track_running_stats:
         with torch.no_grad():
-            fused.running_mean.copy_(_cat([n.running_mean for n in norms]))  # type: ignore[misc]
-            fused.running_var.copy_(_cat([n.running_var for n in norms]))  # type: ignore[misc]
-            counts = torch.stack([n.num_batches_tracked for n in norms])  # type: ignore[misc]
+            for name in ("running_mean", "running_var"):
+                _buffer(fused, name).copy_(_cat([_buffer(n, name) for n in norms]))
+            counts = torch.stack([_buffer(n, "num_batches_tracked") for n in norms])
             fused.group_batches_tracked.copy_(counts)
-            fused.num_batches_tracked.copy_(counts.max())  # type: ignore[union-attr]
+            _buffer(fused, "num_batches_tracked").copy_(counts.max())
     fused.training = ref.training
     return fused
+
+
+def _buffer(module: nn.Module, name: str) -> Tensor:
+    buffer = module.get_buffer(name)
+    assert buffer is not None
+    return buffer
 
 
 def _fuse_linear(heads: Sequence[nn.Linear]) -> PackedLinear:

@@ -27,7 +27,7 @@ from resablate.atomic import write_text
 from resablate.errors import ConfigError
 
 if TYPE_CHECKING:
-    from torch import nn
+    from torch import Tensor, nn
 
     from resablate.recipes import Recipe
 
@@ -167,11 +167,12 @@ class RunDir:
         write_text(self.predictions_file, buffer.getvalue())
         return self.predictions_file
 
-    def write_weights(self, model: nn.Module) -> Path:
-        """Write ``model.safetensors`` (the model's state dict)."""
+    def write_weights(self, model: nn.Module | Mapping[str, Tensor]) -> Path:
+        """Write ``model.safetensors``: the model's state dict (or the state dict given)."""
         from resablate.weights import save_state_dict_file
 
-        save_state_dict_file(model.state_dict(), self.weights_file)
+        state = model.state_dict() if hasattr(model, "state_dict") else dict(model)
+        save_state_dict_file(state, self.weights_file)
         return self.weights_file
 
     def write_train(self, result: Mapping[str, Any]) -> Path:

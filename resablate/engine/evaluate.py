@@ -44,11 +44,81 @@ def evaluate(
         autocast: Autocast context to run the forward pass in (``None`` = fp32).
         channels_last: Feed NHWC inputs.
     """
+    (result,) = _evaluate_groups(
+        model,
+        data,
+        transform,
+        groups=0,
+        split=split,
+        num_classes=num_classes,
+        positive=positive,
+        batch_size=batch_size,
+        device=device,
+        autocast=autocast,
+        channels_last=channels_last,
+    )
+    return result
+
+
+def evaluate_pack(
+    model: nn.Module,
+    data: ImageSource,
+    transform: Transform,
+    *,
+    split: str,
+    num_classes: int,
+    positive: int,
+    batch_size: int,
+    device: torch.device,
+    autocast: contextlib.AbstractContextManager | None = None,
+    channels_last: bool = False,
+) -> list[EvalResult]:
+    """Evaluate every group of a packed model (:mod:`resablate.packing`) on ``data``.
+
+    One packed forward pass per batch: the batch is fed to all K groups at once and the packed
+    logits are split into each group's. Arguments as :func:`evaluate`.
+
+    Returns:
+        One result per group, in group order.
+    """
+    from resablate.packing import pack_size
+
+    return _evaluate_groups(
+        model,
+        data,
+        transform,
+        groups=pack_size(model),
+        split=split,
+        num_classes=num_classes,
+        positive=positive,
+        batch_size=batch_size,
+        device=device,
+        autocast=autocast,
+        channels_last=channels_last,
+    )
+
+
+def _evaluate_groups(
+    model: nn.Module,
+    data: ImageSource,
+    transform: Transform,
+    *,
+    groups: int,
+    split: str,
+    num_classes: int,
+    positive: int,
+    batch_size: int,
+    device: torch.device,
+    autocast: contextlib.AbstractContextManager | None,
+    channels_last: bool,
+) -> list[EvalResult]:
+    """:func:`evaluate` (``groups=0``: a plain model) or :func:`evaluate_pack` (K groups)."""
     was_training = model.training
     model.eval()
     generator = torch.Generator(device=device)
     generator.manual_seed(0)
-    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    k = max(1, groups)
+    total_loss = torch.zeros(k, dtype=torch.float64, device=device)
     preds, probs = [], []
     labels = data.labels
     try:
@@ -56,28 +126,40 @@ def evaluate(
             for start in range(0, len(data), batch_size):
                 idx = torch.arange(start, min(start + batch_size, len(data)))
                 x = transform(data.get_batch(idx).to(device, non_blocking=True), generator)
+                if groups:
+                    x = x.repeat(1, groups, 1, 1)
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 y = labels[idx.to(labels.device)].to(device, non_blocking=True)
                 with autocast if autocast is not None else contextlib.nullcontext():
                     logits = model(x)
-                logits = logits.float()
-                total_loss += F.cross_entropy(logits, y, reduction="sum").double()
-                preds.append(logits.argmax(dim=1))
-                probs.append(logits.softmax(dim=1)[:, positive])
+                # [K, B, classes]; each group's loss as a plain model's evaluation computes it.
+                logits = logits.float().unflatten(1, (k, -1)).transpose(0, 1)
+                total_loss += torch.stack(
+                    [F.cross_entropy(out, y, reduction="sum") for out in logits]
+                ).double()
+                preds.append(logits.argmax(dim=2))
+                probs.append(logits.softmax(dim=2)[..., positive])
     finally:
         model.train(was_training)
     n = len(data)
     # One transfer at the end, not one per batch.
-    pred = torch.cat(preds).cpu() if preds else torch.zeros(0, dtype=torch.int64)
-    prob = torch.cat(probs).cpu() if probs else torch.zeros(0)
+    pred = torch.cat(preds, dim=1).cpu() if preds else torch.zeros(k, 0, dtype=torch.int64)
+    prob = torch.cat(probs, dim=1).cpu() if probs else torch.zeros(k, 0)
     true = labels.cpu()
-    return EvalResult(
-        split=split,
-        loss=float(total_loss.item()) / max(1, n),
-        metrics=classification_metrics(true, pred, num_classes=num_classes, positive=positive),
-        labels=tuple(true.tolist()),
-        preds=tuple(pred.tolist()),
-        probs=tuple(prob.tolist()),
-        paths=tuple(str(p) for p in getattr(data, "paths", ())),
-    )
+    losses = total_loss.cpu().tolist()
+    paths = tuple(str(p) for p in getattr(data, "paths", ()))
+    return [
+        EvalResult(
+            split=split,
+            loss=losses[g] / max(1, n),
+            metrics=classification_metrics(
+                true, pred[g], num_classes=num_classes, positive=positive
+            ),
+            labels=tuple(true.tolist()),
+            preds=tuple(pred[g].tolist()),
+            probs=tuple(prob[g].tolist()),
+            paths=paths,
+        )
+        for g in range(k)
+    ]

@@ -62,9 +62,15 @@ class StepProgress:
 
 @dataclass(frozen=True)
 class Evaluated:
-    """An evaluation (or a training-loss record) was added to the history."""
+    """An evaluation (or a training-loss record) was added to the history.
+
+    Attributes:
+        record: The record.
+        group: The group of a packed run it belongs to (``None`` for a single model).
+    """
 
     record: EvalRecord
+    group: int | None = None
 
 
 @dataclass(frozen=True)

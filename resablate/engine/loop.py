@@ -161,6 +161,8 @@ class _Session:
         self.on_step = tuple(on_step)
         self.train_tf, self.eval_tf = transforms
         self.plan = StepPlan.of(len(train_data), recipe)
+        # Rows of the training split one micro-batch reads (K batches for a pack).
+        self.rows = recipe.batch_size
         self.execution = resolve_execution(recipe, device)
         self.device = device = torch.device(self.execution.device)
         self.cuda = device.type == "cuda"
@@ -298,21 +300,52 @@ class _Session:
     def write_history(self) -> None:
         RunDir(self.run_dir).write_history(r.to_dict() for r in self.history)
 
-    def record_train(self) -> None:
-        if self.run_images == 0:
-            return
-        record = EvalRecord(
+    def train_record(self, loss_sum: float, correct: int) -> EvalRecord:
+        """The running training record over the ``run_images`` images since the last one."""
+        return EvalRecord(
             step=self.step,
             epoch=self.epochs_done(),
             split="train",
-            loss=float(self.run_loss.item()) / self.run_images,
-            accuracy=int(self.run_correct.item()) / self.run_images,
+            loss=loss_sum / self.run_images,
+            accuracy=correct / self.run_images,
             precision=None,
             recall=None,
             f1=None,
             lr=self.lr_used,
             n=self.run_images,
         )
+
+    def eval_record(self, result: EvalResult) -> EvalRecord:
+        """The history record of an evaluation."""
+        m = result.metrics
+        return EvalRecord(
+            step=self.step,
+            epoch=self.epochs_done(),
+            split=result.split,
+            loss=result.loss,
+            accuracy=m.accuracy,
+            precision=m.precision,
+            recall=m.recall,
+            f1=m.f1,
+            lr=self.lr_used,
+            n=m.n,
+        )
+
+    def eval_options(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`~resablate.engine.evaluate.evaluate` for this run."""
+        return {
+            "num_classes": self.num_classes,
+            "positive": self.recipe.positive,
+            "batch_size": self.recipe.eval_batch_size,
+            "device": self.device,
+            "autocast": self.autocast(),
+            "channels_last": self.channels_last,
+        }
+
+    def record_train(self) -> None:
+        if self.run_images == 0:
+            return
+        record = self.train_record(float(self.run_loss.item()), int(self.run_correct.item()))
         self.run_loss.zero_()
         self.run_correct.zero_()
         self.run_images = 0
@@ -324,31 +357,8 @@ class _Session:
         self.record_train()
         result = None
         for name, data in self.evals.items():
-            result = evaluate(
-                self.forward,
-                data,
-                self.eval_tf,
-                split=name,
-                num_classes=self.num_classes,
-                positive=self.recipe.positive,
-                batch_size=self.recipe.eval_batch_size,
-                device=self.device,
-                autocast=self.autocast(),
-                channels_last=self.channels_last,
-            )
-            m = result.metrics
-            record = EvalRecord(
-                step=self.step,
-                epoch=self.epochs_done(),
-                split=name,
-                loss=result.loss,
-                accuracy=m.accuracy,
-                precision=m.precision,
-                recall=m.recall,
-                f1=m.f1,
-                lr=self.lr_used,
-                n=m.n,
-            )
+            result = evaluate(self.forward, data, self.eval_tf, split=name, **self.eval_options())
+            record = self.eval_record(result)
             self.history.append(record)
             self.emit(Evaluated(record))
         self.write_history()
@@ -368,20 +378,25 @@ class _Session:
         bad = (~torch.isfinite(losses)).nonzero()
         return (steps[int(bad[0])] if bad.numel() else None), float(losses.mean())
 
+    def epoch_indices(self) -> torch.Tensor:
+        """This epoch's training order (int64, CPU): micro-batch ``b`` reads rows
+        ``b * rows .. (b + 1) * rows`` of it."""
+        return epoch_order(self.seed, self.epoch, self.plan.n)
+
     def set_epoch_order(self) -> None:
         """Draw this epoch's order and move it where it is used (once per epoch)."""
-        self.order_cpu = epoch_order(self.seed, self.epoch, self.plan.n)
+        self.order_cpu = self.epoch_indices()
         data_device = getattr(self.train_data, "device", torch.device("cpu"))
         self.order_data = self.order_cpu if self.prefetcher else self.order_cpu.to(data_device)
         self.order_labels = self.order_cpu.to(self.train_labels.device)
         self.order_epoch = self.epoch
         if self.prefetcher is not None:  # the epoch's (or the resumed run's) first micro-batch
-            bs, b = self.recipe.batch_size, self.position
+            bs, b = self.rows, self.position
             self.prefetcher.request((self.epoch, b), self.order_cpu[b * bs : (b + 1) * bs])
 
     def batch_images(self, b: int) -> torch.Tensor:
         """uint8 images of micro-batch ``b`` of the epoch, on the device."""
-        bs = self.recipe.batch_size
+        bs = self.rows
         if self.prefetcher is None:
             return self.train_data.get_batch(self.order_data[b * bs : (b + 1) * bs])
         images = self.prefetcher.take((self.epoch, b), self.order_cpu[b * bs : (b + 1) * bs])
@@ -391,7 +406,7 @@ class _Session:
         return images
 
     def micro_batch(self, b: int, scale: float) -> torch.Tensor:
-        bs = self.recipe.batch_size
+        bs = self.rows
         images = self.batch_images(b)
         generator = stream_generator(self.seed, "augment", self.epoch, b, device=self.device)
         x = self.train_tf(images, generator)
@@ -411,14 +426,13 @@ class _Session:
     def optimiser_step(self) -> torch.Tensor:
         """Accumulate the micro-batches of one step and apply it (no host synchronisation)."""
         group = self.plan.group(self.position, self.recipe.grad_accum)
-        loss = torch.stack([self.micro_batch(b, 1.0 / len(group)) for b in group]).mean()
+        loss = torch.stack([self.micro_batch(b, 1.0 / len(group)) for b in group]).mean(0)
         if self.on_step:
             self.scaler.unscale_(self.optimizer)
             info = StepInfo(model=self.model, step=self.step + 1, epoch=self.epoch, loss=loss)
             for hook in self.on_step:
                 hook(info)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        self.apply_update(loss)
         self.optimizer.zero_grad(set_to_none=True)
         self.lr_used = self.lr
         if self.scaler.is_enabled():
@@ -433,6 +447,11 @@ class _Session:
         self.position = group.stop
         self.images_seen += len(group) * self.recipe.batch_size
         return loss
+
+    def apply_update(self, loss: torch.Tensor) -> None:
+        """Apply the accumulated gradients (through the GradScaler); ``loss`` is the step's."""
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
 
     def run(self) -> tuple[str, int | None]:
         """Train until the planned step; return ``(status, diverged_at_step)``."""
@@ -492,6 +511,124 @@ def _as_evals(eval_data: ImageSource | Mapping[str, ImageSource]) -> dict[str, I
     return {"test": eval_data}
 
 
+def prepare_run(
+    train_data: ImageSource,
+    eval_data: ImageSource | Mapping[str, ImageSource],
+    recipe: Recipe,
+    device: str | torch.device,
+) -> tuple[dict[str, ImageSource], torch.device]:
+    """Check the training split against the recipe; the eval splits by name and the device.
+
+    Raises:
+        DataError: The training split has fewer images than one batch.
+        ConfigError: ``eval_data`` is an empty mapping.
+    """
+    if len(train_data) < recipe.batch_size:
+        raise DataError(
+            f"the training split has {len(train_data)} images, fewer than one batch "
+            f"({recipe.batch_size}); lower the batch size",
+            field="batch_size",
+        )
+    evals = _as_evals(eval_data)
+    device = torch.device(device)
+    if device.type == "cpu":
+        keep_freed_memory()
+    return evals, device
+
+
+def start_session(session: _Session, *, resume: bool, run_dirs: Sequence[Path]) -> None:
+    """Resume ``session`` from its newest checkpoint (or clear them with ``resume=False``), write
+    the recipe into every run directory and emit :class:`TrainStarted`."""
+    found = ckpt.load_latest(session.ckpt_dir) if resume else None
+    if found is not None and found.path is not None and found.state is not None:
+        session.restore(found.path, found.state)
+    elif not resume:
+        ckpt.clear_checkpoints(session.ckpt_dir)
+    for run_dir in run_dirs:
+        RunDir(run_dir).write_recipe(session.recipe)
+    session.emit(
+        TrainStarted(
+            total_steps=session.plan.total_steps,
+            start_step=session.step,
+            steps_per_epoch=session.plan.steps_per_epoch,
+            images_per_step=session.recipe.images_per_step,
+            device=session.execution.device_name,
+            amp=session.amp,
+            skipped_checkpoints=found.skipped if found is not None else (),
+            ran_on=session.execution.summary(),
+        )
+    )
+
+
+def run_session(session: _Session) -> tuple[str, int | None, Any]:
+    """Train under the run's backend settings, then evaluate when done.
+
+    Returns:
+        ``(status, diverged_at_step, final)``: ``final`` is what ``session.evaluate_all()``
+        returns (``None`` when the run diverged).
+    """
+    try:
+        with backend_settings(session.execution):
+            status, diverged_at = session.run()
+            final = session.evaluate_all() if status == "done" else None
+    finally:
+        if session.prefetcher is not None:
+            session.prefetcher.close()
+    return status, diverged_at, final
+
+
+def frozen_check(before: dict[str, str] | None, after: dict[str, str] | None) -> str:
+    """``"passed"``/``"failed"`` comparing frozen fingerprints, ``"not applicable"`` without."""
+    if not before:
+        return "not applicable"
+    return "passed" if after == before else "failed"
+
+
+def finish_run(
+    files: RunDir,
+    session: _Session,
+    *,
+    status: str,
+    steps: int,
+    final: EvalResult | None,
+    history: Sequence[EvalRecord],
+    diverged_at: int | None,
+    frozen: str,
+    weights: nn.Module | Mapping[str, torch.Tensor],
+) -> TrainResult:
+    """Write a finished run's files and return its :class:`TrainResult`.
+
+    A ``done`` run gets ``predictions.csv`` and ``model.safetensors`` (``weights``: the model or
+    its state dict), a diverged one its history; both get ``train.json``.
+    """
+    if final is not None:
+        files.write_predictions(final.labels, final.preds, final.probs, final.paths)
+        files.write_weights(weights)
+    else:
+        files.write_history(r.to_dict() for r in history)
+    result = TrainResult(
+        status=status,
+        steps=steps,
+        total_steps=session.plan.total_steps,
+        epochs=steps / max(1, session.plan.steps_per_epoch),
+        final=final,
+        history=tuple(history),
+        train_seconds=session.train_seconds,
+        images_per_second=session.images_seen / max(session.train_seconds, 1e-9),
+        diverged_at_step=diverged_at,
+        reason=(
+            f"non-finite training loss at step {diverged_at}" if diverged_at is not None else None
+        ),
+        resumed_from_step=session.resumed_from,
+        frozen_check=frozen,
+        device=session.execution.device_name,
+        amp=session.amp,
+        execution=session.execution,
+    )
+    files.write_train(result.to_dict())
+    return result
+
+
 def train(
     model: nn.Module,
     train_data: ImageSource,
@@ -543,16 +680,7 @@ def train(
             recipe or seed.
     """
     run_dir = Path(run_dir)
-    if len(train_data) < recipe.batch_size:
-        raise DataError(
-            f"the training split has {len(train_data)} images, fewer than one batch "
-            f"({recipe.batch_size}); lower the batch size",
-            field="batch_size",
-        )
-    evals = _as_evals(eval_data)
-    device = torch.device(device)
-    if device.type == "cpu":
-        keep_freed_memory()
+    evals, device = prepare_run(train_data, eval_data, recipe, device)
     run_dir.mkdir(parents=True, exist_ok=True)
     sweep_stale(run_dir)
     frozen_before = _frozen_fingerprint(model)
@@ -569,62 +697,19 @@ def train(
         transforms=transforms or _default_transforms(recipe),
     )
     torch.manual_seed(stream_seed(seed, "dropout"))
-    found = ckpt.load_latest(session.ckpt_dir) if resume else None
-    if found is not None and found.path is not None and found.state is not None:
-        session.restore(found.path, found.state)
-    elif not resume:
-        ckpt.clear_checkpoints(session.ckpt_dir)
-    files = RunDir(run_dir)
-    files.write_recipe(recipe)
-    session.emit(
-        TrainStarted(
-            total_steps=session.plan.total_steps,
-            start_step=session.step,
-            steps_per_epoch=session.plan.steps_per_epoch,
-            images_per_step=recipe.images_per_step,
-            device=session.execution.device_name,
-            amp=session.amp,
-            skipped_checkpoints=found.skipped if found is not None else (),
-            ran_on=session.execution.summary(),
-        )
-    )
-    try:
-        with backend_settings(session.execution):
-            status, diverged_at = session.run()
-            final = session.evaluate_all() if status == "done" else None
-    finally:
-        if session.prefetcher is not None:
-            session.prefetcher.close()
-    if final is not None:
-        files.write_predictions(final.labels, final.preds, final.probs, final.paths)
-        files.write_weights(model)
-    else:
-        session.write_history()
-    frozen_after = _frozen_fingerprint(model)
-    if not frozen_before:
-        frozen_check = "not applicable"
-    else:
-        frozen_check = "passed" if frozen_after == frozen_before else "failed"
-    result = TrainResult(
+    start_session(session, resume=resume, run_dirs=[run_dir])
+    status, diverged_at, final = run_session(session)
+    result = finish_run(
+        RunDir(run_dir),
+        session,
         status=status,
         steps=session.step,
-        total_steps=session.plan.total_steps,
-        epochs=session.epochs_done(),
         final=final,
-        history=tuple(session.history),
-        train_seconds=session.train_seconds,
-        images_per_second=session.images_seen / max(session.train_seconds, 1e-9),
-        diverged_at_step=diverged_at,
-        reason=(
-            f"non-finite training loss at step {diverged_at}" if diverged_at is not None else None
-        ),
-        resumed_from_step=session.resumed_from,
-        frozen_check=frozen_check,
-        device=session.execution.device_name,
-        amp=session.amp,
-        execution=session.execution,
+        history=session.history,
+        diverged_at=diverged_at,
+        frozen=frozen_check(frozen_before, _frozen_fingerprint(model)),
+        weights=model,
     )
-    files.write_train(result.to_dict())
     session.emit(
         TrainFinished(status=status, steps=session.step, train_seconds=result.train_seconds)
     )
