@@ -164,6 +164,7 @@ def check_precisions(work: Path, device: str) -> list[Check]:
 
 
 def check_no_sync(work: Path) -> Check:
+    """Steps 3 and later of a bf16 run on CUDA under ``set_sync_debug_mode("error")``."""
     from resablate.engine.loop import _Session
 
     step = _Session.optimiser_step
@@ -208,7 +209,7 @@ def check_resume(work: Path, device: str) -> Check:
     return Check("stop and resume", ok, detail)
 
 
-def check_compile(work: Path) -> Check:
+def check_compile(work: Path, device: str) -> Check:
     import math
 
     from resablate.surgery import drop_residual
@@ -217,9 +218,12 @@ def check_compile(work: Path) -> Check:
     torch.manual_seed(0)
     model = build_model("resnet18", num_classes=2)
     drop_residual(model, ["conv4_x"])
-    explained = torch._dynamo.explain(model.cuda())(torch.randn(2, 3, 32, 32, device="cuda"))
+    size = TINY["size"] * 3 // 4
+    explained = torch._dynamo.explain(model.to(device))(
+        torch.randn(2, 3, size, size, device=device)
+    )
     torch._dynamo.reset()
-    _, result = tiny_run(work / "compile", "cuda", model=model, compile=True)
+    _, result = tiny_run(work / "compile", device, model=model, compile=True)
     loss = last_loss(work / "compile")
     detail = (
         f"{explained.graph_count} graph(s), {explained.graph_break_count} graph break(s); "
@@ -249,20 +253,35 @@ def write_jpegs(root: Path, n: int, size: int = 256) -> Path:
     return root
 
 
-def check_resnet50(work: Path, peak: float | None) -> list[Check]:
+RESNET50 = {"images": 4096, "size": 224, "batch": 256, "steps": 40, "warmup": 10}
+"""The throughput comparison: generated training JPEGs (256 px), input side, batch, timed and
+warm-up steps."""
+
+
+def peak_memory_gib(device: str) -> float | None:
+    """Peak memory allocated on ``device`` since the last reset, in GiB (``None`` on the CPU)."""
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.startswith("cuda") else None
+
+
+def check_resnet50(work: Path, peak: float | None, device: str) -> list[Check]:
     sys.path.insert(0, str(HERE))
     from train_throughput import Config, engine_rate, reference_rate
 
     from resablate.counting import count
     from resablate.weights import build_model
 
-    root = write_jpegs(work / "jpegs", 4096)
+    root = write_jpegs(work / "jpegs", RESNET50["images"])
     workers = min(16, os.cpu_count() or 2)
-    config = Config("resnet50", 224, 256, steps=40, warmup=10, device="cuda", workers=workers)
-    flops = 6 * count(build_model("resnet50", num_classes=2), (3, 224, 224)).flops
+    size, batch = RESNET50["size"], RESNET50["batch"]
+    steps, warmup = RESNET50["steps"], RESNET50["warmup"]
+    config = Config("resnet50", size, batch, steps, warmup, device=device, workers=workers)
+    flops = 6 * count(build_model("resnet50", num_classes=2), (3, size, size)).flops
     rows = []
     for name, measure in (
-        ("engine (bf16, channels_last, data on the GPU)", lambda: engine_rate(config, root, 0)),
+        (
+            "engine (bf16, channels_last, data on the device)",
+            lambda: engine_rate(config, root, 0, amp="bf16"),
+        ),
         (
             f"stock AMP loop (bf16 autocast, channels_last, {workers} DataLoader workers)",
             lambda: reference_rate(config, root, 0, amp=True),
@@ -272,16 +291,19 @@ def check_resnet50(work: Path, peak: float | None) -> list[Check]:
             lambda: reference_rate(config, root, 0),
         ),
     ):
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
         rate = measure()
-        memory = torch.cuda.max_memory_allocated() / 2**30
+        memory = peak_memory_gib(device)
         mfu = f"{rate * flops / (peak * 1e12):.1%}" if peak else "unknown peak"
         rows.append((name, rate, memory, mfu))
     engine, amp, fp32 = (r[1] for r in rows)
     checks = [
         Check(
-            f"ResNet-50 224 px: {name}", True, f"{rate:,.0f} img/s, peak {mem:.1f} GiB, MFU {mfu}"
+            f"ResNet-50 {size} px: {name}",
+            True,
+            f"{rate:,.1f} img/s, peak {'—' if mem is None else f'{mem:.1f} GiB'}, MFU {mfu}",
         )
         for name, rate, mem, mfu in rows
     ]
@@ -334,8 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         checks += run_check("precisions", lambda: check_precisions(work, "cuda"))
         checks += run_check("no host sync", lambda: check_no_sync(work))
         checks += run_check("stop and resume", lambda: check_resume(work, "cuda"))
-        checks += run_check("torch.compile after surgery", lambda: check_compile(work))
-        checks += run_check("ResNet-50 throughput", lambda: check_resnet50(work, peak))
+        checks += run_check("torch.compile after surgery", lambda: check_compile(work, "cuda"))
+        checks += run_check("ResNet-50 throughput", lambda: check_resnet50(work, peak, "cuda"))
     if not args.no_pytest:
         command = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", str(HERE.parent / "tests")]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
