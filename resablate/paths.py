@@ -31,38 +31,35 @@ def cache_dir(*parts: str) -> Path:
 
 
 def output_dir(path: str | os.PathLike[str], what: str = "output folder") -> Path:
-    """Create ``path`` as a folder resablate can write into, or say in one line why it cannot be.
+    """Check that resablate can create and write the folder ``path``, creating nothing.
 
     Called before any work (decoding, building, training), so that a mistyped ``--out`` costs
-    nothing.
+    nothing and a failed run leaves no empty folder behind; the writers create the folder.
 
     Args:
-        path: The folder (created with its parents when missing).
+        path: The folder (it and its parents may be missing).
         what: What the folder is, for the message (e.g. ``"run directory"``).
 
     Returns:
         The folder.
 
     Raises:
-        ConfigError: ``path`` is a file, lies below a file, or cannot be created or written
-            (read-only file system, no permission); the message names the folder and the cause.
+        ConfigError: ``path`` is a file, lies below a file, or its nearest existing folder
+            cannot be written (read-only file system, no permission); the message names the
+            folder and the cause.
     """
     folder = Path(path).expanduser()
-    for parent in (folder, *folder.parents):
-        if parent.is_dir():
-            break
-        if parent.exists() or parent.is_symlink():
-            if parent == folder:
-                raise ConfigError(f"{what} {folder} is a file, not a folder")
-            raise ConfigError(f"{what} {folder} cannot be created: {parent} is not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create {what} {folder}: {exc.strerror.lower()}") from None
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p.is_symlink())
+    if not existing.is_dir():
+        if existing == folder:
+            kind = "a file" if existing.is_file() else "a broken link or a special file"
+            raise ConfigError(f"{what} {folder} is {kind}, not a folder")
+        raise ConfigError(f"{what} {folder} cannot be created: {existing} is not a folder")
     # access(2) reports a read-only file system (EROFS) even to root.
-    if not os.access(folder, os.W_OK | os.X_OK):
-        reason = "read-only file system" if _read_only_mount(folder) else "permission denied"
-        raise ConfigError(f"cannot write to {what} {folder}: {reason}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        reason = "read-only file system" if _read_only_mount(existing) else "permission denied"
+        verb = "write to" if existing == folder else "create"
+        raise ConfigError(f"cannot {verb} {what} {folder}: {reason}")
     return folder
 
 

@@ -54,7 +54,7 @@ def test_out_that_is_a_file_or_below_one_is_one_line_before_any_work(
 
 def test_output_dir_creates_parents_and_refuses_what_it_cannot_write(tmp_path: Path) -> None:
     assert output_dir(tmp_path / "a" / "b", "run directory") == tmp_path / "a" / "b"
-    assert (tmp_path / "a" / "b").is_dir()
+    assert not (tmp_path / "a").exists()  # checked, not created: a failed run leaves nothing
     (tmp_path / "f").write_text("")
     with pytest.raises(ConfigError, match=r"^run directory .*/f is a file, not a folder$"):
         output_dir(tmp_path / "f", "run directory")
