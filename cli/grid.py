@@ -156,6 +156,8 @@ class GridView:
             step = getattr(event.event, "step", getattr(event.event, "start_step", 0))
             total = event.event.total_steps
             self.update(event.cell_id, progress=f"{step}/{total}")
+            if isinstance(event.event, TrainStarted) and event.event.start_step:
+                self.line(f"resume   {event.cell_id} at step {step}/{total} from its checkpoint")
             now = time.monotonic()
             if not self.live_enabled and now - self.last_progress >= 10.0:
                 self.last_progress = now

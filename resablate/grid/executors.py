@@ -5,22 +5,28 @@
 * ``ray``: each cell is a Ray task asking for one GPU (or one CPU when the cluster has no GPU);
   ``address`` joins an existing cluster, otherwise a local Ray is started.
 
-Executors never touch the store. They call the driver's hooks: ``on_start(job, device)`` when a
-cell starts (or is submitted), ``on_event(cell_id, event)`` for the engine's progress events
-(in-process and per-GPU workers only) and ``on_done(outcome)`` with a plain, picklable
-:class:`CellOutcome`. The run directories must be reachable by every worker (shared storage for
-a Ray cluster): workers write checkpoints and artefacts there, the driver records their paths.
+Executors never touch the store. ``prepare(out_dir)`` runs first (the Ray executor joins the
+cluster and checks its storage there) and returns notes for the user; then ``run`` calls the
+driver's hooks: ``on_start(job, device)`` when a cell starts (or is submitted),
+``on_event(cell_id, event)`` for the engine's progress events (from every executor, Ray tasks
+included) and ``on_done(outcome)`` with a plain, picklable :class:`CellOutcome`. The run
+directories must be reachable by every worker (shared storage for a Ray cluster, checked by
+``prepare``): workers write checkpoints and artefacts there, the driver records their paths.
 """
 
 from __future__ import annotations
 
 import functools
 import multiprocessing
+import os
 import queue
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from resablate.atomic import write_text
 from resablate.errors import ConfigError, WeightsUnavailableError
 from resablate.grid.cell import Cell
 
@@ -196,6 +202,10 @@ class LocalExecutor:
             f"cuda:{i % gpus}" if spread else (device or "cpu") for i in range(workers)
         )
 
+    def prepare(self, out_dir: str | os.PathLike[str]) -> tuple[str, ...]:
+        """Nothing to set up on this machine: no notes."""
+        return ()
+
     def run(
         self, jobs: Sequence[CellJob], on_start: StartHook, on_event: EventHook, on_done: DoneHook
     ) -> None:
@@ -290,16 +300,64 @@ def _put_event(messages: Any, index: int, cell_id: str, event: Any) -> None:
     messages.put(("event", index, cell_id, event))
 
 
-def _execute_on(job: CellJob, cell_runner: CellRunner, device: str) -> CellOutcome:
-    """:func:`execute_cell` with positional arguments (the Ray task)."""
-    return execute_cell(job, cell_runner, device=device)
+RAY_NODE_RETRIES = 3
+"""How many times the Ray executor runs a cell again after losing the worker or node running it
+(each time resuming from the cell's newest checkpoint) before recording it as ``failed``. A cell
+that raises is never retried: it is ``failed`` at once."""
+
+_SHARED_MARKER = ".resablate-shared-"
+
+
+def _execute_on(job: CellJob, cell_runner: CellRunner, device: str, relay: Any) -> CellOutcome:
+    """:func:`execute_cell` as a Ray task: progress events go to the driver through ``relay``."""
+    from resablate.grid.cell import CellPrepared
+
+    def forward(event: Any) -> None:
+        if not isinstance(event, CellPrepared):  # the dataset scan is large; the display needs
+            relay.put.remote(job.cell.cell_id, event)  # only the engine's events
+
+    return execute_cell(job, cell_runner, device=device, callback=forward)
+
+
+def _read_marker(path: str) -> str | None:
+    """The content of ``path`` as a Ray node sees it (``None`` when it cannot read it)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
+class _EventRelay:
+    """A Ray actor on the driver's node collecting the progress events of running cells."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+
+    def put(self, cell_id: str, event: Any) -> None:
+        self.events.append((cell_id, event))
+
+    def take(self) -> list[tuple[str, Any]]:
+        events, self.events = self.events, []
+        return events
 
 
 class RayExecutor:
     """Runs each cell as a Ray task (one GPU per task, or one CPU without GPUs).
 
-    Only the driver writes the store: tasks return :class:`CellOutcome` values. Progress events
-    are not forwarded from Ray tasks (the driver sees starts and finishes).
+    Only the driver writes the store: tasks return :class:`CellOutcome` values, and send their
+    progress events to the driver (an actor on the driver's node relays them to ``on_event``).
+
+    Faults: a cell whose worker process or node is lost (killed, out of memory, the machine
+    gone) is run again by Ray on a live node, up to :data:`RAY_NODE_RETRIES` times, resuming
+    from its newest checkpoint; then it is ``failed`` naming the loss. A cell that raises is
+    ``failed`` at once, as with the local executor.
+
+    Storage: run directories must be reachable, at the same path, by every node that runs cells
+    (a shared file system): the node running a cell writes its checkpoints there, and the node
+    that resumes it reads them. :meth:`prepare` checks this on every node before anything runs
+    and refuses the grid, naming the nodes that cannot see the folder. Nodes that join later
+    are not checked.
 
     Args:
         cell_runner: Runs one cell (importable by the Ray workers).
@@ -319,47 +377,137 @@ class RayExecutor:
         self.cell_runner = cell_runner
         self.address = address
         self.workers = workers
+        self._started_here = False
+
+    def _connect(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            return
+        self._started_here = True
+        if self.address:
+            ray.init(address=self.address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False)
+
+    def _disconnect(self) -> None:
+        import ray
+
+        if self._started_here:
+            ray.shutdown()
+            self._started_here = False
+
+    def prepare(self, out_dir: str | os.PathLike[str]) -> tuple[str, ...]:
+        """Join (or start) Ray and check that every node that runs cells sees ``out_dir``.
+
+        Returns:
+            One note for the user: the nodes, the storage check and the retry policy.
+
+        Raises:
+            ConfigError: A node cannot read a file the driver wrote into ``out_dir``.
+        """
+        self._connect()
+        try:
+            return (self._check_shared_storage(Path(out_dir)),)
+        except BaseException:
+            self._disconnect()
+            raise
+
+    def _check_shared_storage(self, out: Path) -> str:
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        nodes = [
+            node
+            for node in ray.nodes()
+            if node["Alive"] and (node["Resources"].get("CPU") or node["Resources"].get("GPU"))
+        ]
+        token = uuid.uuid4().hex
+        marker = out / f"{_SHARED_MARKER}{token}"
+        write_text(marker, token)
+        try:
+            probe = ray.remote(_read_marker)
+            seen = ray.get(
+                [
+                    probe.options(
+                        num_cpus=0,
+                        scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], False),
+                    ).remote(str(marker))
+                    for node in nodes
+                ],
+                timeout=300,
+            )
+        finally:
+            marker.unlink(missing_ok=True)
+        blind = [
+            f"{node['NodeManagerAddress']} ({node['NodeID'][:8]})"
+            for node, content in zip(nodes, seen, strict=True)
+            if content != token
+        ]
+        if blind:
+            raise ConfigError(
+                f"the grid folder {out} is not visible from Ray node(s) {', '.join(blind)}: the "
+                "ray executor needs --out on a file system that every node mounts at the same "
+                "path (cells write their checkpoints there and resume from them on another node)"
+            )
+        return (
+            f"ray: {len(nodes)} node(s) can run cells and each sees {out} (shared storage "
+            f"checked); a cell whose worker or node is lost is run again up to "
+            f"{RAY_NODE_RETRIES} times, resuming from its newest checkpoint"
+        )
 
     def run(
         self, jobs: Sequence[CellJob], on_start: StartHook, on_event: EventHook, on_done: DoneHook
     ) -> None:
         """Submit ``jobs`` (at most one per free GPU/CPU at a time) and record them as they end."""
         import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        started_here = not ray.is_initialized()
+        self._connect()
         running: dict[Any, CellJob] = {}
-        if started_here:
-            if self.address:
-                ray.init(address=self.address, log_to_driver=False)
-            else:
-                ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False)
         try:
             resources = ray.cluster_resources()
             gpus = int(resources.get("GPU", 0))
             slots = max(1, gpus or int(resources.get("CPU", 1)))
             options = {"num_gpus": 1} if gpus else {"num_cpus": 1}
             device = "cuda" if gpus else "cpu"
-            task = ray.remote(_execute_on).options(max_retries=0, **options)
+            here = ray.get_runtime_context().get_node_id()
+            relay = (
+                ray.remote(_EventRelay)
+                .options(
+                    num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, False)
+                )
+                .remote()
+            )
+            task = ray.remote(_execute_on).options(
+                max_retries=RAY_NODE_RETRIES, retry_exceptions=False, **options
+            )
             waiting = list(jobs)
             while waiting or running:
                 while waiting and len(running) < slots:
                     job = waiting.pop(0)
                     on_start(job, device)
-                    running[task.remote(job, self.cell_runner, device)] = job
-                ready, _ = ray.wait(list(running), num_returns=1)
+                    running[task.remote(job, self.cell_runner, device, relay)] = job
+                ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
+                for cell_id, event in ray.get(relay.take.remote()):
+                    on_event(cell_id, event)
+                if not ready:
+                    continue
                 job = running.pop(ready[0])
                 try:
                     outcome = ray.get(ready[0])
-                except ray.exceptions.RayError as exc:  # the worker died (not the cell raising)
+                except ray.exceptions.RayError as exc:  # lost more often than retries allow
                     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                    reason = f"{type(exc).__name__}: {first}".rstrip(": ")
+                    reason = (
+                        f"lost its Ray worker {RAY_NODE_RETRIES + 1} times: "
+                        f"{type(exc).__name__}: {first}".rstrip(": ")
+                    )
                     outcome = CellOutcome(job.cell.cell_id, "failed", reason, None, device)
                 on_done(outcome)
         finally:
             for ref in running:
                 ray.cancel(ref, force=True)
-            if started_here:
-                ray.shutdown()
+            self._disconnect()
 
 
 def make_executor(

@@ -171,7 +171,8 @@ def run_grid(
     with open_grid(spec, out_dir) as store:
         rows = store.cells()
         to_run = select_cells(rows, retry_failed=retry_failed)
-        emit(GridStarted(str(out_dir), tuple(rows), tuple(to_run), spec.notes))
+        notes = (*spec.notes, *runner.prepare(out_dir))
+        emit(GridStarted(str(out_dir), tuple(rows), tuple(to_run), notes))
         wanted = set(to_run)
         jobs = [
             CellJob(
@@ -217,5 +218,5 @@ def run_grid(
             ran=tuple(started),
             counts=store.status_counts(),
             table=results_table(final, metric),
-            notes=spec.notes,
+            notes=notes,
         )
