@@ -1,7 +1,7 @@
 """Atomic file writes: a reader sees the old file or the new one, never half of one.
 
-Recipe (DESIGN.md §7): write a temporary file in the same folder, flush and fsync it,
-``os.replace`` it over the target, then fsync the folder so the rename itself is durable.
+Recipe (``docs/architecture.md``, "Safety"): write a temporary file in the same folder, flush and
+fsync it, ``os.replace`` it over the target, then fsync the folder so the rename itself is durable.
 Temporary files carry a fixed marker in their name so that :func:`sweep_stale` can remove the
 ones a killed process left behind.
 """

@@ -1,8 +1,9 @@
 """Decode once: a split's images decoded a single time into a uint8 cache on disk, then reused.
 
-A grid trains dozens of models on the same images (DESIGN.md §4). :func:`decode_split` decodes
-each image of a split once (in a thread pool), stores the result as one ``.npy`` array of shape
-[N, 3, H, W] under ``paths.cache_dir("decoded")``, and memory-maps it on every later call. The
+A grid trains dozens of models on the same images (``docs/architecture.md``, "Safety").
+:func:`decode_split` decodes each image of a split once (in a thread pool), stores the result as
+one ``.npy`` array of shape [N, 3, H, W] under ``paths.cache_dir("decoded")``, and memory-maps it
+on every later call. The
 cache key covers the split's file list (relative paths, labels, sizes, mtimes), the stored
 resolution, the classes, the Pillow version and :data:`CACHE_FORMAT`, so changing, adding or
 removing any file makes a fresh decode. Files are written atomically: the array first, then a

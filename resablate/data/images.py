@@ -1,6 +1,6 @@
 """Safe image decoding: one function turns a file into an RGB uint8 array or says why it cannot.
 
-Policy (DESIGN.md §7):
+Policy (``docs/architecture.md``, "Safety"):
 
 - Formats are recognised by content, not by extension: JPEG, PNG and WebP are accepted.
 - Pillow's decompression-bomb limit stays on: an image with more than

@@ -1,4 +1,7 @@
-"""The environment fingerprint recorded with every run (DESIGN.md §6b)."""
+"""The environment fingerprint recorded with every run, and what the grid driver records.
+
+See ``docs/architecture.md``, "Reproducibility and paired arms".
+"""
 
 from __future__ import annotations
 

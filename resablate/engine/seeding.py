@@ -1,4 +1,6 @@
-"""Named random streams derived from one seed (DESIGN.md §6b).
+"""Named random streams derived from one seed.
+
+Why and what is promised: ``docs/architecture.md``, "Reproducibility and paired arms".
 
 Every random choice of a run comes from a generator seeded by ``(seed, stream, position...)``:
 the data order of epoch ``e`` from ``("order", e)``, the augmentation of micro-batch ``b`` of

@@ -4,10 +4,10 @@ The store holds one row per cell (its canonical config, status, metrics, counts,
 environment), the evaluation history of each cell, the per-sample test predictions of each cell
 (for paired tests and misclassification galleries) and the grid spec that produced the cells.
 
-Safety (DESIGN.md §7): WAL journal, ``busy_timeout``, every writing transaction opened with
-``BEGIN IMMEDIATE``, a cell's status and its metrics written in one transaction, the format version
-in ``PRAGMA user_version`` (a store written by a newer resablate is refused), and a store on a
-network file system is refused (SQLite's locking is unreliable there).
+Safety (``docs/architecture.md``, "Safety"): WAL journal, ``busy_timeout``, every writing
+transaction opened with ``BEGIN IMMEDIATE``, a cell's status and its metrics written in one
+transaction, the format version in ``PRAGMA user_version`` (a store written by a newer resablate is
+refused), and a store on a network file system is refused (SQLite's locking is unreliable there).
 
 Only the grid driver writes; reports and other readers open the store read-only with
 :meth:`ResultStore.open`.

@@ -181,6 +181,8 @@ def confusion_figure(
     Raises:
         ConfigError: The matrix is not square with one row per class.
     """
+    import numpy as np
+
     n = len(classes)
     if len(confusion) != n or any(len(row) != n for row in confusion):
         raise ConfigError(f"confusion matrix is not {n}×{n} for classes {list(classes)}")
@@ -189,14 +191,15 @@ def confusion_figure(
     image = ax.imshow([[int(v) for v in row] for row in confusion], cmap="Blues")
     for i, row in enumerate(confusion):
         for j, value in enumerate(row):
+            # White on the darker half of the colour scale, black on the lighter half.
+            shade = np.asarray(image.norm(np.asarray(value, dtype=float))).item()
             ax.text(
                 j,
                 i,
                 str(int(value)),
                 ha="center",
                 va="center",
-                # White on the darker half of the colour scale, black on the lighter half.
-                color="white" if float(image.norm(int(value))) > 0.5 else "black",
+                color="white" if shade > 0.5 else "black",
             )
     ax.set_xticks(range(n), list(classes))
     ax.set_yticks(range(n), list(classes))
