@@ -44,7 +44,8 @@ def config(depth: int) -> ResNetConfig:
         hidden_act="relu",
         downsample_in_first_stage=False,
         downsample_in_bottleneck=False,
-        num_labels=1000,
+        # A PretrainedConfig keyword that transformers' typed ResNetConfig signature leaves out.
+        num_labels=1000,  # type: ignore[call-arg]
     )
 
 
