@@ -472,7 +472,7 @@ class RayExecutor:
             options = {"num_gpus": 1} if gpus else {"num_cpus": 1}
             device = "cuda" if gpus else "cpu"
             here = ray.get_runtime_context().get_node_id()
-            relay = (
+            relay: Any = (  # an actor handle: its methods are called with .remote()
                 ray.remote(_EventRelay)
                 .options(
                     num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, False)
