@@ -21,7 +21,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from resablate.atomic import write_text
 from resablate.errors import ConfigError
@@ -50,6 +50,21 @@ def _json_text(data: Any) -> str:
     return json.dumps(data, indent=2) + "\n"
 
 
+class _File:
+    """A file of a run directory: read on a :class:`RunDir`, it is that file's path."""
+
+    def __init__(self, name: str, what: str) -> None:
+        self.name = name
+        self.__doc__ = f"``{name}``: {what}."
+
+    @overload
+    def __get__(self, run: None, owner: type) -> _File: ...
+    @overload
+    def __get__(self, run: RunDir, owner: type) -> Path: ...
+    def __get__(self, run: RunDir | None, owner: type) -> _File | Path:
+        return self if run is None else run.path / self.name
+
+
 @dataclass(frozen=True)
 class RunDir:
     """One run's folder (nothing is created until something is written).
@@ -65,55 +80,16 @@ class RunDir:
 
     # ----------------------------------------------------------------------------- paths
 
-    @property
-    def cell_file(self) -> Path:
-        """``cell.json``: the cell's canonical config."""
-        return self.path / CELL_FILE
-
-    @property
-    def recipe_file(self) -> Path:
-        """``recipe.json``: the effective recipe."""
-        return self.path / RECIPE_FILE
-
-    @property
-    def history_file(self) -> Path:
-        """``history.jsonl``: one evaluation record per line."""
-        return self.path / HISTORY_FILE
-
-    @property
-    def predictions_file(self) -> Path:
-        """``predictions.csv``: the final evaluation, one test sample per row."""
-        return self.path / PREDICTIONS_FILE
-
-    @property
-    def weights_file(self) -> Path:
-        """``model.safetensors``: the final weights."""
-        return self.path / WEIGHTS_FILE
-
-    @property
-    def train_file(self) -> Path:
-        """``train.json``: the engine's result."""
-        return self.path / TRAIN_FILE
-
-    @property
-    def result_file(self) -> Path:
-        """``result.json``: the cell's result, written last (its presence = finished)."""
-        return self.path / RESULT_FILE
-
-    @property
-    def gradflow_file(self) -> Path:
-        """``gradflow.jsonl``: gradient norms logged during training."""
-        return self.path / GRADFLOW_FILE
-
-    @property
-    def lesion_file(self) -> Path:
-        """``lesion.json``: a saved lesion study."""
-        return self.path / LESION_FILE
-
-    @property
-    def lesion_figure(self) -> Path:
-        """``lesion.png``: the saved lesion study's figure."""
-        return self.path / LESION_FIGURE
+    cell_file = _File(CELL_FILE, "the cell's canonical config")
+    recipe_file = _File(RECIPE_FILE, "the effective recipe")
+    history_file = _File(HISTORY_FILE, "one evaluation record per line")
+    predictions_file = _File(PREDICTIONS_FILE, "the final evaluation, one test sample per row")
+    weights_file = _File(WEIGHTS_FILE, "the final weights")
+    train_file = _File(TRAIN_FILE, "the engine's result")
+    result_file = _File(RESULT_FILE, "the cell's result, written last (its presence = finished)")
+    gradflow_file = _File(GRADFLOW_FILE, "gradient norms logged during training")
+    lesion_file = _File(LESION_FILE, "a saved lesion study")
+    lesion_figure = _File(LESION_FIGURE, "the saved lesion study's figure")
 
     def cka_stem(self, other: str | os.PathLike[str]) -> Path:
         """``cka-<other folder name>`` (add ``.json``/``.png``): a comparison with run ``other``."""
