@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -370,6 +371,19 @@ def test_attention_products_and_operators_without_rule_are_reported_once() -> No
     assert count(nn.Linear(4, 2), (4,)).uncounted_ops == ()
 
 
-def test_data_parallel_is_counted_as_the_model_it_wraps() -> None:
+def test_data_parallel_is_counted_as_the_model_it_wraps(tmp_path: Path) -> None:
     model = meta_model("resnet50")
     assert count(nn.DataParallel(nn.DataParallel(model)), (3, 64, 64)) == count(model, (3, 64, 64))
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        small = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(2))
+        small(torch.zeros(1, 3, 8, 8))
+        ddp = nn.parallel.DistributedDataParallel(small)
+        assert count(ddp, (3, 8, 8)) == count(small, (3, 8, 8))
+        assert count(small, (3, 8, 8)).flops == 36 * 4 * 27 + 144 * 2
+    finally:
+        dist.destroy_process_group()
