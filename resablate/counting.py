@@ -331,6 +331,32 @@ def _passthrough(x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
     return x
 
 
+# Plain convolutions (these classes exactly, their own forward) skip their meta kernel as well:
+# the output shape is the documented formula of nn.Conv1d/2d/3d.
+_PLAIN_CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _conv_shape(module: Any) -> Callable[[Tensor], Tensor]:
+    def forward(x: Tensor) -> Tensor:
+        dims = len(module.kernel_size)
+        if x.dim() < dims + 1 or x.shape[-dims - 1] != module.in_channels:
+            raise RuntimeError(
+                f"{type(module).__name__} expects {module.in_channels} input channels in "
+                f"{dims + 2}-d input, got shape {tuple(x.shape)}"
+            )
+        spatial = []
+        for i, size in enumerate(x.shape[-dims:]):
+            if module.padding == "same":
+                spatial.append(size)
+                continue
+            pad = 0 if module.padding == "valid" else module.padding[i]
+            reach = module.dilation[i] * (module.kernel_size[i] - 1) + 1
+            spatial.append((size + 2 * pad - reach) // module.stride[i] + 1)
+        return x.new_empty((*x.shape[: -dims - 1], module.out_channels, *spatial))
+
+    return forward
+
+
 def _rule(module: nn.Module) -> Callable[[Any, Tensor, Tensor], int] | None:
     for cls, rule in _RULES:
         if isinstance(module, cls):
@@ -482,9 +508,10 @@ def count(model: nn.Module, input_size: Sequence[int] = (3, 224, 224)) -> Counts
     stage_names, stage_of = _stage_lookup(model)
     modules = dict(model.named_modules())
     shortcut = {
-        id(m)
+        id(m): _passthrough if isinstance(m, _SHAPE_PRESERVING) else _conv_shape(m)
         for m in modules.values()
-        if isinstance(m, _SHAPE_PRESERVING) and "forward" not in m.__dict__
+        if (isinstance(m, _SHAPE_PRESERVING) or type(m) in _PLAIN_CONVOLUTIONS)
+        and "forward" not in m.__dict__
     }
     # torch.empty is much faster than empty_like on the meta device; strides do not matter here.
     meta = {
@@ -526,7 +553,7 @@ def count(model: nn.Module, input_size: Sequence[int] = (3, 224, 224)) -> Counts
             module.training = False  # set directly: a module's train() may be overridden
         for module in modules.values():
             if id(module) in shortcut:
-                module.forward = _passthrough
+                module.forward = shortcut[id(module)]
         dtype = next((t.dtype for t in meta.values() if t.is_floating_point()), torch.float32)
         x = torch.empty((1, *size), dtype=dtype, device="meta")
         with torch.no_grad(), _FunctionCounter(tally), _OperatorCounter(tally):

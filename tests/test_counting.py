@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import warnings
 from pathlib import Path
 
@@ -369,6 +370,35 @@ def test_attention_products_and_operators_without_rule_are_reported_once() -> No
     mv = count(MatrixVector(), (4,))
     assert (mv.flops, mv.uncounted_ops) == (0, (("mv", 2),))
     assert count(nn.Linear(4, 2), (4,)).uncounted_ops == ()
+
+
+@pytest.mark.parametrize(
+    "convs",
+    [
+        (
+            nn.Conv2d(3, 4, 3, stride=2, padding=1, dilation=2),
+            nn.Conv2d(4, 4, (3, 5), padding="same", padding_mode="reflect"),
+            nn.Conv2d(4, 2, 2, stride=(1, 3), padding="valid", groups=2),
+        ),
+        (nn.Conv1d(3, 6, 5, stride=3, padding=2, groups=3),),
+        (nn.Conv3d(3, 2, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)),),
+    ],
+)  # fmt: skip
+def test_convolutions_count_from_the_shapes_a_real_forward_gives(
+    convs: tuple[nn.Module, ...],
+) -> None:
+    size = {1: (3, 37), 2: (3, 23, 29), 3: (3, 4, 17, 19)}[len(convs[0].kernel_size)]
+    x = torch.zeros(1, *size)
+    outputs = []
+    for conv in convs:
+        x = conv(x)
+        outputs.append(x)
+    model = nn.Sequential(*convs, nn.Flatten(), nn.Linear(x.numel(), 3))
+    expected = sum(
+        out.numel() * conv.in_channels // conv.groups * math.prod(conv.kernel_size)
+        for conv, out in zip(convs, outputs, strict=True)
+    )
+    assert count(model, size).flops == expected + x.numel() * 3
 
 
 def test_data_parallel_is_counted_as_the_model_it_wraps(tmp_path: Path) -> None:
