@@ -61,6 +61,32 @@ def test_surgery_stages_with_several_values_and_timm_table() -> None:
     assert json.loads(repeated.stdout)["blocks_rewired"] == 9
 
 
+def test_surgery_no_residual_on_the_hugging_face_resnet50() -> None:
+    result = CliRunner().invoke(
+        app, ["surgery", "--no-residual", "resnet50", "--source", "hf"], env={"COLUMNS": "200"}
+    )
+    assert result.exit_code == 0, result.output
+    assert " ".join(result.stdout.split()).startswith(
+        "resnet50 (hf): residual connections dropped in conv2_x, conv3_x, conv4_x, conv5_x; "
+        "input 3×224×224, batch 1, 1000-class head"
+    )
+    rows = [line for line in result.stdout.splitlines() if line.startswith("│")]
+    assert rows == [
+        "│ conv1   │              0 │      9,536 │                    9,536 │          0.120 │",
+        "│ conv2_x │              3 │    215,808 │       215,808 -> 198,912 │ 0.677 -> 0.624 │",
+        "│ conv3_x │              4 │  1,219,584 │   1,219,584 -> 1,087,488 │ 1.034 -> 0.930 │",
+        "│ conv4_x │              6 │  7,098,368 │   7,098,368 -> 6,572,032 │ 1.469 -> 1.365 │",
+        "│ conv5_x │              3 │ 14,964,736 │ 14,964,736 -> 12,863,488 │ 0.810 -> 0.708 │",
+        "│ head    │              0 │  2,049,000 │                2,049,000 │          0.002 │",
+        "│ total   │        16 / 16 │ 25,557,032 │ 25,557,032 -> 22,780,456 │ 4.112 -> 3.749 │",
+    ]
+    data = json.loads(run("surgery", "--no-residual", "hf:resnet50", "--json").stdout)
+    assert (data["arch"], data["source"], data["blocks_rewired"]) == ("resnet50", "hf", 16)
+    # the same projection shortcuts idle as in torchvision's ResNet-50 (see the resnet152 test)
+    assert data["inactive_params"] == data["params"] - data["active_params"] == 2_776_576
+    assert data["flops_after"] == 4_111_512_576 - 362_672_128
+
+
 def test_surgery_alpha() -> None:
     result = run("surgery", "resnet18", "--alpha", "0.5", "--json")
     data = json.loads(result.stdout)

@@ -281,29 +281,12 @@ def test_vit_attention_projections_are_counted_and_active() -> None:
     assert counts.flops - count(model).flops == 11 * block
 
 
-def hf_resnet(depth: int) -> nn.Module:
-    """transformers' ResNetForImageClassification as configured for microsoft/resnet-<depth>."""
-    from transformers import ResNetConfig, ResNetForImageClassification
-
-    basic = depth in (18, 34)
-    blocks = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3]}
-    config = ResNetConfig(
-        embedding_size=64,
-        hidden_sizes=[64, 128, 256, 512] if basic else [256, 512, 1024, 2048],
-        depths=blocks.get(depth, [3, 8, 36, 3]),
-        layer_type="basic" if basic else "bottleneck",
-        num_labels=1000,
-    )
-    with torch.device("meta"):
-        return ResNetForImageClassification(config)
-
-
 @pytest.mark.parametrize("depth", sorted(GOLDEN_RESNETS))
 def test_hugging_face_resnets_match_fvcore(depth: int) -> None:
     # fvcore on the Hugging Face models gives the torchvision ResNets' totals exactly.
     fvcore = {18: 1_819_065_856, 34: 3_671_262_720, 50: 4_111_512_576, 101: 7_833_969_664,
               152: 11_558_835_200}  # fmt: skip
-    counts = count(hf_resnet(depth))
+    counts = count(meta_model(f"resnet{depth}", "hf"))
     assert counts.flops == fvcore[depth] == count(meta_model(f"resnet{depth}")).flops
     assert counts.params == counts.active_params == GOLDEN_RESNETS[depth][0]
 
