@@ -67,3 +67,14 @@ def imagenet_standins(archs: tuple[str, ...]) -> None:
         if not target.exists():
             torch.manual_seed(1)
             torch.save(getattr(torchvision.models, arch)().state_dict(), target)
+
+
+def demo_weight_standins(archs: tuple[str, ...], source: str) -> None:
+    """Write seeded stand-ins for the demo-pretrained weights into the (test) cache, so that a
+    grid on demo data loads them instead of pre-training each architecture first."""
+    from resablate.weights import build_model, demo_weights_path, save_state_dict_file
+
+    for arch in archs:
+        torch.manual_seed(1)
+        model = build_model(arch, num_classes=2, source=source)
+        save_state_dict_file(model.state_dict(), demo_weights_path(arch, source))

@@ -44,6 +44,20 @@ def test_same_seed_twice_gives_identical_metrics(tmp_path: Path) -> None:
     assert preds[0] == preds[1]
 
 
+@pytest.mark.slow
+def test_train_a_hugging_face_resnet(tmp_path: Path) -> None:
+    args = ["train", "--arch", "resnet18", "--source", "hf", "--no-residual", *FAST, "--json"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert (data["cell"]["arch"], data["cell"]["source"]) == ("resnet18", "hf")
+    assert data["cell"]["residual"] == "off"
+    assert data["params"] == 11_177_538  # as torchvision's, with a 2-class head
+    # the three projection shortcuts (1×1 conv + BN) idle with the residual connections dropped
+    shortcuts = sum(cin * 2 * cin + 2 * 2 * cin for cin in (64, 128, 256))
+    assert data["params"] - data["active_params"] == shortcuts == 173_824
+
+
 def test_missing_data_path_is_one_line(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
     result = CliRunner().invoke(app, ["train", "--arch", "resnet18", "--data", str(missing)])

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
 import pytest
-from grid_helpers import one_thread, tiny_grid_args, write_tiny_dataset
+from grid_helpers import demo_weight_standins, one_thread, tiny_grid_args, write_tiny_dataset
 from typer.testing import CliRunner
 
 from resablate.errors import ConfigError
@@ -156,3 +157,39 @@ def test_interrupt_exits_130_and_says_how_to_resume(
     assert _flat(result.output) == (
         f"the store in {out} is saved; rerun the same command to resume interrupted"
     )
+
+
+@pytest.mark.slow
+def test_grid_on_the_hugging_face_resnets_offline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The exact command of issue 13, with stand-ins for the two demo-pretrained weights files
+    # (pre-training them would take most of the test's time), in a cache of its own.
+    monkeypatch.setenv("RESABLATE_CACHE", str(tmp_path / "cache"))
+    demo_weight_standins(("resnet18", "resnet50"), "hf")
+    monkeypatch.chdir(tmp_path)
+    args = ["grid", "--depths", "18", "50", "--source", "hf", "--data", "demo", "--max-steps", "4"]
+    with one_thread():
+        result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    text = _flat(result.output)
+    assert "8 cells: 8 done · ran 8 now · runs/grid" in text
+    for model, params, gflops in (
+        ("ResNet-18 (hf)", "11.2", "0.0371"),
+        ("ResNet-50 (hf)", "23.5", "0.0839"),
+    ):
+        assert re.search(
+            rf"│ {re.escape(model)} ( *│ *\d\.\d+ ){{4}}│ +{params} │ +{gflops} │", result.stdout
+        )
+    with ResultStore.open(tmp_path / "runs" / "grid") as store:
+        rows = store.cells()
+    assert {(r.arch, r.source, r.status) for r in rows} == {
+        ("resnet18", "hf", "done"),
+        ("resnet50", "hf", "done"),
+    }
+    # the cells record the source, so their ids are not the torchvision cells' (pinned in
+    # tests/test_residual_plan.py, unchanged)
+    assert sorted(r.cell_id for r in rows) == [
+        "22073adf913b", "283292f2ff81", "34c06566712a", "450fd1cb7f7c",
+        "48f5d7d9971a", "bab15f62522f", "dedf55ad9e5f", "eb645e7d9b79",
+    ]  # fmt: skip
