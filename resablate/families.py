@@ -368,7 +368,12 @@ def _tv_builder(arch: str) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
         import torchvision.models as tvm
 
-        return getattr(tvm, arch)(weights=None, num_classes=1000)
+        device = torch.get_default_device()
+        if device.type != "meta" or not arch.startswith("regnet"):
+            return getattr(tvm, arch)(weights=None, num_classes=1000)
+        # torchvision's RegNets compute their widths with tensors: build on the CPU, then move.
+        with torch.device("cpu"):
+            return getattr(tvm, arch)(weights=None, num_classes=1000).to(device)
 
     build.__name__ = f"build_torchvision_{arch}"
     return build
@@ -512,19 +517,34 @@ _BASELINES = {
         "torchvision.models.vgg.VGG",
     ),
     # stem conv | seven MBConv stages | final 1x1 conv (the EfficientNet paper's Table 1)
-    "efficientnet_b3": (
-        "efficientnet",
-        tuple(range(10)),
+    # stem conv | seven MBConv stages | final 1x1 conv (the EfficientNet paper's Table 1); B0, B3
+    # and B4 share a class and a layout: family_of tells them apart by their parameter count
+    **{
+        f"efficientnet_b{n}": (
+            "efficientnet",
+            tuple(range(10)),
+            "classifier.1",
+            f"EfficientNet_B{n}_Weights.IMAGENET1K_V1",
+            _TV_EFFICIENTNET,
+        )
+        for n in (0, 3, 4)
+    },
+    # the MobileNetV2 paper's Table 2: conv | seven bottleneck stages (1, 2, 3, 4, 3, 3, 1
+    # blocks) | final 1x1 conv
+    "mobilenet_v2": (
+        "mobilenet",
+        (0, 1, 2, 4, 7, 11, 14, 17, 18, 19),
         "classifier.1",
-        "EfficientNet_B3_Weights.IMAGENET1K_V1",
-        _TV_EFFICIENTNET,
+        "MobileNet_V2_Weights.IMAGENET1K_V1",
+        "torchvision.models.mobilenetv2.MobileNetV2",
     ),
-    "efficientnet_b4": (
-        "efficientnet",
-        tuple(range(10)),
-        "classifier.1",
-        "EfficientNet_B4_Weights.IMAGENET1K_V1",
-        _TV_EFFICIENTNET,
+    # stem | four stages, each stage's downsampling layer with it (as timm groups them)
+    "convnext_tiny": (
+        "convnext",
+        (0, 1, 2, 4, 6, 8),
+        "classifier.2",
+        "ConvNeXt_Tiny_Weights.IMAGENET1K_V1",
+        "torchvision.models.convnext.ConvNeXt",
     ),
 }
 for _arch, (_kind, _bounds, _head, _weights, _type) in _BASELINES.items():
@@ -538,7 +558,84 @@ for _arch, (_kind, _bounds, _head, _weights, _type) in _BASELINES.items():
             stages=_sequential_stages("features", _bounds),
             head=_head,
             imagenet=_weights,
-            residual=False,
+            residual=_kind not in ("alexnet", "vgg"),
+            model_type=_type,
+        )
+    )
+
+
+def _named_stages(*groups: tuple[str, ...]) -> Mapping[str, tuple[str, ...]]:
+    """``conv1`` .. ``convN`` for the given groups of module paths, in forward order."""
+    return MappingProxyType({f"conv{i + 1}": group for i, group in enumerate(groups)})
+
+
+_MBCONV_STAGES = _named_stages(
+    ("conv_stem", "bn1"), *((f"blocks.{i}",) for i in range(7)), ("conv_head", "bn2")
+)
+_OTHERS = (
+    # (arch, source, kind, stages, head, ImageNet weights, model class)
+    (
+        "regnet_y_400mf",
+        "torchvision",
+        "regnet",
+        _named_stages(("stem",), *((f"trunk_output.block{i}",) for i in range(1, 5))),
+        "fc",
+        "RegNet_Y_400MF_Weights.IMAGENET1K_V1",
+        "torchvision.models.regnet.RegNet",
+    ),
+    (
+        "regnety_016",
+        "timm",
+        "regnet",
+        _named_stages(("stem",), ("s1",), ("s2",), ("s3",), ("s4", "final_conv")),
+        "head.fc",
+        "regnety_016.tv2_in1k",
+        "timm.models.regnet.RegNet",
+    ),
+    (
+        "convnext_tiny",
+        "timm",
+        "convnext",
+        _named_stages(("stem",), *((f"stages.{i}",) for i in range(3)), ("stages.3", "norm_pre")),
+        "head.fc",
+        "convnext_tiny.in12k_ft_in1k",
+        "timm.models.convnext.ConvNeXt",
+    ),
+    (
+        "efficientnet_b0",
+        "timm",
+        "efficientnet",
+        _MBCONV_STAGES,
+        "classifier",
+        "efficientnet_b0.ra_in1k",
+        "timm.models.efficientnet.EfficientNet",
+    ),
+    (
+        "mobilenetv3_large_100",
+        "timm",
+        "mobilenet",
+        _named_stages(
+            ("conv_stem", "bn1"),
+            *((f"blocks.{i}",) for i in range(7)),
+            ("conv_head", "norm_head", "act2"),
+        ),
+        "classifier",
+        "mobilenetv3_large_100.ra_in1k",
+        "timm.models.mobilenetv3.MobileNetV3",
+    ),
+)
+for _arch, _source, _kind, _stages, _head, _weights, _type in _OTHERS:
+    register(
+        Family(
+            arch=_arch,
+            source=_source,
+            kind=_kind,
+            depth=None,
+            builder=(_tv_builder if _source == "torchvision" else _timm_builder)(_arch),
+            stages=_stages,
+            head=_head,
+            imagenet=_weights,
+            residual=True,
             model_type=_type,
         )
     )

@@ -56,8 +56,17 @@ FVCORE_64 = {
     ("hf", "resnet152"): (945459200, 915853312),
     ("torchvision", "alexnet"): (98145216, None),
     ("torchvision", "vgg16"): (1376421888, None),
-    ("torchvision", "efficientnet_b3"): (84231872, None),
-    ("torchvision", "efficientnet_b4"): (130594144, None),
+    # inverted residuals: dropping an identity shortcut removes only additions (fvcore counts none)
+    ("torchvision", "efficientnet_b0"): (34540032, 34540032),
+    ("torchvision", "efficientnet_b3"): (84231872, 84231872),
+    ("torchvision", "efficientnet_b4"): (130594144, 130594144),
+    ("torchvision", "mobilenet_v2"): (26823936, 26823936),
+    ("torchvision", "convnext_tiny"): (365642496, 365642496),
+    ("torchvision", "regnet_y_400mf"): (34515328, 33042368),
+    ("timm", "regnety_016"): (135113248, 132455008),
+    ("timm", "convnext_tiny"): (365642496, 365642496),
+    ("timm", "efficientnet_b0"): (34351744, 34351744),
+    ("timm", "mobilenetv3_large_100"): (22091136, 22091136),
 }
 
 

@@ -33,8 +33,12 @@ TORCHVISION = [
     "wide_resnet101_2",
     "alexnet",
     "vgg16",
+    "efficientnet_b0",
     "efficientnet_b3",
     "efficientnet_b4",
+    "mobilenet_v2",
+    "convnext_tiny",
+    "regnet_y_400mf",
 ]
 
 
@@ -46,14 +50,13 @@ def test_registered_architectures() -> None:
         "resnet50",
         "resnet101",
         "resnet152",
+        "regnety_016",
+        "convnext_tiny",
+        "efficientnet_b0",
+        "mobilenetv3_large_100",
     ]
-    assert list_architectures() == TORCHVISION
-    assert [f.arch for f in list_families() if not f.residual] == [
-        "alexnet",
-        "vgg16",
-        "efficientnet_b3",
-        "efficientnet_b4",
-    ]
+    assert list_architectures() == [*TORCHVISION, "regnety_016", "mobilenetv3_large_100"]
+    assert [f.arch for f in list_families() if not f.residual] == ["alexnet", "vgg16"]
     assert get_family("ResNet50").depth == 50
     assert get_family("resnext101_64x4d").depth == 101
     assert get_family("resnet50", "timm").imagenet == "resnet50.a1_in1k"
@@ -150,3 +153,22 @@ def test_a_model_of_another_layout_is_not_mistaken_for_a_family() -> None:
     with pytest.raises(ConfigError, match="no stage map for VGG"):
         stage_map(vgg11)
     assert stage_map(resnet)["conv1"] == ("conv1", "bn1", "relu", "maxpool")
+
+
+@pytest.mark.parametrize("arch", ["efficientnet_b0", "efficientnet_b3", "efficientnet_b4"])
+def test_efficientnets_are_told_apart_by_structure(arch: str) -> None:
+    import torchvision
+
+    with torch.device("meta"):
+        model = getattr(torchvision.models, arch)(num_classes=2)  # any head
+    assert family_of(model) is get_family(arch)
+
+
+def test_stage_maps_of_the_other_residual_families() -> None:
+    assert get_family("mobilenet_v2").stages["conv4"] == ("features.4", "features.5", "features.6")
+    assert get_family("convnext_tiny").stages["conv3"] == ("features.2", "features.3")
+    assert get_family("regnet_y_400mf").stages["conv5"] == ("trunk_output.block4",)
+    assert get_family("regnety_016", "timm").stages["conv5"] == ("s4", "final_conv")
+    assert list(get_family("mobilenetv3_large_100", "timm").stages) == [
+        f"conv{i}" for i in range(1, 10)
+    ]
