@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from resablate.choices import BN_POLICIES
 from resablate.choices import FREEZE_PLANS as FREEZE_PLANS
-from resablate.errors import ConfigError, UnsupportedBlockError
+from resablate.errors import ConfigError
 from resablate.families import stage_map
 
 
@@ -56,6 +57,37 @@ _HELD: dict[type[nn.Module], type[nn.Module]] = {
     nn.BatchNorm3d: HeldBatchNorm3d,
 }
 _UPSTREAM = {held: upstream for upstream, held in _HELD.items()}
+
+
+class _MadeHeld(HeldBatchNorm):
+    """Base of the held classes made on demand for other BatchNorm types (timm's
+    ``BatchNormAct2d``); they pickle as "rebuild from the upstream class, hold again"."""
+
+    upstream_norm: ClassVar[type[nn.Module]]
+
+    def __reduce_ex__(self, protocol: Any) -> Any:  # type: ignore[override]
+        return (_rebuild_held, (self.upstream_norm,), dict(self.__dict__))
+
+
+def _held_class(upstream: type[nn.Module]) -> type[nn.Module]:
+    """The held subclass of the BatchNorm class ``upstream`` (made once)."""
+    held = _HELD.get(upstream)
+    if held is None:
+        name = f"Held{upstream.__name__}"
+        held = type(
+            name,
+            (_MadeHeld, upstream),
+            {"upstream_norm": upstream, "__module__": __name__, "__qualname__": name},
+        )
+        _HELD[upstream] = held
+        _UPSTREAM[held] = upstream
+    return held
+
+
+def _rebuild_held(upstream: type[nn.Module]) -> nn.Module:
+    norm = upstream.__new__(upstream)
+    norm.__class__ = _held_class(upstream)
+    return norm
 
 
 @dataclass(frozen=True)
@@ -102,14 +134,41 @@ class FreezeReport:
         return table
 
 
-def freeze_plans(model: nn.Module) -> tuple[str, ...]:
-    """The legal plans for ``model``: none, conv1, conv1-2 … conv1-N (N = its stage count), all."""
-    stages = len(stage_map(model))
-    return ("none", "conv1", *(f"conv1-{k}" for k in range(2, stages + 1)), "all")
+StageMap = Mapping[str, Sequence[str]]
 
 
-def _frozen_stage_names(model: nn.Module, plan: str) -> tuple[str, ...]:
-    stages = tuple(stage_map(model))
+def _stages_of(model: nn.Module, stages: StageMap | None) -> Mapping[str, tuple[str, ...]]:
+    """The registry's stage map of ``model``, or the user's ``stages`` checked against it."""
+    if stages is None:
+        return stage_map(model)
+    if not stages:
+        raise ConfigError("a stage map needs at least one stage: name -> module paths")
+    checked: dict[str, tuple[str, ...]] = {}
+    for name, paths in stages.items():
+        paths = (paths,) if isinstance(paths, str) else tuple(paths)
+        for path in paths:
+            try:
+                model.get_submodule(path)
+            except AttributeError:
+                raise ConfigError(
+                    f"stage {name!r}: no module {path!r} in {type(model).__name__}"
+                ) from None
+        checked[name] = paths
+    return checked
+
+
+def freeze_plans(model: nn.Module, stages: StageMap | None = None) -> tuple[str, ...]:
+    """The legal plans for ``model``: none, conv1, conv1-2 … conv1-N (N = its stage count), all.
+
+    ``stages``: a user stage map (stage name -> module paths, in forward order) instead of the
+    registry's; the plans count its stages the same way (``conv1`` = the first stage).
+    """
+    count = len(_stages_of(model, stages))
+    return ("none", "conv1", *(f"conv1-{k}" for k in range(2, count + 1)), "all")
+
+
+def _frozen_stage_names(model: nn.Module, plan: str, smap: StageMap) -> tuple[str, ...]:
+    stages = tuple(smap)
     key = plan.strip().lower()
     match = re.fullmatch(r"conv1-(\d+)", key)
     if key == "none":
@@ -120,7 +179,9 @@ def _frozen_stage_names(model: nn.Module, plan: str) -> tuple[str, ...]:
         return stages[:1]
     if match and 2 <= int(match.group(1)) <= len(stages):
         return stages[: int(match.group(1))]
-    raise ConfigError(f"unknown freeze plan {plan!r}; plans: {', '.join(freeze_plans(model))}")
+    raise ConfigError(
+        f"unknown freeze plan {plan!r}; plans: {', '.join(freeze_plans(model, smap))}"
+    )
 
 
 def _unique_params(modules: list[nn.Module]) -> list[nn.Parameter]:
@@ -149,7 +210,9 @@ def _release_all(model: nn.Module) -> None:
         p.requires_grad_(True)
 
 
-def freeze(model: nn.Module, plan: str, *, bn: str = "frozen") -> FreezeReport:
+def freeze(
+    model: nn.Module, plan: str, *, bn: str = "frozen", stages: StageMap | None = None
+) -> FreezeReport:
     """Freeze the stages of ``plan`` in place (replacing any previous freeze).
 
     Args:
@@ -157,20 +220,21 @@ def freeze(model: nn.Module, plan: str, *, bn: str = "frozen") -> FreezeReport:
         plan: ``none``, ``conv1``, ``conv1-K`` (K up to the model's stage count) or ``all``.
         bn: ``"frozen"``: BatchNorm layers of frozen stages stay in eval mode (running statistics
             never move); ``"train"``: they follow ``model.train()``.
+        stages: A user stage map, stage name -> module paths in forward order
+            (``{"stem": ["conv1", "bn1"], "body": ["layer1"]}``), for a model the registry does
+            not know; default: the registry's (:func:`resablate.families.stage_map`).
 
     Returns:
         What was frozen.
 
     Raises:
         ConfigError: Unknown plan (the message lists the legal ones) or BN policy, or a model
-            without a stage map.
-        UnsupportedBlockError: ``bn="frozen"`` and a frozen stage holds a BatchNorm type other
-            than ``nn.BatchNorm1d/2d/3d``.
+            without a stage map, or a user stage map naming a module the model lacks.
     """
     if bn not in BN_POLICIES:
         raise ConfigError(f"unknown BatchNorm policy {bn!r}; policies: {', '.join(BN_POLICIES)}")
-    frozen_stages = _frozen_stage_names(model, plan)
-    smap = stage_map(model)
+    smap = _stages_of(model, stages)
+    frozen_stages = _frozen_stage_names(model, plan, smap)
     frozen_modules = [model.get_submodule(path) for stage in frozen_stages for path in smap[stage]]
     norms = [
         m
@@ -178,13 +242,6 @@ def freeze(model: nn.Module, plan: str, *, bn: str = "frozen") -> FreezeReport:
         for m in root.modules()
         if isinstance(m, nn.modules.batchnorm._BatchNorm)
     ]
-    if bn == "frozen":
-        for m in norms:
-            if type(m) not in _HELD and type(m) not in _UPSTREAM:
-                raise UnsupportedBlockError(
-                    f"cannot hold BatchNorm layer of type {type(m).__name__} in eval mode; "
-                    "supported: BatchNorm1d, BatchNorm2d, BatchNorm3d (or use bn='train')"
-                )
     trainable_before = _numel(trainable_parameters(model))
     _release_all(model)
     for p in _unique_params(frozen_modules):
@@ -192,7 +249,8 @@ def freeze(model: nn.Module, plan: str, *, bn: str = "frozen") -> FreezeReport:
     held = 0
     if bn == "frozen":
         for m in norms:
-            m.__class__ = _HELD[type(m)]  # type: ignore[assignment]
+            upstream = _UPSTREAM.get(type(m), type(m))
+            m.__class__ = _held_class(upstream)  # type: ignore[assignment]
             m.training = False
             held += 1
     params = _numel(_unique_params([model]))

@@ -157,3 +157,34 @@ def test_errors_list_the_legal_values_and_change_nothing() -> None:
     ):
         freeze(model, "conv1", bn="eval")
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_a_user_stage_map() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3))
+    stages = {"stem": ["0", "1"], "body": ("3",)}
+    assert freeze_plans(model, stages) == ("none", "conv1", "conv1-2", "all")
+    report = freeze(model, "conv1", stages=stages)
+    assert report.frozen_stages == ("stem",)
+    assert [p.requires_grad for p in model.parameters()] == [False] * 4 + [True] * 2
+    model.train()
+    assert model[1].training is False
+    assert pickle.loads(pickle.dumps(model))[1].training is False
+    with pytest.raises(ConfigError, match=r"^stage 'body': no module '9' in Sequential$"):
+        freeze(model, "all", stages={"body": ["9"]})
+
+
+def test_timm_batchnorm_act_layers_are_held_too() -> None:
+    import timm
+
+    model = timm.create_model("efficientnet_b0")
+    report = freeze(model, "conv1-2")
+    assert report.frozen_stages == ("conv1", "conv2")
+    assert report.bn_layers_held == 3  # bn1, and the first block's two
+    model.train()
+    held = model.bn1
+    assert type(held).__name__ == "HeldBatchNormAct2d" and held.training is False
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        clone.train()
+        assert type(clone.bn1).__name__ == "HeldBatchNormAct2d" and clone.bn1.training is False
+    unfreeze(model)
+    assert type(model.bn1).__name__ == "BatchNormAct2d"
