@@ -41,8 +41,10 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.
 # Library fields whose command-line flag is not ``--`` + the field with dashes: everywhere, and
 # per command (``grid`` keeps the studies' words: ``--pretrained`` for the weights axis, ``--arch``
 # for the family).
-_FLAGS = {"resume": "--no-resume"}
-_COMMAND_FLAGS = {"grid": {"weights": "--pretrained", "family": "--arch"}}
+_FLAGS = {"resume": "--no-resume", "out_dir": "--out"}
+_COMMAND_FLAGS = {
+    "grid": {"weights": "--pretrained", "family": "--arch", "storage_size": "--set storage_size=N"}
+}
 
 
 def flag(field: str, command: str | None = None) -> str:

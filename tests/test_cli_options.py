@@ -32,10 +32,23 @@ def test_grid_exposes_every_override_field_as_an_option() -> None:
 
 @pytest.mark.parametrize(
     ("field", "expected"),
-    [("depths", "--depths"), ("residual_alpha", "--residual-alpha"), ("resume", "--no-resume")],
+    [
+        ("depths", "--depths"),
+        ("residual_alpha", "--residual-alpha"),
+        ("resume", "--no-resume"),
+        ("out_dir", "--out"),
+        ("storage_size", "--storage-size"),
+    ],
 )
 def test_flag_of_a_library_field(field: str, expected: str) -> None:
     assert flag(field) == expected
+
+
+def test_grid_words_some_fields_its_own_way() -> None:
+    assert flag("weights", "grid") == "--pretrained" and flag("weights", "lesion") == "--weights"
+    assert flag("family", "grid") == "--arch"
+    assert flag("storage_size", "grid") == "--set storage_size=N"
+    assert flag("out_dir", "grid") == "--out"
 
 
 def test_split_values() -> None:

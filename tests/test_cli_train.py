@@ -114,7 +114,7 @@ def test_mixed_sizes_advice_can_be_taken_with_storage_size(tmp_path: Path) -> No
     assert result.exit_code == 2
     assert result.stderr == (
         "error: the train split has images of 2 different sizes (16x10 to 12x12); resize them "
-        "to one stored size: --storage-size N (train), --set storage_size=N (grid)\n"
+        "to one stored size: set the recipe's storage_size (--storage-size)\n"
     )
     result = CliRunner().invoke(app, [*args, "--storage-size", "8", "--out", str(tmp_path / "b")])
     assert result.exit_code == 0, result.output

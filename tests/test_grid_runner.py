@@ -188,8 +188,10 @@ def test_second_lock_names_the_holder(tmp_path: Path) -> None:
         message = str(info.value)
         assert message.startswith(f"{tmp_path} is in use by pid {os.getpid()} on ")
         assert message.endswith(
-            f"(lock {tmp_path / '.lock'}); wait for that grid to finish or choose another --out"
+            f"(lock {tmp_path / '.lock'}); wait for that grid to finish or choose another output "
+            "folder"
         )
+        assert info.value.field == "out_dir"
         with pytest.raises(StoreLockedError):
             run_grid(SPEC, tmp_path, cell_runner=Recorder(), device="cpu")
     RunLock(tmp_path).acquire()  # released: free again

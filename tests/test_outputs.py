@@ -94,8 +94,8 @@ def test_report_and_grid_in_a_read_only_place(tmp_path: Path) -> None:
     assert (elsewhere / "md" / "report.md").is_file() and (elsewhere / "r.html").is_file()
     archive = tmp_path / "archive"
     assert [stderr for _, _, stderr in results[5:]] == [
-        f"error: cannot create report folder {store / 'report'}: read-only file system "
-        "(write it elsewhere with --out DIR)\n",
+        f"error: cannot create report folder {store / 'report'}: read-only file system; write "
+        "the report elsewhere (--out)\n",
         f"error: cannot create output folder {archive / 'new'}: read-only file system\n",
         f"error: cannot write to output folder {store}: read-only file system\n",
     ]

@@ -105,6 +105,7 @@ def test_a_lost_worker_node_resumes_the_cell_and_a_private_folder_is_refused(
         "127.0.0.1 ("
     )
     assert refusal.endswith(
-        "the ray executor needs --out on a file system that every node mounts at the same path "
-        "(cells write their checkpoints there and resume from them on another node)"
+        "the ray executor needs the output folder on a file system that every node mounts at the "
+        "same path (cells write their checkpoints there and resume from them on another node) "
+        "(--out)"
     )

@@ -230,8 +230,8 @@ def _stored_shape(split: str, samples: Sequence[Sample], size: int | None) -> tu
         (h0, w0), (h1, w1) = shapes[0], shapes[-1]
         raise DataError(
             f"the {split} split has images of {len(shapes)} different sizes ({w0}x{h0} to "
-            f"{w1}x{h1}); resize them to one stored size: --storage-size N (train), "
-            "--set storage_size=N (grid)"
+            f"{w1}x{h1}); resize them to one stored size: set the recipe's storage_size",
+            field="storage_size",
         )
     return shapes[0]
 

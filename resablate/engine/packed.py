@@ -276,8 +276,9 @@ class _PackSession(_Session):
     def restore(self, path: Path, state: dict[str, Any]) -> None:
         if state.get("seeds") != list(self.seeds):
             raise ConfigError(
-                f"{path} was written by a pack of other cells; start over (--no-resume) or in "
-                "another output folder"
+                f"{path} was written by a pack of other cells; start over without resuming, or "
+                "use another output folder",
+                field="resume",
             )
         super().restore(path, state)
         self.histories = [[EvalRecord.from_dict(r) for r in h] for h in state["histories"]]
@@ -348,7 +349,9 @@ def train_pack(
     if resolve_execution(recipe, device).amp == "fp16":
         raise ConfigError(
             f"recipe {recipe.name!r} trains with fp16 autocast, whose single loss scale would let "
-            "one packed cell's overflow skip every cell's step; use amp bf16 or --pack off"
+            "one packed cell's overflow skip every cell's step; use amp bf16 or train the "
+            "cells unpacked",
+            field="pack",
         )
     pack_dir = Path(pack_dir)
     dirs = [Path(d) for d in run_dirs]

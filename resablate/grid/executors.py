@@ -40,7 +40,7 @@ EXECUTORS = ("local", "ray")
 WORKERS_EXITED = (
     "every grid worker process has exited; worker processes are spawned and import the main "
     "module again, so a script that runs a grid with several workers must call it under "
-    '`if __name__ == "__main__":` (or use --workers 1)'
+    '`if __name__ == "__main__":` (or run one worker)'
 )
 StepHookFactory = Callable[[str], "StepHook"]
 """Builds one run's engine step hook from its run directory, in the worker that runs the cell
@@ -246,7 +246,7 @@ class LocalExecutor:
                 except queue.Empty:
                     remaining -= self._reap_dead(processes, current, on_done)
                     if remaining and not any(p.is_alive() for p in processes):
-                        raise ConfigError(WORKERS_EXITED) from None
+                        raise ConfigError(WORKERS_EXITED, field="workers") from None
                     continue
                 if kind == "start":
                     current[index] = cell_id
@@ -447,8 +447,10 @@ class RayExecutor:
         if blind:
             raise ConfigError(
                 f"the grid folder {out} is not visible from Ray node(s) {', '.join(blind)}: the "
-                "ray executor needs --out on a file system that every node mounts at the same "
-                "path (cells write their checkpoints there and resume from them on another node)"
+                "ray executor needs the output folder on a file system that every node mounts at "
+                "the same path (cells write their checkpoints there and resume from them on "
+                "another node)",
+                field="out_dir",
             )
         return (
             f"ray: {len(nodes)} node(s) can run cells and each sees {out} (shared storage "

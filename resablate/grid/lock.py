@@ -53,7 +53,8 @@ class RunLock:
             os.close(fd)
             raise StoreLockedError(
                 f"{self.path.parent} is in use by {holder} (lock {self.path}); wait for that "
-                "grid to finish or choose another --out"
+                "grid to finish or choose another output folder",
+                field="out_dir",
             ) from None
         info = {
             "pid": os.getpid(),

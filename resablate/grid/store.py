@@ -416,7 +416,8 @@ class ResultStore:
             if fs_type:
                 raise StoreError(
                     f"{target.parent} is on a network file system ({fs_type}); SQLite's locks "
-                    "are unreliable there: use a local --out folder"
+                    "are unreliable there: use a local output folder",
+                    field="out_dir",
                 )
             target.parent.mkdir(parents=True, exist_ok=True)
         try:

@@ -120,7 +120,7 @@ def write_report(
         output_dir(target.parent if in_file else target, "report folder")
     except ConfigError as exc:
         if out is None:  # the default lies in the grid's folder, which may be read-only
-            raise ConfigError(f"{exc} (write it elsewhere with --out DIR)") from None
+            raise ConfigError(f"{exc}; write the report elsewhere", field="out") from None
         raise
     if fmt == "json":
         write_text(target, json.dumps(report.to_dict(), indent=2, default=str) + "\n")
