@@ -58,6 +58,8 @@ class Family:
         residual: Whether residual surgery applies (the model has residual blocks).
         model_type: Dotted name of the class ``builder`` returns or one of its bases (instances of
             it and of its subclasses are recognised).
+        params: Parameters of the model with its 1000-class head (as upstream publishes them);
+            tells apart models of one class and layout (ResNet-18/34, EfficientNet-B0/B3/B4).
     """
 
     arch: str
@@ -70,6 +72,7 @@ class Family:
     imagenet: str | None
     residual: bool
     model_type: str
+    params: int
 
     @property
     def stage_names(self) -> tuple[str, ...]:
@@ -245,7 +248,7 @@ def family_of(model: nn.Module) -> Family | None:
     module path of its stage map and its head exists (VGG16 and VGG11 share a class but not a
     layout), and the model has as many parameters outside the head as the family's model (ResNet-18
     and -34, EfficientNet-B0, -B3 and -B4 share a class and a layout; the head may have any number
-    of classes).
+    of classes): nothing is built.
     """
     names = {type_name(cls) for cls in type(model).__mro__}
     for family in _FAMILIES.values():
@@ -255,7 +258,7 @@ def family_of(model: nn.Module) -> Family | None:
         if not all(_has_path(model, p) for p in (*paths, family.head)):
             continue
         if _covers_container(model, paths) and _body_params(model, family.head) == _family_body(
-            family
+            family, model
         ):
             return family
     return None
@@ -267,16 +270,12 @@ def _body_params(model: nn.Module, head: str) -> int:
     return sum(p.numel() for p in model.parameters() if id(p) not in in_head)
 
 
-_BODIES: dict[tuple[str, str], int] = {}
-
-
-def _family_body(family: Family) -> int:
-    """Parameters of ``family``'s model outside its head (built once on the meta device)."""
-    key = (family.arch, family.source)
-    if key not in _BODIES:
-        with torch.device("meta"):
-            _BODIES[key] = _body_params(family.builder(), family.head)
-    return _BODIES[key]
+def _family_body(family: Family, model: nn.Module) -> int | None:
+    """Parameters outside the head that a model of ``family`` has (None: head not a Linear)."""
+    head = model.get_submodule(family.head)
+    if not isinstance(head, nn.Linear):
+        return None
+    return family.params - (head.in_features + 1) * 1000
 
 
 def _covers_container(model: nn.Module, paths: list[str]) -> bool:
@@ -405,6 +404,31 @@ def _sequential_stages(container: str, bounds: tuple[int, ...]) -> Mapping[str, 
     )
 
 
+# Parameters with the 1000-class head, as torchvision publishes them (timm's and Hugging Face's
+# models of the same name have the same count); tests/test_families.py builds each to check.
+_PARAMS = {
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
+    "resnet101": 44_549_160,
+    "resnet152": 60_192_808,
+    "resnext50_32x4d": 25_028_904,
+    "resnext101_32x8d": 88_791_336,
+    "resnext101_64x4d": 83_455_272,
+    "wide_resnet50_2": 68_883_240,
+    "wide_resnet101_2": 126_886_696,
+    "alexnet": 61_100_840,
+    "vgg16": 138_357_544,
+    "efficientnet_b0": 5_288_548,
+    "efficientnet_b3": 12_233_232,
+    "efficientnet_b4": 19_341_616,
+    "mobilenet_v2": 3_504_872,
+    "convnext_tiny": 28_589_128,
+    "regnet_y_400mf": 4_344_144,
+    "regnety_016": 11_202_430,
+    "mobilenetv3_large_100": 5_483_032,
+}
+
 _TV_RESNETS = {
     # arch: (depth, torchvision weights enum)
     "resnet18": (18, "ResNet18_Weights.IMAGENET1K_V1"),
@@ -456,6 +480,7 @@ for _source, _table, _stem, _make, _type in (
                 imagenet=_weights,
                 residual=True,
                 model_type=_type,
+                params=_PARAMS[_arch],
             )
         )
 
@@ -494,6 +519,7 @@ for _depth in RESNET_DEPTHS:
             imagenet=f"microsoft/resnet-{_depth}",
             residual=True,
             model_type="transformers.models.resnet.modeling_resnet.ResNetForImageClassification",
+            params=_PARAMS[f"resnet{_depth}"],
         )
     )
 
@@ -560,6 +586,7 @@ for _arch, (_kind, _bounds, _head, _weights, _type) in _BASELINES.items():
             imagenet=_weights,
             residual=_kind not in ("alexnet", "vgg"),
             model_type=_type,
+            params=_PARAMS[_arch],
         )
     )
 
@@ -637,5 +664,6 @@ for _arch, _source, _kind, _stages, _head, _weights, _type in _OTHERS:
             imagenet=_weights,
             residual=True,
             model_type=_type,
+            params=_PARAMS[_arch],
         )
     )

@@ -118,6 +118,7 @@ def test_stage_map_and_head_fit_the_built_model(family) -> None:  # type: ignore
     assert len(paths) == len(set(paths))
     for path in paths:
         model.get_submodule(path)
+    assert sum(p.numel() for p in model.parameters()) == family.params
     assert isinstance(model.get_submodule(family.head), nn.Linear)
     assert model.get_submodule(family.head).out_features == 1000
     assert head_of(model) == family.head
