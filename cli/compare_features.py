@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from resablate_cli import console
-from resablate_cli.options import show, split_values
+from resablate_cli.options import check_outputs, show, split_values
 
 
 def compare_features(
@@ -47,6 +47,7 @@ def compare_features(
     """
     from resablate.diagnostics.cka import compare_runs, plot_cka, save_cka
 
+    check_outputs(figure=out, run_dir=run_a if save else None)
     chosen = split_values(stages) or None
     result = compare_runs(run_a, run_b, stages=chosen, limit=images, seed=seed)
     if save:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from resablate_cli.options import show
+from resablate_cli.options import check_outputs, show
 
 
 class BnMode(StrEnum):
@@ -63,6 +63,7 @@ def gradflow(
     from resablate.diagnostics.gradflow import plot_gradient_flow, residual_gradient_flow
     from resablate.diagnostics.runs import build_for_data, synthetic_batch
 
+    check_outputs(figure=out)
     model = build_for_data(arch, weights=weights, num_classes=2, source=source, seed=seed)
     images, labels = synthetic_batch(batch, image_size, seed=seed)
     study = residual_gradient_flow(

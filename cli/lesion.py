@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from resablate_cli import console
-from resablate_cli.options import LesionMetric, show, split_values
+from resablate_cli.options import LesionMetric, check_outputs, show, split_values
 
 
 def lesion(
@@ -69,6 +69,7 @@ def lesion(
     from resablate.diagnostics.lesion import lesion_study, plot_lesion, save_lesion
     from resablate.diagnostics.runs import load_subject
 
+    check_outputs(figure=out, run_dir=run_dir if save else None)
     subject = load_subject(
         run_dir,
         arch=arch,

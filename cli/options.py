@@ -75,3 +75,18 @@ def show(
         console.out.print(result)
     if figure is not None:
         console.err.print(f"wrote {figure}")
+
+
+def check_outputs(*, figure: Path | None = None, run_dir: Path | None = None) -> None:
+    """Check, before any work, that a diagnostic can write its figure (``--out``) and, with
+    ``--save``, into the run directory; one line naming the folder otherwise."""
+    from resablate.errors import ConfigError
+    from resablate.paths import output_dir
+
+    if figure is not None:
+        output_dir(figure.expanduser().parent, "figure folder")
+    if run_dir is not None:
+        try:
+            output_dir(run_dir, "run directory")
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (--no-save: only print the result)") from None

@@ -99,3 +99,29 @@ def test_report_and_grid_in_a_read_only_place(tmp_path: Path) -> None:
         f"error: cannot create output folder {archive / 'new'}: read-only file system\n",
         f"error: cannot write to output folder {store}: read-only file system\n",
     ]
+
+
+@pytest.mark.parametrize("command", ["lesion", "compare-features", "gradflow"])
+def test_diagnostic_outputs_are_checked_before_any_work(tmp_path: Path, command: str) -> None:
+    (tmp_path / "file").write_text("x")
+    figure = tmp_path / "file" / "figure.png"
+    run = tmp_path / "missing-run"
+    args = {
+        "lesion": ["lesion", str(run), "--out", str(figure)],
+        "compare-features": ["compare-features", str(run), str(run), "--out", str(figure)],
+        "gradflow": ["gradflow", "--arch", "resnet18", "--out", str(figure)],
+    }[command]
+    result = CliRunner().invoke(app, args)
+    assert (result.exit_code, result.stderr) == (
+        2,
+        f"error: figure folder {tmp_path / 'file'} is a file, not a folder\n",
+    )
+    if command != "gradflow":  # --save writes into the run directory: checked first too
+        result = CliRunner().invoke(app, [*args[:-2], "--out", str(tmp_path / "f.png")])
+        assert result.exit_code == 2
+    if command == "lesion":
+        result = CliRunner().invoke(app, ["lesion", str(tmp_path / "file")])
+        assert result.stderr == (
+            f"error: run directory {tmp_path / 'file'} is a file, not a folder "
+            "(--no-save: only print the result)\n"
+        )
