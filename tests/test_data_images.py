@@ -256,3 +256,12 @@ def test_images_between_pillows_warning_and_error_limits_are_refused_silently(
             decode_image(tmp_path / "big.png")
         with pytest.raises(BadImageError, match=r"^decompression bomb refused: 11x10 = 110"):
             read_header(tmp_path / "big.png")
+
+
+def test_a_broken_exif_block_decodes_without_pillow_warnings(tmp_path: Path) -> None:
+    path = tmp_path / "broken-exif.jpg"
+    Image.fromarray(_pattern(6, 8)).save(path, exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\xff\xff")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_header(path) == images.ImageHeader("JPEG", 8, 6)
+        assert decode_image(path).shape == (6, 8, 3)

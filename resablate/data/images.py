@@ -19,7 +19,7 @@ import io
 import os
 import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -71,10 +71,19 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Pillow caps their decompressed size (PngImagePlugin.MAX_TEXT_CHUNK) and raises above it.
 _PNG_METADATA_CHUNKS = frozenset({b"iCCP", b"tEXt", b"zTXt", b"iTXt"})
 
-# Pillow warns (DecompressionBombWarning) between 1x and 2x its pixel limit; images there are
-# refused below, so the warning is silenced while opening. ``warnings.catch_warnings`` swaps
-# process-wide state, hence the lock (opening reads only a header: cheap to serialise).
-_OPEN_LOCK = threading.Lock()
+# Pillow warns about odd files (DecompressionBombWarning between 1x and 2x its pixel limit,
+# "Corrupt EXIF data", ...); resablate judges every file itself (refused with a reason, or
+# decoded), so those warnings are silenced while headers and EXIF are read.
+# ``warnings.catch_warnings`` swaps process-wide state, hence the lock (headers and EXIF blocks
+# are small: cheap to serialise; pixels are decoded outside it).
+_QUIET_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    with _QUIET_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def _png_without_metadata(path: str | os.PathLike[str]) -> io.BytesIO | None:
@@ -101,9 +110,14 @@ def _png_without_metadata(path: str | os.PathLike[str]) -> io.BytesIO | None:
 
 
 def _pillow_open(source: str | os.PathLike[str] | io.BytesIO) -> Image.Image:
-    with _OPEN_LOCK, warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    with _quiet():
         return Image.open(source, formats=FORMATS)
+
+
+def _orientation(image: Image.Image) -> int | None:
+    """The EXIF orientation tag (parsed once; Pillow caches the EXIF block on the image)."""
+    with _quiet():
+        return image.getexif().get(_EXIF_ORIENTATION_TAG)
 
 
 def _open(path: str | os.PathLike[str], source: io.BytesIO | None = None) -> Image.Image:
@@ -147,7 +161,7 @@ def read_header(path: str | os.PathLike[str]) -> ImageHeader:
     with _open(path) as image:
         width, height = image.size
         try:
-            orientation = image.getexif().get(_EXIF_ORIENTATION_TAG)
+            orientation = _orientation(image)
         except Exception:  # a broken EXIF block: the full decode will judge the file
             orientation = None
         if orientation in _TRANSPOSING_ORIENTATIONS:
@@ -214,6 +228,7 @@ def decode_image(path: str | os.PathLike[str], size: int | None = None) -> np.nd
 def _pixels(source: Image.Image, size: int | None) -> np.ndarray:
     """Load, orient, convert to RGB and resize an opened image (see :func:`decode_image`)."""
     source.load()
+    _orientation(source)  # parsed quietly here; exif_transpose reuses the cached block
     ImageOps.exif_transpose(source, in_place=True)
     image = _to_rgb(source)
     if size is not None and image.size != (size, size):
