@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from resablate.errors import StoreLockedError, WeightsUnavailableError
+from resablate.errors import StoreError, StoreLockedError, WeightsUnavailableError
 from resablate.grid.cell import Cell
 from resablate.grid.events import CellFinished, CellStarted, GridStarted
 from resablate.grid.executors import CellJob, execute_cell, one_line
@@ -237,3 +237,10 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path: Path) -> None:
     first = SPEC.cells()[0].cell_id
     with ResultStore.open(tmp_path) as store:
         assert (store.cell(first).status, store.cell(first).reason) == ("pending", INTERRUPTED)
+
+
+def test_a_lock_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreError) as info:
+        RunLock(tmp_path / "file").acquire()
+    assert str(info.value) == f"cannot lock {tmp_path / 'file' / '.lock'}: file exists"

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 
-from resablate.errors import StoreLockedError
+from resablate.errors import StoreError, StoreLockedError
 
 LOCK_FILENAME = ".lock"
 
@@ -43,9 +43,15 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        """Take the lock or raise :class:`StoreLockedError` naming the holder."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        """Take the lock or raise :class:`StoreLockedError` naming the holder (``StoreError``
+        when the lock file cannot be created at all)."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # read-only place, a file where the folder should be, ...
+            raise StoreError(
+                f"cannot lock {self.path}: {exc.strerror.lower()}", field="out_dir"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
