@@ -320,7 +320,8 @@ class _Interrupt(Exception):
     pass
 
 
-def test_resume_after_interruption_is_exact(tmp_path: Path, deterministic: None) -> None:
+def _whole_and_cut_at_7(tmp_path: Path) -> None:
+    """Run the tiny training whole (``tmp_path/whole``) and stopped after step 7 (``cut``)."""
     run_tiny(tmp_path / "whole")
 
     def stop_at_7(event: object) -> None:
@@ -329,6 +330,10 @@ def test_resume_after_interruption_is_exact(tmp_path: Path, deterministic: None)
 
     with pytest.raises(_Interrupt):
         run_tiny(tmp_path / "cut", callback=stop_at_7)
+
+
+def test_resume_after_interruption_is_exact(tmp_path: Path, deterministic: None) -> None:
+    _whole_and_cut_at_7(tmp_path)
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "cut" / "checkpoints")] == [6, 4]
     resumed = run_tiny(tmp_path / "cut")
     assert resumed.resumed_from_step == 6  # mid-epoch: epoch 1, micro-batch 2
@@ -348,14 +353,7 @@ def test_resume_after_interruption_is_exact(tmp_path: Path, deterministic: None)
 def test_a_bad_newest_checkpoint_is_skipped_and_named(
     tmp_path: Path, deterministic: None, content: bytes | None, reason: str
 ) -> None:
-    run_tiny(tmp_path / "whole")
-
-    def stop_at_7(event: object) -> None:
-        if isinstance(event, events.StepProgress) and event.step == 7:
-            raise _Interrupt
-
-    with pytest.raises(_Interrupt):
-        run_tiny(tmp_path / "cut", callback=stop_at_7)
+    _whole_and_cut_at_7(tmp_path)
     bad = ckpt.checkpoint_path(tmp_path / "cut" / "checkpoints", 8)
     if content is None:
         torch.save([1, 2], bad)
