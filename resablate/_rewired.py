@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 import resablate.adapters  # noqa: F401  (declares torchvision's ResNet blocks)
+from resablate._subclass import made_subclass, rebuild_as
 from resablate._trace import (
     Mode,
     Traced,
@@ -67,7 +68,7 @@ class BlockView:
 def upstream_of(block: nn.Module) -> type[nn.Module]:
     """The upstream class of ``block`` (its own class unless surgery rewired it)."""
     cls = type(block)
-    upstream = cls.__dict__.get("upstream_block")  # set on the rewired class itself only
+    upstream = cls.__dict__.get("upstream_class")  # set on the rewired class itself only
     return upstream if isinstance(upstream, type) else cls
 
 
@@ -166,14 +167,14 @@ def inactive_params(block: nn.Module, seen: BlockView, states: tuple[Wiring, ...
 class RewiredBlock(nn.Module):
     """Mixin placed before the upstream block class; see the module docstring."""
 
-    upstream_block: ClassVar[type[nn.Module]]
+    upstream_class: ClassVar[type[nn.Module]]
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.__dict__[_FORWARD](self, *args, **kwargs)
 
     def __reduce_ex__(self, protocol: Any) -> Any:  # type: ignore[override]
         state = {k: v for k, v in self.__dict__.items() if k != _FORWARD}
-        return (_rebuild, (self.upstream_block,), state)
+        return (rebuild_as, (rewired_class, self.upstream_class), state)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -192,30 +193,10 @@ def seen_name(block: nn.Module) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-_CLASSES: dict[type[nn.Module], type[nn.Module]] = {}
+_CLASSES: dict[type, type] = {}
 
 
 def rewired_class(upstream: type[nn.Module]) -> type[nn.Module]:
     """The rewired subclass of ``upstream`` (made once, named ``Rewired<Name>``)."""
-    cls = _CLASSES.get(upstream)
-    if cls is None:
-        name = f"Rewired{upstream.__name__}"
-        cls = type(
-            name,
-            (RewiredBlock, upstream),
-            {
-                "upstream_block": upstream,
-                "__module__": __name__,
-                "__qualname__": name,
-                "__doc__": f"{upstream.__qualname__} with rewired residual connections.",
-            },
-        )
-        _CLASSES[upstream] = cls
-    return cls
-
-
-def _rebuild(upstream: type[nn.Module]) -> nn.Module:
-    """An empty rewired instance of ``upstream``; pickle then restores its state."""
-    block = upstream.__new__(upstream)
-    block.__class__ = rewired_class(upstream)
-    return block
+    doc = f"{upstream.__qualname__} with rewired residual connections."
+    return made_subclass(_CLASSES, upstream, RewiredBlock, "Rewired", __name__, doc)

@@ -35,17 +35,9 @@ def _relu(block: Any, x: Tensor) -> Tensor:
     return block.relu(x)
 
 
-BASIC_BLOCK = register_block(
-    BasicBlock,
-    main=_basic_main,
-    shortcut=_downsample,
-    act=_relu,
-    shortcut_modules=("downsample",),
-)
-BOTTLENECK = register_block(
-    Bottleneck,
-    main=_bottleneck_main,
-    shortcut=_downsample,
-    act=_relu,
-    shortcut_modules=("downsample",),
+BASIC_BLOCK, BOTTLENECK = (
+    register_block(
+        block, main=main, shortcut=_downsample, act=_relu, shortcut_modules=("downsample",)
+    )
+    for block, main in ((BasicBlock, _basic_main), (Bottleneck, _bottleneck_main))
 )

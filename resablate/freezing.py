@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from resablate._subclass import made_subclass, rebuild_as
 from resablate.choices import BN_POLICIES
 from resablate.choices import FREEZE_PLANS as FREEZE_PLANS
 from resablate.errors import ConfigError
@@ -61,33 +62,22 @@ _UPSTREAM = {held: upstream for upstream, held in _HELD.items()}
 
 class _MadeHeld(HeldBatchNorm):
     """Base of the held classes made on demand for other BatchNorm types (timm's
-    ``BatchNormAct2d``); they pickle as "rebuild from the upstream class, hold again"."""
+    ``BatchNormAct2d``), see :mod:`resablate._subclass`."""
 
-    upstream_norm: ClassVar[type[nn.Module]]
+    upstream_class: ClassVar[type[nn.Module]]
 
     def __reduce_ex__(self, protocol: Any) -> Any:  # type: ignore[override]
-        return (_rebuild_held, (self.upstream_norm,), dict(self.__dict__))
+        return (rebuild_as, (_held_class, self.upstream_class), dict(self.__dict__))
 
 
 def _held_class(upstream: type[nn.Module]) -> type[nn.Module]:
     """The held subclass of the BatchNorm class ``upstream`` (made once)."""
     held = _HELD.get(upstream)
     if held is None:
-        name = f"Held{upstream.__name__}"
-        held = type(
-            name,
-            (_MadeHeld, upstream),
-            {"upstream_norm": upstream, "__module__": __name__, "__qualname__": name},
-        )
-        _HELD[upstream] = held
+        doc = f"{upstream.__qualname__} held in eval mode."
+        held = made_subclass(_HELD, upstream, _MadeHeld, "Held", __name__, doc)
         _UPSTREAM[held] = upstream
     return held
-
-
-def _rebuild_held(upstream: type[nn.Module]) -> nn.Module:
-    norm = upstream.__new__(upstream)
-    norm.__class__ = _held_class(upstream)
-    return norm
 
 
 @dataclass(frozen=True)
