@@ -6,7 +6,8 @@ The private network namespace holds only the loopback interface, so every Ray po
 sees only this cluster, and the kernel ends every process of it when this script exits.
 
 Steps: a head node without CPUs (it runs no cells) and worker node A (one CPU, its own temp
-dir); ``resablate grid --executor ray`` with one cell, checkpointing every 5 steps; as soon as
+dir); ``resablate grid --executor ray`` with two cells, one whose weights file is broken (it
+raises) and one checkpointing every 5 steps; as soon as
 the first checkpoint exists, every process of node A is SIGKILLed; worker node B joins; the grid
 must finish. Then node P joins with a private view of the grid's folder (a tmpfs mounted over it
 in its own mount namespace: no shared storage) and a second grid must be refused at start.
@@ -108,8 +109,10 @@ def main(work: Path, data: Path) -> dict[str, object]:
     )
     ray("start", "--address", ADDRESS, "--num-cpus", "1", "--temp-dir", str(node_a), *common)
     out = work / "shared" / "grid"
+    broken = work / "broken.pth"  # a cell with these weights raises: failed at once, no retry
+    broken.write_bytes(b"not a weights file")
     args = [
-        *("grid", "--depths", "18", "--residual", "on", "--pretrained", "none"),
+        *("grid", "--depths", "18", "--residual", "on", "--pretrained", "none", str(broken)),
         *("--data", str(data), "--recipe", "demo", "--max-steps", "60", "--image-size", "16"),
         *("--batch-size", "4", "--set", "checkpoint_every=5", "--set", "eval_every=20"),
         *("--executor", "ray", "--ray-address", ADDRESS, "--out", str(out)),

@@ -1,6 +1,7 @@
 """The Ray executor on a real two-node cluster on this machine: a lost worker node is a retry that
-resumes from the cell's newest checkpoint, with metrics identical to an undisturbed run; a node
-without the grid's folder is refused at start. The cluster runs in private network and PID
+resumes from the cell's newest checkpoint, with metrics identical to an undisturbed run, while a
+cell that raises is failed at once; a node without the grid's folder is refused at start. The
+cluster runs in private network and PID
 namespaces (``tests/ray_scenario.py``): it binds only to 127.0.0.1, and it cannot outlive the
 test (the kernel ends every process of the namespace when its first process exits)."""
 
@@ -63,7 +64,7 @@ def test_a_lost_worker_node_resumes_the_cell_and_a_private_folder_is_refused(
     spec = GridSpec(
         depths=(18,),
         residual=("on",),
-        pretrained=("none",),
+        weights=("none",),
         data=str(data),
         recipe="demo",
         overrides=(
@@ -78,7 +79,11 @@ def test_a_lost_worker_node_resumes_the_cell_and_a_private_folder_is_refused(
         undisturbed = run_grid(spec, tmp_path / "undisturbed", device="cpu")
     (cell,) = undisturbed.cells
     with ResultStore.open(work / "shared" / "grid") as store:
-        (on_ray,) = store.cells()
+        on_ray, raised = sorted(store.cells(), key=lambda row: row.status != "done")
+    # A cell that raises is failed at once, never retried.
+    assert (raised.status, raised.attempts) == ("failed", 1)
+    assert raised.reason.startswith("WeightsError: cannot read weights file ")
+    assert f"failed   {raised.cell_id}" in output
     assert on_ray.cell_id == cell.cell_id
     assert (on_ray.status, on_ray.attempts) == ("done", 1)
     metrics = ("accuracy", "precision", "recall", "f1", "loss", "steps")
