@@ -1,9 +1,9 @@
 """The Ray executor on a real two-node cluster on this machine: a lost worker node is a retry that
 resumes from the cell's newest checkpoint, with metrics identical to an undisturbed run, while a
 cell that raises is failed at once; a node without the grid's folder is refused at start. The
-cluster runs in private network and PID
-namespaces (``tests/ray_scenario.py``): it binds only to 127.0.0.1, and it cannot outlive the
-test (the kernel ends every process of the namespace when its first process exits)."""
+cluster runs in private network and PID namespaces (``tests/ray_scenario.py``): it binds only to
+127.0.0.1, and it cannot outlive the test (the kernel ends every process of the namespace when its
+first process exits)."""
 
 from __future__ import annotations
 
