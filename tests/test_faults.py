@@ -4,10 +4,15 @@ weights files and racing store creators. The figures these tests measure are the
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
+import shlex
+import shutil
 import signal
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 from typing import Any
@@ -355,3 +360,60 @@ def test_eight_processes_creating_one_store_while_a_reader_polls(tmp_path: Path)
         polls += len(seen)
     assert failures == []
     assert polls == 4000
+
+
+# ------------------------------------------------------------------------------------ a full disk
+
+_FULL_DISK = """
+import json, sys
+from typer.testing import CliRunner
+from resablate_cli.app import app
+from resablate.grid.store import ResultStore
+result = CliRunner().invoke(app, json.loads(sys.argv[1]))
+with ResultStore.open(sys.argv[2]) as store:
+    rows = [(r.status, r.reason) for r in store.cells()]
+print(json.dumps([result.exit_code, result.stderr, rows]))
+"""
+
+
+def test_a_full_disk_fails_the_cell_naming_the_file(tmp_path: Path) -> None:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("a real full disk needs a private tmpfs: root and unshare(1)")
+    data = write_tiny_dataset(tmp_path / "data")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    out = disk / "grid"
+    args = [
+        *tiny_grid_args(data, out, max_steps=4),
+        "--residual",
+        "on",
+        "--set",
+        "checkpoint_every=2",
+    ]
+    mount = f'mount -t tmpfs -o size=2m tmpfs {shlex.quote(str(disk))} && exec "$@"'
+    done = subprocess.run(
+        [
+            "unshare",
+            "-m",
+            "sh",
+            "-c",
+            mount,
+            "sh",
+            sys.executable,
+            "-c",
+            _FULL_DISK,
+            json.dumps(args),
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    code, stderr, rows = json.loads(done.stdout.splitlines()[-1])
+    assert code == 0, stderr
+    assert [status for status, _ in rows] == ["failed", "failed"], rows
+    for _, reason in rows:  # one line naming the file that did not fit
+        assert reason.startswith(f"OSError: [Errno 28] No space left on device: '{out}/cells/")
+        assert reason.endswith("/checkpoints/step-00000002.pt'")
