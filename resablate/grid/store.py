@@ -374,7 +374,12 @@ def _connect_read_only(target: Path) -> sqlite3.Connection:
         conn = _connect(f"{uri}?mode=ro", uri=True)
         conn.execute("PRAGMA user_version").fetchone()
         return conn
-    except sqlite3.OperationalError:
+    except sqlite3.OperationalError as exc:
+        # Only "cannot open" in a folder this process cannot write falls through: a locked or
+        # broken store must never be read as immutable while a writer may be at work.
+        cannot_open = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_CANTOPEN
+        if not cannot_open or os.access(target.parent, os.W_OK):
+            raise
         wal = target.with_name(target.name + "-wal")
         if wal.is_file() and wal.stat().st_size > 0:
             raise StoreError(
