@@ -50,7 +50,7 @@ class RunLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:  # read-only place, a file where the folder should be, ...
             raise StoreError(
-                f"cannot lock {self.path}: {exc.strerror.lower()}", field="out_dir"
+                f"cannot lock {self.path}: {(exc.strerror or str(exc)).lower()}", field="out_dir"
             ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
