@@ -43,6 +43,7 @@ projection of ``nn.MultiheadAttention``, used without being called as a module, 
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -282,18 +283,22 @@ _UNCOUNTED_OPS = frozenset(
     }
 )
 
-SDPA = "scaled_dot_product_attention"
+_ATTENTION = "scaled_dot_product_attention"
 
 
 # Per module-less call, where the operators it decomposes into would be counted differently from
 # fvcore: (args, kwargs) -> flops, or None for "counted as 0, reported as uncounted".
 
 
+_MHA_SIGNATURE = inspect.signature(F.multi_head_attention_forward)
+
+
 def _mha_projections(args: Sequence[Any], kwargs: dict[str, Any]) -> int:
-    # F.multi_head_attention_forward(query, key, value, embed_dim, ...): the q, k, v projections
-    # map each input row to embed_dim outputs, the output projection maps each query row again.
-    query, key, value, embed_dim = args[:4]
-    return int((2 * query.numel() + key.numel() + value.numel()) * embed_dim)
+    # F.multi_head_attention_forward(query, key, value, embed_dim_to_check, ...): the q, k, v
+    # projections map each input row to embed_dim outputs, the output projection each query row.
+    bound = _MHA_SIGNATURE.bind(*args, **kwargs).arguments
+    rows = 2 * bound["query"].numel() + bound["key"].numel() + bound["value"].numel()
+    return int(rows * bound["embed_dim_to_check"])
 
 
 _FUNCTION_RULES: dict[Any, Callable[[Sequence[Any], dict[str, Any]], int | None]] = {
@@ -303,7 +308,10 @@ _FUNCTION_RULES: dict[Any, Callable[[Sequence[Any], dict[str, Any]], int | None]
     F.multi_head_attention_forward: _mha_projections,
 }
 # The attention products inside nn.MultiheadAttention are reported as the attention they are.
-_UNCOUNTED_INSIDE = {F.scaled_dot_product_attention: SDPA, F.multi_head_attention_forward: SDPA}
+_UNCOUNTED_INSIDE = {
+    F.scaled_dot_product_attention: _ATTENTION,
+    F.multi_head_attention_forward: _ATTENTION,
+}
 
 
 # Modules whose output has their input's shape: during counting they pass their input through
