@@ -58,9 +58,16 @@ class ModelSpec:
         """Build the model (random initialisation, on the CPU).
 
         Raises:
-            ConfigError: A factory returned something that is not an ``nn.Module``.
+            ConfigError: A factory failed (the message names it and the exception; ``--debug``
+                shows the traceback) or returned something that is not an ``nn.Module``.
         """
-        model = self.builder()
+        if self.source != FACTORY:
+            return self.builder()
+        try:
+            model = self.builder()
+        except Exception as exc:  # the user's code: say which factory failed, keep the cause
+            message = f"model factory {self.arch} failed: {type(exc).__name__}: {exc}"
+            raise ConfigError(message) from exc
         if not isinstance(model, nn.Module):
             raise ConfigError(
                 f"model factory {self.arch} returned {type(model).__name__}, not an nn.Module"
@@ -72,11 +79,15 @@ class ModelSpec:
 
         Builders that compute with tensors while building (torchvision's RegNet derives its
         widths from them) cannot run on the meta device; those are built on the CPU instead.
+
+        Raises:
+            ConfigError: As :meth:`build`.
         """
         try:
             with torch.device("meta"):
                 return self.build()
-        except (NotImplementedError, RuntimeError):
+        except (NotImplementedError, RuntimeError, ConfigError):
+            # a factory's meta failure arrives as ConfigError; the CPU build says what is wrong
             return self.build()
 
 

@@ -116,6 +116,10 @@ def test_surgery_alpha() -> None:
         (["count", "resnet18", "resnet77"], ["unknown architecture 'resnet77'"]),
         (["count", "vit_b_1"], ["nor a torchvision model; close torchvision models: vit_b_16"]),
         (["count", "no_such_pkg.nets:make"], ["cannot import module 'no_such_pkg.nets'"]),
+        (
+            ["surgery", "--no-residual", "test_surgery_user_blocks:reference"],  # needs arguments
+            ["model factory test_surgery_user_blocks:reference failed: TypeError: reference()"],
+        ),
     ],
 )
 def test_bad_input_is_one_line_without_traceback(args: list[str], fragments: list[str]) -> None:

@@ -84,6 +84,9 @@ def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
             def not_a_model():
                 return 3
 
+            def needs_width(width):
+                return nn.Linear(width, 2)
+
             SIZE = 3
             """
         )
@@ -121,4 +124,12 @@ def test_factories_that_do_not_import_or_return_no_model(user_module: str) -> No
     spec = parse_model(f"{user_module}:not_a_model")
     with pytest.raises(ConfigError, match=re.escape("returned int, not an nn.Module")):
         spec.build_on_meta()
+    failing = parse_model(f"{user_module}:needs_width")
+    with pytest.raises(ConfigError) as info:
+        failing.build_on_meta()
+    assert str(info.value) == (
+        f"model factory {user_module}:needs_width failed: TypeError: needs_width() missing 1 "
+        "required positional argument: 'width'"
+    )
+    assert isinstance(info.value.__cause__, TypeError)
     assert torch.get_default_device().type == "cpu"
