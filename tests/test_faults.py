@@ -73,7 +73,7 @@ def test_a_grid_killed_at_random_moments_and_inside_writes_loses_and_retrains_no
     assert _grid(forkserver, tmp_path / "reference", data, None) == 0
 
     rng = np.random.default_rng(14)
-    at_random = [f"after:{t:.2f}" for t in rng.uniform(0.2, 3.0, 6)]
+    at_random = [f"after:{t:.2f}" for t in rng.uniform(0.2, 3.0, 10)]
     inside_writes = [
         "write:step-*.pt:1",
         "write:history.jsonl:1",
@@ -82,8 +82,12 @@ def test_a_grid_killed_at_random_moments_and_inside_writes_loses_and_retrains_no
         "write:result.json:1",
         "write:results.csv:2",
     ]
-    schedule = [m for pair in zip(at_random, inside_writes, strict=True) for m in pair]
-    schedule += ["write:results.csv:1"]  # always reached: the mirrors are written at start
+    # The extra random kills first, then the rest interleaved with the kills inside writes; the
+    # last kill is always reached (the mirrors are written at start).
+    extra = len(at_random) - len(inside_writes)
+    schedule = at_random[:extra]
+    schedule += [m for pair in zip(at_random[extra:], inside_writes, strict=True) for m in pair]
+    schedule += ["write:results.csv:1"]
     out = tmp_path / "killed"
     kills, first_done = [], {}
     for when in schedule:
