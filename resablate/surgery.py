@@ -521,7 +521,7 @@ class SurgeryCounts:
 
     Attributes:
         arch: Architecture name.
-        source: ``"torchvision"`` or ``"timm"``.
+        source: ``"torchvision"``, ``"timm"`` or ``"hf"``.
         alpha: Shortcut weight applied (0.0 = residual connections dropped).
         stages: Paper names of the stages operated on.
         report: The surgery report.
