@@ -321,6 +321,14 @@ def grid(
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help="Run failed cells again.")
     ] = False,
+    pack: Annotated[
+        str,
+        typer.Option(
+            help="Train cells that share architecture, recipe, freeze plan and data as one packed "
+            "model: auto (K chosen for the device), off, or K. Same results up to float "
+            "re-association; cell ids do not change.",
+        ),
+    ] = "auto",
     log_gradflow: Annotated[
         bool,
         typer.Option(
@@ -400,6 +408,7 @@ def grid(
             workers=workers,
             ray_address=ray_address,
             step_hooks=[GradNormLogging(every=gradflow_every)] if log_gradflow else [],
+            pack=pack,
         )
     except KeyboardInterrupt:
         view.close()

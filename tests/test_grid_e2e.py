@@ -60,7 +60,8 @@ class Reference:
 
 @pytest.fixture(scope="module")
 def reference(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Reference:
-    """The tiny study, uninterrupted: ResNet-18/34 × residual on/off × ImageNet stand-in/none."""
+    """The tiny study, uninterrupted: ResNet-18/34 × residual on/off × ImageNet stand-in/none,
+    each cell trained alone (packed grids: tests/test_grid_packs.py)."""
     imagenet_standins(("resnet18", "resnet34"))
     spec = GridSpec(
         depths=(18, 34),
@@ -71,7 +72,7 @@ def reference(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Reference
     )
     out = tmp_path_factory.mktemp("reference")
     torch.set_num_threads(1)
-    return Reference(spec, out, run_grid(spec, out, device="cpu"))
+    return Reference(spec, out, run_grid(spec, out, device="cpu", pack="off"))
 
 
 @pytest.mark.slow
@@ -156,6 +157,8 @@ def _grid_command(data: Path, out: Path) -> list[str]:
         "4",
         "--set",
         "checkpoint_every=1",
+        "--pack",
+        "off",
         "--out",
         str(out),
     ]
@@ -252,7 +255,7 @@ def test_ray_executor_gives_the_same_cells_as_local(
 ) -> None:
     pytest.importorskip("ray")
     spec = GridSpec(depths=(18,), weights=("none",), data=str(data), recipe="demo", overrides=TINY)
-    on_ray = run_grid(spec, tmp_path / "ray", executor="ray", workers=2)
+    on_ray = run_grid(spec, tmp_path / "ray", executor="ray", workers=2, pack="off")
     local = {r.cell_id: r for r in reference.summary.cells}  # the same cells, run locally
     assert [r.status for r in on_ray.cells] == ["done", "done"]
     assert [(r.accuracy, r.f1, r.loss) for r in on_ray.cells] == [

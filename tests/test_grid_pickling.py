@@ -15,7 +15,8 @@ from grid_helpers import one_thread, write_tiny_dataset
 
 from resablate.data.layouts import scan
 from resablate.grid.cell import CellPrepared, run_cell
-from resablate.grid.executors import CellJob, execute_cell
+from resablate.grid.executors import CellJob, execute_cell, execute_pack
+from resablate.grid.packs import PackJob
 from resablate.grid.spec import GridSpec
 
 TINY = (("max_steps", 1), ("image_size", 16), ("batch_size", 4), ("checkpoint_every", 1))
@@ -48,3 +49,24 @@ def test_what_a_worker_sends_and_receives_pickles(tmp_path: Path) -> None:
     for message in (job, outcome, *events):
         assert type(pickle.loads(pickle.dumps(message))) is type(message)
     assert pickle.loads(pickle.dumps(events[0])).scan == events[0].scan
+
+
+def test_what_a_pack_worker_sends_and_receives_pickles(tmp_path: Path) -> None:
+    data = write_tiny_dataset(tmp_path / "data")
+    spec = GridSpec(
+        depths=(18,),
+        residual=("on", "off"),
+        weights=("none",),
+        data=str(data),
+        recipe="demo",
+        overrides=TINY,
+    )
+    cells = tuple(spec.cells())
+    job = PackJob(cells, tuple(str(tmp_path / c.cell_id) for c in cells), str(tmp_path / "packs"))
+    events: list[tuple[str, Any]] = []
+    with one_thread():
+        outcomes = execute_pack(job, device="cpu", on_event=lambda *e: events.append(e))
+    assert [o.status for o in outcomes] == ["done", "done"]
+    assert [e[0] for e in events if isinstance(e[1], CellPrepared)] == [c.cell_id for c in cells]
+    for message in (job, outcomes, *events):
+        assert type(pickle.loads(pickle.dumps(message))) is type(message)

@@ -51,6 +51,8 @@ class Environment:
         execution: What the run executed with (:meth:`Execution.to_dict`: device, GPU name and
             count, autocast dtype, channels_last, compile, TF32, cudnn.benchmark,
             deterministic); ``None`` until the run has trained.
+        pack: For a cell trained in a pack (``resablate.packing``): ``{"id": pack id, "size": K,
+            "group": its group}``; ``None`` for a cell trained alone.
     """
 
     torch: str
@@ -63,6 +65,7 @@ class Environment:
     dataset_fingerprint: str | None
     weights_sha256: str | None
     execution: dict[str, Any] | None = None
+    pack: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready plain types."""

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from resablate.counting import Counts
     from resablate.data import DatasetScan
-    from resablate.engine import StepHook, TrainEvent
+    from resablate.engine import StepHook, TrainEvent, TrainResult
     from resablate.engine.environment import Environment
     from resablate.freezing import FreezeReport
     from resablate.metrics import Metrics
@@ -251,6 +251,108 @@ def apply_ablation(model: nn.Module, cell: Cell) -> tuple[SurgeryReport | None, 
     return cell.residual_plan.apply(model), freeze(model, cell.freeze, bn=cell.bn)
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """A cell ready to train: its model (built, surgered, frozen) and what it records."""
+
+    model: nn.Module
+    prepared: CellPrepared
+    environment: Environment
+
+
+def _load_data(cell: Cell) -> tuple[Recipe, DatasetScan, dict[str, Any]]:
+    """The cell's effective recipe, dataset scan and decoded splits (train, val, test)."""
+    from resablate.data import decode_split, scan
+    from resablate.recipes import get_recipe
+
+    recipe = get_recipe(cell.recipe, **dict(cell.overrides))
+    dataset = scan(dataset_root(cell.data))
+    splits = {
+        name: decode_split(dataset, name, storage_size=recipe.storage_size)
+        for name in ("train", "val", "test")
+        if name in dataset.splits
+    }
+    return recipe, dataset, splits
+
+
+def _prepare(
+    cell: Cell, recipe: Recipe, dataset: DatasetScan, run_dir: Path, target: torch.device
+) -> _Prepared:
+    """Build the cell's model (init seeded from the cell), apply its ablation, count it, write
+    ``cell.json`` and capture the environment."""
+    import torch
+
+    from resablate.counting import count
+    from resablate.engine import stream_seed
+    from resablate.engine.environment import capture_environment
+    from resablate.run_dir import RunDir
+    from resablate.weights import build_model, weights_sha256
+
+    weights_file = _weights_file(cell)
+    torch.manual_seed(stream_seed(cell.seed, "init"))
+    model = build_model(
+        cell.arch,
+        weights=None if weights_file is None else cell.weights,
+        num_classes=len(dataset.classes),
+        source=cell.source,
+    )
+    surgery, frozen = apply_ablation(model, cell)
+    counts = count(model, (3, recipe.image_size, recipe.image_size))
+    RunDir(run_dir).write_cell(cell.to_dict())
+    environment = capture_environment(
+        target,
+        dataset_fingerprint=dataset.fingerprint,
+        weights_sha256=None if weights_file is None else weights_sha256(weights_file),
+    )
+    prepared = CellPrepared(
+        cell=cell,
+        scan=dataset,
+        recipe=recipe,
+        counts=counts,
+        surgery=surgery,
+        freeze=frozen,
+        device=environment.device,
+    )
+    return _Prepared(model, prepared, environment)
+
+
+def _finish(
+    ready: _Prepared, trained: TrainResult, run_dir: Path, pack: dict[str, Any] | None = None
+) -> CellResult:
+    """The cell's result from its training, written last as ``result.json``."""
+    from resablate.run_dir import RunDir
+
+    cell, counts, final = ready.prepared.cell, ready.prepared.counts, trained.final
+    result = CellResult(
+        cell=cell,
+        status=trained.status,
+        metrics=final.metrics if final is not None else None,
+        loss=final.loss if final is not None else None,
+        params=counts.params,
+        trainable_params=counts.trainable_params,
+        active_params=counts.active_params,
+        flops=counts.flops,
+        steps=trained.steps,
+        total_steps=trained.total_steps,
+        train_seconds=trained.train_seconds,
+        images_per_second=trained.images_per_second,
+        device=trained.device,
+        diverged_at_step=trained.diverged_at_step,
+        reason=trained.reason,
+        frozen_check=trained.frozen_check,
+        resumed_from_step=trained.resumed_from_step,
+        environment=dataclasses.replace(
+            ready.environment,
+            deterministic=trained.execution.deterministic,
+            execution=trained.execution.to_dict(),
+            pack=pack,
+        ),
+        run_dir=str(run_dir),
+    )
+    RunDir(run_dir).write_result(result.to_dict())
+    return result
+
+
 def run_cell(
     cell: Cell,
     run_dir: str | Path,
@@ -284,63 +386,21 @@ def run_cell(
             (``WeightsUnavailableError``/``WeightsError``), an invalid plan for this architecture
             (``ConfigError``): the grid records the cell as skipped or failed with the message.
     """
-
-    import torch
-
-    from resablate.counting import count
-    from resablate.data import decode_split, scan
-    from resablate.engine import stream_seed, train
-    from resablate.engine.environment import capture_environment, resolve_device
+    from resablate.engine import train
+    from resablate.engine.environment import resolve_device
     from resablate.paths import output_dir
-    from resablate.recipes import get_recipe
-    from resablate.run_dir import RunDir
-    from resablate.weights import build_model, weights_sha256
 
     output_dir(run_dir)
     target = resolve_device(device)
-    recipe = get_recipe(cell.recipe, **dict(cell.overrides))
-    dataset = scan(dataset_root(cell.data))
-    splits = {
-        name: decode_split(dataset, name, storage_size=recipe.storage_size)
-        for name in ("train", "val", "test")
-        if name in dataset.splits
-    }
-    weights_file = _weights_file(cell)
-    torch.manual_seed(stream_seed(cell.seed, "init"))
-    model = build_model(
-        cell.arch,
-        weights=None if weights_file is None else cell.weights,
-        num_classes=len(dataset.classes),
-        source=cell.source,
-    )
-    surgery, frozen = apply_ablation(model, cell)
-    counts = count(model, (3, recipe.image_size, recipe.image_size))
-
+    recipe, dataset, splits = _load_data(cell)
     run_dir = Path(run_dir)
-    files = RunDir(run_dir)
-    files.write_cell(cell.to_dict())
-    environment = capture_environment(
-        target,
-        dataset_fingerprint=dataset.fingerprint,
-        weights_sha256=None if weights_file is None else weights_sha256(weights_file),
-    )
+    ready = _prepare(cell, recipe, dataset, run_dir, target)
     if callback is not None:
-        callback(
-            CellPrepared(
-                cell=cell,
-                scan=dataset,
-                recipe=recipe,
-                counts=counts,
-                surgery=surgery,
-                freeze=frozen,
-                device=environment.device,
-            )
-        )
-    evals = {name: data for name, data in splits.items() if name != "train"}
+        callback(ready.prepared)
     trained = train(
-        model,
+        ready.model,
         splits["train"],
-        evals,
+        {name: data for name, data in splits.items() if name != "train"},
         recipe,
         run_dir=run_dir,
         seed=cell.seed,
@@ -349,31 +409,99 @@ def run_cell(
         callback=callback,
         on_step=on_step,
     )
-    final = trained.final
-    result = CellResult(
-        cell=cell,
-        status=trained.status,
-        metrics=final.metrics if final is not None else None,
-        loss=final.loss if final is not None else None,
-        params=counts.params,
-        trainable_params=counts.trainable_params,
-        active_params=counts.active_params,
-        flops=counts.flops,
-        steps=trained.steps,
-        total_steps=trained.total_steps,
-        train_seconds=trained.train_seconds,
-        images_per_second=trained.images_per_second,
-        device=trained.device,
-        diverged_at_step=trained.diverged_at_step,
-        reason=trained.reason,
-        frozen_check=trained.frozen_check,
-        resumed_from_step=trained.resumed_from_step,
-        environment=dataclasses.replace(
-            environment,
-            deterministic=trained.execution.deterministic,
-            execution=trained.execution.to_dict(),
-        ),
-        run_dir=str(run_dir),
-    )
-    files.write_result(result.to_dict())
-    return result
+    return _finish(ready, trained, run_dir)
+
+
+def pack_key(cell: Cell) -> tuple[Any, ...]:
+    """What cells must share to train in one pack: architecture, model source, recipe (every
+    field: name and overrides), freeze plan, BatchNorm policy and data. Residual plan, initial
+    weights and seed may differ."""
+    return (cell.arch, cell.source, cell.recipe, cell.overrides, cell.freeze, cell.bn, cell.data)
+
+
+def pack_id(cells: Sequence[Cell]) -> str:
+    """The id of a pack: sha256 of its cells' sorted ids (hex, 12 characters)."""
+    blob = ",".join(sorted(cell.cell_id for cell in cells))
+    return hashlib.sha256(blob.encode()).hexdigest()[:CELL_ID_LENGTH]
+
+
+def run_pack(
+    cells: Sequence[Cell],
+    run_dirs: Sequence[str | Path],
+    packs_dir: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    callback: Callable[[TrainEvent | CellPrepared], None] | None = None,
+    resume: bool = True,
+) -> list[CellResult | Exception]:
+    """Train K cells as one packed model (:mod:`resablate.packing`), each into its run directory.
+
+    Every cell is prepared as :func:`run_cell` prepares it (its own weights, seeded
+    initialisation, residual plan and freeze); a cell whose preparation raises (weights that do
+    not fit or cannot be had) gets its exception in its place and the others pack without it.
+    The models are fused and trained with :func:`resablate.engine.packed.train_pack`, with the
+    pack's checkpoints in ``packs_dir/<pack id of the cells trained>``; each run directory ends
+    with the files of a separate run, and each result's ``environment.pack`` names the pack, K
+    and the cell's group.
+
+    Args:
+        cells: The cells (same :func:`pack_key`), in group order.
+        run_dirs: Their run directories.
+        packs_dir: The folder of the grid's packs.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
+        callback: Receives each cell's :class:`CellPrepared`, then the pack's engine events
+            (``Evaluated`` carries the group).
+        resume: Continue from the pack's newest checkpoint; ``False`` starts over.
+
+    Returns:
+        One result (or preparation error) per cell, in order.
+
+    Raises:
+        ConfigError: The cells differ in what a pack shares, or their models cannot be packed.
+        ResablateError: As :func:`run_cell`, for what the cells share (data, recipe).
+    """
+    from resablate.engine.environment import resolve_device
+    from resablate.engine.packed import train_pack
+    from resablate.packing import fuse
+    from resablate.paths import output_dir
+
+    keys = {pack_key(cell) for cell in cells}
+    if len(keys) != 1 or len(cells) != len(run_dirs):
+        raise ConfigError(
+            "a pack needs one run directory per cell and cells of one architecture, recipe, "
+            "freeze plan, BatchNorm policy and dataset"
+        )
+    dirs = [Path(output_dir(d)) for d in run_dirs]
+    target = resolve_device(device)
+    recipe, dataset, splits = _load_data(cells[0])
+    outcomes: list[CellResult | Exception | None] = []
+    ready: list[tuple[int, _Prepared, Path]] = []
+    for i, (cell, run_dir) in enumerate(zip(cells, dirs, strict=True)):
+        try:
+            one = _prepare(cell, recipe, dataset, run_dir, target)
+        except Exception as exc:
+            outcomes.append(exc)
+            continue
+        outcomes.append(None)
+        ready.append((i, one, run_dir))
+        if callback is not None:
+            callback(one.prepared)
+    if ready:
+        members = [cells[i] for i, _, _ in ready]
+        name = pack_id(members)
+        trained = train_pack(
+            fuse([one.model for _, one, _ in ready]),
+            splits["train"],
+            {split: data for split, data in splits.items() if split != "train"},
+            recipe,
+            pack_dir=Path(packs_dir) / name,
+            run_dirs=[run_dir for _, _, run_dir in ready],
+            seeds=[cell.seed for cell in members],
+            device=target,
+            resume=resume,
+            callback=callback,
+        )
+        for g, ((i, one, run_dir), result) in enumerate(zip(ready, trained, strict=True)):
+            pack = {"id": name, "size": len(ready), "group": g}
+            outcomes[i] = _finish(one, result, run_dir, pack)
+    return [outcome for outcome in outcomes if outcome is not None]

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from resablate.atomic import write_text
 from resablate.errors import ConfigError, WeightsUnavailableError
 from resablate.grid.cell import Cell
+from resablate.grid.packs import PackJob
 
 if TYPE_CHECKING:
     from resablate.engine import StepHook
@@ -105,6 +106,91 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+Job = CellJob | PackJob
+"""What an executor runs: one cell, or a pack of cells trained as one packed model."""
+
+
+def job_cells(job: Job) -> tuple[Cell, ...]:
+    """The cells of a job."""
+    return job.cells if isinstance(job, PackJob) else (job.cell,)
+
+
+def _failure(exc: Exception) -> tuple[str, str]:
+    """``(status, reason)`` of a cell whose run raised ``exc``."""
+    if isinstance(exc, WeightsUnavailableError):
+        return "skipped", str(exc)
+    summary = one_line(exc)
+    if _out_of_memory(exc) and not summary.lower().startswith("out of memory"):
+        summary = f"out of memory: {summary}"
+    return "failed", summary
+
+
+def _outcome(cell_id: str, result: Any, device: str) -> CellOutcome:
+    status = str(result.status)
+    reason = None if status == "done" else getattr(result, "reason", None)
+    return CellOutcome(cell_id, status, reason, result, device)
+
+
+def execute_pack(
+    job: PackJob,
+    *,
+    device: str | None = None,
+    on_event: Callable[[str, Any], None] | None = None,
+) -> list[CellOutcome]:
+    """Train a pack (:func:`resablate.grid.cell.run_pack`) and classify each cell's outcome.
+
+    Failure isolation as :func:`execute_cell`, per cell: a cell whose weights do not fit or
+    cannot be had is ``failed`` or ``skipped`` alone (the others pack without it), a cell that
+    diverges inside the pack is ``diverged`` alone; when the pack itself raises, each of its
+    cells gets that ``failed`` outcome. ``on_event(cell_id, event)`` receives each cell's events:
+    ``CellPrepared`` and the ``Evaluated`` records of its group go to that cell, the pack's other
+    engine events to every cell of the pack.
+    """
+    from resablate.engine.events import Evaluated
+    from resablate.grid.cell import CellPrepared, run_pack
+
+    device = device or default_device()
+    ids = [cell.cell_id for cell in job.cells]
+
+    def route(event: Any) -> None:
+        if on_event is None:
+            return
+        if isinstance(event, CellPrepared):
+            on_event(event.cell.cell_id, event)
+        elif isinstance(event, Evaluated) and event.group is not None:
+            on_event(ids[event.group], event)
+        else:
+            for cell_id in ids:
+                on_event(cell_id, event)
+
+    try:
+        results = run_pack(job.cells, job.run_dirs, job.packs_dir, device=device, callback=route)
+    except Exception as exc:
+        results = [exc] * len(ids)
+    outcomes = []
+    for cell_id, result in zip(ids, results, strict=True):
+        if isinstance(result, Exception):
+            status, reason = _failure(result)
+            outcomes.append(CellOutcome(cell_id, status, reason, None, device))
+        else:
+            outcomes.append(_outcome(cell_id, result, device))
+    return outcomes
+
+
+def execute_job(
+    job: Job,
+    cell_runner: CellRunner,
+    *,
+    device: str | None = None,
+    on_event: Callable[[str, Any], None] | None = None,
+) -> list[CellOutcome]:
+    """Run a job (:func:`execute_cell` or :func:`execute_pack`); one outcome per cell."""
+    if isinstance(job, PackJob):
+        return execute_pack(job, device=device, on_event=on_event)
+    callback = None if on_event is None else functools.partial(on_event, job.cell.cell_id)
+    return [execute_cell(job, cell_runner, device=device, callback=callback)]
+
+
 def execute_cell(
     job: CellJob,
     cell_runner: CellRunner,
@@ -137,24 +223,18 @@ def execute_cell(
         result = cell_runner(
             job.cell, job.run_dir, device=device, callback=callback, resume=True, **hooks
         )
-    except WeightsUnavailableError as exc:
-        return CellOutcome(cell_id, "skipped", str(exc), None, device)
     except Exception as exc:
-        summary = one_line(exc)
-        if _out_of_memory(exc) and not summary.lower().startswith("out of memory"):
-            summary = f"out of memory: {summary}"
-        return CellOutcome(cell_id, "failed", summary, None, device)
+        status, reason = _failure(exc)
+        return CellOutcome(cell_id, status, reason, None, device)
     finally:
         for hook in step_hooks:
             close = getattr(hook, "close", None)
             if callable(close):
                 close()
-    status = str(result.status)
-    reason = None if status == "done" else getattr(result, "reason", None)
-    return CellOutcome(cell_id, status, reason, result, device)
+    return _outcome(cell_id, result, device)
 
 
-StartHook = Callable[[CellJob, str], None]
+StartHook = Callable[[Job, str], None]
 EventHook = Callable[[str, Any], None]
 DoneHook = Callable[[CellOutcome], None]
 
@@ -207,29 +287,26 @@ class LocalExecutor:
         return ()
 
     def run(
-        self, jobs: Sequence[CellJob], on_start: StartHook, on_event: EventHook, on_done: DoneHook
+        self, jobs: Sequence[Job], on_start: StartHook, on_event: EventHook, on_done: DoneHook
     ) -> None:
         """Run ``jobs`` in order (in parallel over the workers), calling the hooks."""
         if self.workers == 1:
             device = self.device or default_device()
             for job in jobs:
                 on_start(job, device)
-                cell_id = job.cell.cell_id
-                forward = functools.partial(on_event, cell_id)
-                outcome = execute_cell(job, self.cell_runner, device=device, callback=forward)
-                on_done(outcome)
+                for outcome in execute_job(job, self.cell_runner, device=device, on_event=on_event):
+                    on_done(outcome)
             return
         self._run_workers(jobs, on_start, on_event, on_done)
 
     def _run_workers(
-        self, jobs: Sequence[CellJob], on_start: StartHook, on_event: EventHook, on_done: DoneHook
+        self, jobs: Sequence[Job], on_start: StartHook, on_event: EventHook, on_done: DoneHook
     ) -> None:
         context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
         tasks: Any = context.Queue()
         messages: Any = context.Queue()
-        by_id = {job.cell.cell_id: job for job in jobs}
-        for job in jobs:
-            tasks.put(job)
+        for number, job in enumerate(jobs):
+            tasks.put((number, job))
         processes = []
         for index, device in enumerate(self.worker_devices[: len(jobs)]):
             tasks.put(None)  # one stop marker per worker
@@ -237,26 +314,27 @@ class LocalExecutor:
             process = context.Process(target=_worker_main, args=args, daemon=True)
             process.start()
             processes.append(process)
-        current: dict[int, str | None] = dict.fromkeys(range(len(processes)))
+        current: dict[int, Job | None] = dict.fromkeys(range(len(processes)))
         remaining = len(jobs)
         try:
             while remaining:
                 try:
-                    kind, index, cell_id, payload = messages.get(timeout=1.0)
+                    kind, index, key, payload = messages.get(timeout=1.0)
                 except queue.Empty:
                     remaining -= self._reap_dead(processes, current, on_done)
                     if remaining and not any(p.is_alive() for p in processes):
                         raise ConfigError(WORKERS_EXITED, field="workers") from None
                     continue
                 if kind == "start":
-                    current[index] = cell_id
-                    on_start(by_id[cell_id], payload)
+                    current[index] = jobs[key]
+                    on_start(jobs[key], payload)
                 elif kind == "event":
-                    on_event(cell_id, payload)
+                    on_event(key, payload)
                 else:
                     current[index] = None
                     remaining -= 1
-                    on_done(payload)
+                    for outcome in payload:
+                        on_done(outcome)
         finally:
             for process in processes:
                 if process.is_alive():
@@ -264,17 +342,18 @@ class LocalExecutor:
                 process.join(timeout=10)
 
     def _reap_dead(
-        self, processes: list[Any], current: dict[int, str | None], on_done: DoneHook
+        self, processes: list[Any], current: dict[int, Job | None], on_done: DoneHook
     ) -> int:
-        """Record the cell of each worker that died mid-cell as failed; return how many."""
+        """Record the cells of each worker that died mid-job as failed; return how many jobs."""
         reaped = 0
         for index, process in enumerate(processes):
-            cell_id = current[index]
-            if cell_id is not None and not process.is_alive():
+            job = current[index]
+            if job is not None and not process.is_alive():
                 current[index] = None
                 device = self.worker_devices[index]
                 reason = f"worker process on {device} died (exit code {process.exitcode})"
-                on_done(CellOutcome(cell_id, "failed", reason, None, device))
+                for cell in job_cells(job):
+                    on_done(CellOutcome(cell.cell_id, "failed", reason, None, device))
                 reaped += 1
         return reaped
 
@@ -287,13 +366,12 @@ def _worker_main(
         import torch
 
         torch.cuda.set_device(device)
-    while (job := tasks.get()) is not None:
-        cell_id = job.cell.cell_id
-        messages.put(("start", index, cell_id, device))
-
-        forward = functools.partial(_put_event, messages, index, cell_id)
-        outcome = execute_cell(job, cell_runner, device=device, callback=forward)
-        messages.put(("done", index, cell_id, outcome))
+    while (task := tasks.get()) is not None:
+        number, job = task
+        messages.put(("start", index, number, device))
+        forward = functools.partial(_put_event, messages, index)
+        outcomes = execute_job(job, cell_runner, device=device, on_event=forward)
+        messages.put(("done", index, number, outcomes))
 
 
 def _put_event(messages: Any, index: int, cell_id: str, event: Any) -> None:
@@ -308,15 +386,15 @@ that raises is never retried: it is ``failed`` at once."""
 _SHARED_MARKER = ".resablate-shared-"
 
 
-def _execute_on(job: CellJob, cell_runner: CellRunner, device: str, relay: Any) -> CellOutcome:
-    """:func:`execute_cell` as a Ray task: progress events go to the driver through ``relay``."""
+def _execute_on(job: Job, cell_runner: CellRunner, device: str, relay: Any) -> list[CellOutcome]:
+    """:func:`execute_job` as a Ray task: progress events go to the driver through ``relay``."""
     from resablate.grid.cell import CellPrepared
 
-    def forward(event: Any) -> None:
+    def forward(cell_id: str, event: Any) -> None:
         if not isinstance(event, CellPrepared):  # the dataset scan is large; the display needs
-            relay.put.remote(job.cell.cell_id, event)  # only the engine's events
+            relay.put.remote(cell_id, event)  # only the engine's events
 
-    return execute_cell(job, cell_runner, device=device, callback=forward)
+    return execute_job(job, cell_runner, device=device, on_event=forward)
 
 
 def _read_marker(path: str) -> str | None:
@@ -459,14 +537,14 @@ class RayExecutor:
         )
 
     def run(
-        self, jobs: Sequence[CellJob], on_start: StartHook, on_event: EventHook, on_done: DoneHook
+        self, jobs: Sequence[Job], on_start: StartHook, on_event: EventHook, on_done: DoneHook
     ) -> None:
         """Submit ``jobs`` (at most one per free GPU/CPU at a time) and record them as they end."""
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         self._connect()
-        running: dict[Any, CellJob] = {}
+        running: dict[Any, Job] = {}
         try:
             resources = ray.cluster_resources()
             gpus = int(resources.get("GPU", 0))
@@ -497,15 +575,19 @@ class RayExecutor:
                     continue
                 job = running.pop(ready[0])
                 try:
-                    outcome = ray.get(ready[0])
+                    outcomes = ray.get(ready[0])
                 except ray.exceptions.RayError as exc:  # lost more often than retries allow
                     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                     reason = (
                         f"lost its Ray worker {RAY_NODE_RETRIES + 1} times: "
                         f"{type(exc).__name__}: {first}".rstrip(": ")
                     )
-                    outcome = CellOutcome(job.cell.cell_id, "failed", reason, None, device)
-                on_done(outcome)
+                    outcomes = [
+                        CellOutcome(cell.cell_id, "failed", reason, None, device)
+                        for cell in job_cells(job)
+                    ]
+                for outcome in outcomes:
+                    on_done(outcome)
         finally:
             for ref in running:
                 ray.cancel(ref, force=True)

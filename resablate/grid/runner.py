@@ -26,16 +26,21 @@ from pathlib import Path
 from typing import Any
 
 from resablate.atomic import sweep_stale
+from resablate.errors import ConfigError
 from resablate.grid.cell import Cell
 from resablate.grid.events import CellFinished, CellProgress, CellStarted, GridEvent, GridStarted
 from resablate.grid.executors import (
     CellJob,
     CellOutcome,
     CellRunner,
+    Job,
     StepHookFactory,
+    default_device,
+    job_cells,
     make_executor,
 )
 from resablate.grid.lock import RunLock
+from resablate.grid.packs import PackJob, packs_dir, parse_pack, plan_packs
 from resablate.grid.signals import sigterm_as_interrupt, uninterruptible
 from resablate.grid.spec import GridSpec
 from resablate.grid.store import METRIC_COLUMNS, CellRow, ResultStore
@@ -46,6 +51,11 @@ from resablate.run_dir import RunDir
 
 CELLS_FOLDER = "cells"
 INTERRUPTED = "interrupted; a rerun resumes it from its last checkpoint"
+CUSTOM_RUNNER_PACKS = "packs train with run_pack; a custom cell_runner runs each cell alone"
+GRADFLOW_PACKS = (
+    "gradient-norm logging runs each cell alone (its hooks see one model); use --pack off or "
+    "--pack auto with it"
+)
 
 
 def select_cells(rows: Sequence[CellRow], *, retry_failed: bool = False) -> list[str]:
@@ -94,6 +104,25 @@ def _record(store: ResultStore, outcome: CellOutcome, base_env: dict[str, Any]) 
     )
 
 
+def _jobs(
+    cells: Sequence[Cell],
+    out_dir: str | os.PathLike[str],
+    pack: str | int,
+    *,
+    device: str | None,
+    step_hooks: Sequence[StepHookFactory],
+) -> list[Job]:
+    """The cells as jobs: packs of the cells that share a packed model, the others alone."""
+    jobs: list[Job] = []
+    for group in plan_packs(cells, pack, device=device or default_device()):
+        dirs = tuple(str(cell_run_dir(out_dir, cell.cell_id)) for cell in group)
+        if len(group) == 1:
+            jobs.append(CellJob(group[0], dirs[0], step_hooks=tuple(step_hooks)))
+        else:
+            jobs.append(PackJob(group, dirs, str(packs_dir(out_dir))))
+    return jobs
+
+
 @contextlib.contextmanager
 def open_grid(spec: GridSpec, out_dir: str | os.PathLike[str]) -> Iterator[ResultStore]:
     """Lock ``out_dir``, sweep stale temporary files, write the spec and every cell (pending).
@@ -130,6 +159,7 @@ def run_grid(
     workers: int | None = None,
     ray_address: str | None = None,
     step_hooks: Sequence[StepHookFactory] = (),
+    pack: str | int = "auto",
 ) -> GridSummary:
     """Run a grid in ``out_dir``, resuming whatever an earlier run left unfinished.
 
@@ -148,6 +178,11 @@ def run_grid(
         step_hooks: Per-run engine step hooks, each built in the worker from the cell's run
             directory (e.g. ``resablate.diagnostics.gradflow.GradNormLogging``, what
             ``--log-gradflow`` passes). A run option: cell ids do not change.
+        pack: ``"auto"`` (pack the cells that can share a packed model, K bounded as
+            :mod:`resablate.grid.packs` says), ``"off"`` or a pack size K. With step hooks or
+            a custom ``cell_runner``, ``auto`` runs every cell alone and a K > 1 is refused. A
+            run option: cell ids, the store and ``results.csv`` do not change; each result's
+            environment names its pack.
 
     Returns:
         The grid's state when the run ended.
@@ -156,7 +191,13 @@ def run_grid(
         KeyboardInterrupt: On Ctrl-C or SIGTERM, after the store is written (cells in flight are
             back to ``pending``; a rerun resumes them).
         StoreLockedError: Another process runs a grid in ``out_dir``.
+        ConfigError: An invalid ``pack``, or a K > 1 with step hooks.
     """
+    mode = parse_pack(pack)
+    if (step_hooks or cell_runner is not None) and mode != "off":
+        if mode != "auto":
+            raise ConfigError(GRADFLOW_PACKS if step_hooks else CUSTOM_RUNNER_PACKS)
+        mode = "off"
     if cell_runner is None:
         from resablate.grid.cell import run_cell
 
@@ -174,23 +215,17 @@ def run_grid(
         notes = (*spec.notes, *runner.prepare(out_dir))
         emit(GridStarted(str(out_dir), tuple(rows), tuple(to_run), notes))
         wanted = set(to_run)
-        jobs = [
-            CellJob(
-                Cell.from_dict(row.config),
-                str(cell_run_dir(out_dir, row.cell_id)),
-                step_hooks=tuple(step_hooks),
-            )
-            for row in rows
-            if row.cell_id in wanted
-        ]
+        cells = [Cell.from_dict(row.config) for row in rows if row.cell_id in wanted]
+        jobs = _jobs(cells, out_dir, mode, device=device, step_hooks=step_hooks)
         in_flight: set[str] = set()
         started: list[str] = []
 
-        def on_start(job: CellJob, on_device: str) -> None:
-            store.mark_running(job.cell.cell_id, device=on_device)
-            in_flight.add(job.cell.cell_id)
-            started.append(job.cell.cell_id)
-            emit(CellStarted(job.cell.cell_id, job.cell.label, on_device))
+        def on_start(job: Job, on_device: str) -> None:
+            for cell in job_cells(job):
+                store.mark_running(cell.cell_id, device=on_device)
+                in_flight.add(cell.cell_id)
+                started.append(cell.cell_id)
+                emit(CellStarted(cell.cell_id, cell.label, on_device))
 
         def on_event(cell_id: str, event: Any) -> None:
             emit(CellProgress(cell_id, event))

@@ -1,0 +1,149 @@
+"""Which cells of a grid train together as packs (``--pack auto|off|N``).
+
+Cells pack when they share :func:`resablate.grid.cell.pack_key` (architecture, model source,
+recipe with every override, freeze plan, BatchNorm policy, data) and their architecture packs
+(torchvision ResNets: :mod:`resablate.packing`). Residual plans, initial weights and seeds may
+differ. A pack is identified by the sorted ids of its cells, so a rerun that groups the same
+unfinished cells finds its checkpoints in ``OUT/packs/<pack id>``, and one that groups them
+differently (another ``--pack``) starts those packs over.
+
+``auto`` packs up to :data:`AUTO_PACK_CPU` cells on a CPU that torch runs with two or more
+threads, none with one thread (measured: ``benchmarks/packing.py``, ``docs/performance.md``), and
+:data:`AUTO_PACK_CUDA` on a GPU; fewer when the estimated training memory of K cells
+(:func:`cell_memory_bytes`) would exceed half of the device's free memory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from resablate.errors import ConfigError
+from resablate.grid.cell import Cell, pack_key
+
+PACKS_FOLDER = "packs"
+AUTO_PACK_CPU = 4
+"""K of ``--pack auto`` on a CPU with two or more torch threads: ResNet-18 at 32×32, batch 64, 2
+threads gained 1.55x at K = 4 in ``benchmarks/packing.py`` (loaded 2-core CPU); with one thread
+packing lost at every K (grouped convolutions are slower per FLOP there), so ``auto`` does not
+pack then."""
+AUTO_PACK_CUDA = 16
+"""K of ``--pack auto`` on a GPU (HFTA's regime: small models leave a GPU mostly idle); not
+measured by this project yet."""
+# Floats of activations kept for the backward pass per input value (pixel x channel) of a ResNet:
+# a deliberately generous estimate for the memory bound of ``auto``, not a measurement.
+_ACTIVATION_FLOATS_PER_INPUT = 200
+
+
+@dataclass(frozen=True)
+class PackJob:
+    """Cells to train as one packed model (plain data; crosses process boundaries).
+
+    Attributes:
+        cells: The cells, in group order.
+        run_dirs: Their run directories.
+        packs_dir: The grid's packs folder (``OUT/packs``); the pack's checkpoints go to
+            ``packs_dir/<pack id>``.
+    """
+
+    cells: tuple[Cell, ...]
+    run_dirs: tuple[str, ...]
+    packs_dir: str
+
+
+def parse_pack(value: str | int) -> str | int:
+    """``"auto"``, ``"off"`` or a pack size K >= 1 (``"1"`` is ``"off"``).
+
+    Raises:
+        ConfigError: Anything else.
+    """
+    text = str(value).strip().lower()
+    if text in ("auto", "off"):
+        return text
+    if text.isdigit() and int(text) >= 1:
+        return "off" if int(text) == 1 else int(text)
+    raise ConfigError(f"--pack {value!r} is not valid; use auto, off or a number of cells (2, 4)")
+
+
+def packable(cell: Cell) -> bool:
+    """Whether the cell's architecture has a packed form (a torchvision ResNet)."""
+    from resablate.families import get_family
+
+    family = get_family(cell.arch, cell.source)
+    return family.source == "torchvision" and family.kind == "resnet"
+
+
+def cell_memory_bytes(cell: Cell) -> int:
+    """Estimated training memory of one cell in bytes (fp32): weights, gradients and two
+    optimiser moments (16 bytes per parameter) plus the activations of one micro-batch."""
+    import torch
+
+    from resablate.families import get_family
+    from resablate.recipes import get_recipe
+
+    recipe = get_recipe(cell.recipe, **dict(cell.overrides))
+    with torch.device("meta"):
+        params = sum(p.numel() for p in get_family(cell.arch, cell.source).builder().parameters())
+    pixels = 3 * recipe.image_size**2 * recipe.batch_size
+    return 16 * params + 4 * _ACTIVATION_FLOATS_PER_INPUT * pixels
+
+
+def free_memory_bytes(device: str) -> int:
+    """Free memory of ``device`` in bytes (CUDA: ``mem_get_info``; CPU: available RAM)."""
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    try:
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def auto_pack_size(cell: Cell, device: str) -> int:
+    """K of ``--pack auto`` for cells like ``cell`` on ``device`` (see the module docstring)."""
+    import torch
+
+    if device.startswith("cuda"):
+        rule = AUTO_PACK_CUDA
+    else:
+        rule = AUTO_PACK_CPU if torch.get_num_threads() > 1 else 1
+    fits = free_memory_bytes(device) // (2 * cell_memory_bytes(cell))
+    return max(1, min(rule, int(fits)))
+
+
+def plan_packs(cells: Sequence[Cell], pack: str | int, *, device: str) -> list[tuple[Cell, ...]]:
+    """Group ``cells`` into packs (in grid order; a group of one trains alone).
+
+    Args:
+        cells: The cells to run, in grid order.
+        pack: ``"auto"``, ``"off"`` or K (see :func:`parse_pack`).
+        device: The device the packs will train on (bounds ``auto``).
+
+    Returns:
+        The groups, in the order of their first cell.
+    """
+    pack = parse_pack(pack)
+    if pack == "off":
+        return [(cell,) for cell in cells]
+    by_key: dict[tuple[object, ...], list[Cell]] = {}
+    for cell in cells:
+        key = pack_key(cell) if packable(cell) else ("alone", cell.cell_id)
+        by_key.setdefault(key, []).append(cell)
+    groups: list[tuple[Cell, ...]] = []
+    for members in by_key.values():
+        size = auto_pack_size(members[0], device) if pack == "auto" else int(pack)
+        groups.extend(tuple(members[i : i + size]) for i in range(0, len(members), size))
+    position = {cell.cell_id: i for i, cell in enumerate(cells)}
+    return sorted(groups, key=lambda group: position[group[0].cell_id])
+
+
+def packs_dir(out_dir: str | os.PathLike[str]) -> Path:
+    """The folder of a grid's packs: ``OUT/packs``."""
+    return Path(out_dir) / PACKS_FOLDER

@@ -1,0 +1,157 @@
+"""Grids with packed cells: grouping, recording, resume, and the same results as --pack off."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from grid_helpers import one_thread, write_tiny_dataset
+
+from resablate.engine import events
+from resablate.errors import ConfigError
+from resablate.grid.cell import Cell, pack_id
+from resablate.grid.events import CellProgress
+from resablate.grid.executors import execute_pack
+from resablate.grid.packs import PackJob, parse_pack, plan_packs
+from resablate.grid.runner import GRADFLOW_PACKS, run_grid
+from resablate.grid.spec import GridSpec
+
+OVERRIDES = (("max_steps", 4), ("image_size", 16), ("batch_size", 4), ("checkpoint_every", 2))
+
+
+def _spec(data: Path) -> GridSpec:
+    """Four ResNet-18 cells: residual on/off x seeds 0/1."""
+    return GridSpec(
+        family="resnet",
+        depths=(18,),
+        residual=("on", "off"),
+        weights=("none",),
+        seeds=(0, 1),
+        data=str(data),
+        recipe="demo",
+        overrides=OVERRIDES,
+    )
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_dataset(tmp_path_factory.mktemp("packs") / "data")
+
+
+def _cells(n: int, **fields: object) -> list[Cell]:
+    return [Cell("resnet18", seed=seed, recipe="demo", **fields) for seed in range(n)]  # type: ignore[arg-type]
+
+
+def test_plan_packs_groups_what_can_share_a_model() -> None:
+    cells = [*_cells(5), Cell("alexnet", recipe="demo"), *_cells(2, freeze="conv1")]
+    groups = plan_packs(cells, 2, device="cpu")
+    assert [len(g) for g in groups] == [2, 2, 1, 1, 2]
+    assert groups[3] == (cells[5],)  # AlexNet has no packed form: alone
+    assert all(len({c.freeze for c in g}) == 1 for g in groups)
+    assert plan_packs(cells, "off", device="cpu") == [(c,) for c in cells]
+    assert [len(g) for g in plan_packs(cells, "auto", device="cpu")] == [4, 1, 1, 2]
+    with one_thread():  # packing does not pay on one CPU thread: auto trains cells alone
+        assert plan_packs(cells, "auto", device="cpu") == [(c,) for c in cells]
+    assert pack_id(groups[0]) == pack_id(groups[0][::-1])
+    assert parse_pack("1") == "off" and parse_pack(" AUTO ") == "auto" and parse_pack(8) == 8
+    with pytest.raises(ConfigError, match="--pack 'two' is not valid; use auto, off or a number"):
+        parse_pack("two")
+
+
+def _stop_in_pack(spec: GridSpec):
+    """A grid callback that interrupts the run at the pack's first checkpoint (step 2 of 4)."""
+    packed = {cell.cell_id for cell in spec.cells() if cell.arch == "resnet18"}
+
+    def stop(event: object) -> None:
+        if (
+            isinstance(event, CellProgress)
+            and event.cell_id in packed
+            and isinstance(event.event, events.CheckpointSaved)
+        ):
+            raise KeyboardInterrupt
+
+    return stop
+
+
+def _rows(out: Path) -> dict[str, dict[str, str]]:
+    with (out / "results.csv").open() as f:
+        return {row["cell_id"]: row for row in csv.DictReader(f)}
+
+
+@pytest.mark.slow
+def test_a_packed_grid_gives_the_cells_of_pack_off(data: Path, tmp_path: Path) -> None:
+    spec = _spec(data)
+    with one_thread():
+        packed = run_grid(spec, tmp_path / "packed", device="cpu", pack=4)
+        alone = run_grid(spec, tmp_path / "alone", device="cpu", pack="off")
+    assert packed.counts["done"] == alone.counts["done"] == 4
+    by_id = {row.cell_id: row for row in alone.cells}
+    packs = set()
+    for row in packed.cells:
+        other = by_id[row.cell_id]
+        assert row.accuracy == pytest.approx(other.accuracy, abs=0.01)
+        assert row.loss == pytest.approx(other.loss, rel=1e-4)
+        assert other.environment["pack"] is None
+        assert row.environment["pack"]["size"] == 4
+        packs.add(row.environment["pack"]["id"])
+    assert len(packs) == 1
+    assert (tmp_path / "packed" / "packs" / packs.pop() / "checkpoints").is_dir()
+    packed_csv, alone_csv = _rows(tmp_path / "packed"), _rows(tmp_path / "alone")
+    assert list(next(iter(packed_csv.values()))) == list(next(iter(alone_csv.values())))
+    assert sorted(packed_csv) == sorted(alone_csv)
+
+
+@pytest.mark.slow
+def test_a_killed_packed_grid_reruns_to_the_same_results(data: Path, tmp_path: Path) -> None:
+    spec = _spec(data)
+    stop = _stop_in_pack(spec)
+
+    with one_thread():
+        whole = run_grid(spec, tmp_path / "whole", device="cpu", pack=4)
+        with pytest.raises(KeyboardInterrupt):
+            run_grid(spec, tmp_path / "cut", device="cpu", pack=4, callback=stop)
+        resumed = run_grid(spec, tmp_path / "cut", device="cpu", pack=4)
+    expected = {row.cell_id: (row.status, row.accuracy, row.loss, row.f1) for row in whole.cells}
+    assert {
+        row.cell_id: (row.status, row.accuracy, row.loss, row.f1) for row in resumed.cells
+    } == expected
+
+
+@pytest.mark.slow
+def test_an_interrupted_packed_grid_reruns_cleanly_with_pack_off(
+    data: Path, tmp_path: Path
+) -> None:
+    spec = _spec(data)
+    stop = _stop_in_pack(spec)
+
+    with one_thread():
+        with pytest.raises(KeyboardInterrupt):
+            run_grid(spec, tmp_path / "out", device="cpu", pack=4, callback=stop)
+        rerun = run_grid(spec, tmp_path / "out", device="cpu", pack="off")
+        alone = run_grid(spec, tmp_path / "alone", device="cpu", pack="off")
+    assert rerun.counts["done"] == 4
+    assert all(row.environment["pack"] is None for row in rerun.cells)
+    expected = {row.cell_id: (row.accuracy, row.loss) for row in alone.cells}
+    assert {row.cell_id: (row.accuracy, row.loss) for row in rerun.cells} == expected
+
+
+def test_gradient_logging_runs_cells_alone_or_refuses_a_pack_size(
+    data: Path, tmp_path: Path
+) -> None:
+    from resablate.diagnostics.gradflow import GradNormLogging
+
+    with pytest.raises(ConfigError) as caught:
+        run_grid(_spec(data), tmp_path / "out", pack=2, step_hooks=[GradNormLogging(every=1)])
+    assert str(caught.value) == GRADFLOW_PACKS
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failing_pack_fails_each_of_its_cells(tmp_path: Path) -> None:
+    cells = tuple(_cells(2, data=str(tmp_path / "missing")))
+    job = PackJob(cells, tuple(str(tmp_path / c.cell_id) for c in cells), str(tmp_path / "packs"))
+    outcomes = execute_pack(job, device="cpu")
+    assert [o.cell_id for o in outcomes] == [c.cell_id for c in cells]
+    assert {o.status for o in outcomes} == {"failed"}
+    assert len({o.reason for o in outcomes}) == 1
+    assert outcomes[0].reason.startswith("DataNotFoundError: ")
