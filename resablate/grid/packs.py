@@ -64,7 +64,9 @@ def parse_pack(value: str | int) -> str | int:
         return text
     if text.isdigit() and int(text) >= 1:
         return "off" if int(text) == 1 else int(text)
-    raise ConfigError(f"--pack {value!r} is not valid; use auto, off or a number of cells (2, 4)")
+    raise ConfigError(
+        f"pack {value!r} is not valid; use auto, off or a number of cells (2, 4)", field="pack"
+    )
 
 
 def packable(cell: Cell) -> bool:

@@ -53,8 +53,8 @@ CELLS_FOLDER = "cells"
 INTERRUPTED = "interrupted; a rerun resumes it from its last checkpoint"
 CUSTOM_RUNNER_PACKS = "packs train with run_pack; a custom cell_runner runs each cell alone"
 GRADFLOW_PACKS = (
-    "gradient-norm logging runs each cell alone (its hooks see one model); use --pack off or "
-    "--pack auto with it"
+    "gradient-norm logging (step hooks) runs each cell alone, its hooks see one model; use pack "
+    "off or auto with it"
 )
 
 
@@ -196,7 +196,7 @@ def run_grid(
     mode = parse_pack(pack)
     if (step_hooks or cell_runner is not None) and mode != "off":
         if mode != "auto":
-            raise ConfigError(GRADFLOW_PACKS if step_hooks else CUSTOM_RUNNER_PACKS)
+            raise ConfigError(GRADFLOW_PACKS if step_hooks else CUSTOM_RUNNER_PACKS, field="pack")
         mode = "off"
     if cell_runner is None:
         from resablate.grid.cell import run_cell
