@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_engine import TinySource
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
@@ -37,26 +38,7 @@ SEEDS = [seed for seed, _, _ in CELLS]
 UPDATE_RTOL, WEIGHT_ATOL = 1e-3, 5e-4
 
 
-class Source:
-    """``n`` uint8 16×16 images; class 1 has a darker red channel."""
-
-    classes = ("FAKE", "REAL")
-
-    def __init__(self, n: int, seed: int) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.labels = torch.randint(0, 2, (n,), generator=g)
-        self.images = torch.randint(0, 256, (n, 3, 16, 16), generator=g, dtype=torch.uint8)
-        self.images[self.labels == 1, 0] //= 2
-        self.paths = tuple(f"img{i:03d}.png" for i in range(n))
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def get_batch(self, indices: torch.Tensor) -> torch.Tensor:
-        return self.images[indices]
-
-
-TRAIN, TEST = Source(24, 0), Source(12, 1)
+TRAIN, TEST = TinySource(24, 0), TinySource(12, 1)
 
 
 def flip64(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

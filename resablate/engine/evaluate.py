@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -61,41 +62,19 @@ def evaluate(
 
 
 def evaluate_pack(
-    model: nn.Module,
-    data: ImageSource,
-    transform: Transform,
-    *,
-    split: str,
-    num_classes: int,
-    positive: int,
-    batch_size: int,
-    device: torch.device,
-    autocast: contextlib.AbstractContextManager | None = None,
-    channels_last: bool = False,
+    model: nn.Module, data: ImageSource, transform: Transform, **options: Any
 ) -> list[EvalResult]:
     """Evaluate every group of a packed model (:mod:`resablate.packing`) on ``data``.
 
     One packed forward pass per batch: the batch is fed to all K groups at once and the packed
-    logits are split into each group's. Arguments as :func:`evaluate`.
+    logits are split into each group's. ``options``: the keyword arguments of :func:`evaluate`.
 
     Returns:
         One result per group, in group order.
     """
     from resablate.packing import pack_size
 
-    return _evaluate_groups(
-        model,
-        data,
-        transform,
-        groups=pack_size(model),
-        split=split,
-        num_classes=num_classes,
-        positive=positive,
-        batch_size=batch_size,
-        device=device,
-        autocast=autocast,
-        channels_last=channels_last,
-    )
+    return _evaluate_groups(model, data, transform, groups=pack_size(model), **options)
 
 
 def _evaluate_groups(
@@ -109,8 +88,8 @@ def _evaluate_groups(
     positive: int,
     batch_size: int,
     device: torch.device,
-    autocast: contextlib.AbstractContextManager | None,
-    channels_last: bool,
+    autocast: contextlib.AbstractContextManager | None = None,
+    channels_last: bool = False,
 ) -> list[EvalResult]:
     """:func:`evaluate` (``groups=0``: a plain model) or :func:`evaluate_pack` (K groups)."""
     was_training = model.training

@@ -121,26 +121,14 @@ class _PackSession(_Session):
         evals: Mapping[str, ImageSource],
         recipe: Recipe,
         *,
-        pack_dir: Path,
         run_dirs: Sequence[Path],
         seeds: Sequence[int],
-        device: torch.device,
-        callback: Callable[[TrainEvent], None] | None,
-        transforms: tuple[Transform, Transform],
+        **options: Any,
     ) -> None:
-        super().__init__(
-            model,
-            train_data,
-            evals,
-            recipe,
-            run_dir=pack_dir,
-            seed=seeds[0],
-            device=device,
-            callback=callback,
-            on_step=(),
-            transforms=transforms,
-        )
+        """``options``: the ``_Session`` keywords (``run_dir`` is the pack's folder)."""
+        super().__init__(model, train_data, evals, recipe, seed=seeds[0], on_step=(), **options)
         k = self.k = pack_size(model)
+        device = self.device
         self.rows = k * recipe.batch_size
         self.seeds = tuple(seeds)
         self.run_dirs = tuple(run_dirs)
@@ -364,7 +352,7 @@ def train_pack(
         train_data,
         evals,
         recipe,
-        pack_dir=pack_dir,
+        run_dir=pack_dir,
         run_dirs=dirs,
         seeds=seeds,
         device=device,
