@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_engine import TinySource
+from test_packing import ablate
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
@@ -15,10 +16,8 @@ from resablate.engine import events
 from resablate.engine.loop import train
 from resablate.engine.packed import masked_update, train_pack
 from resablate.errors import ConfigError
-from resablate.freezing import freeze
 from resablate.packing import fuse
 from resablate.recipes import get_recipe
-from resablate.surgery import drop_residual, scale_residual
 from resablate.weights import load_state_dict_file, save_state_dict_file
 
 # AdamW with weight decay, warm-up and linear decay, two micro-batches per step, horizontal
@@ -61,12 +60,7 @@ def _cell_model(seed: int, residual: str, weights: Path | None, plan: str) -> nn
     model = _resnet10()
     if weights is not None:
         model.load_state_dict(load_state_dict_file(weights))
-    if residual == "off":
-        drop_residual(model, ["layer2", "layer4"])
-    elif residual == "half":
-        scale_residual(model, 0.5, ["layer2", "layer3"])
-    freeze(model, plan)
-    return model
+    return ablate(model, residual, plan)
 
 
 def _models(folder: Path, plan: str, dtype: torch.dtype) -> list[nn.Module]:

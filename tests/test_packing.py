@@ -25,15 +25,20 @@ from resablate.weights import build_model
 RTOL, ATOL = 1e-4, 1e-4
 
 
-def _model(arch: str, seed: int, residual: str, *, plan: str = "none") -> nn.Module:
-    torch.manual_seed(seed)
-    model = build_model(arch, num_classes=2)
+def ablate(model: nn.Module, residual: str, plan: str) -> nn.Module:
+    """``residual``: "on", "off" (layer2 and layer4 dropped) or "half" (layer2 and layer3 scaled
+    by 0.5); then the freeze ``plan``. In place; returns the model."""
     if residual == "off":
         drop_residual(model, ["layer2", "layer4"])
     elif residual == "half":
         scale_residual(model, 0.5, ["layer2", "layer3"])
     freeze(model, plan)
     return model
+
+
+def _model(arch: str, seed: int, residual: str, *, plan: str = "none") -> nn.Module:
+    torch.manual_seed(seed)
+    return ablate(build_model(arch, num_classes=2), residual, plan)
 
 
 def _trio(arch: str = "resnet18", plan: str = "none") -> list[nn.Module]:
