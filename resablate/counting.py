@@ -579,7 +579,7 @@ def count(model: nn.Module, input_size: Sequence[int] = (3, 224, 224)) -> Counts
     totals = [0, 0, 0]
     seen: set[int] = set()
     for name, module in modules.items():
-        for p in module.parameters(recurse=False):
+        for pname, p in module.named_parameters(recurse=False):
             if id(p) in seen:
                 continue
             seen.add(id(p))
@@ -588,7 +588,8 @@ def count(model: nn.Module, input_size: Sequence[int] = (3, 224, 224)) -> Counts
                 p.numel() if p.requires_grad else 0,
                 p.numel() * (id(p) in tally.used),
             )
-            bucket = per_stage.setdefault(tally.module_stage[name], [0, 0, 0])
+            # by the parameter's own path: a stage map may list a parameter (a ViT's class token)
+            bucket = per_stage.setdefault(stage_of(f"{name}.{pname}" if name else pname), [0, 0, 0])
             for i, value in enumerate(row):
                 bucket[i] += value
                 totals[i] += value

@@ -13,6 +13,12 @@ paper's Table 1: ``conv1`` is the stem convolution (``features.0``), ``conv2`` �
 seven MBConv stages (``features.1`` … ``features.7``) and ``conv9`` is the final 1×1 convolution
 (``features.8``).
 
+ViTs have stages ``stem`` (the patch embedding with the class token and position embedding) and
+``block1`` … ``blockN`` (one per encoder block, as timm's ``feature_info`` lists them; the final
+norm goes with the last). The class token and position embedding are parameters, not modules: a
+stage map entry is a module path or a parameter path (``"cls_token"``,
+``"encoder.pos_embedding"``), so freezing and per-stage counts include them.
+
 timm is imported only when a timm family is built.
 """
 
@@ -47,11 +53,13 @@ class Family:
     Attributes:
         arch: Architecture name as users type it (``"resnet50"``, ``"vgg16"``, ...).
         source: ``"torchvision"``, ``"timm"`` or ``"hf"`` (Hugging Face ``transformers``).
-        kind: ``"resnet"``, ``"alexnet"``, ``"vgg"`` or ``"efficientnet"``.
+        kind: ``"resnet"``, ``"resnetv2"``, ``"alexnet"``, ``"vgg"``, ``"efficientnet"``,
+            ``"mobilenet"``, ``"convnext"``, ``"regnet"`` or ``"vit"``.
         depth: 18, 34, 50, 101 or 152 for ResNets (ResNeXt/Wide-ResNet included), else None.
         builder: Builds the model with random initialisation and a 1000-class head.
-        stages: Paper stage name -> module paths of that stage, in forward order.
-        head: Module path of the final classifier (an ``nn.Linear``).
+        stages: Paper stage name -> module (or parameter) paths of that stage, in forward order.
+        head: Module path of the final classifier (an ``nn.Linear``, or a 1×1 ``nn.Conv2d`` as in
+            timm's ResNetV2).
         imagenet: The official ImageNet weights: a torchvision weights enum name
             (``"ResNet50_Weights.IMAGENET1K_V1"``), a timm pretrained tag (``"resnet50.a1_in1k"``)
             or a Hugging Face model repository (``"microsoft/resnet-50"``).
@@ -164,7 +172,7 @@ def canonical_stage(name: str, family: Family | None = None) -> str:
         ConfigError: Unknown stage (the message lists the legal names).
     """
     key = name.strip().lower()
-    if key == "stem":
+    if key == "stem" and (family is None or key not in family.stages):
         key = "conv1"
     if family is not None and family.kind != "resnet":
         if key in family.stages:
@@ -233,9 +241,30 @@ def resnet_stem(model: nn.Module) -> tuple[str, ...]:
     return tuple(n for n in names if isinstance(getattr(model, n, None), nn.Module))
 
 
+def stage_member(model: nn.Module, path: str) -> nn.Module | nn.Parameter:
+    """The module or parameter at ``path`` in ``model`` (a stage map entry).
+
+    Raises:
+        AttributeError: ``model`` has neither a module nor a parameter at ``path``.
+    """
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        return model.get_parameter(path)
+
+
+def head_features(head: nn.Module) -> int | None:
+    """Input features of a classifier head: an ``nn.Linear`` or a 1×1 ``nn.Conv2d``, else None."""
+    if isinstance(head, nn.Linear):
+        return head.in_features
+    if isinstance(head, nn.Conv2d) and head.kernel_size == (1, 1) and head.groups == 1:
+        return head.in_channels
+    return None
+
+
 def _has_path(model: nn.Module, path: str) -> bool:
     try:
-        model.get_submodule(path)
+        stage_member(model, path)
     except AttributeError:
         return False
     return True
@@ -271,11 +300,11 @@ def _body_params(model: nn.Module, head: str) -> int:
 
 
 def _family_body(family: Family, model: nn.Module) -> int | None:
-    """Parameters outside the head that a model of ``family`` has (None: head not a Linear)."""
-    head = model.get_submodule(family.head)
-    if not isinstance(head, nn.Linear):
+    """Parameters outside the head that a model of ``family`` has (None: no classifier head)."""
+    features = head_features(model.get_submodule(family.head))
+    if features is None:
         return None
-    return family.params - (head.in_features + 1) * 1000
+    return family.params - (features + 1) * 1000
 
 
 def _covers_container(model: nn.Module, paths: list[str]) -> bool:
@@ -427,6 +456,11 @@ _PARAMS = {
     "regnet_y_400mf": 4_344_144,
     "regnety_016": 11_202_430,
     "mobilenetv3_large_100": 5_483_032,
+    "mobilenet_v3_large": 5_483_032,
+    "mobilenet_v3_small": 2_542_856,
+    "resnetv2_50": 25_549_352,
+    "vit_tiny_patch16_224": 5_717_416,
+    "vit_b_16": 86_567_656,
 }
 
 _TV_RESNETS = {
@@ -542,7 +576,6 @@ _BASELINES = {
         "VGG16_Weights.IMAGENET1K_V1",
         "torchvision.models.vgg.VGG",
     ),
-    # stem conv | seven MBConv stages | final 1x1 conv (the EfficientNet paper's Table 1)
     # stem conv | seven MBConv stages | final 1x1 conv (the EfficientNet paper's Table 1); B0, B3
     # and B4 share a class and a layout: family_of tells them apart by their parameter count
     **{
@@ -563,6 +596,22 @@ _BASELINES = {
         "classifier.1",
         "MobileNet_V2_Weights.IMAGENET1K_V1",
         "torchvision.models.mobilenetv2.MobileNetV2",
+    ),
+    # stem | six bottleneck stages of 1, 2, 3, 4, 2, 3 blocks | final 1x1 conv: the stages of
+    # timm's mobilenetv3_large_100 (blocks.0..6); "small" has five of 1, 2, 3, 2, 3
+    "mobilenet_v3_large": (
+        "mobilenet",
+        (0, 1, 2, 4, 7, 11, 13, 16, 17),
+        "classifier.3",
+        "MobileNet_V3_Large_Weights.IMAGENET1K_V1",
+        "torchvision.models.mobilenetv3.MobileNetV3",
+    ),
+    "mobilenet_v3_small": (
+        "mobilenet",
+        (0, 1, 2, 4, 7, 9, 12, 13),
+        "classifier.3",
+        "MobileNet_V3_Small_Weights.IMAGENET1K_V1",
+        "torchvision.models.mobilenetv3.MobileNetV3",
     ),
     # stem | four stages, each stage's downsampling layer with it (as timm groups them)
     "convnext_tiny": (
@@ -599,6 +648,16 @@ def _named_stages(*groups: tuple[str, ...]) -> Mapping[str, tuple[str, ...]]:
 _MBCONV_STAGES = _named_stages(
     ("conv_stem", "bn1"), *((f"blocks.{i}",) for i in range(7)), ("conv_head", "bn2")
 )
+def _vit_stages(
+    stem: tuple[str, ...], block: str, blocks: int, norm: str
+) -> Mapping[str, tuple[str, ...]]:
+    """``stem``, then ``block1`` .. ``blockN`` (``block`` formats the index), ``norm`` last."""
+    stages = {"stem": stem}
+    stages.update({f"block{i + 1}": (block.format(i),) for i in range(blocks)})
+    stages[f"block{blocks}"] += (norm,)
+    return MappingProxyType(stages)
+
+
 _OTHERS = (
     # (arch, source, kind, stages, head, ImageNet weights, model class)
     (
@@ -609,6 +668,36 @@ _OTHERS = (
         "fc",
         "RegNet_Y_400MF_Weights.IMAGENET1K_V1",
         "torchvision.models.regnet.RegNet",
+    ),
+    (
+        "vit_b_16",
+        "torchvision",
+        "vit",
+        _vit_stages(
+            ("conv_proj", "class_token", "encoder.pos_embedding"),
+            "encoder.layers.encoder_layer_{}",
+            12,
+            "encoder.ln",
+        ),
+        "heads.head",
+        "ViT_B_16_Weights.IMAGENET1K_V1",
+        "torchvision.models.vision_transformer.VisionTransformer",
+    ),
+    (
+        "resnetv2_50",
+        "timm",
+        "resnetv2",
+        # the papers' stage names; timm's feature_info: stem, stages.0..3, the final norm last
+        MappingProxyType(
+            {
+                "conv1": ("stem",),
+                **{f"conv{i + 2}_x": (f"stages.{i}",) for i in range(3)},
+                "conv5_x": ("stages.3", "norm"),
+            }
+        ),
+        "head.fc",
+        "resnetv2_50.a1h_in1k",
+        "timm.models.resnetv2.ResNetV2",
     ),
     (
         "regnety_016",
@@ -649,6 +738,15 @@ _OTHERS = (
         "classifier",
         "mobilenetv3_large_100.ra_in1k",
         "timm.models.mobilenetv3.MobileNetV3",
+    ),
+    (
+        "vit_tiny_patch16_224",
+        "timm",
+        "vit",
+        _vit_stages(("patch_embed", "cls_token", "pos_embed", "norm_pre"), "blocks.{}", 12, "norm"),
+        "head",
+        "vit_tiny_patch16_224.augreg_in21k_ft_in1k",
+        "timm.models.vision_transformer.VisionTransformer",
     ),
 )
 for _arch, _source, _kind, _stages, _head, _weights, _type in _OTHERS:

@@ -30,7 +30,7 @@ from resablate._subclass import made_subclass, rebuild_as
 from resablate.choices import BN_POLICIES
 from resablate.choices import FREEZE_PLANS as FREEZE_PLANS
 from resablate.errors import ConfigError
-from resablate.families import stage_map
+from resablate.families import stage_map, stage_member
 
 
 class HeldBatchNorm(nn.Module):
@@ -138,10 +138,10 @@ def _stages_of(model: nn.Module, stages: StageMap | None) -> Mapping[str, tuple[
         paths = (paths,) if isinstance(paths, str) else tuple(paths)
         for path in paths:
             try:
-                model.get_submodule(path)
+                stage_member(model, path)
             except AttributeError:
                 raise ConfigError(
-                    f"stage {name!r}: no module {path!r} in {type(model).__name__}"
+                    f"stage {name!r}: no module or parameter {path!r} in {type(model).__name__}"
                 ) from None
         checked[name] = paths
     return checked
@@ -210,7 +210,7 @@ def freeze(
         plan: ``none``, ``conv1``, ``conv1-K`` (K up to the model's stage count) or ``all``.
         bn: ``"frozen"``: BatchNorm layers of frozen stages stay in eval mode (running statistics
             never move); ``"train"``: they follow ``model.train()``.
-        stages: A user stage map, stage name -> module paths in forward order
+        stages: A user stage map, stage name -> module or parameter paths in forward order
             (``{"stem": ["conv1", "bn1"], "body": ["layer1"]}``), for a model the registry does
             not know; default: the registry's (:func:`resablate.families.stage_map`).
 
@@ -225,7 +225,8 @@ def freeze(
         raise ConfigError(f"unknown BatchNorm policy {bn!r}; policies: {', '.join(BN_POLICIES)}")
     smap = _stages_of(model, stages)
     frozen_stages = _frozen_stage_names(model, plan, smap)
-    frozen_modules = [model.get_submodule(path) for stage in frozen_stages for path in smap[stage]]
+    members = [stage_member(model, path) for stage in frozen_stages for path in smap[stage]]
+    frozen_modules = [m for m in members if isinstance(m, nn.Module)]
     norms = [
         m
         for root in frozen_modules
@@ -234,7 +235,8 @@ def freeze(
     ]
     trainable_before = _numel(trainable_parameters(model))
     _release_all(model)
-    for p in _unique_params(frozen_modules):
+    frozen_params = [m for m in members if isinstance(m, nn.Parameter)]
+    for p in [*_unique_params(frozen_modules), *frozen_params]:
         p.requires_grad_(False)
     held = 0
     if bn == "frozen":

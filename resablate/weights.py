@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from resablate.atomic import write_bytes, write_with
 from resablate.errors import ConfigError, WeightsError, WeightsUnavailableError
-from resablate.families import Family, get_family, list_families
+from resablate.families import Family, get_family, head_features, list_families
 from resablate.paths import cache_dir
 
 STATE_DICT_SUFFIXES = (".safetensors", ".pth", ".pt")
@@ -211,10 +211,14 @@ def build_model(
     model = family.builder()
     if state is not None:
         _load_body(model, family, state)
-    head = model.get_submodule(family.head)
-    if not isinstance(head, nn.Linear):
-        raise ConfigError(f"head {family.head} of {family.arch} is not a Linear layer")
-    new_head = nn.Linear(head.in_features, num_classes)
+    features = head_features(model.get_submodule(family.head))
+    if features is None:
+        raise ConfigError(f"head {family.head} of {family.arch} is not a Linear or 1x1 conv layer")
+    new_head = (
+        nn.Linear(features, num_classes)
+        if isinstance(model.get_submodule(family.head), nn.Linear)
+        else nn.Conv2d(features, num_classes, 1)
+    )
     head_weight = None if state is None else state.get(f"{family.head}.weight")
     head_bias = None if state is None else state.get(f"{family.head}.bias")
     if (

@@ -12,11 +12,13 @@ from resablate.families import (
     canonical_stage,
     family_of,
     get_family,
+    head_features,
     head_of,
     list_families,
     paper_stage,
     register,
     stage_map,
+    stage_member,
 )
 from resablate.surgery import residual_blocks
 
@@ -37,8 +39,11 @@ TORCHVISION = [
     "efficientnet_b3",
     "efficientnet_b4",
     "mobilenet_v2",
+    "mobilenet_v3_large",
+    "mobilenet_v3_small",
     "convnext_tiny",
     "regnet_y_400mf",
+    "vit_b_16",
 ]
 
 
@@ -50,12 +55,20 @@ def test_registered_architectures() -> None:
         "resnet50",
         "resnet101",
         "resnet152",
+        "resnetv2_50",
         "regnety_016",
         "convnext_tiny",
         "efficientnet_b0",
         "mobilenetv3_large_100",
+        "vit_tiny_patch16_224",
     ]
-    assert list_architectures() == [*TORCHVISION, "regnety_016", "mobilenetv3_large_100"]
+    assert list_architectures() == [
+        *TORCHVISION,
+        "resnetv2_50",
+        "regnety_016",
+        "mobilenetv3_large_100",
+        "vit_tiny_patch16_224",
+    ]
     assert [f.arch for f in list_families() if not f.residual] == ["alexnet", "vgg16"]
     assert get_family("ResNet50").depth == 50
     assert get_family("resnext101_64x4d").depth == 101
@@ -117,10 +130,11 @@ def test_stage_map_and_head_fit_the_built_model(family) -> None:  # type: ignore
     paths = [p for group in family.stages.values() for p in group]
     assert len(paths) == len(set(paths))
     for path in paths:
-        model.get_submodule(path)
+        stage_member(model, path)
     assert sum(p.numel() for p in model.parameters()) == family.params
-    assert isinstance(model.get_submodule(family.head), nn.Linear)
-    assert model.get_submodule(family.head).out_features == 1000
+    head = model.get_submodule(family.head)
+    assert head_features(head) is not None
+    assert head.weight.shape[0] == 1000
     assert head_of(model) == family.head
     if family.kind == "resnet":
         assert list(family.stages) == ["conv1", "conv2_x", "conv3_x", "conv4_x", "conv5_x"]
@@ -130,7 +144,7 @@ def test_stage_map_and_head_fit_the_built_model(family) -> None:  # type: ignore
         assert names[-1].startswith(family.stages["conv5_x"][0] + ".")
     else:
         # every conv layer of the feature extractor belongs to exactly one stage
-        convs = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+        convs = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)} - {family.head}
         staged = {n for n in convs if any(n == p or n.startswith(p + ".") for p in paths)}
         assert staged == convs
 
@@ -173,3 +187,31 @@ def test_stage_maps_of_the_other_residual_families() -> None:
     assert list(get_family("mobilenetv3_large_100", "timm").stages) == [
         f"conv{i}" for i in range(1, 10)
     ]
+
+
+def test_stage_maps_of_resnetv2_mobilenet_v3_and_vit() -> None:
+    resnetv2 = get_family("resnetv2_50", "timm")
+    assert dict(resnetv2.stages) == {
+        "conv1": ("stem",),
+        "conv2_x": ("stages.0",),
+        "conv3_x": ("stages.1",),
+        "conv4_x": ("stages.2",),
+        "conv5_x": ("stages.3", "norm"),
+    }
+    assert canonical_stage("conv3_x", resnetv2) == "conv3_x"
+    large, small = get_family("mobilenet_v3_large"), get_family("mobilenet_v3_small")
+    assert [len(v) for v in large.stages.values()] == [1, 1, 2, 3, 4, 2, 3, 1]
+    assert [len(v) for v in small.stages.values()] == [1, 1, 2, 3, 2, 3, 1]
+    timm_vit, tv_vit = get_family("vit_tiny_patch16_224", "timm"), get_family("vit_b_16")
+    assert list(timm_vit.stages) == list(tv_vit.stages) == ["stem"] + [
+        f"block{i}" for i in range(1, 13)
+    ]
+    assert timm_vit.stages["stem"] == ("patch_embed", "cls_token", "pos_embed", "norm_pre")
+    assert tv_vit.stages["stem"] == ("conv_proj", "class_token", "encoder.pos_embedding")
+    assert tv_vit.stages["block12"] == ("encoder.layers.encoder_layer_11", "encoder.ln")
+    assert canonical_stage("STEM", tv_vit) == "stem"
+    with torch.device("meta"):
+        timm_model = timm_vit.builder()
+    assert isinstance(stage_member(timm_model, "cls_token"), nn.Parameter)
+    with pytest.raises(AttributeError):
+        stage_member(timm_model, "no_such_token")
