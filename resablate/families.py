@@ -648,6 +648,8 @@ def _named_stages(*groups: tuple[str, ...]) -> Mapping[str, tuple[str, ...]]:
 _MBCONV_STAGES = _named_stages(
     ("conv_stem", "bn1"), *((f"blocks.{i}",) for i in range(7)), ("conv_head", "bn2")
 )
+
+
 def _vit_stages(
     stem: tuple[str, ...], block: str, blocks: int, norm: str
 ) -> Mapping[str, tuple[str, ...]]:

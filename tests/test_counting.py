@@ -30,9 +30,10 @@ GOLDEN_RESNETS = {
     152: (60_192_808, 11.56),
 }
 
-# fvcore FlopCountAnalysis totals at 64×64, batch 1, eval mode: (residual on, residual dropped).
-# Recomputed live against fvcore for a representative subset below.
-FVCORE_64 = {
+# fvcore FlopCountAnalysis totals at 64×64 (ViTs: 224×224, their fixed position embedding's size;
+# see SIZE), batch 1, eval mode: (residual on, residual dropped). Recomputed live against fvcore for
+# a representative subset below.
+FVCORE_PINNED = {
     ("torchvision", "resnet18"): (148965376, 147363840),
     ("torchvision", "resnet34"): (300165120, 298563584),
     ("torchvision", "resnet50"): (337514496, 307908608),
@@ -67,7 +68,15 @@ FVCORE_64 = {
     ("timm", "convnext_tiny"): (365642496, 365642496),
     ("timm", "efficientnet_b0"): (34351744, 34351744),
     ("timm", "mobilenetv3_large_100"): (22091136, 22091136),
+    ("torchvision", "mobilenet_v3_large"): (22139904, 22139904),
+    ("torchvision", "mobilenet_v3_small"): (6772736, 6772736),
+    # pre-activation: dropping the four projection shortcuts removes their convolutions
+    ("timm", "resnetv2_50"): (337170432, 307810304),
+    # attention and MLP residuals: dropping removes only additions
+    ("timm", "vit_tiny_patch16_224"): (1079579328, 1079579328),
+    ("torchvision", "vit_b_16"): (16867412736, 16867412736),
 }
+SIZE = {("timm", "vit_tiny_patch16_224"): 224, ("torchvision", "vit_b_16"): 224}
 
 
 # fvcore FlopCountAnalysis totals at 224×224, batch 1, eval mode, and parameters (1000-class heads)
@@ -106,7 +115,7 @@ def fvcore_flops(model: nn.Module, size: int) -> int:
 
 
 def test_every_registered_architecture_has_a_pinned_fvcore_value() -> None:
-    assert set(FVCORE_64) == {(f.source, f.arch) for f in list_families()}
+    assert set(FVCORE_PINNED) == {(f.source, f.arch) for f in list_families()}
 
 
 @pytest.mark.parametrize("depth", sorted(GOLDEN_RESNETS))
@@ -125,16 +134,17 @@ def test_resnet50_flops_at_224_are_fvcores_exactly() -> None:
     assert count(meta_model("resnet50")).flops == 4_111_512_576
 
 
-@pytest.mark.parametrize(("source", "arch"), sorted(FVCORE_64))
+@pytest.mark.parametrize(("source", "arch"), sorted(FVCORE_PINNED))
 def test_counter_matches_pinned_fvcore_values_with_and_without_residuals(
     source: str, arch: str
 ) -> None:
-    on, off = FVCORE_64[(source, arch)]
+    on, off = FVCORE_PINNED[(source, arch)]
+    size = SIZE.get((source, arch), 64)
     model = meta_model(arch, source)
-    assert count(model, (3, 64, 64)).flops == on
+    assert count(model, (3, size, size)).flops == on
     if off is not None:
         drop_residual(model)
-        assert count(model, (3, 64, 64)).flops == off
+        assert count(model, (3, size, size)).flops == off
 
 
 @pytest.mark.slow
@@ -416,3 +426,24 @@ def test_data_parallel_is_counted_as_the_model_it_wraps(tmp_path: Path) -> None:
         assert count(small, (3, 8, 8)).flops == 36 * 4 * 27 + 144 * 2
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize(
+    ("source", "arch", "stem"),
+    # patch embedding + class token + position embedding (each ViT's stem lists the parameters)
+    [
+        ("timm", "vit_tiny_patch16_224", 3 * 16 * 16 * 192 + 192 + 192 + 197 * 192),
+        ("torchvision", "vit_b_16", 3 * 16 * 16 * 768 + 768 + 768 + 197 * 768),
+    ],
+)
+def test_a_vit_stem_counts_its_class_token_and_position_embedding(
+    source: str, arch: str, stem: int
+) -> None:
+    counts = count(meta_model(arch, source))
+    assert [s.stage for s in counts.stages] == [
+        "stem",
+        *(f"block{i}" for i in range(1, 13)),
+        "head",
+    ]
+    assert counts.stages[0].params == stem
+    assert sum(s.params for s in counts.stages) == counts.params == get_family(arch, source).params

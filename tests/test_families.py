@@ -203,9 +203,11 @@ def test_stage_maps_of_resnetv2_mobilenet_v3_and_vit() -> None:
     assert [len(v) for v in large.stages.values()] == [1, 1, 2, 3, 4, 2, 3, 1]
     assert [len(v) for v in small.stages.values()] == [1, 1, 2, 3, 2, 3, 1]
     timm_vit, tv_vit = get_family("vit_tiny_patch16_224", "timm"), get_family("vit_b_16")
-    assert list(timm_vit.stages) == list(tv_vit.stages) == ["stem"] + [
-        f"block{i}" for i in range(1, 13)
-    ]
+    assert (
+        list(timm_vit.stages)
+        == list(tv_vit.stages)
+        == ["stem"] + [f"block{i}" for i in range(1, 13)]
+    )
     assert timm_vit.stages["stem"] == ("patch_embed", "cls_token", "pos_embed", "norm_pre")
     assert tv_vit.stages["stem"] == ("conv_proj", "class_token", "encoder.pos_embedding")
     assert tv_vit.stages["block12"] == ("encoder.layers.encoder_layer_11", "encoder.ln")

@@ -145,6 +145,29 @@ def test_plans_generalise_to_the_stage_count() -> None:
     assert freeze(efficientnet, "conv1-9").trainable_after == 1536 * 2 + 2
 
 
+def test_plans_on_resnetv2_mobilenet_v3_and_vit() -> None:
+    with torch.device("meta"):
+        vit = build_model("vit_b_16", num_classes=2)
+        resnetv2 = build_model("resnetv2_50", num_classes=2, source="timm")
+        mobilenet = build_model("mobilenet_v3_small", num_classes=2)
+    assert freeze_plans(vit)[-3:] == ("conv1-12", "conv1-13", "all")
+    # the stem is the patch embedding, the class token (a root parameter) and the position
+    # embedding (a parameter of the encoder)
+    total = sum(p.numel() for p in vit.parameters())
+    assert freeze(vit, "conv1").trainable_after == total - (
+        768 * 3 * 16 * 16 + 768 + 768 + 197 * 768
+    )
+    assert not vit.class_token.requires_grad and not vit.encoder.pos_embedding.requires_grad
+    assert all(p.requires_grad for p in vit.encoder.layers.encoder_layer_0.parameters())
+    assert freeze(vit, "all").trainable_after == 768 * 2 + 2
+    # ResNetV2's head is a 1x1 convolution, rebuilt for two classes
+    assert isinstance(resnetv2.head.fc, nn.Conv2d) and resnetv2.head.fc.out_channels == 2
+    assert freeze_plans(resnetv2)[-2:] == ("conv1-5", "all")
+    assert freeze(resnetv2, "all").trainable_after == 2048 * 2 + 2
+    assert freeze_plans(mobilenet)[-2:] == ("conv1-7", "all")
+    assert freeze(mobilenet, "all").trainable_after == (576 + 1) * 1024 + (1024 + 1) * 2
+
+
 def test_errors_list_the_legal_values_and_change_nothing() -> None:
     model = meta_build("resnet18")
     with pytest.raises(ConfigError) as info:
@@ -169,7 +192,9 @@ def test_a_user_stage_map() -> None:
     model.train()
     assert model[1].training is False
     assert pickle.loads(pickle.dumps(model))[1].training is False
-    with pytest.raises(ConfigError, match=r"^stage 'body': no module '9' in Sequential$"):
+    with pytest.raises(
+        ConfigError, match=r"^stage 'body': no module or parameter '9' in Sequential$"
+    ):
         freeze(model, "all", stages={"body": ["9"]})
 
 

@@ -32,6 +32,8 @@ from torchvision.models import regnet as tv_regnet
 from torchvision.models import vision_transformer as tv_vit
 
 from resablate.counting import count
+from resablate.errors import ConfigError
+from resablate.families import get_family
 from resablate.surgery import (
     drop_residual,
     residual_blocks,
@@ -307,3 +309,37 @@ def test_torch_compile_after_surgery_on_a_vit() -> None:
     model = pristine("timm-vit_tiny")
     drop_residual(model, blocks="blocks.1.mlp")
     assert_compiles_to_the_same_output(model, X)
+
+
+@pytest.mark.parametrize(
+    ("source", "arch", "stage", "blocks", "sites"),
+    [
+        ("timm", "resnetv2_50", "conv3_x", [f"stages.1.blocks.{i}" for i in range(4)], ("",)),
+        # features.4 strides and widens: no skip
+        ("torchvision", "mobilenet_v3_large", "conv4", ["features.5", "features.6"], ("",)),
+        ("torchvision", "mobilenet_v3_small", "conv5", ["features.8"], ("",)),
+        ("timm", "vit_tiny_patch16_224", "block2", ["blocks.1"], ("attn", "mlp")),
+        (
+            "torchvision",
+            "vit_b_16",
+            "BLOCK2",
+            ["encoder.layers.encoder_layer_1"],
+            CASES["torchvision-vit"].sites,
+        ),
+    ],
+)
+def test_surgery_by_stage_name_on_the_registered_families(
+    source: str, arch: str, stage: str, blocks: list[str], sites: tuple[str, ...]
+) -> None:
+    with torch.device("meta"):
+        model = get_family(arch, source).builder()
+    report = drop_residual(model, stages=stage)
+    # both residuals of a ViT block by default; each one alone by its site name
+    assert report.blocks_rewired == tuple(f"{b}.{s}" if s else b for b in blocks for s in sites)
+    assert [s.stage for s in report.stages if s.blocks_rewired] == [stage.lower()]
+    restore_residual(model)
+    if len(sites) == 2:
+        report = scale_residual(model, 0.5, blocks=f"{blocks[0]}.{sites[1]}")
+        assert report.blocks_rewired == (f"{blocks[0]}.{sites[1]}",)
+    with pytest.raises(ConfigError, match="has no residual blocks"):
+        drop_residual(model, stages=next(iter(get_family(arch, source).stages)))
