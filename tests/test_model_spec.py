@@ -29,8 +29,9 @@ def test_registered_names_resolve_to_their_family_with_or_without_a_prefix() -> 
 
 
 def test_library_models_beyond_the_registry() -> None:
-    vit = parse_model("vit_b_16")
-    assert (vit.arch, vit.source, vit.family) == ("vit_b_16", "torchvision", None)
+    vit = parse_model("vit_b_32")
+    assert (vit.arch, vit.source, vit.family) == ("vit_b_32", "torchvision", None)
+    assert parse_model("vit_b_16").family is get_family("vit_b_16")
     convnext = parse_model("timm:convnext_small")
     assert (convnext.arch, convnext.source, convnext.family) == ("convnext_small", "timm", None)
     model = convnext.build_on_meta()
