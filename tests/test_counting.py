@@ -152,7 +152,12 @@ def test_counter_matches_pinned_fvcore_values_with_and_without_residuals(
 @pytest.mark.parametrize(
     ("source", "arch"),
     # one per block type and source, plus a plain sequential model (fvcore is slow: ~1 s each)
-    [("torchvision", "resnet18"), ("timm", "resnet50"), ("torchvision", "alexnet")],
+    [
+        ("torchvision", "resnet18"),
+        ("timm", "resnet50"),
+        ("timm", "resnetv2_50"),
+        ("torchvision", "alexnet"),
+    ],
 )
 def test_counter_equals_live_fvcore(source: str, arch: str) -> None:
     model = real_model(arch, source)
