@@ -325,10 +325,10 @@ def grid(
         str,
         typer.Option(
             help="Train cells that share architecture, recipe, freeze plan and data as one packed "
-            "model: auto (K chosen for the device), off, or K. Same results up to float "
-            "re-association; cell ids do not change.",
+            "model: off (each cell alone), auto (K chosen for the device), or K. Same results up "
+            "to float re-association; cell ids do not change.",
         ),
-    ] = "auto",
+    ] = "off",
     log_gradflow: Annotated[
         bool,
         typer.Option(
