@@ -179,10 +179,10 @@ def run_grid(
             directory (e.g. ``resablate.diagnostics.gradflow.GradNormLogging``, what
             ``--log-gradflow`` passes). A run option: cell ids do not change.
         pack: ``"off"`` (the default: each cell alone), ``"auto"`` (pack the cells that can
-            share a packed model, K bounded as :mod:`resablate.grid.packs` says) or a pack size K. With step hooks or
-            a custom ``cell_runner``, ``auto`` runs every cell alone and a K > 1 is refused. A
-            run option: cell ids, the store and ``results.csv`` do not change; each result's
-            environment names its pack.
+            share a packed model, K bounded as :mod:`resablate.grid.packs` says) or a pack size
+            K. With step hooks or a custom ``cell_runner``, ``auto`` runs every cell alone and a
+            K > 1 is refused. A run option: cell ids, the store and ``results.csv`` do not
+            change; each result's environment names its pack.
 
     Returns:
         The grid's state when the run ended.
