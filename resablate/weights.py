@@ -225,6 +225,7 @@ def build_model(
         head_weight is not None
         and head_bias is not None
         and tuple(head_weight.shape) == tuple(new_head.weight.shape)
+        and new_head.bias is not None
         and tuple(head_bias.shape) == tuple(new_head.bias.shape)
     ):
         new_head.load_state_dict({"weight": head_weight, "bias": head_bias})
