@@ -51,7 +51,10 @@ def test_precision_and_resume_checks_pass_on_the_cpu(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     acceptance = _load()
-    monkeypatch.setattr(acceptance, "TINY", {"images": 64, "size": 16, "batch": 8})
+    # 24 px images, cropped to 18 px: ResNet-18's layer4 then sees 2 x 2 maps. At 16 px (12 px
+    # crops) it sees 1 x 1 maps, where oneDNN's bf16 weight gradient of the 3 x 3 stride-2
+    # convolution leaves some entries unwritten, so runs differ (docs/training.md).
+    monkeypatch.setattr(acceptance, "TINY", {"images": 64, "size": 24, "batch": 8})
     precision = acceptance.check_precisions(tmp_path, "cpu")
     assert [(c.name, c.ok) for c in precision] == [
         ("bf16 tiny run ends with a finite loss", True),
