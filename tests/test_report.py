@@ -26,7 +26,6 @@ from resablate.report.stats import (
     paired_mcnemar,
     t_interval,
 )
-from resablate_cli import console
 from resablate_cli.app import app
 
 N_TEST = 20
@@ -369,7 +368,9 @@ def test_unknown_metric_and_missing_store(tmp_path: Path) -> None:
 
 
 def test_cli_table_and_json(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(console.out, "width", 250)
+    # Through COLUMNS, not Console.width: monkeypatch would restore the width by assigning it,
+    # which pins the shared console to that width for every later test.
+    monkeypatch.setenv("COLUMNS", "250")
     result = CliRunner().invoke(app, ["report", str(store_dir), "--compare", "cifake"])
     assert result.exit_code == 0, result.output
     assert "ResNet-18" in result.output and "p < 0.001" in result.output
@@ -380,7 +381,7 @@ def test_cli_table_and_json(store_dir: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_cli_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(console.err, "width", 400)  # the line may wrap on a narrow terminal only
+    monkeypatch.setenv("COLUMNS", "400")  # the line may wrap on a narrow terminal only
     runner = CliRunner()
     result = runner.invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 2
