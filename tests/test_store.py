@@ -6,6 +6,7 @@ import csv
 import json
 import multiprocessing
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +232,22 @@ def test_eight_processes_creating_one_store_at_once_all_succeed(tmp_path: Path) 
         with ResultStore.open(path) as reader:
             assert reader.integrity_check() == "ok"
             assert reader.status_counts()["pending"] == 0
+
+
+def test_opening_waits_for_a_lock_held_while_it_switches_to_wal(tmp_path: Path) -> None:
+    # SQLite refuses a journal-mode change under another connection's write lock at once ("database
+    # is locked", no busy handler): the store must wait for the lock as for any other write.
+    path = tmp_path / "store.sqlite"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.3, holder.execute, args=("COMMIT",))
+    release.start()
+    try:
+        with ResultStore(path) as store:
+            assert store.status_counts()["pending"] == 0
+    finally:
+        release.join()
+        holder.close()
 
 
 _READ = """

@@ -20,6 +20,7 @@ import io
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
@@ -361,6 +362,25 @@ def _connect(database: str | Path, *, uri: bool = False) -> sqlite3.Connection:
     return conn
 
 
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    """Switch ``conn``'s database to WAL, waiting up to ``BUSY_TIMEOUT_MS`` for other openers.
+
+    SQLite answers a journal-mode change that meets another connection's lock with "database is
+    locked" at once, without its busy handler (seen in about 1 of 80 openings when 8 processes
+    create one store together), so the change is retried here.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            busy = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY
+            if not busy or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
 def _connect_read_only(target: Path) -> sqlite3.Connection:
     """Open ``target`` for reading only, wherever it lies.
 
@@ -446,7 +466,7 @@ class ResultStore:
             ).fetchone()
             self._check_version(version, tables)
             return
-        self._conn.execute("PRAGMA journal_mode = WAL")
+        _enable_wal(self._conn)
         # FULL: a committed cell survives a power cut, not only a killed process.
         self._conn.execute("PRAGMA synchronous = FULL")
         # Read the version inside the writing transaction: of several processes creating the
