@@ -108,7 +108,7 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
             raise WeightsError(
                 f"weights file {source} refused: it holds pickled Python objects, which could run "
                 "code when loaded; if you trust the file, load it once with "
-                "torch.load(path, weights_only=False) and save its state dict with "
+                "torch.load with weights_only=False and save its state dict with "
                 "safetensors.torch.save_file(state_dict, 'weights.safetensors'), "
                 "then pass that file"
             ) from None

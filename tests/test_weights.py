@@ -112,7 +112,7 @@ def test_pickled_object_is_refused_without_executing_it(tmp_path: Path) -> None:
     assert str(refused.value) == (
         f"weights file {tmp_path / 'evil.pth'} refused: it holds pickled Python objects, which "
         "could run code when loaded; if you trust the file, load it once with "
-        "torch.load(path, weights_only=False) and save its state dict with "
+        "torch.load with weights_only=False and save its state dict with "
         "safetensors.torch.save_file(state_dict, 'weights.safetensors'), then pass that file"
     )
 
