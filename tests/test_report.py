@@ -410,3 +410,17 @@ def test_cli_writes_html_file_without_figures(store_dir: Path, tmp_path: Path) -
     assert html.startswith("<!DOCTYPE html>") and "<img" not in html
     assert "loss became nan at step 3" in html
     assert sorted(p.name for p in target.parent.iterdir()) == ["study.html"]
+
+
+def test_compare_puts_no_published_number_beside_a_scaled_residual(tmp_path: Path) -> None:
+    scaled = Cell(
+        arch="resnet18", residual="off", residual_alpha=0.5, weights="demo", recipe="demo"
+    )
+    store = make_store(tmp_path / "grid", extra=((scaled, "pending", ""),))
+    table = build_report(store, compare="cifake").ablation
+    assert table is not None
+    off18 = table.entry("ResNet-18", "residual off · weights demo")
+    half18 = table.entry("ResNet-18", "residual ×0.5 · weights demo")
+    assert off18 is not None and off18.published is not None and off18.published.value == 0.498
+    # The paper removed the shortcuts; a cell that halves them is not the cell it reported.
+    assert half18 is not None and half18.published is None

@@ -350,7 +350,8 @@ def _entry(
 
 def _lookup(study: PublishedStudy | None, metric: str, row: CellRow) -> PublishedValue | None:
     plan = row.residual_plan
-    if study is None or not (plan.is_on or plan.every_stage):
+    # The studies kept or removed every shortcut: a partial plan or a scaled one was not reported.
+    if study is None or not (plan.is_on or (plan.every_stage and plan.alpha == 0.0)):
         return None
     return study.lookup(
         metric,
