@@ -21,6 +21,7 @@ from torch import nn
 from resablate.engine import checkpoint as ckpt
 from resablate.engine import events
 from resablate.engine.loop import StepInfo, train
+from resablate.engine.optim import build_optimizer, fused_supported
 from resablate.engine.schedule import build_scheduler, lr_factor, warmup_steps
 from resablate.engine.seeding import epoch_order, stream_generator, stream_seed
 from resablate.errors import ConfigError, DataError
@@ -409,3 +410,32 @@ def test_resume_after_sigkill_is_exact(tmp_path: Path, deterministic: None) -> N
     assert 4 <= resumed.resumed_from_step < 15
     run_tiny(tmp_path / "whole")
     _assert_same_run(tmp_path / "whole", run_dir)
+
+
+@pytest.mark.parametrize("name", ["demo", "food"])
+def test_the_optimiser_updates_each_slice_of_a_tensor_as_its_own_tensor(
+    name: str,
+) -> None:
+    recipe = get_recipe(name, lr=0.1, weight_decay=0.05)
+    torch.manual_seed(0)
+    pieces = [nn.Parameter(torch.randn(n, dtype=torch.float64)) for n in (5, 17, 33)]
+    joined = nn.Parameter(torch.cat([p.detach() for p in pieces]))
+    alone, together = build_optimizer(pieces, recipe), build_optimizer([joined], recipe)
+    fused = True if recipe.optimizer == "adamw" else None  # SGD's fused kernel fails the below
+    assert alone.defaults["fused"] is fused and together.defaults["fused"] is fused
+    for _ in range(3):
+        grads = [torch.randn(len(p), dtype=torch.float64) for p in pieces]
+        for p, g in zip(pieces, grads, strict=True):
+            p.grad = g
+        joined.grad = torch.cat(grads)
+        alone.step()
+        together.step()
+    # Bit for bit: a packed model's slices move exactly as its cells' own tensors would.
+    assert torch.equal(joined.detach(), torch.cat([p.detach() for p in pieces]))
+
+
+def test_parameters_fused_kernels_do_not_take_get_the_default_optimiser() -> None:
+    on_meta = [nn.Parameter(torch.zeros(3, device="meta"))]
+    assert not fused_supported(on_meta)
+    assert build_optimizer(on_meta, get_recipe("demo")).defaults["fused"] is None
+    assert fused_supported([nn.Parameter(torch.zeros(3))])
