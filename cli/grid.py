@@ -325,10 +325,10 @@ def grid(
         str,
         typer.Option(
             help="Train cells that share architecture, recipe, freeze plan and data as one packed "
-            "model: off (each cell alone), auto (K chosen for the device), or K. Same results up "
-            "to float re-association; cell ids do not change.",
+            "model: auto (K chosen for the device: packs on a GPU, none on a CPU), off, or K. "
+            "Same results up to float re-association; cell ids do not change.",
         ),
-    ] = "off",
+    ] = "auto",
     log_gradflow: Annotated[
         bool,
         typer.Option(

@@ -6,15 +6,15 @@ import csv
 from pathlib import Path
 
 import pytest
-import torch
 from grid_helpers import one_thread, write_tiny_dataset
 
 from resablate.engine import events
 from resablate.errors import ConfigError
+from resablate.grid import packs
 from resablate.grid.cell import Cell, pack_id
 from resablate.grid.events import CellProgress
 from resablate.grid.executors import execute_pack
-from resablate.grid.packs import PackJob, parse_pack, plan_packs
+from resablate.grid.packs import PackJob, cell_memory_bytes, parse_pack, plan_packs
 from resablate.grid.runner import GRADFLOW_PACKS, run_grid
 from resablate.grid.spec import GridSpec
 
@@ -51,18 +51,25 @@ def test_plan_packs_groups_what_can_share_a_model() -> None:
     assert groups[3] == (cells[5],)  # AlexNet has no packed form: alone
     assert all(len({c.freeze for c in g}) == 1 for g in groups)
     assert plan_packs(cells, "off", device="cpu") == [(c,) for c in cells]
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        assert [len(g) for g in plan_packs(cells, "auto", device="cpu")] == [4, 1, 1, 2]
-        torch.set_num_threads(1)  # packing does not pay on one CPU thread: auto trains cells alone
-        assert plan_packs(cells, "auto", device="cpu") == [(c,) for c in cells]
-    finally:
-        torch.set_num_threads(threads)
     assert pack_id(groups[0]) == pack_id(groups[0][::-1])
     assert parse_pack("1") == "off" and parse_pack(" AUTO ") == "auto" and parse_pack(8) == 8
     with pytest.raises(ConfigError, match="pack 'two' is not valid; use auto, off or a number"):
         parse_pack("two")
+
+
+def test_auto_packs_on_a_gpu_within_half_its_free_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    cells = [*_cells(20), Cell("alexnet", recipe="demo")]
+    # Packing does not pay on a CPU (docs/performance.md): auto trains every cell alone there.
+    assert plan_packs(cells, "auto", device="cpu") == [(c,) for c in cells]
+    one_cell = cell_memory_bytes(cells[0])
+    # 16 bytes per parameter of the family's model (1,000-class head) + activations of a batch of 64
+    assert one_cell == 16 * 11_689_512 + 4 * 200 * 3 * 32**2 * 64
+    monkeypatch.setattr(packs, "free_memory_bytes", lambda device: 64 * one_cell)
+    assert [len(g) for g in plan_packs(cells, "auto", device="cuda:0")] == [16, 4, 1]
+    monkeypatch.setattr(packs, "free_memory_bytes", lambda device: 6 * one_cell + 1)
+    assert [len(g) for g in plan_packs(cells, "auto", device="cuda")] == [3] * 6 + [2, 1]
+    monkeypatch.setattr(packs, "free_memory_bytes", lambda device: one_cell)
+    assert plan_packs(cells, "auto", device="cuda") == [(c,) for c in cells]
 
 
 def _stop_in_pack(spec: GridSpec):

@@ -7,10 +7,10 @@ differ. A pack is identified by the sorted ids of its cells, so a rerun that gro
 unfinished cells finds its checkpoints in ``OUT/packs/<pack id>``, and one that groups them
 differently (another ``--pack``) starts those packs over.
 
-``auto`` packs up to :data:`AUTO_PACK_CPU` cells on a CPU that torch runs with two or more
-threads, none with one thread (measured: ``benchmarks/packing.py``, ``docs/performance.md``), and
-:data:`AUTO_PACK_CUDA` on a GPU; fewer when the estimated training memory of K cells
-(:func:`cell_memory_bytes`) would exceed half of the device's free memory.
+``auto`` packs where packing pays: up to :data:`AUTO_PACK_CUDA` cells on a GPU, fewer when the
+estimated training memory of K cells (:func:`cell_memory_bytes`) would exceed half of the device's
+free memory; none on a CPU (:data:`AUTO_PACK_CPU`), where a packed model measured slower than its
+cells one at a time (``benchmarks/packing.py``, ``docs/performance.md``).
 """
 
 from __future__ import annotations
@@ -24,14 +24,15 @@ from resablate.errors import ConfigError
 from resablate.grid.cell import Cell, pack_key
 
 PACKS_FOLDER = "packs"
-AUTO_PACK_CPU = 4
-"""K of ``--pack auto`` on a CPU with two or more torch threads: ResNet-18 at 32×32, batch 64, 2
-threads gained 1.55x at K = 4 in ``benchmarks/packing.py`` (loaded 2-core CPU); with one thread
-packing lost at every K (grouped convolutions are slower per FLOP there), so ``auto`` does not
-pack then."""
+AUTO_PACK_CPU = 1
+"""K of ``--pack auto`` on a CPU: 1, every cell alone. On the 2-core development CPU (quiet, 2 torch
+threads) a packed ResNet-18 at 32×32 trained 0.87x, 0.94x and 0.59x as fast per cell as its cells
+one at a time at K = 2, 4, 8, and the packed demo grid took 124 s against 108 s: a CPU step is
+bound by per-model work (weights, gradients, optimiser state) that packing does not share, and
+oneDNN's grouped convolutions are no faster per group than plain ones."""
 AUTO_PACK_CUDA = 16
-"""K of ``--pack auto`` on a GPU (HFTA's regime: small models leave a GPU mostly idle); not
-measured by this project yet."""
+"""K of ``--pack auto`` on a GPU (HFTA's regime: one small model leaves a GPU mostly idle, and K of
+them fill it); not measured by this project yet (no GPU has been lent to it)."""
 # Floats of activations kept for the backward pass per input value (pixel x channel) of a ResNet:
 # a deliberately generous estimate for the memory bound of ``auto``, not a measurement.
 _ACTIVATION_FLOATS_PER_INPUT = 200
@@ -110,12 +111,9 @@ def free_memory_bytes(device: str) -> int:
 
 def auto_pack_size(cell: Cell, device: str) -> int:
     """K of ``--pack auto`` for cells like ``cell`` on ``device`` (see the module docstring)."""
-    import torch
-
-    if device.startswith("cuda"):
-        rule = AUTO_PACK_CUDA
-    else:
-        rule = AUTO_PACK_CPU if torch.get_num_threads() > 1 else 1
+    rule = AUTO_PACK_CUDA if device.startswith("cuda") else AUTO_PACK_CPU
+    if rule == 1:
+        return 1
     fits = free_memory_bytes(device) // (2 * cell_memory_bytes(cell))
     return max(1, min(rule, int(fits)))
 

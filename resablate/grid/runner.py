@@ -159,7 +159,7 @@ def run_grid(
     workers: int | None = None,
     ray_address: str | None = None,
     step_hooks: Sequence[StepHookFactory] = (),
-    pack: str | int = "off",
+    pack: str | int = "auto",
 ) -> GridSummary:
     """Run a grid in ``out_dir``, resuming whatever an earlier run left unfinished.
 
@@ -178,11 +178,11 @@ def run_grid(
         step_hooks: Per-run engine step hooks, each built in the worker from the cell's run
             directory (e.g. ``resablate.diagnostics.gradflow.GradNormLogging``, what
             ``--log-gradflow`` passes). A run option: cell ids do not change.
-        pack: ``"off"`` (the default: each cell alone), ``"auto"`` (pack the cells that can
-            share a packed model, K bounded as :mod:`resablate.grid.packs` says) or a pack size
-            K. With step hooks or a custom ``cell_runner``, ``auto`` runs every cell alone and a
-            K > 1 is refused. A run option: cell ids, the store and ``results.csv`` do not
-            change; each result's environment names its pack.
+        pack: ``"auto"`` (pack the cells that can share a packed model where packing pays, K
+            bounded as :mod:`resablate.grid.packs` says: on a GPU, not on a CPU), ``"off"`` or a
+            pack size K. With step hooks or a custom ``cell_runner``, ``auto`` runs every cell
+            alone and a K > 1 is refused. A run option: cell ids, the store and ``results.csv``
+            do not change; each result's environment names its pack.
 
     Returns:
         The grid's state when the run ended.
