@@ -26,10 +26,11 @@ from resablate.grid.cell import Cell, pack_key
 PACKS_FOLDER = "packs"
 AUTO_PACK_CPU = 1
 """K of ``--pack auto`` on a CPU: 1, every cell alone. On the 2-core development CPU (quiet, 2 torch
-threads) a packed ResNet-18 at 32×32 trained 0.87x, 0.94x and 0.59x as fast per cell as its cells
-one at a time at K = 2, 4, 8, and the packed demo grid took 124 s against 108 s: a CPU step is
-bound by per-model work (weights, gradients, optimiser state) that packing does not share, and
-oneDNN's grouped convolutions are no faster per group than plain ones."""
+threads, the engine's fused AdamW) a packed ResNet-18 at 32×32 trained 1.04x, 0.97x and 0.61x as
+fast per cell as its cells one at a time at K = 2, 4, 8, and the demo grid packed by 4 took 108 s
+against 93 s alone: a CPU step is bound by per-model work (weights, gradients, optimiser state)
+that packing does not share, and oneDNN's grouped convolutions are no faster per group than plain
+ones (much slower at the stem and on 1×1 feature maps)."""
 AUTO_PACK_CUDA = 16
 """K of ``--pack auto`` on a GPU (HFTA's regime: one small model leaves a GPU mostly idle, and K of
 them fill it); not measured by this project yet (no GPU has been lent to it)."""
