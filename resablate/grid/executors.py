@@ -249,8 +249,10 @@ class LocalExecutor:
         workers: Worker processes; ``None`` = one per visible GPU when there are several, else
             run in this process. With ``workers > 1`` and ``device`` ``None`` or ``"cuda"``,
             worker ``i`` gets ``cuda:(i mod GPUs)`` (or the CPU when there is none) and makes it
-            its current device; a ``cuda:N`` puts every worker on that GPU. Workers are spawned
-            processes: a script that runs a grid must do so under
+            its current device; a ``cuda:N`` puts every worker on that GPU. Each worker gets
+            this process's torch CPU threads divided among the workers (at least one), so that
+            workers on a CPU share its cores instead of each taking all of them. Workers are
+            spawned processes: a script that runs a grid must do so under
             ``if __name__ == "__main__":``.
 
     Raises:
@@ -281,6 +283,7 @@ class LocalExecutor:
         self.worker_devices = tuple(
             f"cuda:{i % gpus}" if spread else (device or "cpu") for i in range(workers)
         )
+        self.worker_threads = max(1, torch.get_num_threads() // workers)
 
     def prepare(self, out_dir: str | os.PathLike[str]) -> tuple[str, ...]:
         """Nothing to set up on this machine: no notes."""
@@ -310,7 +313,7 @@ class LocalExecutor:
         processes = []
         for index, device in enumerate(self.worker_devices[: len(jobs)]):
             tasks.put(None)  # one stop marker per worker
-            args = (index, self.cell_runner, device, tasks, messages)
+            args = (index, self.cell_runner, device, self.worker_threads, tasks, messages)
             process = context.Process(target=_worker_main, args=args, daemon=True)
             process.start()
             processes.append(process)
@@ -359,12 +362,14 @@ class LocalExecutor:
 
 
 def _worker_main(
-    index: int, cell_runner: CellRunner, device: str, tasks: Any, messages: Any
+    index: int, cell_runner: CellRunner, device: str, threads: int, tasks: Any, messages: Any
 ) -> None:
-    """A per-GPU worker: make ``device`` current, run queued cells on it until the stop marker."""
-    if device.startswith("cuda"):
-        import torch
+    """A local worker: use ``threads`` CPU threads, make ``device`` current, run queued cells on
+    it until the stop marker."""
+    import torch
 
+    torch.set_num_threads(threads)
+    if device.startswith("cuda"):
         torch.cuda.set_device(device)
     while (task := tasks.get()) is not None:
         number, job = task
