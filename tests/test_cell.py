@@ -47,6 +47,7 @@ def test_run_cell_writes_the_run_directory(tmp_path: Path) -> None:
     assert saved["environment"]["torch"] == torch.__version__
     assert saved["environment"]["weights_sha256"] is None
     assert len(saved["environment"]["dataset_fingerprint"]) == 64
+    assert saved["environment"]["cpu_threads"] == torch.get_num_threads()  # rounding depends on it
     # What ran, as the grid's store and the report's model table read it.
     assert saved["environment"]["execution"] == CPU_EXECUTION
     # ResNet-18 with a 2-class head: 11,177,538 parameters; fvcore FLOPs at the recipe's 32×32.

@@ -53,6 +53,8 @@ class Environment:
             deterministic); ``None`` until the run has trained.
         pack: For a cell trained in a pack (``resablate.packing``): ``{"id": pack id, "size": K,
             "group": its group}``; ``None`` for a cell trained alone.
+        cpu_threads: torch's intra-op CPU threads (``torch.get_num_threads()``): the CPU kernels
+            add in an order that depends on it, so a short run's figures do too.
     """
 
     torch: str
@@ -66,6 +68,7 @@ class Environment:
     weights_sha256: str | None
     execution: dict[str, Any] | None = None
     pack: dict[str, Any] | None = None
+    cpu_threads: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready plain types."""
@@ -90,6 +93,7 @@ def capture_environment(
         deterministic=torch.are_deterministic_algorithms_enabled(),
         dataset_fingerprint=dataset_fingerprint,
         weights_sha256=weights_sha256,
+        cpu_threads=torch.get_num_threads(),
     )
 
 
