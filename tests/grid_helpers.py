@@ -1,9 +1,12 @@
-"""Helpers of the grid tests: tiny generated data, offline ImageNet stand-ins, one CPU thread."""
+"""Helpers of the grid tests: tiny generated data, offline ImageNet stand-ins, one CPU thread,
+private namespaces for Ray."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +26,20 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+# Private network, PID and proc namespaces: Ray 2.x binds its ports on every interface (it rewrites
+# 127.0.0.1 to the host's address), so a test that starts Ray runs it here, where the only
+# interface is loopback and every process ends with the namespace's first one.
+RAY_NAMESPACES = ("unshare", "-rn", "--pid", "--fork", "--mount-proc")
+
+
+def ray_isolation_reason() -> str | None:
+    """Why Ray cannot be isolated in :data:`RAY_NAMESPACES` here, or None when it can."""
+    if shutil.which("unshare") is None:
+        return "unshare(1) is missing"
+    done = subprocess.run([*RAY_NAMESPACES, "true"], capture_output=True, text=True)
+    return None if done.returncode == 0 else f"unshare failed: {done.stderr.strip()}"
 
 
 def write_tiny_dataset(root: Path, per_class: int = 8, size: int = 16) -> Path:

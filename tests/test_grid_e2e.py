@@ -22,7 +22,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from grid_helpers import imagenet_standins, one_thread, write_tiny_dataset
+from grid_helpers import (
+    RAY_NAMESPACES,
+    imagenet_standins,
+    one_thread,
+    ray_isolation_reason,
+    write_tiny_dataset,
+)
 from typer.testing import CliRunner
 
 from resablate.grid.runner import run_grid
@@ -254,11 +260,33 @@ def test_ray_executor_gives_the_same_cells_as_local(
     data: Path, tmp_path: Path, reference: Reference
 ) -> None:
     pytest.importorskip("ray")
-    spec = GridSpec(depths=(18,), weights=("none",), data=str(data), recipe="demo", overrides=TINY)
-    on_ray = run_grid(spec, tmp_path / "ray", executor="ray", workers=2, pack="off")
+    reason = ray_isolation_reason()
+    if reason is not None:
+        pytest.skip(f"cannot keep a local Ray on loopback: {reason}")
+    script = f"""
+import json, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from ray_scenario import loopback_up
+from resablate.grid.runner import run_grid
+loopback_up()
+from resablate.grid.spec import GridSpec
+spec = GridSpec(
+    depths=(18,), weights=("none",), data={str(data)!r}, recipe="demo", overrides={TINY!r}
+)
+summary = run_grid(spec, {str(tmp_path / "ray")!r}, executor="ray", workers=2, pack="off")
+print(json.dumps([(r.cell_id, r.status, r.accuracy, r.f1, r.loss) for r in summary.cells]))
+"""
+    done = subprocess.run(
+        [*RAY_NAMESPACES, sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    on_ray = json.loads(done.stdout.splitlines()[-1])
     local = {r.cell_id: r for r in reference.summary.cells}  # the same cells, run locally
-    assert [r.status for r in on_ray.cells] == ["done", "done"]
-    assert [(r.accuracy, r.f1, r.loss) for r in on_ray.cells] == [
-        (local[r.cell_id].accuracy, local[r.cell_id].f1, local[r.cell_id].loss)
-        for r in on_ray.cells
+    assert [status for _, status, *_ in on_ray] == ["done", "done"]
+    assert [tuple(metrics) for _, _, *metrics in on_ray] == [
+        (local[cell_id].accuracy, local[cell_id].f1, local[cell_id].loss) for cell_id, *_ in on_ray
     ]

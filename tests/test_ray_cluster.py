@@ -9,27 +9,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from grid_helpers import one_thread, write_tiny_dataset
+from grid_helpers import RAY_NAMESPACES, one_thread, ray_isolation_reason, write_tiny_dataset
 
 from resablate.grid.runner import run_grid
 from resablate.grid.spec import GridSpec
 from resablate.grid.store import ResultStore
-
-_NAMESPACES = ["unshare", "-rn", "--pid", "--fork", "--mount-proc"]
-
-
-def _isolation_reason() -> str | None:
-    """Why the cluster cannot be isolated here, or None when it can."""
-    if shutil.which("unshare") is None:
-        return "unshare(1) is missing"
-    done = subprocess.run([*_NAMESPACES, "true"], capture_output=True, text=True)
-    return None if done.returncode == 0 else f"unshare failed: {done.stderr.strip()}"
 
 
 @pytest.mark.slow
@@ -37,7 +26,7 @@ def test_a_lost_worker_node_resumes_the_cell_and_a_private_folder_is_refused(
     tmp_path: Path,
 ) -> None:
     pytest.importorskip("ray", reason="ray is not installed (pip install 'resablate[ray]')")
-    reason = _isolation_reason()
+    reason = ray_isolation_reason()
     if reason is not None:
         # Ray 2.x binds its ports on every interface; without a private network namespace the
         # test would expose them, so it does not run.
@@ -47,7 +36,7 @@ def test_a_lost_worker_node_resumes_the_cell_and_a_private_folder_is_refused(
     work.mkdir()
     script = Path(__file__).with_name("ray_scenario.py")
     done = subprocess.run(
-        [*_NAMESPACES, sys.executable, str(script), str(work), str(data)],
+        [*RAY_NAMESPACES, sys.executable, str(script), str(work), str(data)],
         capture_output=True,
         text=True,
         timeout=600,
