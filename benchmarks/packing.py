@@ -37,6 +37,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 import torchvision
+from data_pipeline import device_name
 
 from resablate.packing import fuse, pack_inputs, split_outputs
 
@@ -157,13 +158,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     device = torch.device(args.device)
-    name = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"cpu ({torch.get_num_threads()} torch threads)"
-    )
     print(
-        f"device: {name}, torch {torch.__version__}; "
+        f"device: {device_name(device)}, torch {torch.__version__}; "
         f"32x32, batch {args.batch} per cell, {'default' if args.unfused else 'fused'} AdamW, "
         f"fp32; medians of {args.steps} alternating plain/packed rounds after one warm-up",
         flush=True,
