@@ -260,8 +260,9 @@ class _Prepared:
     environment: Environment
 
 
-def _load_data(cell: Cell) -> tuple[Recipe, DatasetScan, dict[str, Any]]:
-    """The cell's effective recipe, dataset scan and decoded splits (train, val, test)."""
+def _load_data(cell: Cell) -> tuple[Recipe, DatasetScan, Any, dict[str, Any]]:
+    """The cell's effective recipe, dataset scan, decoded training split and evaluation splits
+    (val if any, test)."""
     from resablate.data import decode_split, scan
     from resablate.recipes import get_recipe
 
@@ -272,7 +273,8 @@ def _load_data(cell: Cell) -> tuple[Recipe, DatasetScan, dict[str, Any]]:
         for name in ("train", "val", "test")
         if name in dataset.splits
     }
-    return recipe, dataset, splits
+    train = splits.pop("train")
+    return recipe, dataset, train, splits
 
 
 def _prepare(
@@ -392,15 +394,15 @@ def run_cell(
 
     output_dir(run_dir)
     target = resolve_device(device)
-    recipe, dataset, splits = _load_data(cell)
+    recipe, dataset, train_split, evals = _load_data(cell)
     run_dir = Path(run_dir)
     ready = _prepare(cell, recipe, dataset, run_dir, target)
     if callback is not None:
         callback(ready.prepared)
     trained = train(
         ready.model,
-        splits["train"],
-        {name: data for name, data in splits.items() if name != "train"},
+        train_split,
+        evals,
         recipe,
         run_dir=run_dir,
         seed=cell.seed,
@@ -473,16 +475,15 @@ def run_pack(
         )
     dirs = [Path(output_dir(d)) for d in run_dirs]
     target = resolve_device(device)
-    recipe, dataset, splits = _load_data(cells[0])
-    outcomes: list[CellResult | Exception | None] = []
+    recipe, dataset, train_split, evals = _load_data(cells[0])
+    outcomes: dict[int, CellResult | Exception] = {}
     ready: list[tuple[int, _Prepared, Path]] = []
     for i, (cell, run_dir) in enumerate(zip(cells, dirs, strict=True)):
         try:
             one = _prepare(cell, recipe, dataset, run_dir, target)
         except Exception as exc:
-            outcomes.append(exc)
+            outcomes[i] = exc
             continue
-        outcomes.append(None)
         ready.append((i, one, run_dir))
         if callback is not None:
             callback(one.prepared)
@@ -491,8 +492,8 @@ def run_pack(
         name = pack_id(members)
         trained = train_pack(
             fuse([one.model for _, one, _ in ready]),
-            splits["train"],
-            {split: data for split, data in splits.items() if split != "train"},
+            train_split,
+            evals,
             recipe,
             pack_dir=Path(packs_dir) / name,
             run_dirs=[run_dir for _, _, run_dir in ready],
@@ -504,4 +505,4 @@ def run_pack(
         for g, ((i, one, run_dir), result) in enumerate(zip(ready, trained, strict=True)):
             pack = {"id": name, "size": len(ready), "group": g}
             outcomes[i] = _finish(one, result, run_dir, pack)
-    return [outcome for outcome in outcomes if outcome is not None]
+    return [outcomes[i] for i in range(len(cells))]
