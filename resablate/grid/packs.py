@@ -95,28 +95,18 @@ def cell_memory_bytes(cell: Cell) -> int:
 
 
 def free_memory_bytes(device: str) -> int:
-    """Free memory of ``device`` in bytes (CUDA: ``mem_get_info``; CPU: available RAM)."""
+    """Free memory of the CUDA device ``device`` in bytes (``torch.cuda.mem_get_info``)."""
     import torch
 
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return int(torch.cuda.mem_get_info(torch.device(device))[0])
-    try:
-        with open("/proc/meminfo") as info:
-            for line in info:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    return int(torch.cuda.mem_get_info(torch.device(device))[0])
 
 
 def auto_pack_size(cell: Cell, device: str) -> int:
     """K of ``--pack auto`` for cells like ``cell`` on ``device`` (see the module docstring)."""
-    rule = AUTO_PACK_CUDA if device.startswith("cuda") else AUTO_PACK_CPU
-    if rule == 1:
-        return 1
+    if not device.startswith("cuda"):
+        return AUTO_PACK_CPU
     fits = free_memory_bytes(device) // (2 * cell_memory_bytes(cell))
-    return max(1, min(rule, int(fits)))
+    return max(1, min(AUTO_PACK_CUDA, int(fits)))
 
 
 def plan_packs(cells: Sequence[Cell], pack: str | int, *, device: str) -> list[tuple[Cell, ...]]:
