@@ -81,16 +81,14 @@ def packable(cell: Cell) -> bool:
 
 def cell_memory_bytes(cell: Cell) -> int:
     """Estimated training memory of one cell in bytes (fp32): weights, gradients and two
-    optimiser moments (16 bytes per parameter) plus the activations of one micro-batch."""
-    import torch
-
+    optimiser moments (16 bytes per parameter of the family's model with its 1000-class head)
+    plus the activations of one micro-batch."""
     from resablate.families import get_family
     from resablate.recipes import get_recipe
 
     recipe = get_recipe(cell.recipe, **dict(cell.overrides))
-    with torch.device("meta"):
-        params = sum(p.numel() for p in get_family(cell.arch, cell.source).builder().parameters())
     pixels = 3 * recipe.image_size**2 * recipe.batch_size
+    params = get_family(cell.arch, cell.source).params
     return 16 * params + 4 * _ACTIVATION_FLOATS_PER_INPUT * pixels
 
 
