@@ -10,8 +10,8 @@ and trains them as one model on K batches (the loss is the sum of the groups' me
 ``batch / seconds per step of all K cells``.
 
 Plain and packed steps alternate (one warm-up each, then ``--steps`` timed rounds) so that both see
-the same load on a shared machine; the figures are medians. Each row also gives the share of the
-plain step spent in ``optimizer.step()`` (work per model that packing cannot share).
+the same load on a shared machine; the figures are medians. Each row also gives the time of a
+plain step, and of it ``optimizer.step()`` (work per model that packing cannot share), in ms.
 
 ``--device cuda`` runs it on a GPU (synchronising before each clock reading). ``--layers`` (CPU)
 explains the ratios: for every convolution of the architecture (grouped by shape), the forward and
@@ -179,12 +179,13 @@ def main() -> None:
             plain(), packed()
             rounds = [(plain(), packed()) for _ in range(args.steps)]
             alone = statistics.median(t for (t, _), _ in rounds)
-            update = statistics.median(u / t for (t, u), _ in rounds)
+            update = statistics.median(u for (_, u), _ in rounds)
             together = statistics.median(t for _, (t, _) in rounds)
             print(
                 f"{arch} K={k}: one at a time {args.batch / (k * alone):.1f} images/s per cell, "
                 f"packed {args.batch / together:.1f} images/s per cell: "
-                f"{k * alone / together:.2f}x (optimiser step: {update:.0%} of a plain step)",
+                f"{k * alone / together:.2f}x (plain step {1000 * alone:.0f} ms, of which the "
+                f"optimiser {1000 * update:.0f} ms)",
                 flush=True,
             )
 

@@ -18,6 +18,8 @@ BENCHMARKS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("count_speed.py", ("--repeats", "2")),
     ("data_pipeline.py", ("--repeats", "1")),
     ("train_throughput.py", ("--quick",)),
+    ("packing.py", ("--archs", "resnet18", "--ks", "1", "4", "--steps", "1")),
+    ("cpu_workers.py", ("--steps", "5")),
 )
 
 

@@ -29,7 +29,7 @@ def build_optimizer(params: list[torch.nn.Parameter], recipe: Recipe) -> torch.o
     (:func:`fused_supported`): the update rule of the default one up to float rounding, computed
     element by element alike wherever the element sits in its tensor (so a packed model's slices
     move bit for bit as its cells' own tensors would). On the 2-core development CPU it cut
-    ResNet-18's AdamW step at 32×32 from 44 ms to 7 ms (``docs/performance.md``). SGD stays
+    ResNet-18's AdamW step at 32×32 from 40 ms to 7 ms (``benchmarks/packing.py``). SGD stays
     torch's default: its fused kernel rounds an element differently depending on where it sits,
     which would break that equality.
     """
