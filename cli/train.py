@@ -57,7 +57,7 @@ class ProgressRenderer:
 
     def __call__(self, event: object) -> None:
         from resablate.engine import Evaluated, StepProgress, TrainFinished, TrainStarted
-        from resablate.grid.cell import CellPrepared
+        from resablate.grid.job import CellPrepared
 
         if isinstance(event, CellPrepared):
             if self.summary:
@@ -263,7 +263,8 @@ def train(
 
     Example: [bold]resablate train --arch resnet18 --data demo --recipe demo[/]
     """
-    from resablate.grid.cell import Cell, run_cell
+    from resablate.grid.cell import Cell
+    from resablate.grid.job import run_cell
 
     overrides = {
         "epochs": epochs,

@@ -11,7 +11,8 @@ from test_engine_devices import CPU_EXECUTION
 
 import resablate.demo_weights as demo_weights
 from resablate.errors import WeightsError
-from resablate.grid.cell import Cell, CellPrepared, run_cell
+from resablate.grid.cell import Cell
+from resablate.grid.job import CellPrepared, run_cell
 from resablate.weights import build_model, save_state_dict_file, weights_sha256
 
 # A handful of steps at 32×32: enough to exercise every stage of a cell, fast on two cores.

@@ -11,9 +11,10 @@ from grid_helpers import one_thread, write_tiny_dataset
 from resablate.engine import events
 from resablate.errors import ConfigError
 from resablate.grid import packs
-from resablate.grid.cell import Cell, pack_id
+from resablate.grid.cell import Cell
 from resablate.grid.events import CellProgress
 from resablate.grid.executors import execute_pack
+from resablate.grid.job import pack_id
 from resablate.grid.packs import PackJob, cell_memory_bytes, parse_pack, plan_packs
 from resablate.grid.runner import GRADFLOW_PACKS, run_grid
 from resablate.grid.spec import GridSpec

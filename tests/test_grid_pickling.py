@@ -14,8 +14,8 @@ from typing import Any
 from grid_helpers import one_thread, write_tiny_dataset
 
 from resablate.data.layouts import scan
-from resablate.grid.cell import CellPrepared, run_cell
 from resablate.grid.executors import CellJob, execute_cell, execute_pack
+from resablate.grid.job import CellPrepared, run_cell
 from resablate.grid.packs import PackJob
 from resablate.grid.spec import GridSpec
 

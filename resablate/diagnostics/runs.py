@@ -17,7 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from resablate.errors import ConfigError, DataError
-from resablate.grid.cell import Cell, dataset_root
+from resablate.grid.cell import Cell
+from resablate.grid.job import dataset_root
 from resablate.recipes import Recipe, get_recipe
 from resablate.run_dir import RunDir
 

@@ -137,7 +137,7 @@ def execute_pack(
     device: str | None = None,
     on_event: Callable[[str, Any], None] | None = None,
 ) -> list[CellOutcome]:
-    """Train a pack (:func:`resablate.grid.cell.run_pack`) and classify each cell's outcome.
+    """Train a pack (:func:`resablate.grid.job.run_pack`) and classify each cell's outcome.
 
     Failure isolation as :func:`execute_cell`, per cell: a cell whose weights do not fit or
     cannot be had is ``failed`` or ``skipped`` alone (the others pack without it), a cell that
@@ -147,7 +147,7 @@ def execute_pack(
     engine events to every cell of the pack.
     """
     from resablate.engine.events import Evaluated
-    from resablate.grid.cell import CellPrepared, run_pack
+    from resablate.grid.job import CellPrepared, run_pack
 
     device = device or default_device()
     ids = [cell.cell_id for cell in job.cells]
@@ -393,7 +393,7 @@ _SHARED_MARKER = ".resablate-shared-"
 
 def _execute_on(job: Job, cell_runner: CellRunner, device: str, relay: Any) -> list[CellOutcome]:
     """:func:`execute_job` as a Ray task: progress events go to the driver through ``relay``."""
-    from resablate.grid.cell import CellPrepared
+    from resablate.grid.job import CellPrepared
 
     def forward(cell_id: str, event: Any) -> None:
         if not isinstance(event, CellPrepared):  # the dataset scan is large; the display needs

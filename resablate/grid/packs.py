@@ -1,6 +1,6 @@
 """Which cells of a grid train together as packs (``--pack auto|off|N``).
 
-Cells pack when they share :func:`resablate.grid.cell.pack_key` (architecture, model source,
+Cells pack when they share :func:`resablate.grid.job.pack_key` (architecture, model source,
 recipe with every override, freeze plan, BatchNorm policy, data) and their architecture packs
 (torchvision ResNets: :mod:`resablate.packing`). Residual plans, initial weights and seeds may
 differ. A pack is identified by the sorted ids of its cells, so a rerun that groups the same
@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resablate.errors import ConfigError
-from resablate.grid.cell import Cell, pack_key
+from resablate.grid.cell import Cell
+from resablate.grid.job import pack_key
 
 PACKS_FOLDER = "packs"
 AUTO_PACK_CPU = 1

@@ -14,7 +14,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from resablate.grid.cell import Cell, apply_ablation, dataset_root
+from resablate.grid.cell import Cell
+from resablate.grid.job import apply_ablation, dataset_root
 from resablate.grid.runner import open_grid
 from resablate.grid.spec import GridSpec
 from resablate.recipes import Recipe, get_recipe

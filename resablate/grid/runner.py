@@ -171,7 +171,7 @@ def run_grid(
         retry_failed: Run ``failed`` cells again.
         metric: The metric of the summary's table.
         callback: Receives :data:`GridEvent` values (the CLI draws from them).
-        cell_runner: Runs one cell; ``resablate.grid.cell.run_cell`` by default.
+        cell_runner: Runs one cell; ``resablate.grid.job.run_cell`` by default.
         device: Device for the local executor (``None`` = CUDA when visible, else CPU).
         workers: Local worker processes (default: one per visible GPU) or local Ray CPUs.
         ray_address: A Ray cluster to join (executor ``ray``).
@@ -199,7 +199,7 @@ def run_grid(
             raise ConfigError(GRADFLOW_PACKS if step_hooks else CUSTOM_RUNNER_PACKS, field="pack")
         mode = "off"
     if cell_runner is None:
-        from resablate.grid.cell import run_cell
+        from resablate.grid.job import run_cell
 
         cell_runner = run_cell
     runner = make_executor(
