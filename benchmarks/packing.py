@@ -5,7 +5,7 @@ fused AdamW the engine uses, on both sides; ``--unfused`` for torch's default): 
 trains each of the K cells alone, one after another (a plain torchvision model:
 forward, backward, AdamW step); the packed run fuses K such models (``resablate.packing.fuse``)
 and trains them as one model on K batches (the loss is the sum of the groups' mean losses, as
-``resablate.engine.packed`` trains). Both advance K cells by one step: the ratio is
+``resablate.engine.loop.train_groups`` trains). Both advance K cells by one step: the ratio is
 ``K * seconds of one plain step / seconds of one packed step``, and images/s per cell is
 ``batch / seconds per step of all K cells``.
 

@@ -27,8 +27,12 @@ def _cell(**kw) -> Cell:
 def test_run_cell_writes_the_run_directory(tmp_path: Path) -> None:
     events: list[object] = []
     steps: list[int] = []
-    hooks = [lambda info: steps.append(info.step)]
-    result = run_cell(_cell(), tmp_path, callback=events.append, on_step=hooks)
+
+    def hook_for(run_dir: str) -> object:
+        assert run_dir == str(tmp_path)
+        return lambda info: steps.append(info.step)
+
+    result = run_cell(_cell(), tmp_path, callback=events.append, step_hooks=[hook_for])
     assert result.status == "done" and result.steps == 2 and result.total_steps == 2
     assert steps == [1, 2]  # the per-step hooks reached the engine
     assert sorted(p.name for p in tmp_path.iterdir()) == [

@@ -13,9 +13,9 @@ from resablate.errors import ConfigError
 from resablate.grid import packs
 from resablate.grid.cell import Cell
 from resablate.grid.events import CellProgress
-from resablate.grid.executors import execute_pack
-from resablate.grid.job import pack_id
-from resablate.grid.packs import PackJob, cell_memory_bytes, parse_pack, plan_packs
+from resablate.grid.executors import execute_job
+from resablate.grid.job import Job, pack_id, run_job
+from resablate.grid.packs import cell_memory_bytes, parse_pack, plan_packs
 from resablate.grid.runner import GRADFLOW_PACKS, run_grid
 from resablate.grid.spec import GridSpec
 
@@ -164,8 +164,8 @@ def test_gradient_logging_runs_cells_alone_or_refuses_a_pack_size(
 
 def test_a_failing_pack_fails_each_of_its_cells(tmp_path: Path) -> None:
     cells = tuple(_cells(2, data=str(tmp_path / "missing")))
-    job = PackJob(cells, tuple(str(tmp_path / c.cell_id) for c in cells), str(tmp_path / "packs"))
-    outcomes = execute_pack(job, device="cpu")
+    job = Job(cells, tuple(str(tmp_path / c.cell_id) for c in cells), str(tmp_path / "packs"))
+    outcomes = execute_job(job, run_job, device="cpu")
     assert [o.cell_id for o in outcomes] == [c.cell_id for c in cells]
     assert {o.status for o in outcomes} == {"failed"}
     assert len({o.reason for o in outcomes}) == 1

@@ -2,7 +2,7 @@
 
 A finished run directory (``docs/architecture.md``, "Run directory") holds ``cell.json`` (the
 cell's config) and ``model.safetensors`` (its final weights). :func:`load_run` rebuilds the
-trained model with its residual plan (:meth:`resablate.run_dir.RunDir.rebuild_model`).
+trained model with its residual plan (:func:`resablate.trained.rebuild_model`).
 :func:`eval_images` turns a dataset split into the normalised float tensor the model was
 evaluated on (the recipe's eval transform).
 """
@@ -21,6 +21,7 @@ from resablate.grid.cell import Cell
 from resablate.grid.job import dataset_root
 from resablate.recipes import Recipe, get_recipe
 from resablate.run_dir import RunDir
+from resablate.trained import rebuild_model
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> LoadedRun:
         cell = Cell.from_dict(config)
     except TypeError as exc:
         raise ConfigError(f"{run.cell_file} is not a valid cell: {exc}") from None
-    model = run.rebuild_model()
+    model = rebuild_model(run)
     result = run.read_result() or {}
     fingerprint = (result.get("environment") or {}).get("dataset_fingerprint")
     return LoadedRun(

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from resablate.errors import ConfigError
@@ -38,22 +37,6 @@ them fill it); not measured by this project yet (no GPU has been lent to it)."""
 # Floats of activations kept for the backward pass per input value (pixel x channel) of a ResNet:
 # a deliberately generous estimate for the memory bound of ``auto``, not a measurement.
 _ACTIVATION_FLOATS_PER_INPUT = 200
-
-
-@dataclass(frozen=True)
-class PackJob:
-    """Cells to train as one packed model (plain data; crosses process boundaries).
-
-    Attributes:
-        cells: The cells, in group order.
-        run_dirs: Their run directories.
-        packs_dir: The grid's packs folder (``OUT/packs``); the pack's checkpoints go to
-            ``packs_dir/<pack id>``.
-    """
-
-    cells: tuple[Cell, ...]
-    run_dirs: tuple[str, ...]
-    packs_dir: str
 
 
 def parse_pack(value: str | int) -> str | int:

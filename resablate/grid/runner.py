@@ -29,18 +29,10 @@ from resablate.atomic import sweep_stale
 from resablate.errors import ConfigError
 from resablate.grid.cell import Cell
 from resablate.grid.events import CellFinished, CellProgress, CellStarted, GridEvent, GridStarted
-from resablate.grid.executors import (
-    CellJob,
-    CellOutcome,
-    CellRunner,
-    Job,
-    StepHookFactory,
-    default_device,
-    job_cells,
-    make_executor,
-)
+from resablate.grid.executors import CellOutcome, JobRunner, default_device, make_executor
+from resablate.grid.job import Job, StepHookFactory
 from resablate.grid.lock import RunLock
-from resablate.grid.packs import PackJob, packs_dir, parse_pack, plan_packs
+from resablate.grid.packs import packs_dir, parse_pack, plan_packs
 from resablate.grid.signals import sigterm_as_interrupt, uninterruptible
 from resablate.grid.spec import GridSpec
 from resablate.grid.store import METRIC_COLUMNS, CellRow, ResultStore
@@ -51,7 +43,6 @@ from resablate.run_dir import RunDir
 
 CELLS_FOLDER = "cells"
 INTERRUPTED = "interrupted; a rerun resumes it from its last checkpoint"
-CUSTOM_RUNNER_PACKS = "packs train with run_pack; a custom cell_runner runs each cell alone"
 GRADFLOW_PACKS = (
     "gradient-norm logging (step hooks) runs each cell alone, its hooks see one model; use pack "
     "off or auto with it"
@@ -116,10 +107,8 @@ def _jobs(
     jobs: list[Job] = []
     for group in plan_packs(cells, pack, device=device or default_device()):
         dirs = tuple(str(cell_run_dir(out_dir, cell.cell_id)) for cell in group)
-        if len(group) == 1:
-            jobs.append(CellJob(group[0], dirs[0], step_hooks=tuple(step_hooks)))
-        else:
-            jobs.append(PackJob(group, dirs, str(packs_dir(out_dir))))
+        hooks = tuple(step_hooks) if len(group) == 1 else ()
+        jobs.append(Job(tuple(group), dirs, str(packs_dir(out_dir)), hooks))
     return jobs
 
 
@@ -154,7 +143,7 @@ def run_grid(
     retry_failed: bool = False,
     metric: str = "f1",
     callback: Callable[[GridEvent], None] | None = None,
-    cell_runner: CellRunner | None = None,
+    job_runner: JobRunner | None = None,
     device: str | None = None,
     workers: int | None = None,
     ray_address: str | None = None,
@@ -171,7 +160,8 @@ def run_grid(
         retry_failed: Run ``failed`` cells again.
         metric: The metric of the summary's table.
         callback: Receives :data:`GridEvent` values (the CLI draws from them).
-        cell_runner: Runs one cell; ``resablate.grid.job.run_cell`` by default.
+        job_runner: Trains one job (a cell, or a pack of cells); ``resablate.grid.job.run_job``
+            by default (a test seam).
         device: Device for the local executor (``None`` = CUDA when visible, else CPU).
         workers: Local worker processes (default: one per visible GPU) or local Ray CPUs.
         ray_address: A Ray cluster to join (executor ``ray``).
@@ -180,8 +170,8 @@ def run_grid(
             ``--log-gradflow`` passes). A run option: cell ids do not change.
         pack: ``"auto"`` (pack the cells that can share a packed model where packing pays, K
             bounded as :mod:`resablate.grid.packs` says: on a GPU, not on a CPU), ``"off"`` or a
-            pack size K. With step hooks or a custom ``cell_runner``, ``auto`` runs every cell
-            alone and a K > 1 is refused. A run option: cell ids, the store and ``results.csv``
+            pack size K. With step hooks, ``auto`` runs every cell alone and a K > 1 is
+            refused. A run option: cell ids, the store and ``results.csv``
             do not change; each result's environment names its pack.
 
     Returns:
@@ -194,16 +184,16 @@ def run_grid(
         ConfigError: An invalid ``pack``, or a K > 1 with step hooks.
     """
     mode = parse_pack(pack)
-    if (step_hooks or cell_runner is not None) and mode != "off":
+    if step_hooks and mode != "off":
         if mode != "auto":
-            raise ConfigError(GRADFLOW_PACKS if step_hooks else CUSTOM_RUNNER_PACKS, field="pack")
+            raise ConfigError(GRADFLOW_PACKS, field="pack")
         mode = "off"
-    if cell_runner is None:
-        from resablate.grid.job import run_cell
+    if job_runner is None:
+        from resablate.grid.job import run_job
 
-        cell_runner = run_cell
+        job_runner = run_job
     runner = make_executor(
-        executor, cell_runner, device=device, workers=workers, ray_address=ray_address
+        executor, job_runner, device=device, workers=workers, ray_address=ray_address
     )
     from resablate.engine.environment import driver_environment
 
@@ -221,7 +211,7 @@ def run_grid(
         started: list[str] = []
 
         def on_start(job: Job, on_device: str) -> None:
-            for cell in job_cells(job):
+            for cell in job.cells:
                 store.mark_running(cell.cell_id, device=on_device)
                 in_flight.add(cell.cell_id)
                 started.append(cell.cell_id)

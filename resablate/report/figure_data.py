@@ -29,6 +29,7 @@ from resablate.report.figures import (
 from resablate.report.tables import Group, group_cells, row_label
 from resablate.residual_plan import PLAN_FIELDS, RESIDUAL_OFF
 from resablate.run_dir import RunDir
+from resablate.trained import rebuild_model
 
 if TYPE_CHECKING:
     import numpy as np
@@ -437,7 +438,7 @@ def _feature_map_figures(
         recipe = cell_recipe(on)
         maps = {
             f"residual {row.residual_plan.text}": stage_activations(
-                RunDir(str(row.run_dir)).rebuild_model(), image, recipe, row
+                rebuild_model(RunDir(str(row.run_dir))), image, recipe, row
             )
             for row in (on, off)
         }
