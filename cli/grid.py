@@ -12,6 +12,7 @@ import click
 import typer
 from typer.core import TyperCommand
 
+from resablate.choices import CellStatus
 from resablate_cli import console
 from resablate_cli.options import BnPolicy, Metric, Source, show
 
@@ -122,12 +123,12 @@ class Executor(StrEnum):
 
 
 _STATUS_STYLE = {
-    "pending": "dim",
-    "running": "bold cyan",
-    "done": "green",
-    "failed": "bold red",
-    "diverged": "magenta",
-    "skipped": "yellow",
+    CellStatus.PENDING: "dim",
+    CellStatus.RUNNING: "bold cyan",
+    CellStatus.DONE: "green",
+    CellStatus.FAILED: "bold red",
+    CellStatus.DIVERGED: "magenta",
+    CellStatus.SKIPPED: "yellow",
 }
 
 

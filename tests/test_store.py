@@ -254,7 +254,8 @@ _READ = """
 import sys
 from resablate.grid.store import ResultStore
 with ResultStore.open(sys.argv[1]) as store:
-    print(store.integrity_check(), [r.status for r in store.cells()], store.status_counts()["done"])
+    statuses = [str(r.status) for r in store.cells()]
+    print(store.integrity_check(), statuses, store.status_counts()["done"])
 """
 
 

@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from resablate.choices import CellStatus
 from resablate.grid.cell import Cell
 from resablate.grid.job import apply_ablation, dataset_root
 from resablate.grid.runner import open_grid
@@ -39,7 +40,7 @@ class PlannedCell:
 
     cell_id: str
     label: str
-    status: str
+    status: CellStatus
     params: int
     active_params: int
     flops: int
@@ -69,7 +70,7 @@ class GridPlan:
     @property
     def estimated_seconds(self) -> float | None:
         """Estimated training time of the cells that would run (not ``done``/``diverged``)."""
-        todo = [c for c in self.cells if c.status not in ("done", "diverged")]
+        todo = [c for c in self.cells if c.status not in (CellStatus.DONE, CellStatus.DIVERGED)]
         if any(c.estimated_seconds is None for c in todo):
             return None
         return sum(c.estimated_seconds or 0.0 for c in todo)

@@ -12,15 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from resablate.grid.store import METRIC_COLUMNS, CellRow
+from resablate.choices import DEFAULT_METRIC, METRICS, CellStatus
+from resablate.grid.store import CellRow
 from resablate.residual_plan import ResidualPlan
-
-#: Metrics a table can show.
-TABLE_METRICS = METRIC_COLUMNS
-#: The metric a table shows unless told otherwise (the studies report F1).
-DEFAULT_METRIC = "f1"
-#: :data:`TABLE_METRICS` with the default first: the order reports and the CLI list them in.
-METRICS_SHOWN = (DEFAULT_METRIC, *(m for m in TABLE_METRICS if m != DEFAULT_METRIC))
 
 
 def _weights_label(weights: str) -> str:
@@ -65,14 +59,14 @@ class TableEntry:
         value: Mean of the metric over done cells (``None`` when none is done).
         n: How many cells (seeds) are done.
         status: ``"done"`` when ``n > 0``, else the most advanced status of the cells
-            (``diverged``, ``failed``, ``skipped``, ``running`` or ``pending``); ``""`` when the
+            (``diverged``, ``failed``, ``skipped``, ``running`` or ``pending``); ``None`` when the
             grid has no such cell.
         cell_ids: The cells averaged.
     """
 
     value: float | None
     n: int
-    status: str
+    status: CellStatus | None
     cell_ids: tuple[str, ...]
 
 
@@ -99,18 +93,26 @@ class TableRow:
     entries: tuple[TableEntry, ...]
 
 
-_STATUS_ORDER = ("diverged", "failed", "skipped", "running", "pending")
+_STATUS_ORDER = (
+    CellStatus.DIVERGED,
+    CellStatus.FAILED,
+    CellStatus.SKIPPED,
+    CellStatus.RUNNING,
+    CellStatus.PENDING,
+)
 
 
 def _summarise(rows: list[CellRow], metric: str) -> TableEntry:
     if not rows:
-        return TableEntry(None, 0, "", ())
+        return TableEntry(None, 0, None, ())
     done = [
-        getattr(r, metric) for r in rows if r.status == "done" and getattr(r, metric) is not None
+        getattr(r, metric)
+        for r in rows
+        if r.status == CellStatus.DONE and getattr(r, metric) is not None
     ]
     ids = tuple(r.cell_id for r in rows)
     if done:
-        return TableEntry(sum(done) / len(done), len(done), "done", ids)
+        return TableEntry(sum(done) / len(done), len(done), CellStatus.DONE, ids)
     status = next(s for s in _STATUS_ORDER if any(r.status == s for r in rows))
     return TableEntry(None, 0, status, ids)
 
@@ -178,20 +180,20 @@ class ResultsTable:
         return table
 
 
-def results_table(rows: Sequence[CellRow], metric: str = "f1") -> ResultsTable:
+def results_table(rows: Sequence[CellRow], metric: str = DEFAULT_METRIC) -> ResultsTable:
     """Arrange store rows into the papers' table.
 
     Args:
         rows: Cells of a grid (e.g. ``ResultStore.cells()``), in grid order.
-        metric: One of :data:`TABLE_METRICS`.
+        metric: One of :data:`~resablate.choices.METRICS`.
 
     Raises:
         ConfigError: Unknown metric.
     """
     from resablate.errors import ConfigError
 
-    if metric not in TABLE_METRICS:
-        raise ConfigError(f"unknown metric {metric!r}; metrics: {', '.join(TABLE_METRICS)}")
+    if metric not in METRICS:
+        raise ConfigError(f"unknown metric {metric!r}; metrics: {', '.join(METRICS)}")
     columns = tuple(
         dict.fromkeys(TableColumn(r.residual, r.residual_alpha, r.weights) for r in rows)
     )

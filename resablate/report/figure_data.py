@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from resablate.choices import CellStatus
 from resablate.report.document import FigureSection
 from resablate.report.figures import (
     FigureFile,
@@ -166,7 +167,11 @@ def _feature_pairs(report: Report) -> list[tuple[CellRow, CellRow]]:
     weights, seed and everything else, both with a saved model."""
 
     def ready(row: CellRow) -> bool:
-        return row.status == "done" and bool(row.run_dir) and RunDir(str(row.run_dir)).has_weights
+        return (
+            row.status == CellStatus.DONE
+            and bool(row.run_dir)
+            and RunDir(str(row.run_dir)).has_weights
+        )
 
     on = {_but_residual(r): r for r in report.cells if r.residual_plan.is_on and ready(r)}
     pairs: dict[tuple[str, str], tuple[CellRow, CellRow]] = {}
@@ -282,7 +287,7 @@ def report_figures(
         if any(len(points) > 1 for points in series.values())
         else []
     )
-    done = [r for r in report.cells if r.status == "done"]
+    done = [r for r in report.cells if r.status == CellStatus.DONE]
     groups = [g for g in group_cells(done) if g.done]
     with open_store(report.store_path) as store:
         curves = []

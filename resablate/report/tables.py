@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from resablate.choices import FREEZE_PLANS
-from resablate.grid.table import METRICS_SHOWN, TableColumn, arch_label, results_table
+from resablate.choices import FREEZE_PLANS, METRICS_SHOWN, CellStatus
+from resablate.grid.table import TableColumn, arch_label, results_table
 from resablate.report.stats import McNemarResult, MeanInterval, paired_mcnemar, t_interval
 from resablate.residual_plan import PLAN_FIELDS, RESIDUAL_ON
 
@@ -60,7 +60,7 @@ class Group:
     @property
     def done(self) -> tuple[CellRow, ...]:
         """The finished (``done``) cells, by seed."""
-        return tuple(r for r in self.rows if r.status == "done")
+        return tuple(r for r in self.rows if r.status == CellStatus.DONE)
 
     def interval(self, metric: str) -> MeanInterval | None:
         """Mean and t-interval of ``metric`` over the finished seeds (``None`` if none)."""
@@ -69,7 +69,7 @@ class Group:
 
     def status_note(self) -> str:
         """``""`` when every seed finished, else e.g. ``"1 of 3 seeds missing (pending)"``."""
-        missing = [r for r in self.rows if r.status != "done"]
+        missing = [r for r in self.rows if r.status != CellStatus.DONE]
         if not missing:
             return ""
         statuses = ", ".join(sorted({r.status for r in missing}))
@@ -740,8 +740,8 @@ class ProblemTable:
 
 
 _MISSING_REASON = {
-    "pending": "not run yet (grid not finished)",
-    "running": "running, or interrupted while running (rerun the grid to resume)",
+    CellStatus.PENDING: "not run yet (grid not finished)",
+    CellStatus.RUNNING: "running, or interrupted while running (rerun the grid to resume)",
 }
 
 
@@ -757,7 +757,7 @@ def problem_table(cells: Sequence[CellRow]) -> ProblemTable:
             reason=row.reason or _MISSING_REASON.get(row.status, "no reason recorded"),
         )
         for row in cells
-        if row.status != "done"
+        if row.status != CellStatus.DONE
     )
     return ProblemTable(
         title="Cells without a result (failed, diverged, skipped, missing)",
