@@ -175,14 +175,12 @@ class GridView:
             )
 
     def started(self, event: Any) -> None:
-        from resablate.grid.cell import Cell
-
         for note in event.notes:
             console.err.print(f"note: {note}", highlight=False, markup=False)
         for row in event.cells:
             value = getattr(row, self.metric)
             self.rows[row.cell_id] = {
-                "label": Cell.from_dict(row.config).label,
+                "label": row.cell.label,
                 "status": row.status,
                 "progress": "",
                 "value": "" if value is None else f"{value:.4f}",

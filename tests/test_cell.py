@@ -24,7 +24,7 @@ FAST = (("max_steps", 2), ("batch_size", 16), ("eval_batch_size", 160))
 
 
 def _cell(**kw) -> Cell:
-    return Cell(arch="resnet18", recipe="demo", overrides=FAST, data="demo", **kw)
+    return Cell.from_dict(dict(arch="resnet18", recipe="demo", overrides=FAST, data="demo", **kw))
 
 
 # Results stores on users' disks are keyed by these ids: the canonical config (and so the id) of

@@ -19,7 +19,7 @@ from resablate.grid.cell import Cell
 from resablate.grid.job import apply_ablation, dataset_root
 from resablate.grid.runner import open_grid
 from resablate.grid.spec import GridSpec
-from resablate.recipes import Recipe, get_recipe
+from resablate.recipes import Recipe
 
 
 @dataclass(frozen=True)
@@ -220,10 +220,10 @@ def plan_grid(
     planned = []
     with open_grid(spec, out_dir) as store:
         for row in store.cells():
-            cell = Cell.from_dict(row.config)
-            recipe = get_recipe(cell.recipe, **dict(cell.overrides))
+            cell = row.cell
+            recipe = cell.effective_recipe
             key = (
-                *(cell.arch, cell.source, cell.residual, cell.residual_alpha, cell.freeze, cell.bn),
+                *(cell.arch, cell.source, cell.residual, cell.freeze, cell.bn),
                 *(recipe.image_size, recipe.batch_size, recipe.grad_accum, recipe.optimizer),
             )
             if key not in measured:

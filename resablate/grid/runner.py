@@ -219,7 +219,7 @@ def run_grid(
         notes = (*spec.notes, *runner.prepare(out_dir))
         emit(GridStarted(str(out_dir), tuple(rows), tuple(to_run), notes))
         wanted = set(to_run)
-        cells = [Cell.from_dict(row.config) for row in rows if row.cell_id in wanted]
+        cells = [row.cell for row in rows if row.cell_id in wanted]
         jobs = _jobs(cells, out_dir, mode, device=device, step_hooks=step_hooks)
         in_flight: set[str] = set()
         started: list[str] = []

@@ -26,15 +26,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from resablate.atomic import write_text
 from resablate.choices import FINISHED_STATUSES, METRICS, CellStatus
 from resablate.errors import StoreError
-from resablate.residual_plan import ResidualPlan
-
-if TYPE_CHECKING:
-    from resablate.grid.cell import Cell
+from resablate.grid.cell import Cell
 
 STORE_FILENAME = "store.sqlite"
 CSV_FILENAME = "results.csv"
@@ -205,12 +202,14 @@ def network_filesystem(path: str | os.PathLike[str], mounts: str | None = None) 
 class CellRow:
     """One cell as the store holds it.
 
+    The cell is parsed once, when the row is read, from the stored canonical config; the store's
+    columns that repeat its fields (``arch`` ... ``data``, the weights in the column
+    ``pretrained``, the studies' word) are for SQL and ``results.csv`` readers.
+
     Attributes:
         cell_id: The cell's id (hash of its canonical config).
-        config: The canonical config (``Cell.to_dict()``); ``Cell.from_dict(config)`` rebuilds it.
+        cell: The cell.
         depth: The ResNet depth, ``None`` for non-ResNet baselines.
-        weights: The weights spec (``none``, ``imagenet``, ``demo`` or a path); stored, and
-            written to ``results.csv``, in the column ``pretrained`` (the studies' word).
         in_grid: Whether the cell belongs to the grid spec last run in this store (cells that a
             changed spec dropped stay in the store with ``in_grid`` false).
         position: The cell's index in that grid (``None`` when not in it).
@@ -228,17 +227,8 @@ class CellRow:
     """
 
     cell_id: str
-    config: dict[str, Any]
-    arch: str
-    source: str
+    cell: Cell
     depth: int | None
-    residual: str
-    residual_alpha: float
-    weights: str
-    freeze: str
-    recipe: str
-    seed: int
-    data: str
     in_grid: bool
     position: int | None
     status: CellStatus
@@ -263,18 +253,14 @@ class CellRow:
     finished_at: str | None
     updated_at: str
 
-    @property
-    def residual_plan(self) -> ResidualPlan:
-        """The cell's residual plan (``residual`` with its ``residual_alpha``)."""
-        return ResidualPlan.parse(self.residual, self.residual_alpha)
-
     def to_dict(self) -> dict[str, Any]:
-        """All fields as JSON-ready plain types."""
-        return asdict(self)
+        """All fields as JSON-ready plain types (``cell`` as ``Cell.to_dict()``)."""
+        return {**_row_values(self), "cell": self.cell.to_dict()}
 
     def result_record(self) -> dict[str, Any]:
         """The row of ``results.csv`` / ``results.jsonl`` (:data:`RESULT_COLUMNS`)."""
-        return {name: getattr(self, _FIELD_OF_COLUMN.get(name, name)) for name in RESULT_COLUMNS}
+        values = {**self.cell.to_dict(), **_row_values(self), "pretrained": self.cell.weights.text}
+        return {name: values[name] for name in RESULT_COLUMNS}
 
 
 @dataclass(frozen=True)
@@ -331,15 +317,17 @@ class PredictionRow:
 
 
 _CELL_ROW_FIELDS = tuple(f.name for f in fields(CellRow))
-# Stored columns whose CellRow field has another name.
-_FIELD_OF_COLUMN = {"pretrained": "weights"}
-_COLUMN_OF_FIELD = {field: column for column, field in _FIELD_OF_COLUMN.items()}
 _EVAL_FIELDS = ("step", "epoch", "split", *METRICS)
 
 
+def _row_values(row: CellRow) -> dict[str, Any]:
+    """The row's fields but the cell, by name."""
+    return {name: getattr(row, name) for name in _CELL_ROW_FIELDS if name != "cell"}
+
+
 def _cell_row(row: sqlite3.Row) -> CellRow:
-    values = {name: row[_COLUMN_OF_FIELD.get(name, name)] for name in _CELL_ROW_FIELDS}
-    values["config"] = json.loads(row["config"])
+    values = {name: row[name] for name in _CELL_ROW_FIELDS if name != "cell"}
+    values["cell"] = Cell.from_dict(json.loads(row["config"]))
     values["environment"] = json.loads(row["environment"] or "{}")
     values["in_grid"] = bool(row["in_grid"])
     values["status"] = CellStatus(row["status"])
@@ -562,9 +550,9 @@ class ResultStore:
                         cell.arch,
                         cell.source,
                         depths[(cell.arch, cell.source)],
-                        cell.residual,
-                        cell.residual_alpha,
-                        cell.weights,
+                        cell.residual.text,
+                        cell.residual.alpha,
+                        cell.weights.text,
                         cell.freeze,
                         cell.recipe,
                         cell.seed,

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from resablate.choices import DEFAULT_METRIC, PROBLEM_STATUSES, CellStatus
-from resablate.grid.cell import Cell
 from resablate.grid.store import CellRow, ResultStore
 from resablate.grid.table import ResultsTable, results_table
 
@@ -60,15 +59,11 @@ class GridSummary:
         parts: list[Any] = [self.table]
         problems = [r for r in self.cells if r.status in PROBLEM_STATUSES]
         for row in problems:
-            parts.append(Text(f"{row.status}: {row.cell_id} {_label(row)}: {row.reason}"))
+            parts.append(Text(f"{row.status}: {row.cell_id} {row.cell.label}: {row.reason}"))
         parts.append(
             Text(f"{len(self.cells)} cells: {counts} · ran {len(self.ran)} now · {self.out_dir}")
         )
         return Group(*parts)
-
-
-def _label(row: CellRow) -> str:
-    return Cell.from_dict(row.config).label
 
 
 def grid_status(out_dir: str | os.PathLike[str], *, metric: str = DEFAULT_METRIC) -> GridSummary:
