@@ -12,6 +12,7 @@ import click
 import typer
 from typer.core import TyperCommand
 
+from resablate.choices import CellStatus
 from resablate_cli import console
 from resablate_cli.options import BnPolicy, Metric, Source, show
 
@@ -122,12 +123,12 @@ class Executor(StrEnum):
 
 
 _STATUS_STYLE = {
-    "pending": "dim",
-    "running": "bold cyan",
-    "done": "green",
-    "failed": "bold red",
-    "diverged": "magenta",
-    "skipped": "yellow",
+    CellStatus.PENDING: "dim",
+    CellStatus.RUNNING: "bold cyan",
+    CellStatus.DONE: "green",
+    CellStatus.FAILED: "bold red",
+    CellStatus.DIVERGED: "magenta",
+    CellStatus.SKIPPED: "yellow",
 }
 
 
@@ -174,14 +175,12 @@ class GridView:
             )
 
     def started(self, event: Any) -> None:
-        from resablate.grid.cell import Cell
-
         for note in event.notes:
             console.err.print(f"note: {note}", highlight=False, markup=False)
         for row in event.cells:
             value = getattr(row, self.metric)
             self.rows[row.cell_id] = {
-                "label": Cell.from_dict(row.config).label,
+                "label": row.cell.label,
                 "status": row.status,
                 "progress": "",
                 "value": "" if value is None else f"{value:.4f}",

@@ -14,8 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from resablate.choices import BN_POLICIES, LESION_METRICS, SOURCES
-from resablate.grid.table import METRICS_SHOWN
+from resablate.choices import BN_POLICIES, LESION_METRICS, METRICS_SHOWN, SOURCES
 from resablate_cli import console
 
 

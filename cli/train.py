@@ -5,12 +5,15 @@ from __future__ import annotations
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from resablate_cli import console
 from resablate_cli.options import BnPolicy, Source, SourceOption, split_values
+
+if TYPE_CHECKING:
+    from resablate.residual_plan import ResidualPlan
 
 _PROGRESS_FIELDS = "loss {task.fields[loss]}  {task.fields[rate]} img/s  ETA {task.fields[eta]}"
 
@@ -32,17 +35,17 @@ class Amp(StrEnum):
     none = "none"
 
 
-def residual_plan(no_residual: bool, stages: list[str] | None) -> str:
-    """The cell's residual plan from ``--no-residual`` and ``--stages``."""
+def residual_plan(no_residual: bool, stages: list[str] | None, alpha: float) -> ResidualPlan:
+    """The cell's residual plan from ``--no-residual``, ``--stages`` and ``--alpha``."""
     from resablate.errors import ConfigError
-    from resablate.residual_plan import ResidualPlan
+    from resablate.residual_plan import RESIDUAL_ON, ResidualPlan
 
     names = split_values(stages)
     if names and not no_residual:
         raise ConfigError("--stages only applies together with --no-residual")
     if not no_residual:
-        return ResidualPlan.parse("on").text
-    return ResidualPlan.off(names).text
+        return ResidualPlan.parse(RESIDUAL_ON, alpha)
+    return ResidualPlan.off(names, alpha)
 
 
 class ProgressRenderer:
@@ -265,6 +268,7 @@ def train(
     """
     from resablate.grid.cell import Cell
     from resablate.grid.job import run_cell
+    from resablate.weights_choice import WeightsChoice
 
     overrides = {
         "epochs": epochs,
@@ -280,9 +284,8 @@ def train(
     cell = Cell(
         arch=arch,
         source=source.value,
-        residual=residual_plan(no_residual, stages),
-        residual_alpha=alpha,
-        weights=weights,
+        residual=residual_plan(no_residual, stages, alpha),
+        weights=WeightsChoice.parse(weights),
         freeze=freeze,
         bn=bn.value,
         recipe=recipe or ("demo" if data == "demo" else "cifake"),

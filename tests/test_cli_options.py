@@ -8,10 +8,9 @@ import sys
 import pytest
 from typer.main import get_command
 
-from resablate.choices import BN_POLICIES, LESION_METRICS, SOURCES
+from resablate.choices import BN_POLICIES, LESION_METRICS, METRICS, METRICS_SHOWN, SOURCES
 from resablate.errors import ConfigError
 from resablate.grid.spec import OVERRIDE_FIELDS
-from resablate.grid.table import METRICS_SHOWN, TABLE_METRICS
 from resablate_cli.app import app
 from resablate_cli.options import BnPolicy, LesionMetric, Metric, Source, flag, split_values
 
@@ -21,7 +20,7 @@ def test_choices_are_the_library_constants() -> None:
     assert tuple(BnPolicy) == BN_POLICIES
     assert tuple(LesionMetric) == LESION_METRICS
     assert tuple(Metric) == METRICS_SHOWN == ("f1", "accuracy", "precision", "recall", "loss")
-    assert sorted(METRICS_SHOWN) == sorted(TABLE_METRICS)
+    assert sorted(METRICS_SHOWN) == sorted(METRICS)
 
 
 def test_grid_exposes_every_override_field_as_an_option() -> None:

@@ -40,7 +40,7 @@ def _make_images(root: Path) -> Path:
 
 def _make_run(folder: Path, data: Path, *, residual: str) -> Path:
     """A finished run directory as run_cell writes it (cell.json + model.safetensors)."""
-    cell = Cell(arch="resnet18", residual=residual, recipe="demo", data=str(data))
+    cell = Cell.from_dict(dict(arch="resnet18", residual=residual, recipe="demo", data=str(data)))
     torch.manual_seed(0)
     model = build_model("resnet18", num_classes=2)
     if residual == "off":

@@ -183,7 +183,7 @@ def test_grid_on_the_hugging_face_resnets_offline(
         )
     with ResultStore.open(tmp_path / "runs" / "grid") as store:
         rows = store.cells()
-    assert {(r.arch, r.source, r.status) for r in rows} == {
+    assert {(r.cell.arch, r.cell.source, r.status) for r in rows} == {
         ("resnet18", "hf", "done"),
         ("resnet50", "hf", "done"),
     }

@@ -42,11 +42,18 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _cells(n: int, **fields: object) -> list[Cell]:
-    return [Cell("resnet18", seed=seed, recipe="demo", **fields) for seed in range(n)]  # type: ignore[arg-type]
+    return [
+        Cell.from_dict(dict(arch="resnet18", seed=seed, recipe="demo", **fields))
+        for seed in range(n)
+    ]
 
 
 def test_plan_packs_groups_what_can_share_a_model() -> None:
-    cells = [*_cells(5), Cell("alexnet", recipe="demo"), *_cells(2, freeze="conv1")]
+    cells = [
+        *_cells(5),
+        Cell.from_dict(dict(arch="alexnet", recipe="demo")),
+        *_cells(2, freeze="conv1"),
+    ]
     groups = plan_packs(cells, 2, device="cpu")
     assert [len(g) for g in groups] == [2, 2, 1, 1, 2]
     assert groups[3] == (cells[5],)  # AlexNet has no packed form: alone
@@ -59,7 +66,7 @@ def test_plan_packs_groups_what_can_share_a_model() -> None:
 
 
 def test_auto_packs_on_a_gpu_within_half_its_free_memory(monkeypatch: pytest.MonkeyPatch) -> None:
-    cells = [*_cells(20), Cell("alexnet", recipe="demo")]
+    cells = [*_cells(20), Cell.from_dict(dict(arch="alexnet", recipe="demo"))]
     # Packing does not pay on a CPU (docs/performance.md): auto trains every cell alone there.
     assert plan_packs(cells, "auto", device="cpu") == [(c,) for c in cells]
     one_cell = cell_memory_bytes(cells[0])

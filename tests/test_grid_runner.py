@@ -65,7 +65,7 @@ class Recorder:
     def run(self, cell: Cell, *, device: str, resume: bool) -> Any:
         self.calls.append((cell.cell_id, resume))
         assert device == "cpu"
-        action = self.behaviour.get((cell.arch, cell.residual))
+        action = self.behaviour.get((cell.arch, cell.residual.text))
         if isinstance(action, BaseException):
             raise action
         if action == "diverged":
@@ -75,7 +75,7 @@ class Recorder:
 
 def _statuses(out: Path) -> dict[tuple[str, str], tuple[str, str | None]]:
     with ResultStore.open(out) as store:
-        return {(r.arch, r.residual): (r.status, r.reason) for r in store.cells()}
+        return {(r.cell.arch, r.cell.residual.text): (r.status, r.reason) for r in store.cells()}
 
 
 def test_every_cell_is_stored_pending_before_the_first_one_runs(tmp_path: Path) -> None:

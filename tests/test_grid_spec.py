@@ -14,7 +14,7 @@ from resablate.grid.table import results_table
 
 
 def _axes(cells: list[Cell]) -> list[tuple[str, str, float, str]]:
-    return [(c.arch, c.residual, c.residual_alpha, c.weights) for c in cells]
+    return [(c.arch, c.residual.text, c.residual.alpha, c.weights.text) for c in cells]
 
 
 def test_defaults_are_the_cifake_study_on_demo_data() -> None:
@@ -38,7 +38,7 @@ def test_defaults_are_the_cifake_study_on_demo_data() -> None:
 
 def test_real_data_keeps_imagenet_and_uses_the_cifake_recipe(tmp_path: Path) -> None:
     spec = GridSpec(depths=(50,), data=str(tmp_path))
-    assert [c.weights for c in spec.cells()] == ["imagenet", "none", "imagenet", "none"]
+    assert [c.weights.text for c in spec.cells()] == ["imagenet", "none", "imagenet", "none"]
     assert spec.recipe == "cifake" and spec.notes == ()
     assert spec.cells()[0].data == str(tmp_path.resolve())
 
@@ -51,7 +51,7 @@ def test_alpha_axis_replaces_off_and_stage_sets() -> None:
         weights=("none",),
         seeds=(0, 1),
     )
-    assert [(c.residual, c.residual_alpha, c.seed) for c in spec.cells()] == [
+    assert [(c.residual.text, c.residual.alpha, c.seed) for c in spec.cells()] == [
         ("on", 1.0, 0),
         ("on", 1.0, 1),
         ("off:layer4", 0.5, 0),
@@ -63,7 +63,7 @@ def test_alpha_axis_replaces_off_and_stage_sets() -> None:
 
 def test_baselines_skip_the_residual_axis() -> None:
     spec = GridSpec(depths=(18,), baselines=("vgg16",), weights=("none",), freeze=("none", "conv1"))
-    assert [(c.arch, c.residual, c.freeze) for c in spec.cells()] == [
+    assert [(c.arch, c.residual.text, c.freeze) for c in spec.cells()] == [
         ("resnet18", "on", "none"),
         ("resnet18", "on", "conv1"),
         ("resnet18", "off", "none"),
@@ -139,7 +139,7 @@ def test_results_table_has_the_papers_shape(tmp_path: Path) -> None:
     with ResultStore(tmp_path) as store:
         store.sync_cells(cells, run_dirs={c.cell_id: str(tmp_path) for c in cells})
         for index, cell in enumerate(cells):
-            if cell.arch == "resnet50" and cell.residual == "off":
+            if cell.arch == "resnet50" and cell.residual.text == "off":
                 store.record_result(cell.cell_id, "diverged", reason="nan")
                 continue
             store.record_result(

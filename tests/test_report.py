@@ -88,7 +88,7 @@ def make_store(
     cells given as (cell, status, reason)."""
     paths = _test_images(out.parent / f"{out.name}-data")
     cells = [
-        Cell(arch=arch, residual=residual, weights="demo", recipe="demo", seed=seed)
+        Cell.from_dict(dict(arch=arch, residual=residual, weights="demo", recipe="demo", seed=seed))
         for (arch, residual) in F1
         for seed in seeds
     ]
@@ -97,8 +97,8 @@ def make_store(
         store.set_spec({"archs": ["resnet18", "resnet50"], "seeds": list(SEEDS)})
         store.sync_cells(every, run_dirs={c.cell_id: str(out / c.cell_id) for c in every})
         for cell in cells:
-            preds = _preds(cell.arch, cell.residual, cell.seed)
-            f1 = F1[(cell.arch, cell.residual)][cell.seed]
+            preds = _preds(cell.arch, cell.residual.text, cell.seed)
+            f1 = F1[(cell.arch, cell.residual.text)][cell.seed]
             store.record_result(
                 cell.cell_id,
                 "done",
@@ -150,11 +150,17 @@ def store_dir(tmp_path: Path) -> Path:
         tmp_path / "grid",
         extra=(
             (
-                Cell(arch="resnet18", residual="off", weights="none", recipe="demo"),
+                Cell.from_dict(
+                    dict(arch="resnet18", residual="off", weights="none", recipe="demo")
+                ),
                 "diverged",
                 "loss became nan at step 3",
             ),
-            (Cell(arch="resnet18", residual="on", weights="none", recipe="demo"), "pending", ""),
+            (
+                Cell.from_dict(dict(arch="resnet18", residual="on", weights="none", recipe="demo")),
+                "pending",
+                "",
+            ),
         ),
     )
 
@@ -334,7 +340,9 @@ def test_published_data_as_printed() -> None:
 def test_freeze_table_rows_plans_columns_archs(tmp_path: Path) -> None:
     extra = tuple(
         (
-            Cell(arch="resnet18", weights="demo", freeze=plan, recipe="demo", seed=0),
+            Cell.from_dict(
+                dict(arch="resnet18", weights="demo", freeze=plan, recipe="demo", seed=0)
+            ),
             "skipped",
             "weights missing",
         )
@@ -413,8 +421,8 @@ def test_cli_writes_html_file_without_figures(store_dir: Path, tmp_path: Path) -
 
 
 def test_compare_puts_no_published_number_beside_a_scaled_residual(tmp_path: Path) -> None:
-    scaled = Cell(
-        arch="resnet18", residual="off", residual_alpha=0.5, weights="demo", recipe="demo"
+    scaled = Cell.from_dict(
+        dict(arch="resnet18", residual="off", residual_alpha=0.5, weights="demo", recipe="demo")
     )
     store = make_store(tmp_path / "grid", extra=((scaled, "pending", ""),))
     table = build_report(store, compare="cifake").ablation

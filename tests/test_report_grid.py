@@ -90,8 +90,8 @@ def test_rebuilt_model_has_the_cells_residual_plan(tiny_grid: Path) -> None:
     from resablate.surgery import residual_state
 
     report = build_report(tiny_grid)
-    on, off = sorted(report.cells, key=lambda r: r.residual != "on")
-    assert (on.residual, off.residual) == ("on", "off")
+    on, off = sorted(report.cells, key=lambda r: r.cell.residual.text != "on")
+    assert (on.cell.residual.text, off.cell.residual.text) == ("on", "off")
     model_on = rebuild_model(RunDir(str(on.run_dir)))
     model_off = rebuild_model(RunDir(str(off.run_dir)))
     assert not model_on.training and model_on.fc.out_features == 2

@@ -65,7 +65,9 @@ def test_each_run_file_name_is_spelled_in_one_module() -> None:
 
 def test_writers_and_readers_round_trip(tmp_path: Path) -> None:
     run = RunDir(tmp_path / "run")
-    cell = Cell(arch="resnet18", residual="off:conv5_x", recipe="demo", overrides=(("lr", 0.5),))
+    cell = Cell.from_dict(
+        dict(arch="resnet18", residual="off:conv5_x", recipe="demo", overrides=(("lr", 0.5),))
+    )
     run.write_cell(cell.to_dict())
     assert Cell.from_dict(run.read_cell()) == cell
     assert run.read_recipe() == get_recipe("demo", lr=0.5)  # no recipe.json: from the cell
@@ -100,7 +102,7 @@ def test_writers_and_readers_round_trip(tmp_path: Path) -> None:
 
 def test_rebuild_model_has_the_weights_and_the_ablation(tmp_path: Path) -> None:
     run = RunDir(tmp_path)
-    cell = Cell(arch="resnet18", residual="off:conv5_x", residual_alpha=0.5)
+    cell = Cell.from_dict(dict(arch="resnet18", residual="off:conv5_x", residual_alpha=0.5))
     run.write_cell(cell.to_dict())
     with pytest.raises(ConfigError, match=f"has no {WEIGHTS_FILE}: it has not finished"):
         rebuild_model(run)

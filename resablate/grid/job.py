@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from resablate.errors import ConfigError
 from resablate.grid.cell import CELL_ID_LENGTH, Cell
+from resablate.weights_choice import WeightsKind
 
 if TYPE_CHECKING:
     import torch
@@ -202,15 +203,16 @@ def _weights_file(cell: Cell) -> Path | None:
     """
     from resablate.weights import fetch_weights
 
-    if cell.weights == "none":
+    kind = cell.weights.kind
+    if kind == WeightsKind.NONE:
         return None
-    if cell.weights == "demo":
+    if kind == WeightsKind.DEMO:
         from resablate.demo_weights import ensure_demo_weights
 
         return ensure_demo_weights(cell.arch, cell.source)
-    if cell.weights == "imagenet":
+    if kind == WeightsKind.IMAGENET:
         return fetch_weights(cell.arch, cell.source)
-    return Path(cell.weights)
+    return cell.weights.path
 
 
 def apply_ablation(model: nn.Module, cell: Cell) -> tuple[SurgeryReport | None, FreezeReport]:
@@ -221,7 +223,7 @@ def apply_ablation(model: nn.Module, cell: Cell) -> tuple[SurgeryReport | None, 
     """
     from resablate.freezing import freeze
 
-    return cell.residual_plan.apply(model), freeze(model, cell.freeze, bn=cell.bn)
+    return cell.residual.apply(model), freeze(model, cell.freeze, bn=cell.bn)
 
 
 @dataclass(frozen=True)
@@ -237,9 +239,8 @@ def _load_data(cell: Cell) -> tuple[Recipe, DatasetScan, Any, dict[str, Any]]:
     """The cell's effective recipe, dataset scan, decoded training split and evaluation splits
     (val if any, test)."""
     from resablate.data import decode_split, scan
-    from resablate.recipes import get_recipe
 
-    recipe = get_recipe(cell.recipe, **dict(cell.overrides))
+    recipe = cell.effective_recipe
     dataset = scan(dataset_root(cell.data))
     splits = {
         name: decode_split(dataset, name, storage_size=recipe.storage_size)
@@ -267,7 +268,7 @@ def _prepare(
     torch.manual_seed(stream_seed(cell.seed, "init"))
     model = build_model(
         cell.arch,
-        weights=None if weights_file is None else cell.weights,
+        weights=None if weights_file is None else cell.weights.text,
         num_classes=len(dataset.classes),
         source=cell.source,
     )

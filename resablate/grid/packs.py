@@ -68,9 +68,8 @@ def cell_memory_bytes(cell: Cell) -> int:
     optimiser moments (16 bytes per parameter of the family's model with its 1000-class head)
     plus the activations of one micro-batch."""
     from resablate.families import get_family
-    from resablate.recipes import get_recipe
 
-    recipe = get_recipe(cell.recipe, **dict(cell.overrides))
+    recipe = cell.effective_recipe
     pixels = 3 * recipe.image_size**2 * recipe.batch_size
     params = get_family(cell.arch, cell.source).params
     return 16 * params + 4 * _ACTIVATION_FLOATS_PER_INPUT * pixels

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from resablate.atomic import sweep_stale
+from resablate.choices import DEFAULT_METRIC, METRICS, CellStatus
 from resablate.errors import ConfigError
 from resablate.grid.cell import Cell
 from resablate.grid.events import CellFinished, CellProgress, CellStarted, GridEvent, GridStarted
@@ -35,7 +36,7 @@ from resablate.grid.lock import RunLock
 from resablate.grid.packs import packs_dir, parse_pack, plan_packs
 from resablate.grid.signals import sigterm_as_interrupt, uninterruptible
 from resablate.grid.spec import GridSpec
-from resablate.grid.store import METRIC_COLUMNS, CellRow, ResultStore
+from resablate.grid.store import CellRow, ResultStore
 from resablate.grid.summary import GridSummary
 from resablate.grid.table import results_table
 from resablate.paths import output_dir
@@ -51,7 +52,9 @@ GRADFLOW_PACKS = (
 
 def select_cells(rows: Sequence[CellRow], *, retry_failed: bool = False) -> list[str]:
     """Ids of the cells a run starts, in grid order (the resume policy in this module's doc)."""
-    wanted = {"pending", "running", "skipped"} | ({"failed"} if retry_failed else set())
+    wanted = {CellStatus.PENDING, CellStatus.RUNNING, CellStatus.SKIPPED}
+    if retry_failed:
+        wanted.add(CellStatus.FAILED)
     return [row.cell_id for row in rows if row.status in wanted]
 
 
@@ -62,10 +65,11 @@ def cell_run_dir(out_dir: str | os.PathLike[str], cell_id: str) -> Path:
 
 def _record(store: ResultStore, outcome: CellOutcome, base_env: dict[str, Any]) -> None:
     """Write one outcome to the store (one transaction)."""
+    status = CellStatus(outcome.status)
     if outcome.result is None:
         store.record_result(
             outcome.cell_id,
-            outcome.status,
+            status,
             reason=outcome.reason,
             values={"device": outcome.device},
         )
@@ -76,9 +80,9 @@ def _record(store: ResultStore, outcome: CellOutcome, base_env: dict[str, Any]) 
     run_dir = Path(data.get("run_dir") or store.cell(outcome.cell_id).run_dir or "")
     store.record_result(
         outcome.cell_id,
-        outcome.status,
+        status,
         reason=outcome.reason,
-        metrics={name: metrics.get(name) for name in METRIC_COLUMNS},
+        metrics={name: metrics.get(name) for name in METRICS},
         values={
             "params": data.get("params"),
             "active_params": data.get("active_params"),
@@ -141,7 +145,7 @@ def run_grid(
     *,
     executor: str = "local",
     retry_failed: bool = False,
-    metric: str = "f1",
+    metric: str = DEFAULT_METRIC,
     callback: Callable[[GridEvent], None] | None = None,
     job_runner: JobRunner | None = None,
     device: str | None = None,
@@ -205,7 +209,7 @@ def run_grid(
         notes = (*spec.notes, *runner.prepare(out_dir))
         emit(GridStarted(str(out_dir), tuple(rows), tuple(to_run), notes))
         wanted = set(to_run)
-        cells = [Cell.from_dict(row.config) for row in rows if row.cell_id in wanted]
+        cells = [row.cell for row in rows if row.cell_id in wanted]
         jobs = _jobs(cells, out_dir, mode, device=device, step_hooks=step_hooks)
         in_flight: set[str] = set()
         started: list[str] = []
@@ -233,7 +237,7 @@ def run_grid(
         except KeyboardInterrupt:
             with uninterruptible():
                 for cell_id in sorted(in_flight):
-                    store.set_status(cell_id, "pending", INTERRUPTED)
+                    store.set_status(cell_id, CellStatus.PENDING, INTERRUPTED)
                 store.write_mirrors()
             raise
         final = store.cells()

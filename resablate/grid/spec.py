@@ -14,12 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from resablate.errors import ConfigError, DataNotFoundError
-from resablate.grid.cell import Cell
-from resablate.residual_plan import ResidualPlan
+from resablate.grid.cell import DEMO_DATA, Cell
+from resablate.residual_plan import PLAN_ON, ResidualPlan
+from resablate.weights_choice import NAMED_WEIGHTS, WeightsChoice, WeightsKind
 
-DEMO_DATA = "demo"
-#: Weights specs that name no file.
-NAMED_WEIGHTS = ("none", "imagenet", "demo")
 #: Spec keys of earlier releases -> their names now.
 _RENAMED = {"arch": "family", "pretrained": "weights"}
 #: Recipe fields the CLI exposes as overrides (the library accepts any recipe field).
@@ -114,7 +112,8 @@ class GridSpec:
                     field="freeze",
                 )
         for weights in self.weights:
-            if weights.lower() not in NAMED_WEIGHTS and not Path(weights).expanduser().is_file():
+            path = WeightsChoice.parse(weights).path
+            if path is not None and not path.is_file():
                 raise ConfigError(
                     f"weights file {weights} does not exist; use "
                     f"{', '.join(NAMED_WEIGHTS)} or a path to a .pth/.pt/.safetensors file",
@@ -160,11 +159,13 @@ class GridSpec:
                 plans.extend(ResidualPlan.parse(text, alpha) for alpha in self.residual_alpha)
         return tuple(plans)
 
-    def weights_for_cells(self) -> tuple[str, ...]:
+    def weights_for_cells(self) -> tuple[WeightsChoice, ...]:
         """The pretrained axis as the cells see it (``imagenet`` → ``demo`` on demo data)."""
-        if self.data != DEMO_DATA:
-            return self.weights
-        return _unique("demo" if w.lower() == "imagenet" else w for w in self.weights)
+        choices = [WeightsChoice.parse(w) for w in self.weights]
+        if self.data == DEMO_DATA:
+            demo = WeightsChoice(WeightsKind.DEMO)
+            choices = [demo if c.kind == WeightsKind.IMAGENET else c for c in choices]
+        return _unique(choices)
 
     @property
     def notes(self) -> tuple[str, ...]:
@@ -185,7 +186,7 @@ class GridSpec:
         overrides = self.overrides
         cells: dict[str, Cell] = {}
         for arch, source, residual_axis in self.architectures():
-            plans = self.residual_plans() if residual_axis else (ResidualPlan.parse("on"),)
+            plans = self.residual_plans() if residual_axis else (PLAN_ON,)
             for plan in plans:
                 for weights in self.weights_for_cells():
                     for plan_name in self.freeze:
@@ -193,8 +194,7 @@ class GridSpec:
                             cell = Cell(
                                 arch=arch,
                                 source=source,
-                                residual=plan.text,
-                                residual_alpha=plan.alpha,
+                                residual=plan,
                                 weights=weights,
                                 freeze=plan_name,
                                 bn=self.bn,

@@ -9,52 +9,40 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from resablate.grid.store import METRIC_COLUMNS, CellRow
+from resablate.choices import DEFAULT_METRIC, METRICS, CellStatus
+from resablate.grid.store import CellRow
 from resablate.residual_plan import ResidualPlan
-
-#: Metrics a table can show.
-TABLE_METRICS = METRIC_COLUMNS
-#: The metric a table shows unless told otherwise (the studies report F1).
-DEFAULT_METRIC = "f1"
-#: :data:`TABLE_METRICS` with the default first: the order reports and the CLI list them in.
-METRICS_SHOWN = (DEFAULT_METRIC, *(m for m in TABLE_METRICS if m != DEFAULT_METRIC))
-
-
-def _weights_label(weights: str) -> str:
-    return Path(weights).name if "/" in weights else weights
+from resablate.weights_choice import WeightsChoice
 
 
 def arch_label(row: CellRow) -> str:
     """``"ResNet-50"`` for ResNets, else the architecture (plus its source unless torchvision)."""
     name = (
         f"ResNet-{row.depth}"
-        if row.depth is not None and row.arch.startswith("resnet")
-        else row.arch
+        if row.depth is not None and row.cell.arch.startswith("resnet")
+        else row.cell.arch
     )
-    return name if row.source == "torchvision" else f"{name} ({row.source})"
+    return name if row.cell.source == "torchvision" else f"{name} ({row.cell.source})"
 
 
 @dataclass(frozen=True)
 class TableColumn:
-    """One column: a residual plan (with its shortcut scale) and a weights spec."""
+    """One column: a residual plan (with its shortcut scale) and a weights choice."""
 
-    residual: str
-    residual_alpha: float
-    weights: str
+    residual: ResidualPlan
+    weights: WeightsChoice
 
-    @property
-    def plan(self) -> ResidualPlan:
-        """The column's residual plan."""
-        return ResidualPlan.parse(self.residual, self.residual_alpha)
+    @classmethod
+    def of(cls, row: CellRow) -> TableColumn:
+        """The column of a cell."""
+        return cls(row.cell.residual, row.cell.weights)
 
     @property
     def label(self) -> str:
         """``"residual off · weights none"``."""
-        residual = self.plan.label
-        return f"residual {residual} · weights {_weights_label(self.weights)}"
+        return f"residual {self.residual.label} · weights {self.weights.label}"
 
 
 @dataclass(frozen=True)
@@ -65,14 +53,14 @@ class TableEntry:
         value: Mean of the metric over done cells (``None`` when none is done).
         n: How many cells (seeds) are done.
         status: ``"done"`` when ``n > 0``, else the most advanced status of the cells
-            (``diverged``, ``failed``, ``skipped``, ``running`` or ``pending``); ``""`` when the
+            (``diverged``, ``failed``, ``skipped``, ``running`` or ``pending``); ``None`` when the
             grid has no such cell.
         cell_ids: The cells averaged.
     """
 
     value: float | None
     n: int
-    status: str
+    status: CellStatus | None
     cell_ids: tuple[str, ...]
 
 
@@ -99,18 +87,26 @@ class TableRow:
     entries: tuple[TableEntry, ...]
 
 
-_STATUS_ORDER = ("diverged", "failed", "skipped", "running", "pending")
+_STATUS_ORDER = (
+    CellStatus.DIVERGED,
+    CellStatus.FAILED,
+    CellStatus.SKIPPED,
+    CellStatus.RUNNING,
+    CellStatus.PENDING,
+)
 
 
 def _summarise(rows: list[CellRow], metric: str) -> TableEntry:
     if not rows:
-        return TableEntry(None, 0, "", ())
+        return TableEntry(None, 0, None, ())
     done = [
-        getattr(r, metric) for r in rows if r.status == "done" and getattr(r, metric) is not None
+        getattr(r, metric)
+        for r in rows
+        if r.status == CellStatus.DONE and getattr(r, metric) is not None
     ]
     ids = tuple(r.cell_id for r in rows)
     if done:
-        return TableEntry(sum(done) / len(done), len(done), "done", ids)
+        return TableEntry(sum(done) / len(done), len(done), CellStatus.DONE, ids)
     status = next(s for s in _STATUS_ORDER if any(r.status == s for r in rows))
     return TableEntry(None, 0, status, ids)
 
@@ -178,40 +174,34 @@ class ResultsTable:
         return table
 
 
-def results_table(rows: Sequence[CellRow], metric: str = "f1") -> ResultsTable:
+def results_table(rows: Sequence[CellRow], metric: str = DEFAULT_METRIC) -> ResultsTable:
     """Arrange store rows into the papers' table.
 
     Args:
         rows: Cells of a grid (e.g. ``ResultStore.cells()``), in grid order.
-        metric: One of :data:`TABLE_METRICS`.
+        metric: One of :data:`~resablate.choices.METRICS`.
 
     Raises:
         ConfigError: Unknown metric.
     """
     from resablate.errors import ConfigError
 
-    if metric not in TABLE_METRICS:
-        raise ConfigError(f"unknown metric {metric!r}; metrics: {', '.join(TABLE_METRICS)}")
-    columns = tuple(
-        dict.fromkeys(TableColumn(r.residual, r.residual_alpha, r.weights) for r in rows)
-    )
-    several_plans = len({r.freeze for r in rows}) > 1
+    if metric not in METRICS:
+        raise ConfigError(f"unknown metric {metric!r}; metrics: {', '.join(METRICS)}")
+    columns = tuple(dict.fromkeys(TableColumn.of(r) for r in rows))
+    several_plans = len({r.cell.freeze for r in rows}) > 1
     groups: dict[tuple[str, str, str], list[CellRow]] = {}
     for row in rows:
-        groups.setdefault((row.arch, row.source, row.freeze), []).append(row)
+        groups.setdefault((row.cell.arch, row.cell.source, row.cell.freeze), []).append(row)
     table_rows = []
     for members in groups.values():
         first = members[0]
-        label = arch_label(first) + (f" · freeze {first.freeze}" if several_plans else "")
-        reference = [m for m in members if m.residual_plan.is_on and m.params is not None]
+        label = arch_label(first) + (f" · freeze {first.cell.freeze}" if several_plans else "")
+        reference = [m for m in members if m.cell.residual.is_on and m.params is not None]
         counted = reference or [m for m in members if m.params is not None]
         entries = tuple(
             _summarise(
-                [
-                    m
-                    for m in members
-                    if TableColumn(m.residual, m.residual_alpha, m.weights) == column
-                ],
+                [m for m in members if TableColumn.of(m) == column],
                 metric,
             )
             for column in columns
@@ -219,9 +209,9 @@ def results_table(rows: Sequence[CellRow], metric: str = "f1") -> ResultsTable:
         table_rows.append(
             TableRow(
                 label=label,
-                arch=first.arch,
+                arch=first.cell.arch,
                 depth=first.depth,
-                freeze=first.freeze,
+                freeze=first.cell.freeze,
                 params=counted[0].params if counted else None,
                 flops=reference[0].flops if reference else None,
                 entries=entries,

@@ -8,6 +8,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from resablate.choices import CellStatus
 from resablate.errors import ConfigError
 from resablate.report.published import STUDIES, PublishedStudy, published
 from resablate.report.tables import (
@@ -55,7 +56,7 @@ class Report:
     freeze: PivotTable | None
     models: ModelTable
     problems: ProblemTable
-    status_counts: dict[str, int]
+    status_counts: dict[CellStatus, int]
     spec: dict[str, Any] | None
     environment: dict[str, Any]
     cells: tuple[CellRow, ...]
@@ -73,7 +74,7 @@ class Report:
     @property
     def summary(self) -> str:
         """``"12 cells: 10 done, 1 failed, 1 pending"``."""
-        order = sorted(self.status_counts, key=lambda status: status != "done")
+        order = sorted(self.status_counts, key=lambda status: status != CellStatus.DONE)
         parts = [f"{self.status_counts[s]} {s}" for s in order if self.status_counts[s]]
         return f"{sum(self.status_counts.values())} cells: {', '.join(parts) or 'none'}"
 
@@ -110,7 +111,7 @@ class Report:
 
 def common_environment(rows: list[CellRow]) -> dict[str, Any]:
     """Environment fields with the same value in every finished cell (the rest vary per cell)."""
-    envs = [r.environment for r in rows if r.status == "done" and r.environment]
+    envs = [r.environment for r in rows if r.status == CellStatus.DONE and r.environment]
     if not envs:
         return {}
     keys = set(envs[0]).intersection(*envs[1:])

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from resablate.choices import CellStatus
 from resablate.report.document import FigureSection
 from resablate.report.figures import (
     FigureFile,
@@ -76,7 +77,7 @@ def history_records(evaluations: Sequence[EvaluationRow]) -> list[dict[str, Any]
 def cell_recipe(row: CellRow) -> Recipe:
     """The effective recipe of a cell: its run directory's ``recipe.json``, else rebuilt from the
     recipe name and overrides in its config."""
-    return RunDir(row.run_dir or "").read_recipe(row.config)
+    return RunDir(row.run_dir or "").read_recipe(row.cell.to_dict())
 
 
 def learning_rates(recipe: Recipe, total_steps: int) -> list[float]:
@@ -137,7 +138,7 @@ def stage_activations(
 
     from resablate.families import get_family
 
-    family = get_family(row.arch, row.source)
+    family = get_family(row.cell.arch, row.cell.source)
     pixels = torch.from_numpy(image.copy()).permute(2, 0, 1).float().div(255.0).unsqueeze(0)
     pixels = functional.interpolate(
         pixels, size=(recipe.image_size, recipe.image_size), mode="bilinear", antialias=True
@@ -167,19 +168,23 @@ def _feature_pairs(report: Report) -> list[tuple[CellRow, CellRow]]:
     weights, seed and everything else, both with a saved model."""
 
     def ready(row: CellRow) -> bool:
-        return row.status == "done" and bool(row.run_dir) and RunDir(str(row.run_dir)).has_weights
+        return (
+            row.status == CellStatus.DONE
+            and bool(row.run_dir)
+            and RunDir(str(row.run_dir)).has_weights
+        )
 
-    on = {_but_residual(r): r for r in report.cells if r.residual_plan.is_on and ready(r)}
+    on = {_but_residual(r): r for r in report.cells if r.cell.residual.is_on and ready(r)}
     pairs: dict[tuple[str, str], tuple[CellRow, CellRow]] = {}
     for row in report.cells:
-        if row.residual_plan.text == RESIDUAL_OFF and ready(row) and _but_residual(row) in on:
-            pairs.setdefault((row.arch, row.source), (on[_but_residual(row)], row))
+        if row.cell.residual.text == RESIDUAL_OFF and ready(row) and _but_residual(row) in on:
+            pairs.setdefault((row.cell.arch, row.cell.source), (on[_but_residual(row)], row))
     return list(pairs.values())
 
 
 def _but_residual(row: CellRow) -> str:
     """A cell's config without its residual plan: cells that differ only there share it."""
-    rest = {k: v for k, v in row.config.items() if k not in PLAN_FIELDS}
+    rest = {k: v for k, v in row.cell.to_dict().items() if k not in PLAN_FIELDS}
     return json.dumps(rest, sort_keys=True)
 
 
@@ -194,8 +199,8 @@ def gradflow_figures(done: Sequence[CellRow], target: Path) -> list[FigureFile]:
     figures: list[FigureFile] = []
     for index, members in enumerate(groups.values()):
         first = members[0][0]
-        panels = {row.residual_plan.title: records for row, records in members}
-        title = _cell_title(first) if len(members) == 1 else row_label(first)
+        panels = {row.cell.residual.title: records for row, records in members}
+        title = first.cell.label if len(members) == 1 else row_label(first)
         figures.append(
             gradflow_figure(
                 panels,
@@ -214,7 +219,7 @@ def lesion_figures(done: Sequence[CellRow], target: Path) -> list[FigureFile]:
         study = RunDir(row.run_dir).read_lesion() if row.run_dir else None
         if study is not None:
             by_k = study["by_k"]
-            series[_cell_title(row)] = [
+            series[row.cell.label] = [
                 (int(p["k"]), float(p["accuracy_mean"]), float(p["accuracy_std"])) for p in by_k
             ]
     if not series:
@@ -283,7 +288,7 @@ def report_figures(
         if any(len(points) > 1 for points in series.values())
         else []
     )
-    done = [r for r in report.cells if r.status == "done"]
+    done = [r for r in report.cells if r.status == CellStatus.DONE]
     groups = [g for g in group_cells(done) if g.done]
     with open_store(report.store_path) as store:
         curves = []
@@ -295,7 +300,7 @@ def report_figures(
                         history,
                         target / f"curves-{row.cell_id}.png",
                         metric=report.metric if report.metric != "loss" else "f1",
-                        title=_cell_title(row),
+                        title=row.cell.label,
                     )
                 )
         predictions = {r.cell_id: store.predictions(r.cell_id) for r in done}
@@ -364,12 +369,6 @@ def report_figures(
     return [FigureSection(title, text, tuple(figs)) for title, text, figs in candidates if figs]
 
 
-def _cell_title(row: CellRow) -> str:
-    from resablate.grid.cell import Cell
-
-    return Cell.from_dict(row.config).label
-
-
 def _schedule_figures(done: Sequence[CellRow], target: Path) -> list[FigureFile]:
     figures: list[FigureFile] = []
     seen: set[tuple[str, int]] = set()
@@ -404,7 +403,7 @@ def _prediction_figures(
             continue
         classes = class_names(pooled)
         first = group.done[0]
-        config = _cell_title(first).rsplit(" · seed ", 1)[0]
+        config = first.cell.label.rsplit(" · seed ", 1)[0]
         seeds = len(group.done)
         confusions.append(
             confusion_figure(
@@ -418,7 +417,7 @@ def _prediction_figures(
         if not samples and any(p.pred != p.label for p in predictions[first.cell_id]):
             continue  # mistakes exist but their image files are gone: nothing honest to show
         galleries.append(
-            gallery_figure(samples, target / f"misclassified-{index}.png", title=_cell_title(first))
+            gallery_figure(samples, target / f"misclassified-{index}.png", title=first.cell.label)
         )
     return confusions, galleries
 
@@ -437,7 +436,7 @@ def _feature_map_figures(
         image = decode_image(path)
         recipe = cell_recipe(on)
         maps = {
-            f"residual {row.residual_plan.text}": stage_activations(
+            f"residual {row.cell.residual.text}": stage_activations(
                 rebuild_model(RunDir(str(row.run_dir))), image, recipe, row
             )
             for row in (on, off)

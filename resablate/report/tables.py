@@ -25,10 +25,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from resablate.choices import FREEZE_PLANS
-from resablate.grid.table import METRICS_SHOWN, TableColumn, arch_label, results_table
+from resablate.choices import FREEZE_PLANS, METRICS_SHOWN, CellStatus
+from resablate.grid.table import TableColumn, arch_label, results_table
 from resablate.report.stats import McNemarResult, MeanInterval, paired_mcnemar, t_interval
-from resablate.residual_plan import PLAN_FIELDS, RESIDUAL_ON
+from resablate.residual_plan import PLAN_FIELDS, PLAN_ON
+from resablate.weights_choice import WeightsKind
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -60,7 +61,7 @@ class Group:
     @property
     def done(self) -> tuple[CellRow, ...]:
         """The finished (``done``) cells, by seed."""
-        return tuple(r for r in self.rows if r.status == "done")
+        return tuple(r for r in self.rows if r.status == CellStatus.DONE)
 
     def interval(self, metric: str) -> MeanInterval | None:
         """Mean and t-interval of ``metric`` over the finished seeds (``None`` if none)."""
@@ -69,7 +70,7 @@ class Group:
 
     def status_note(self) -> str:
         """``""`` when every seed finished, else e.g. ``"1 of 3 seeds missing (pending)"``."""
-        missing = [r for r in self.rows if r.status != "done"]
+        missing = [r for r in self.rows if r.status != CellStatus.DONE]
         if not missing:
             return ""
         statuses = ", ".join(sorted({r.status for r in missing}))
@@ -82,7 +83,9 @@ class Group:
 def group_key(row: CellRow, *, drop: Iterable[str] = ("seed",)) -> str:
     """The canonical config of a cell without ``drop`` fields, as a sortable string."""
     skip = set(drop)
-    return json.dumps({k: v for k, v in row.config.items() if k not in skip}, sort_keys=True)
+    return json.dumps(
+        {k: v for k, v in row.cell.to_dict().items() if k not in skip}, sort_keys=True
+    )
 
 
 def group_cells(rows: Iterable[CellRow]) -> list[Group]:
@@ -90,21 +93,23 @@ def group_cells(rows: Iterable[CellRow]) -> list[Group]:
     groups: dict[str, list[CellRow]] = {}
     for row in rows:
         groups.setdefault(group_key(row), []).append(row)
-    return [Group(k, tuple(sorted(v, key=lambda r: r.seed))) for k, v in groups.items()]
+    return [Group(k, tuple(sorted(v, key=lambda r: r.cell.seed))) for k, v in groups.items()]
 
 
 def _extras(rows: Sequence[CellRow]) -> list[str]:
     """Config fields (other than the laid-out ones) whose value differs between ``rows``."""
-    names = sorted({k for r in rows for k in r.config} - _LAID_OUT)
+    names = sorted({k for r in rows for k in r.cell.to_dict()} - _LAID_OUT)
     return [
-        n for n in names if len({json.dumps(r.config.get(n), sort_keys=True) for r in rows}) > 1
+        n
+        for n in names
+        if len({json.dumps(r.cell.to_dict().get(n), sort_keys=True) for r in rows}) > 1
     ]
 
 
 def _extra_label(row: CellRow, extras: Sequence[str]) -> str:
     parts = []
     for name in extras:
-        value = row.config.get(name)
+        value = row.cell.to_dict().get(name)
         text = json.dumps(value, sort_keys=True) if isinstance(value, dict) else str(value)
         parts.append(f"{name} {text}")
     return " · ".join(parts)
@@ -116,27 +121,23 @@ def row_label(row: CellRow, extras: Sequence[str] = ()) -> str:
     return f"{arch_label(row)} · {extra}" if extra else arch_label(row)
 
 
-def _column(row: CellRow) -> TableColumn:
-    return TableColumn(row.residual, row.residual_alpha, row.weights)
-
-
 def paired_test(group: Group, reference: Group, predictions: PredictionsFn) -> McNemarResult | None:
     """McNemar's exact test of ``group`` against ``reference``, pooled over common seeds.
 
     Only seeds finished in both groups whose predictions cover the same test images (same
     indices and labels, in order) enter the test; ``None`` when no seed qualifies.
     """
-    ref_by_seed = {r.seed: r for r in reference.done}
+    ref_by_seed = {r.cell.seed: r for r in reference.done}
     pairs = []
     for row in group.done:
-        ref = ref_by_seed.get(row.seed)
+        ref = ref_by_seed.get(row.cell.seed)
         if ref is None:
             continue
         mine, theirs = predictions(row.cell_id), predictions(ref.cell_id)
         if not mine or [(p.index, p.label) for p in mine] != [(p.index, p.label) for p in theirs]:
             continue
         labels = [p.label for p in mine]
-        pairs.append((row.seed, labels, [p.pred for p in theirs], [p.pred for p in mine]))
+        pairs.append((row.cell.seed, labels, [p.pred for p in theirs], [p.pred for p in mine]))
     return paired_mcnemar(pairs) if pairs else None
 
 
@@ -349,16 +350,16 @@ def _entry(
 
 
 def _lookup(study: PublishedStudy | None, metric: str, row: CellRow) -> PublishedValue | None:
-    plan = row.residual_plan
+    plan = row.cell.residual
     # The studies kept or removed every shortcut: a partial plan or a scaled one was not reported.
     if study is None or not (plan.is_on or (plan.every_stage and plan.alpha == 0.0)):
         return None
     return study.lookup(
         metric,
-        arch=row.arch,
+        arch=row.cell.arch,
         residual=plan.text,
-        pretrained=row.weights != "none",
-        freeze=row.freeze,
+        pretrained=row.cell.weights.kind != WeightsKind.NONE,
+        freeze=row.cell.freeze,
     )
 
 
@@ -385,7 +386,7 @@ def ablation_table(
     Returns:
         The table, or ``None`` when no cell qualifies.
     """
-    chosen = [c for c in cells if c.freeze == "none"]
+    chosen = [c for c in cells if c.cell.freeze == "none"]
     if not chosen:
         return None
     by_id = {c.cell_id: c for c in chosen}
@@ -398,8 +399,8 @@ def ablation_table(
             if e.cell_ids
         }
         for column, group in slots.items():
-            ref_column = TableColumn(RESIDUAL_ON, 1.0, column.weights)
-            ref = slots.get(ref_column) if not column.plan.is_on else None
+            ref_column = TableColumn(PLAN_ON, column.weights)
+            ref = slots.get(ref_column) if not column.residual.is_on else None
             entries.append(
                 _entry(
                     table_row.label,
@@ -426,7 +427,7 @@ def ablation_table(
 
 
 def _seed(row: CellRow) -> int:
-    return row.seed
+    return row.cell.seed
 
 
 def freeze_table(
@@ -444,14 +445,14 @@ def freeze_table(
     Returns:
         The table, or ``None`` when the grid froze nothing.
     """
-    chosen = [c for c in cells if c.residual_plan.is_on]
-    if not any(c.freeze != "none" for c in chosen):
+    chosen = [c for c in cells if c.cell.residual.is_on]
+    if not any(c.cell.freeze != "none" for c in chosen):
         return None
     extras = sorted({*_extras(chosen), *(["weights"] if _varies(chosen, "weights") else [])})
     groups = group_cells(chosen)
-    by_slot = {(row_label(g.first, extras), g.first.freeze): g for g in groups}
+    by_slot = {(row_label(g.first, extras), g.first.cell.freeze): g for g in groups}
     plans = sorted(
-        {g.first.freeze for g in groups},
+        {g.first.cell.freeze for g in groups},
         key=lambda p: (FREEZE_PLANS.index(p) if p in FREEZE_PLANS else len(FREEZE_PLANS), p),
     )
     columns = sorted({(g.first.depth or 0, row_label(g.first, extras)) for g in groups})
@@ -483,7 +484,7 @@ def freeze_table(
 
 
 def _varies(rows: Sequence[CellRow], name: str) -> bool:
-    return len({r.config.get(name) for r in rows}) > 1
+    return len({r.cell.to_dict().get(name) for r in rows}) > 1
 
 
 def _mean(values: Iterable[float | int | None]) -> float | None:
@@ -661,8 +662,8 @@ def model_table(cells: Sequence[CellRow], *, published: PublishedStudy | None = 
         records.append(
             ModelRecord(
                 model=row_label(first, extras),
-                scenario=_column(first).label,
-                freeze=first.freeze,
+                scenario=TableColumn.of(first).label,
+                freeze=first.cell.freeze,
                 seeds=f"{len(done)}/{len(group.rows)}",
                 params=first.params,
                 active_params=first.active_params,
@@ -740,24 +741,22 @@ class ProblemTable:
 
 
 _MISSING_REASON = {
-    "pending": "not run yet (grid not finished)",
-    "running": "running, or interrupted while running (rerun the grid to resume)",
+    CellStatus.PENDING: "not run yet (grid not finished)",
+    CellStatus.RUNNING: "running, or interrupted while running (rerun the grid to resume)",
 }
 
 
 def problem_table(cells: Sequence[CellRow]) -> ProblemTable:
     """Every cell whose status is not ``done``, with its reason (or why it is missing)."""
-    from resablate.grid.cell import Cell
-
     problems = tuple(
         CellProblem(
             cell_id=row.cell_id,
-            label=Cell.from_dict(row.config).label,
+            label=row.cell.label,
             status=row.status,
             reason=row.reason or _MISSING_REASON.get(row.status, "no reason recorded"),
         )
         for row in cells
-        if row.status != "done"
+        if row.status != CellStatus.DONE
     )
     return ProblemTable(
         title="Cells without a result (failed, diverged, skipped, missing)",
