@@ -77,8 +77,9 @@ class Recipe:
         cudnn_benchmark: On CUDA, let cuDNN time its convolution algorithms on the first batch
             of each shape (input shapes are fixed within a run); no effect on the CPU.
         deterministic: Deterministic algorithms (``torch.use_deterministic_algorithms`` with
-            ``warn_only``, cuDNN deterministic, no cuDNN autotuning, ``CUBLAS_WORKSPACE_CONFIG``
-            set on CUDA); see ``docs/training.md`` for what is then bitwise.
+            ``warn_only``, cuDNN deterministic, no cuDNN autotuning; cuBLAS's deterministic
+            workspace is set when the engine is imported); see ``docs/training.md`` for what is
+            then bitwise.
         positive: Index of the positive class for precision/recall/F1.
     """
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -311,21 +313,47 @@ def test_backend_settings_apply_and_restore() -> None:
     )
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
     before = (matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark, cudnn.deterministic)
-    env_before = os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
-    try:
-        with backend_settings(execution):
-            assert (matmul.allow_tf32, cudnn.allow_tf32) == (True, True)
-            assert (cudnn.benchmark, cudnn.deterministic) == (False, True)
-            assert torch.are_deterministic_algorithms_enabled()
-            assert torch.is_deterministic_algorithms_warn_only_enabled()
-            assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == CUBLAS_WORKSPACE_CONFIG == ":4096:8"
-        after = (matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark, cudnn.deterministic)
-        assert after == before
-        assert not torch.are_deterministic_algorithms_enabled()
-        assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
-    finally:
-        if env_before is not None:
-            os.environ["CUBLAS_WORKSPACE_CONFIG"] = env_before
+    with backend_settings(execution):
+        assert (matmul.allow_tf32, cudnn.allow_tf32) == (True, True)
+        assert (cudnn.benchmark, cudnn.deterministic) == (False, True)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+    after = (matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark, cudnn.deterministic)
+    assert after == before
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+# A fresh interpreter: what importing the engine (the grid's probe and every run import it before
+# any CUDA work) leaves in the environment, and whether CUDA was initialised by then.
+_CUBLAS_PROBE = """
+import importlib, json, os, sys
+importlib.import_module(sys.argv[1])
+import torch
+print(json.dumps([os.environ.get("CUBLAS_WORKSPACE_CONFIG"), torch.cuda.is_initialized()]))
+"""
+
+
+@pytest.mark.parametrize("module", ["resablate.engine.execution", "resablate.engine"])
+@pytest.mark.parametrize("preset", [None, ":16:8"])
+def test_cublas_workspace_is_set_at_import_before_cuda_starts(
+    module: str, preset: str | None
+) -> None:
+    # cuBLAS reads the variable once, when its first handle is created: it must be in the
+    # environment before any CUDA work, and a user's own value wins.
+    env = {k: v for k, v in os.environ.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
+    if preset is not None:
+        env["CUBLAS_WORKSPACE_CONFIG"] = preset
+    done = subprocess.run(
+        [sys.executable, "-c", _CUBLAS_PROBE, module],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+        timeout=120,
+    )
+    value, cuda_started = json.loads(done.stdout.strip().splitlines()[-1])
+    assert value == (preset or CUBLAS_WORKSPACE_CONFIG) and CUBLAS_WORKSPACE_CONFIG == ":4096:8"
+    assert cuda_started is False
 
 
 def test_deterministic_recipe_on_the_cpu(tmp_path: Path) -> None:

@@ -23,7 +23,13 @@ import torch
 from resablate.recipes import Recipe
 
 CUBLAS_WORKSPACE_CONFIG = ":4096:8"
-"""cuBLAS workspace setting that makes its kernels deterministic (set when ``deterministic``)."""
+"""cuBLAS workspace setting that makes its kernels deterministic (8 buffers of 4 MiB per stream).
+
+Set in the environment when the engine is imported, unless the user set one: cuBLAS reads it once,
+when the process's first cuBLAS handle is created, so setting it when a deterministic run starts
+(after an earlier run, a probe or the user's own code has used the GPU) has no effect.
+"""
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -133,8 +139,8 @@ def backend_settings(execution: Execution) -> Iterator[None]:
     On CUDA: TF32 for matmuls and cuDNN, ``cudnn.benchmark``, ``cudnn.deterministic``. With
     ``deterministic``: ``torch.use_deterministic_algorithms(True, warn_only=True)`` (an operation
     without a deterministic CUDA kernel warns instead of raising; ``docs/training.md`` lists
-    them) and ``CUBLAS_WORKSPACE_CONFIG`` when unset. Deterministic mode already on in the
-    process is left on.
+    them); cuBLAS's deterministic workspace is set at import (:data:`CUBLAS_WORKSPACE_CONFIG`).
+    Deterministic mode already on in the process is left on.
     """
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
     saved = (
@@ -144,7 +150,6 @@ def backend_settings(execution: Execution) -> Iterator[None]:
         cudnn.deterministic,
         torch.are_deterministic_algorithms_enabled(),
         torch.is_deterministic_algorithms_warn_only_enabled(),
-        os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
     )
     enable = execution.deterministic and not saved[4]
     try:
@@ -153,12 +158,9 @@ def backend_settings(execution: Execution) -> Iterator[None]:
             cudnn.benchmark = execution.cudnn_benchmark
             cudnn.deterministic = execution.deterministic
         if enable:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
             torch.use_deterministic_algorithms(True, warn_only=True)
         yield
     finally:
         matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark, cudnn.deterministic = saved[:4]
         if enable:
             torch.use_deterministic_algorithms(saved[4], warn_only=saved[5])
-            if saved[6] is None:
-                os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
