@@ -26,6 +26,7 @@ from resablate.engine.execution import (
     CUBLAS_WORKSPACE_CONFIG,
     Execution,
     backend_settings,
+    compile_model,
     resolve_execution,
 )
 from resablate.engine.loop import _Session, device_rng_state, set_device_rng_state, train
@@ -79,7 +80,7 @@ CPU_EXECUTION = {
     "gpu_count": 0,
     "amp": "none",
     "channels_last": False,
-    "compile": False,
+    "compile": "off",
     "tf32": False,
     "cudnn_benchmark": False,
     "deterministic": False,
@@ -88,7 +89,7 @@ CPU_EXECUTION = {
 CUDA_POLICY = {
     "amp": "bf16",
     "channels_last": True,
-    "compile": False,
+    "compile": "off",
     "tf32": True,
     "cudnn_benchmark": True,
     "deterministic": False,
@@ -185,6 +186,30 @@ def test_skipped_fp16_steps_do_not_warn_about_the_scheduler(
     assert result.execution.amp == "fp16"
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert not [w for w in caught if "lr_scheduler" in str(w.message)]
+
+
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead", "max-autotune"])
+def test_the_recipes_compile_mode_reaches_torch_compile(
+    monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    calls: list[tuple[nn.Module, dict]] = []
+
+    def spy(model: nn.Module, **kwargs: object) -> nn.Module:
+        calls.append((model, kwargs))
+        return nn.Identity()
+
+    monkeypatch.setattr(torch, "compile", spy)
+    model = tiny_model()
+    execution = resolve_execution(RECIPE.replace(compile=mode), CPU)
+    assert execution.compile == mode
+    assert isinstance(compile_model(model, execution), nn.Identity)
+    assert calls == [(model, {"mode": mode})]
+    off = resolve_execution(RECIPE, CPU)
+    assert compile_model(model, off) is model and len(calls) == 1
+    summary = "cpu · fp32 · compile" + ("" if mode == "default" else f" {mode}")
+    assert execution.summary() == summary and off.summary() == "cpu · fp32"
+    # a record written before the modes (compile: true/false) reads back as a mode
+    assert Execution(**{**off.to_dict(), "compile": True}).compile == "default"
 
 
 @pytest.mark.slow
