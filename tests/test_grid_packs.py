@@ -70,8 +70,10 @@ def test_auto_packs_on_a_gpu_within_half_its_free_memory(monkeypatch: pytest.Mon
     # Packing does not pay on a CPU (docs/performance.md): auto trains every cell alone there.
     assert plan_packs(cells, "auto", device="cpu") == [(c,) for c in cells]
     one_cell = cell_memory_bytes(cells[0])
-    # 16 bytes per parameter of the family's model (1,000-class head) + activations of a batch of 64
-    assert one_cell == 16 * 11_689_512 + 4 * 200 * 3 * 32**2 * 64
+    # 16 bytes per parameter of the family's model (1,000-class head) and 2 for autocast's bf16
+    # weights, then what a batch of 64 keeps for backward under bf16 (21.5 floats' worth of bytes
+    # per input value: 263,936 bytes per 32 px image)
+    assert one_cell == 18 * 11_689_512 + 263_936 * 64
     monkeypatch.setattr(packs, "free_memory_bytes", lambda device: 64 * one_cell)
     assert [len(g) for g in plan_packs(cells, "auto", device="cuda:0")] == [16, 4, 1]
     monkeypatch.setattr(packs, "free_memory_bytes", lambda device: 6 * one_cell + 1)
@@ -177,3 +179,63 @@ def test_a_failing_pack_fails_each_of_its_cells(tmp_path: Path) -> None:
     assert {o.status for o in outcomes} == {"failed"}
     assert len({o.reason for o in outcomes}) == 1
     assert outcomes[0].reason.startswith("DataNotFoundError: ")
+
+
+def saved_bytes_of_a_real_forward(arch: str, size: int) -> int:
+    """Bytes per image of the distinct storages a real CPU forward pass (2 images) leaves in its
+    autograd graph (each node's ``_saved_*`` tensors), parameters and buffers left out: a count
+    that shares nothing with the estimate's meta device and hooks."""
+    import torch
+
+    from resablate.weights import build_model
+
+    with torch.device("meta"):
+        model = build_model(arch, num_classes=2)
+    model = model.to_empty(device="cpu").train()  # values are irrelevant to sizes
+    states = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    output = model(torch.zeros(2, 3, size, size))
+    storages: dict[int, int] = {}
+    nodes, seen = [output.grad_fn], set()
+    while nodes:
+        node = nodes.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        nodes.extend(next_node for next_node, _ in node.next_functions)
+        for name in dir(node):
+            if not name.startswith("_saved_"):
+                continue
+            value = getattr(node, name)
+            for tensor in value if isinstance(value, tuple) else (value,):
+                if isinstance(tensor, torch.Tensor):
+                    storage = tensor.untyped_storage()
+                    if storage.data_ptr() not in states:
+                        storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values()) // 2
+
+
+@pytest.mark.parametrize(("arch", "size"), [("resnet18", 32), ("resnet152", 64)])
+def test_activation_estimate_matches_a_real_forward(arch: str, size: int) -> None:
+    estimate = packs.activation_bytes_per_image(arch, "torchvision", size, "float32")
+    assert estimate == pytest.approx(saved_bytes_of_a_real_forward(arch, size), rel=0.10)
+
+
+def test_auto_pack_of_resnet152_on_80_gb_leaves_room_for_what_it_measures(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # ResNet-152 at 224 px keeps 295.2 floats per input value in fp32 (149.2 in bf16); the constant
+    # this measurement replaced assumed 200, so fp32 cells got K = 8 on 80 GB and would have needed
+    # 8 x 6.65 GB = 53 GB, more than the half of the free memory that auto allows.
+    per_image = packs.activation_bytes_per_image("resnet152", "torchvision", 224, "float32")
+    assert per_image / (4 * 3 * 224**2) == pytest.approx(295.2, abs=0.1)
+    assert packs.activation_bytes_per_image("resnet152", "torchvision", 224, "bfloat16") / (
+        4 * 3 * 224**2
+    ) == pytest.approx(149.2, abs=0.1)
+    cells = [
+        Cell("resnet152", seed=s, recipe="cifake", overrides=(("amp", "none"),)) for s in range(8)
+    ]
+    one_cell = cell_memory_bytes(cells[0])
+    assert one_cell == 16 * 60_192_808 + 32 * per_image == 6_650_815_104
+    monkeypatch.setattr(packs, "free_memory_bytes", lambda device: 80 * 10**9)
+    assert [len(g) for g in plan_packs(cells, "auto", device="cuda")] == [6, 2]
+    assert 6 * one_cell <= 40 * 10**9 < 8 * one_cell

@@ -9,8 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from scipy.stats import binomtest
-from scipy.stats import t as student_t
 from test_engine_devices import CPU_EXECUTION
 from typer.testing import CliRunner
 
@@ -27,6 +25,13 @@ from resablate.report.stats import (
     t_interval,
 )
 from resablate_cli.app import app
+
+
+def scipy_stats():
+    """scipy.stats, the reference the statistics are checked against (a dev dependency: imported
+    when a test needs it, so that collecting the tests, e.g. ``pytest -m gpu``, does not)."""
+    return pytest.importorskip("scipy.stats", reason="scipy is not installed")
+
 
 N_TEST = 20
 LABELS = [i % 2 for i in range(N_TEST)]
@@ -172,7 +177,7 @@ def test_t_interval_matches_hand_computation() -> None:
     values = F1[("resnet18", "off")]
     mean = sum(values) / 3
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / 2)
-    expected = student_t.ppf(0.975, 2) * sd / math.sqrt(3)
+    expected = scipy_stats().t.ppf(0.975, 2) * sd / math.sqrt(3)
     result = t_interval(values)
     assert result.mean == pytest.approx(mean, abs=1e-15)
     assert result.half_width == pytest.approx(expected, rel=1e-12)
@@ -191,7 +196,7 @@ def test_single_seed_has_no_interval_and_says_so() -> None:
 
 @pytest.mark.parametrize(("b", "c"), [(12, 0), (4, 2), (30, 14), (7, 7), (0, 0), (1, 0)])
 def test_mcnemar_matches_scipy_binomtest(b: int, c: int) -> None:
-    expected = 1.0 if b + c == 0 else binomtest(b, b + c, 0.5).pvalue
+    expected = 1.0 if b + c == 0 else scipy_stats().binomtest(b, b + c, 0.5).pvalue
     assert mcnemar_p_value(b, c) == pytest.approx(expected, rel=1e-12)
     assert mcnemar_p_value(c, b) == mcnemar_p_value(b, c)
 
@@ -209,7 +214,7 @@ def test_paired_mcnemar_pools_discordant_counts_over_seeds() -> None:
     )
     assert (result.b, result.c, result.n_pairs) == (3, 1, 8)
     assert result.per_seed == ((0, 2, 0), (1, 1, 1))
-    assert result.p_value == pytest.approx(binomtest(3, 4, 0.5).pvalue, rel=1e-12)
+    assert result.p_value == pytest.approx(scipy_stats().binomtest(3, 4, 0.5).pvalue, rel=1e-12)
     with pytest.raises(ConfigError, match="differ in length"):
         discordant_counts([0, 1], [0], [0, 1])
 
@@ -235,14 +240,16 @@ def test_ablation_table_values_intervals_and_tests(store_dir: Path) -> None:
     assert off18.value.half_width == expected.half_width
     assert (off18.test.b, off18.test.c) == (12, 0)
     assert off18.test.per_seed == ((0, 4, 0), (1, 4, 0), (2, 4, 0))
-    assert off18.test.p_value == pytest.approx(binomtest(12, 12, 0.5).pvalue, rel=1e-12)
+    assert off18.test.p_value == pytest.approx(
+        scipy_stats().binomtest(12, 12, 0.5).pvalue, rel=1e-12
+    )
     assert off18.reference == "residual on · weights demo"
     assert "p < 0.001 vs residual on · weights demo" in off18.text()
 
     off50 = table.entry("ResNet-50", "residual off · weights demo")
     assert off50 is not None and off50.test is not None
     assert (off50.test.b, off50.test.c) == (4, 2)
-    assert off50.test.p_value == pytest.approx(binomtest(4, 6, 0.5).pvalue, rel=1e-12)
+    assert off50.test.p_value == pytest.approx(scipy_stats().binomtest(4, 6, 0.5).pvalue, rel=1e-12)
     assert "p = 0.688" in off50.text()
 
     on18 = table.entry("ResNet-18", "residual on · weights demo")

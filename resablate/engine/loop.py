@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +40,7 @@ from resablate.engine.events import (
     TrainFinished,
     TrainStarted,
 )
-from resablate.engine.execution import backend_settings, resolve_execution
+from resablate.engine.execution import backend_settings, compile_model, resolve_execution
 from resablate.engine.groups import ModelGroups, OneModel
 from resablate.engine.memory import keep_freed_memory
 from resablate.engine.optim import build_optimizer
@@ -250,7 +250,7 @@ class _Session:
         self.optimizer = build_optimizer(params, recipe)
         self.scheduler = build_scheduler(self.optimizer, recipe, self.plan.total_steps)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == "fp16")
-        self.forward = cast(nn.Module, torch.compile(model)) if recipe.compile else model
+        self.forward = compile_model(model, self.execution)
         # The idle slices, moved to the device once: masking them costs no transfer.
         named = dict(model.named_parameters())
         self.idle = {
