@@ -24,8 +24,6 @@ NAMED_WEIGHTS = ("none", "imagenet", "demo")
 _RENAMED = {"arch": "family", "pretrained": "weights"}
 #: The axes that hold several values (tuples), in the order cells expand them.
 _AXES = ("depths", "archs", "residual", "weights", "freeze", "seeds", "baselines")
-#: Recipe fields the CLI exposes as overrides (the library accepts any recipe field).
-OVERRIDE_FIELDS = ("epochs", "max_steps", "image_size", "batch_size", "lr")
 
 
 def _unique(values: Any) -> tuple[Any, ...]:
