@@ -73,11 +73,26 @@ def test_baselines_skip_the_residual_axis() -> None:
     ]
 
 
+def test_architectures_named_in_full_follow_the_depths() -> None:
+    spec = GridSpec(depths=(18,), archs=("resnet50", "vgg16"), weights=("none",))
+    assert [(c.arch, c.residual) for c in spec.cells()] == [
+        ("resnet18", "on"),
+        ("resnet18", "off"),
+        ("resnet50", "on"),
+        ("resnet50", "off"),
+        ("vgg16", "on"),
+    ]
+    assert spec.notes == ("the residual axis skips vgg16 (no residual blocks): trained as built",)
+    one = GridSpec(depths=(), archs=("resnet18",), residual=("on",), weights=("none",))
+    assert [c.arch for c in one.cells()] == ["resnet18"] and one.notes == ()
+    assert GridSpec.from_dict(one.to_dict()) == one
+
+
 def test_round_trip_and_unknown_keys() -> None:
     spec = GridSpec(depths=(18, 50), overrides=(("max_steps", 3), ("image_size", 32)))
     assert GridSpec.from_dict(spec.to_dict()) == spec
     assert spec.to_dict()["overrides"] == {"image_size": 32, "max_steps": 3}
-    legal = r"keys: baselines, bn, data, depths, family, "
+    legal = r"keys: archs, baselines, bn, data, depths, family, "
     with pytest.raises(ConfigError, match=r"^unknown grid spec key\(s\): depth; " + legal):
         GridSpec.from_dict({"depth": [18]})
 
@@ -106,7 +121,18 @@ def test_round_trip_and_unknown_keys() -> None:
             "imagenet, demo or a path to a .pth/.pt/.safetensors file",
             "weights",
         ),
-        ({"residual": ("off:conv9_x",)}, "unknown stage 'conv9_x'; stages: conv1, conv2_x", None),
+        (
+            {"residual": ("off:conv9_x",)},
+            "unknown stage 'conv9_x'; stages: conv1, conv2_x",
+            "residual",
+        ),
+        ({"archs": ("resnet77",), "depths": ()}, "unknown architecture 'resnet77'", "archs"),
+        ({"seeds": (-1,)}, "seed -1 is not a non-negative integer", "seeds"),
+        (
+            {"depths": ()},
+            "the grid names no architecture; give depths or architectures",
+            None,
+        ),
         ({"residual_alpha": (2.0,)}, "residual alpha 2 is outside [0, 1]", "residual_alpha"),
         ({"seeds": ()}, "grid axis seeds is empty; give at least one value", None),
         (

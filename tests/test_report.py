@@ -401,8 +401,8 @@ def test_cli_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     result = runner.invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
-        f"error: no results store in {tmp_path} (expected store.sqlite; run `resablate grid "
-        f"--out {tmp_path}` first)"
+        f"error: no results store in {tmp_path} (expected store.sqlite; run a grid into that "
+        "folder first)"
     ]
     store = make_store(tmp_path / "g") / "store.sqlite"
     with sqlite3.connect(store) as conn:

@@ -420,7 +420,7 @@ class ResultStore:
         self.path = target
         self.readonly = readonly
         if readonly and not target.is_file():
-            raise StoreError(f"no results store at {target} (run `resablate grid --out ...` first)")
+            raise StoreError(f"no results store at {target} (run a grid into that folder first)")
         if not readonly:
             fs_type = network_filesystem(target.parent)
             if fs_type:

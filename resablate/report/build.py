@@ -129,8 +129,8 @@ def open_store(out_dir: str | os.PathLike[str]) -> ResultStore:
     target = folder / STORE_FILENAME if folder.is_dir() else folder
     if not target.is_file():
         raise StoreError(
-            f"no results store in {folder} (expected {STORE_FILENAME}; run `resablate grid "
-            f"--out {folder}` first)"
+            f"no results store in {folder} (expected {STORE_FILENAME}; run a grid into that "
+            "folder first)"
         )
     return ResultStore.open(target)
 
