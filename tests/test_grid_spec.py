@@ -75,7 +75,7 @@ def test_baselines_skip_the_residual_axis() -> None:
 
 def test_architectures_named_in_full_follow_the_depths() -> None:
     spec = GridSpec(depths=(18,), archs=("resnet50", "vgg16"), weights=("none",))
-    assert [(c.arch, c.residual) for c in spec.cells()] == [
+    assert [(c.arch, c.residual.text) for c in spec.cells()] == [
         ("resnet18", "on"),
         ("resnet18", "off"),
         ("resnet50", "on"),
