@@ -112,6 +112,14 @@ CompileOption = Annotated[
     bool | None, _option("--compile/--no-compile", "Recipe override: torch.compile.")
 ]
 JsonOption = Annotated[bool, _option("--json", "Print the summary as JSON on stdout.")]
+KeepCheckpointsOption = Annotated[
+    bool,
+    _option(
+        "--keep-checkpoints",
+        "Keep every checkpoint; by default a finished cell keeps only its final model and "
+        "results (a failed one keeps its checkpoints, to resume).",
+    ),
+]
 
 #: Recipe fields with a flag of their own: command parameter -> recipe field.
 OVERRIDE_FIELDS = {

@@ -26,6 +26,7 @@ from resablate_cli.cells import (
     GridWeightsOption,
     ImageSizeOption,
     JsonOption,
+    KeepCheckpointsOption,
     LrOption,
     MaxStepsOption,
     RecipeOption,
@@ -285,6 +286,7 @@ def grid(
     ] = False,
     metric: Annotated[Metric, typer.Option(help="Metric of the results table.")] = Metric.f1,
     json_output: JsonOption = False,
+    keep_checkpoints: KeepCheckpointsOption = False,
 ) -> None:
     """Run an ablation grid: architecture × residual × weights × freeze × seed (resumable).
 
@@ -326,6 +328,7 @@ def grid(
             ray_address=ray_address,
             step_hooks=[GradNormLogging(every=gradflow_every)] if log_gradflow else [],
             pack=pack,
+            keep_checkpoints=keep_checkpoints,
         )
     except KeyboardInterrupt:
         view.close()

@@ -21,6 +21,7 @@ from resablate_cli.cells import (
     GradAccumOption,
     ImageSizeOption,
     JsonOption,
+    KeepCheckpointsOption,
     LrOption,
     MaxStepsOption,
     RecipeOption,
@@ -280,6 +281,7 @@ def train(
     device: DeviceOption = "auto",
     resume: Annotated[bool | None, typer.Option("--resume/--no-resume", hidden=True)] = None,
     as_json: JsonOption = False,
+    keep_checkpoints: KeepCheckpointsOption = False,
 ) -> None:
     """Train and evaluate one cell (or a few: several values of an axis): surgery, freezing,
     recipe, metrics.
@@ -299,7 +301,13 @@ def train(
     folder = out if out is not None else output_folder(spec)
     view = TrainView(plain=as_json or not console.err.is_terminal, summary=not as_json)
     try:
-        summary = run_grid(spec, folder, device=device_of(ctx.params), callback=view)
+        summary = run_grid(
+            spec,
+            folder,
+            device=device_of(ctx.params),
+            callback=view,
+            keep_checkpoints=keep_checkpoints,
+        )
     finally:
         view.close()
     if as_json:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ from resablate.grid.job import Job, pack_id, run_job
 from resablate.grid.packs import cell_memory_bytes, parse_pack, plan_packs
 from resablate.grid.runner import GRADFLOW_PACKS, run_grid
 from resablate.grid.spec import GridSpec
+from resablate.grid.store import ResultStore
 
 OVERRIDES = (("max_steps", 4), ("image_size", 16), ("batch_size", 4), ("checkpoint_every", 2))
 
@@ -106,7 +110,7 @@ def _rows(out: Path) -> dict[str, dict[str, str]]:
 def test_a_packed_grid_gives_the_cells_of_pack_off(data: Path, tmp_path: Path) -> None:
     spec = _spec(data)
     with one_thread():
-        packed = run_grid(spec, tmp_path / "packed", device="cpu", pack=4)
+        packed = run_grid(spec, tmp_path / "packed", device="cpu", pack=4, keep_checkpoints=True)
         alone = run_grid(spec, tmp_path / "alone", device="cpu", pack="off")
     assert packed.counts["done"] == alone.counts["done"] == 4
     by_id = {row.cell_id: row for row in alone.cells}
@@ -121,6 +125,11 @@ def test_a_packed_grid_gives_the_cells_of_pack_off(data: Path, tmp_path: Path) -
         packs.add(row.environment["pack"]["id"])
     assert len(packs) == 1
     assert (tmp_path / "packed" / "packs" / packs.pop() / "checkpoints").is_dir()
+    # Without --keep-checkpoints a finished cell keeps its final model and results only.
+    assert not (tmp_path / "alone" / "packs").exists()
+    for row in alone.cells:
+        files = sorted(p.name for p in Path(row.run_dir).iterdir())
+        assert "checkpoints" not in files and "model.safetensors" in files
     packed_csv, alone_csv = _rows(tmp_path / "packed"), _rows(tmp_path / "alone")
     assert list(next(iter(packed_csv.values()))) == list(next(iter(alone_csv.values())))
     assert sorted(packed_csv) == sorted(alone_csv)
@@ -135,6 +144,52 @@ def test_a_killed_packed_grid_reruns_to_the_same_results(data: Path, tmp_path: P
         whole = run_grid(spec, tmp_path / "whole", device="cpu", pack=4)
         with pytest.raises(KeyboardInterrupt):
             run_grid(spec, tmp_path / "cut", device="cpu", pack=4, callback=stop)
+        resumed = run_grid(spec, tmp_path / "cut", device="cpu", pack=4)
+    expected = {row.cell_id: (row.status, row.accuracy, row.loss, row.f1) for row in whole.cells}
+    assert {
+        row.cell_id: (row.status, row.accuracy, row.loss, row.f1) for row in resumed.cells
+    } == expected
+
+
+_KILL_BETWEEN_RECORDS = """
+import os, sys
+sys.path.insert(0, {tests!r})
+import torch
+from test_grid_packs import _spec
+from resablate.grid import runner
+
+torch.set_num_threads(1)
+recorded = []
+real = runner._record
+
+def record_then_die(store, outcome, base_env):
+    real(store, outcome, base_env)
+    recorded.append(outcome.cell_id)
+    if len(recorded) == {after}:
+        os._exit(9)  # killed between the records of one pack
+
+runner._record = record_then_die
+runner.run_grid(_spec(__import__("pathlib").Path({data!r})), {out!r}, device="cpu", pack=4)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("after", [1, 3])
+def test_a_pack_killed_between_its_records_is_recorded_whole_on_rerun(
+    data: Path, tmp_path: Path, after: int
+) -> None:
+    spec = _spec(data)
+    with one_thread():
+        whole = run_grid(spec, tmp_path / "whole", device="cpu", pack=4)
+    script = _KILL_BETWEEN_RECORDS.format(
+        tests=str(Path(__file__).parent), data=str(data), out=str(tmp_path / "cut"), after=after
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True)
+    assert killed.returncode == 9, killed.stderr.decode()
+    with ResultStore.open(tmp_path / "cut") as store:
+        assert store.status_counts().get("done", 0) == 0  # none of the pack, not some
+    with one_thread():
         resumed = run_grid(spec, tmp_path / "cut", device="cpu", pack=4)
     expected = {row.cell_id: (row.status, row.accuracy, row.loss, row.f1) for row in whole.cells}
     assert {

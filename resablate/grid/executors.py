@@ -9,7 +9,8 @@ Executors never touch the store. ``prepare(out_dir)`` runs first (the Ray execut
 cluster and checks its storage there) and returns notes for the user; then ``run`` calls the
 driver's hooks: ``on_start(job, device)`` when a cell starts (or is submitted),
 ``on_event(cell_id, event)`` for the engine's progress events (from every executor, Ray tasks
-included) and ``on_done(outcome)`` with a plain, picklable :class:`CellOutcome`. The run
+included) and ``on_done(outcomes)`` once per job with its cells' plain, picklable
+:class:`CellOutcome` values (recorded together: a pack's cells all, or none). The run
 directories must be reachable by every worker (shared storage for a Ray cluster, checked by
 ``prepare``): workers write checkpoints and artefacts there, the driver records their paths.
 """
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from resablate.atomic import write_text
+from resablate.choices import CellStatus
 from resablate.errors import ConfigError, WeightsUnavailableError
 from resablate.grid.job import Job
 
@@ -89,16 +91,16 @@ def default_device() -> str:
 def _failure(exc: Exception) -> tuple[str, str]:
     """``(status, reason)`` of a cell whose run raised ``exc``."""
     if isinstance(exc, WeightsUnavailableError):
-        return "skipped", str(exc)
+        return CellStatus.SKIPPED, str(exc)
     summary = one_line(exc)
     if _out_of_memory(exc) and not summary.lower().startswith("out of memory"):
         summary = f"out of memory: {summary}"
-    return "failed", summary
+    return CellStatus.FAILED, summary
 
 
 def _outcome(cell_id: str, result: Any, device: str) -> CellOutcome:
     status = str(result.status)
-    reason = None if status == "done" else getattr(result, "reason", None)
+    reason = None if status == CellStatus.DONE else getattr(result, "reason", None)
     return CellOutcome(cell_id, status, reason, result, device)
 
 
@@ -160,7 +162,7 @@ def execute_job(
 
 StartHook = Callable[[Job, str], None]
 EventHook = Callable[[str, Any], None]
-DoneHook = Callable[[CellOutcome], None]
+DoneHook = Callable[[Sequence[CellOutcome]], None]
 
 
 class LocalExecutor:
@@ -221,8 +223,7 @@ class LocalExecutor:
             device = self.device or default_device()
             for job in jobs:
                 on_start(job, device)
-                for outcome in execute_job(job, self.job_runner, device=device, on_event=on_event):
-                    on_done(outcome)
+                on_done(execute_job(job, self.job_runner, device=device, on_event=on_event))
             return
         self._run_workers(jobs, on_start, on_event, on_done)
 
@@ -260,8 +261,7 @@ class LocalExecutor:
                 else:
                     current[index] = None
                     remaining -= 1
-                    for outcome in payload:
-                        on_done(outcome)
+                    on_done(payload)
         finally:
             for process in processes:
                 if process.is_alive():
@@ -279,8 +279,12 @@ class LocalExecutor:
                 current[index] = None
                 device = self.worker_devices[index]
                 reason = f"worker process on {device} died (exit code {process.exitcode})"
-                for cell in job.cells:
-                    on_done(CellOutcome(cell.cell_id, "failed", reason, None, device))
+                on_done(
+                    [
+                        CellOutcome(cell.cell_id, CellStatus.FAILED, reason, None, device)
+                        for cell in job.cells
+                    ]
+                )
                 reaped += 1
         return reaped
 
@@ -512,11 +516,10 @@ class RayExecutor:
                         f"{type(exc).__name__}: {first}".rstrip(": ")
                     )
                     outcomes = [
-                        CellOutcome(cell.cell_id, "failed", reason, None, device)
+                        CellOutcome(cell.cell_id, CellStatus.FAILED, reason, None, device)
                         for cell in job.cells
                     ]
-                for outcome in outcomes:
-                    on_done(outcome)
+                on_done(outcomes)
         finally:
             for ref in running:
                 ray.cancel(ref, force=True)

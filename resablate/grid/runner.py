@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,23 @@ def _record(store: ResultStore, outcome: CellOutcome, base_env: dict[str, Any]) 
     )
 
 
+def release_checkpoints(outcomes: Sequence[CellOutcome], packs: Path) -> None:
+    """Delete the checkpoints of recorded cells that are finished for good (``done`` or
+    ``diverged``): their run directories keep the final model and results, and the folder of a
+    pack (in ``packs``) goes once its cells are recorded. Failed cells keep theirs, to resume."""
+    from resablate.engine.checkpoint import CHECKPOINT_DIR
+
+    for outcome in outcomes:
+        if outcome.result is None or outcome.status not in (CellStatus.DONE, CellStatus.DIVERGED):
+            continue
+        data = outcome.result.to_dict()
+        if data.get("run_dir"):
+            shutil.rmtree(Path(data["run_dir"]) / CHECKPOINT_DIR, ignore_errors=True)
+        pack = (data.get("environment") or {}).get("pack")
+        if pack:
+            shutil.rmtree(packs / pack["id"], ignore_errors=True)
+
+
 def _jobs(
     cells: Sequence[Cell],
     out_dir: str | os.PathLike[str],
@@ -153,6 +171,7 @@ def run_grid(
     ray_address: str | None = None,
     step_hooks: Sequence[StepHookFactory] = (),
     pack: str | int = "auto",
+    keep_checkpoints: bool = False,
 ) -> GridSummary:
     """Run a grid in ``out_dir``, resuming whatever an earlier run left unfinished.
 
@@ -177,6 +196,9 @@ def run_grid(
             pack size K. With step hooks, ``auto`` runs every cell alone and a K > 1 is
             refused. A run option: cell ids, the store and ``results.csv``
             do not change; each result's environment names its pack.
+        keep_checkpoints: Keep every checkpoint; by default a cell finished for good (``done``
+            or ``diverged``) keeps only its final model and results, and a pack's checkpoints go
+            once all its cells are recorded (a failed cell keeps its checkpoints to resume).
 
     Returns:
         The grid's state when the run ended.
@@ -224,12 +246,17 @@ def run_grid(
         def on_event(cell_id: str, event: Any) -> None:
             emit(CellProgress(cell_id, event))
 
-        def on_done(outcome: CellOutcome) -> None:
+        def on_done(outcomes: Sequence[CellOutcome]) -> None:
             with uninterruptible():
-                _record(store, outcome, base_env)
-                in_flight.discard(outcome.cell_id)
+                with store.together():  # a pack's cells: all recorded, or none
+                    for outcome in outcomes:
+                        _record(store, outcome, base_env)
+                in_flight.difference_update(o.cell_id for o in outcomes)
                 store.write_mirrors()
-            emit(CellFinished(outcome.cell_id, outcome.status, store.cell(outcome.cell_id)))
+                if not keep_checkpoints:
+                    release_checkpoints(outcomes, packs_dir(out_dir))
+            for outcome in outcomes:
+                emit(CellFinished(outcome.cell_id, outcome.status, store.cell(outcome.cell_id)))
 
         try:
             with sigterm_as_interrupt():

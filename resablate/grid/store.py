@@ -419,6 +419,7 @@ class ResultStore:
             target = target / STORE_FILENAME
         self.path = target
         self.readonly = readonly
+        self._together = False
         if readonly and not target.is_file():
             raise StoreError(f"no results store at {target} (run a grid into that folder first)")
         if not readonly:
@@ -479,10 +480,24 @@ class ResultStore:
         return version == 0
 
     @contextmanager
+    def together(self) -> Iterator[None]:
+        """Make every write inside the block one transaction: all of them are kept, or none (a
+        pack's cells are recorded so)."""
+        with self._write():
+            self._together = True
+            try:
+                yield
+            finally:
+                self._together = False
+
+    @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         if self.readonly:
             raise StoreError(f"{self.path} is open read-only")
         conn = self._conn
+        if self._together:  # inside together(): its transaction
+            yield conn
+            return
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
