@@ -110,8 +110,9 @@ class Execution:
         return " · ".join([where, "fp32" if self.amp == "none" else self.amp, *flags])
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready plain types."""
-        return asdict(self)
+        """JSON-ready plain types (the compile mode as its name: checkpoints load with
+        ``weights_only=True``, which refuses any class)."""
+        return {**asdict(self), "compile": self.compile.value}
 
 
 def compile_model(model: nn.Module, execution: Execution) -> nn.Module:
