@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -276,3 +276,51 @@ def run_grid(
             table=results_table(final, metric),
             notes=notes,
         )
+
+
+def train(
+    arch: str,
+    out_dir: str | os.PathLike[str],
+    *,
+    residual: str = "on",
+    residual_alpha: float | None = None,
+    weights: str = "none",
+    freeze: str = "none",
+    seed: int = 0,
+    data: str = "demo",
+    recipe: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    source: str = "torchvision",
+    bn: str = "frozen",
+    device: str | None = None,
+    callback: Callable[[GridEvent], None] | None = None,
+    keep_checkpoints: bool = False,
+) -> CellRow:
+    """Train one configuration: a grid of one cell in ``out_dir`` (what ``resablate train`` does).
+
+    The same store, run directory, resume and checks as :func:`run_grid`; a rerun keeps the
+    finished cell. Arguments name one value of each :class:`~resablate.grid.spec.GridSpec` axis
+    (``overrides``: recipe fields by name).
+
+    Returns:
+        The cell's stored row (``status``, metrics, counts, ``run_dir``).
+    """
+    spec = GridSpec(
+        depths=(),
+        archs=(arch,),
+        residual=(residual,),
+        residual_alpha=None if residual_alpha is None else (residual_alpha,),
+        weights=(weights,),
+        freeze=(freeze,),
+        seeds=(seed,),
+        data=data,
+        recipe=recipe,
+        overrides=tuple((overrides or {}).items()),
+        source=source,
+        bn=bn,
+    )
+    summary = run_grid(
+        spec, out_dir, device=device, callback=callback, keep_checkpoints=keep_checkpoints
+    )
+    (row,) = summary.cells
+    return row
