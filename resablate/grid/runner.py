@@ -41,6 +41,7 @@ from resablate.grid.executors import (
 )
 from resablate.grid.lock import RunLock
 from resablate.grid.packs import PackJob, packs_dir, parse_pack, plan_packs
+from resablate.grid.results import final_rows
 from resablate.grid.signals import sigterm_as_interrupt, uninterruptible
 from resablate.grid.spec import GridSpec
 from resablate.grid.store import METRIC_COLUMNS, CellRow, ResultStore
@@ -252,6 +253,6 @@ def run_grid(
             cells=tuple(final),
             ran=tuple(started),
             counts=store.status_counts(),
-            table=results_table(final, metric),
+            table=results_table(final_rows(final), metric),
             notes=notes,
         )

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from resablate.grid.cell import Cell
+from resablate.grid.results import final_rows
 from resablate.grid.store import CellRow, ResultStore
 from resablate.grid.table import ResultsTable, results_table
 
@@ -79,5 +80,5 @@ def grid_status(out_dir: str | os.PathLike[str], *, metric: str = "f1") -> GridS
             cells=tuple(rows),
             ran=(),
             counts=store.status_counts(),
-            table=results_table(rows, metric),
+            table=results_table(final_rows(rows), metric),
         )

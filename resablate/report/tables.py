@@ -21,18 +21,26 @@ seeds both groups finished (:func:`resablate.report.stats.paired_mcnemar`).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from resablate.choices import FREEZE_PLANS
-from resablate.grid.table import METRICS_SHOWN, TableColumn, arch_label, results_table
+from resablate.grid.table import (
+    METRICS_SHOWN,
+    TableColumn,
+    arch_label,
+    pivot,
+    results_pivot,
+    row_labels,
+)
 from resablate.report.stats import McNemarResult, MeanInterval, paired_mcnemar, t_interval
 from resablate.residual_plan import PLAN_FIELDS, RESIDUAL_ON
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
+    from resablate.grid.results import ResultRow
     from resablate.grid.store import CellRow, PredictionRow
     from resablate.report.published import PublishedStudy, PublishedValue
 
@@ -42,34 +50,35 @@ EMPTY = "—"
 # a table is appended to the row (or column) label so that different groups never share a slot.
 _LAID_OUT = frozenset({"arch", *PLAN_FIELDS, "weights", "freeze", "seed"})
 
-PredictionsFn = Callable[[str], Sequence["PredictionRow"]]
+#: Each finished cell's per-sample test predictions, by cell id.
+Predictions = Mapping[str, Sequence["PredictionRow"]]
 
 
 @dataclass(frozen=True)
 class Group:
-    """The cells of one configuration that differ only in their seed."""
+    """The final results of one configuration's cells, which differ only in their seed."""
 
     key: str
-    rows: tuple[CellRow, ...]
+    rows: tuple[ResultRow, ...]
 
     @property
-    def first(self) -> CellRow:
+    def first(self) -> ResultRow:
         """The cell with the lowest seed (any cell describes the group's configuration)."""
         return self.rows[0]
 
     @property
-    def done(self) -> tuple[CellRow, ...]:
+    def done(self) -> tuple[ResultRow, ...]:
         """The finished (``done``) cells, by seed."""
-        return tuple(r for r in self.rows if r.status == "done")
+        return tuple(r for r in self.rows if r.done)
 
     def interval(self, metric: str) -> MeanInterval | None:
         """Mean and t-interval of ``metric`` over the finished seeds (``None`` if none)."""
-        values = [getattr(r, metric) for r in self.done if getattr(r, metric) is not None]
+        values = [v for r in self.done if (v := r.metric(metric)) is not None]
         return t_interval(values) if values else None
 
     def status_note(self) -> str:
         """``""`` when every seed finished, else e.g. ``"1 of 3 seeds missing (pending)"``."""
-        missing = [r for r in self.rows if r.status != "done"]
+        missing = [r.cell for r in self.rows if not r.done]
         if not missing:
             return ""
         statuses = ", ".join(sorted({r.status for r in missing}))
@@ -79,26 +88,32 @@ class Group:
         return f"{len(missing)} of {total} seeds missing ({statuses})"
 
 
-def group_key(row: CellRow, *, drop: Iterable[str] = ("seed",)) -> str:
-    """The canonical config of a cell without ``drop`` fields, as a sortable string."""
-    skip = set(drop)
-    return json.dumps({k: v for k, v in row.config.items() if k not in skip}, sort_keys=True)
+def group_key(row: ResultRow) -> str:
+    """The canonical config of a cell without its seed, as a sortable string."""
+    config = row.cell.config
+    return json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True)
 
 
-def group_cells(rows: Iterable[CellRow]) -> list[Group]:
-    """Group cells that differ only in their seed (groups in first-seen order, cells by seed)."""
-    groups: dict[str, list[CellRow]] = {}
-    for row in rows:
-        groups.setdefault(group_key(row), []).append(row)
-    return [Group(k, tuple(sorted(v, key=lambda r: r.seed))) for k, v in groups.items()]
+def _seed(row: ResultRow) -> int:
+    return row.cell.seed
 
 
-def _extras(rows: Sequence[CellRow]) -> list[str]:
+def _sorted_group(key: str, rows: Iterable[ResultRow]) -> Group:
+    return Group(key, tuple(sorted(rows, key=_seed)))
+
+
+def group_cells(rows: Sequence[ResultRow]) -> list[Group]:
+    """Group cells that differ only in their seed (groups in first-seen order, cells by seed):
+    the pivot's rows by configuration."""
+    layout = pivot(rows, group_key, lambda _: None)
+    return [_sorted_group(key, layout.by_row[key]) for key in layout.rows]
+
+
+def _extras(rows: Sequence[ResultRow]) -> list[str]:
     """Config fields (other than the laid-out ones) whose value differs between ``rows``."""
-    names = sorted({k for r in rows for k in r.config} - _LAID_OUT)
-    return [
-        n for n in names if len({json.dumps(r.config.get(n), sort_keys=True) for r in rows}) > 1
-    ]
+    configs = [r.cell.config for r in rows]
+    names = sorted({k for config in configs for k in config} - _LAID_OUT)
+    return [n for n in names if len({json.dumps(c.get(n), sort_keys=True) for c in configs}) > 1]
 
 
 def _extra_label(row: CellRow, extras: Sequence[str]) -> str:
@@ -116,23 +131,19 @@ def row_label(row: CellRow, extras: Sequence[str] = ()) -> str:
     return f"{arch_label(row)} · {extra}" if extra else arch_label(row)
 
 
-def _column(row: CellRow) -> TableColumn:
-    return TableColumn(row.residual, row.residual_alpha, row.weights)
-
-
-def paired_test(group: Group, reference: Group, predictions: PredictionsFn) -> McNemarResult | None:
+def paired_test(group: Group, reference: Group, predictions: Predictions) -> McNemarResult | None:
     """McNemar's exact test of ``group`` against ``reference``, pooled over common seeds.
 
     Only seeds finished in both groups whose predictions cover the same test images (same
     indices and labels, in order) enter the test; ``None`` when no seed qualifies.
     """
-    ref_by_seed = {r.seed: r for r in reference.done}
+    ref_by_seed = {r.cell.seed: r.cell for r in reference.done}
     pairs = []
-    for row in group.done:
+    for row in (r.cell for r in group.done):
         ref = ref_by_seed.get(row.seed)
         if ref is None:
             continue
-        mine, theirs = predictions(row.cell_id), predictions(ref.cell_id)
+        mine, theirs = predictions.get(row.cell_id, ()), predictions.get(ref.cell_id, ())
         if not mine or [(p.index, p.label) for p in mine] != [(p.index, p.label) for p in theirs]:
             continue
         labels = [p.label for p in mine]
@@ -334,7 +345,7 @@ def _entry(
     metric: str,
     reference: tuple[str, Group] | None,
     published: PublishedValue | None,
-    predictions: PredictionsFn,
+    predictions: Predictions,
 ) -> Entry:
     return Entry(
         row=row,
@@ -344,7 +355,7 @@ def _entry(
         reference=None if reference is None else reference[0],
         published=published,
         note=group.status_note(),
-        cell_ids=tuple(r.cell_id for r in group.rows),
+        cell_ids=tuple(r.cell.cell_id for r in group.rows),
     )
 
 
@@ -363,8 +374,8 @@ def _lookup(study: PublishedStudy | None, metric: str, row: CellRow) -> Publishe
 
 
 def ablation_table(
-    cells: Sequence[CellRow],
-    predictions: PredictionsFn,
+    cells: Sequence[ResultRow],
+    predictions: Predictions,
     *,
     metric: str = "f1",
     published: PublishedStudy | None = None,
@@ -372,42 +383,43 @@ def ablation_table(
     """CIFAKE's table: rows architecture (by depth), columns residual × weights, values ``metric``.
 
     The layout (rows, columns, which cells fill a slot) is the grid's own
-    :func:`resablate.grid.table.results_table`; this adds the interval over seeds, the paired test
+    :func:`resablate.grid.table.results_pivot`; this adds the interval over seeds, the paired test
     of each ablated slot against the slot with the residual connections on and the same weights
     in the same row, and the published numbers.
 
     Args:
-        cells: The grid's cells; those with a freeze plan other than ``none`` are left out.
-        predictions: ``cell_id -> per-sample predictions`` (for the paired tests).
+        cells: The cells' final (``test``) rows; those with a freeze plan other than ``none``
+            are left out.
+        predictions: Per-sample test predictions by cell id (for the paired tests).
         metric: One of :data:`METRICS`.
         published: The study whose numbers are placed beside the measured ones.
 
     Returns:
         The table, or ``None`` when no cell qualifies.
     """
-    chosen = [c for c in cells if c.freeze == "none"]
+    chosen = [c for c in cells if c.cell.freeze == "none"]
     if not chosen:
         return None
-    by_id = {c.cell_id: c for c in chosen}
-    layout = results_table(chosen, metric)
+    layout = results_pivot(chosen)
+    labels = row_labels(layout)
     entries = []
-    for table_row in layout.rows:
+    for key, label in zip(layout.rows, labels, strict=True):
         slots = {
-            column: Group(column.label, tuple(sorted((by_id[i] for i in e.cell_ids), key=_seed)))
-            for column, e in zip(layout.columns, table_row.entries, strict=True)
-            if e.cell_ids
+            column: _sorted_group(column.label, layout.slot(key, column))
+            for column in layout.columns
+            if layout.slot(key, column)
         }
         for column, group in slots.items():
             ref_column = TableColumn(RESIDUAL_ON, 1.0, column.weights)
             ref = slots.get(ref_column) if not column.plan.is_on else None
             entries.append(
                 _entry(
-                    table_row.label,
+                    label,
                     column.label,
                     group,
                     metric,
                     None if ref is None else (ref_column.label, ref),
-                    _lookup(published, metric, group.first),
+                    _lookup(published, metric, group.first.cell),
                     predictions,
                 )
             )
@@ -416,22 +428,22 @@ def ablation_table(
         title=f"Ablation: {metric} by depth × residual × pretrained (CIFAKE Table 7 shape)",
         metric=metric,
         row_header="model",
-        rows=tuple(r.label for r in layout.rows),
+        rows=labels,
         columns=tuple(c.label for c in layout.columns),
         entries=tuple(entries),
         compare=None if published is None else published.study,
         notes=_stat_notes(metric) + _published_notes(published),
-        depths=tuple(r.depth for r in layout.rows),
+        depths=tuple(layout.by_row[key][0].cell.depth for key in layout.rows),
     )
 
 
-def _seed(row: CellRow) -> int:
-    return row.seed
+def _plan_order(plan: str) -> tuple[int, str]:
+    return (FREEZE_PLANS.index(plan) if plan in FREEZE_PLANS else len(FREEZE_PLANS), plan)
 
 
 def freeze_table(
-    cells: Sequence[CellRow],
-    predictions: PredictionsFn,
+    cells: Sequence[ResultRow],
+    predictions: Predictions,
     *,
     published: PublishedStudy | None = None,
 ) -> PivotTable | None:
@@ -444,28 +456,28 @@ def freeze_table(
     Returns:
         The table, or ``None`` when the grid froze nothing.
     """
-    chosen = [c for c in cells if c.residual_plan.is_on]
-    if not any(c.freeze != "none" for c in chosen):
+    chosen = [c for c in cells if c.cell.residual_plan.is_on]
+    if not any(c.cell.freeze != "none" for c in chosen):
         return None
     extras = sorted({*_extras(chosen), *(["weights"] if _varies(chosen, "weights") else [])})
-    groups = group_cells(chosen)
-    by_slot = {(row_label(g.first, extras), g.first.freeze): g for g in groups}
-    plans = sorted(
-        {g.first.freeze for g in groups},
-        key=lambda p: (FREEZE_PLANS.index(p) if p in FREEZE_PLANS else len(FREEZE_PLANS), p),
+    layout = pivot(
+        chosen,
+        lambda r: r.cell.freeze,
+        lambda r: (r.cell.depth or 0, row_label(r.cell, extras)),
+        row_order=_plan_order,
+        column_order=lambda column: column,
     )
-    columns = sorted({(g.first.depth or 0, row_label(g.first, extras)) for g in groups})
     entries = []
-    for (column, plan), group in by_slot.items():
-        ref = by_slot.get((column, "none")) if plan != "none" else None
+    for (plan, column), rows in layout.slots.items():
+        ref = layout.slot("none", column) if plan != "none" else ()
         entries.append(
             _entry(
                 plan,
-                column,
-                group,
+                column[1],
+                _sorted_group(column[1], rows),
                 "accuracy",
-                None if ref is None else ("freeze none", ref),
-                _lookup(published, "accuracy", group.first),
+                ("freeze none", _sorted_group(column[1], ref)) if ref else None,
+                _lookup(published, "accuracy", rows[0].cell),
                 predictions,
             )
         )
@@ -474,16 +486,16 @@ def freeze_table(
         title="Freezing: accuracy by freeze plan × architecture (Food-5K Table 1 shape)",
         metric="accuracy",
         row_header="freeze plan",
-        rows=tuple(plans),
-        columns=tuple(label for _, label in columns),
+        rows=layout.rows,
+        columns=tuple(label for _, label in layout.columns),
         entries=tuple(entries),
         compare=None if published is None else published.study,
         notes=_stat_notes("accuracy") + _published_notes(published),
     )
 
 
-def _varies(rows: Sequence[CellRow], name: str) -> bool:
-    return len({r.config.get(name) for r in rows}) > 1
+def _varies(rows: Sequence[ResultRow], name: str) -> bool:
+    return len({r.cell.config.get(name) for r in rows}) > 1
 
 
 def _mean(values: Iterable[float | int | None]) -> float | None:
@@ -637,16 +649,18 @@ class ModelTable:
         }
 
 
-def _ran_on(rows: Sequence[CellRow]) -> str | None:
+def _ran_on(rows: Sequence[ResultRow]) -> str | None:
     """The distinct execution summaries of ``rows`` (see :meth:`Execution.summary`)."""
     from resablate.engine.execution import Execution
 
-    found = [r.environment.get("execution") for r in rows]
+    found = [r.cell.environment.get("execution") for r in rows]
     summaries = dict.fromkeys(Execution(**e).summary() for e in found if e)
     return "; ".join(summaries) or None
 
 
-def model_table(cells: Sequence[CellRow], *, published: PublishedStudy | None = None) -> ModelTable:
+def model_table(
+    cells: Sequence[ResultRow], *, published: PublishedStudy | None = None
+) -> ModelTable:
     """Parameters, active parameters, GFLOPs, test metrics, time and throughput per group.
 
     Groups (cells differing only in seed) appear in grid order.
@@ -654,14 +668,14 @@ def model_table(cells: Sequence[CellRow], *, published: PublishedStudy | None = 
     extras = _extras(cells)
     records = []
     for group in group_cells(cells):
-        first, done = group.first, group.done
+        first, done = group.first.cell, [r.cell for r in group.done]
         found = {name: _lookup(published, name, first) for name in (*METRICS, "params_m")}
         pubs = {name: value for name, value in found.items() if value is not None}
-        flops = _mean(r.flops for r in group.rows)
+        flops = _mean(r.cell.flops for r in group.rows)
         records.append(
             ModelRecord(
                 model=row_label(first, extras),
-                scenario=_column(first).label,
+                scenario=TableColumn.of(group.first).label,
                 freeze=first.freeze,
                 seeds=f"{len(done)}/{len(group.rows)}",
                 params=first.params,
@@ -670,9 +684,9 @@ def model_table(cells: Sequence[CellRow], *, published: PublishedStudy | None = 
                 metrics={name: group.interval(name) for name in METRICS},
                 train_seconds=_mean(r.train_seconds for r in done),
                 images_per_second=_mean(r.images_per_second for r in done),
-                ran_on=_ran_on(done),
+                ran_on=_ran_on(group.done),
                 published=pubs,
-                cell_ids=tuple(r.cell_id for r in group.rows),
+                cell_ids=tuple(r.cell.cell_id for r in group.rows),
             )
         )
     notes = (
@@ -745,7 +759,7 @@ _MISSING_REASON = {
 }
 
 
-def problem_table(cells: Sequence[CellRow]) -> ProblemTable:
+def problem_table(cells: Sequence[ResultRow]) -> ProblemTable:
     """Every cell whose status is not ``done``, with its reason (or why it is missing)."""
     from resablate.grid.cell import Cell
 
@@ -756,7 +770,7 @@ def problem_table(cells: Sequence[CellRow]) -> ProblemTable:
             status=row.status,
             reason=row.reason or _MISSING_REASON.get(row.status, "no reason recorded"),
         )
-        for row in cells
+        for row in (r.cell for r in cells)
         if row.status != "done"
     )
     return ProblemTable(
