@@ -1,0 +1,123 @@
+"""The paper tables (LaTeX, Markdown, CSV), ``resablate.report.load`` and their errors."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from test_report import make_store
+from typer.testing import CliRunner
+
+from resablate.errors import ConfigError
+from resablate.grid.cell import Cell
+from resablate.report import load
+from resablate.report.build import build_report
+from resablate.report.output import write_report
+from resablate_cli.app import app
+
+DIVERGED = Cell(arch="resnet18", residual="off", weights="none", recipe="demo")
+
+# What the small store below must give, exactly (tests/golden_paper_tables.*, checked by eye).
+GOLDEN = Path(__file__).parent / "golden_paper_tables"
+MARKDOWN = GOLDEN.with_suffix(".md").read_text()
+LATEX = GOLDEN.with_suffix(".tex").read_text()
+
+
+@pytest.fixture
+def small(tmp_path: Path) -> Path:
+    """2 archs × residual on/off × seeds 0, 1, all done, and one diverged cell."""
+    extra = ((DIVERGED, "diverged", "loss became nan at step 3"),)
+    return make_store(tmp_path / "grid", seeds=(0, 1), extra=extra)
+
+
+def test_markdown_and_latex_paper_tables_exactly(small: Path, tmp_path: Path) -> None:
+    report = build_report(small)
+    md = write_report(report, "markdown", tmp_path / "out")
+    tex = write_report(report, "latex", tmp_path / "paper.tex")
+    assert md.path == tmp_path / "out" / "tables.md" and md.files == (md.path,)
+    assert tex.path == tmp_path / "paper.tex"
+    assert md.path.read_text() == MARKDOWN
+    assert tex.path.read_text() == LATEX
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["tables.md"]
+
+
+def _cell_ids(arch: str, residual: str) -> str:
+    ids = [
+        Cell(arch=arch, residual=residual, weights="demo", recipe="demo", seed=s).cell_id
+        for s in (0, 1)
+    ]
+    return '"[""' + '"", ""'.join(ids) + '""]"'
+
+
+def test_csv_ablation_table_exactly(small: Path, tmp_path: Path) -> None:
+    write_report(build_report(small), "csv", tmp_path / "csv")
+    assert (tmp_path / "csv" / "ablation.csv").read_text() == (
+        "table,metric,row,column,mean,half_width,n,values,p_value,b,c,reference,published,"
+        "published_table,note,cell_ids\n"
+        "ablation,f1,ResNet-18,residual on · weights demo,0.91,0.12706204736174703,2,"
+        f'"[0.9, 0.92]",,,,,,,,{_cell_ids("resnet18", "on")}\n'
+        "ablation,f1,ResNet-18,residual off · weights demo,0.525,0.31765511840436766,2,"
+        '"[0.5, 0.55]",0.0078125,8,0,residual on · weights demo,,,,'
+        f"{_cell_ids('resnet18', 'off')}\n"
+        "ablation,f1,ResNet-18,residual off · weights none,,,0,[],,,,,,,diverged,"
+        f'"[""{DIVERGED.cell_id}""]"\n'
+        "ablation,f1,ResNet-50,residual on · weights demo,0.94,0.12706204736174634,2,"
+        f'"[0.93, 0.95]",,,,,,,,{_cell_ids("resnet50", "on")}\n'
+        "ablation,f1,ResNet-50,residual off · weights demo,0.825,0.3176551184043669,2,"
+        f'"[0.8, 0.85]",0.6875,4,2,residual on · weights demo,,,,{_cell_ids("resnet50", "off")}\n'
+    )
+
+
+def test_load_is_the_tidy_table(small: Path) -> None:
+    frame = load(small)
+    # 9 cells: each finished one has a test row and a val row (its history), the diverged one
+    # only its test row.
+    assert len(frame) == 17
+    assert frame["split"].tolist().count("test") == 9
+    on18 = Cell(arch="resnet18", residual="on", weights="demo", recipe="demo", seed=1)
+    rows = frame[frame["cell_id"] == on18.cell_id].set_index("split")
+    assert rows.loc["test", "f1"] == 0.92 and rows.loc["test", "step"] == 8
+    assert rows.loc["val", "f1"] == 0.92 and rows.loc["val", "step"] == 2
+    assert rows.loc["val", "loss"] == pytest.approx(1 / 3)
+    assert rows.loc["test", "loss"] == 0.3
+    test = rows.loc["test"]
+    assert (test["arch"], test["depth"], test["residual"], test["weights"]) == (
+        "resnet18",
+        18,
+        "on",
+        "demo",
+    )
+    assert (test["seed"], test["status"], test["params"], test["position"]) == (1, "done", 11e6, 1)
+    assert set(frame.columns) >= {"dataset_fingerprint", "weights_sha256", "run_dir", "reason"}
+    diverged = frame[frame["cell_id"] == DIVERGED.cell_id]
+    assert diverged["split"].tolist() == ["test"]
+    assert diverged["status"].tolist() == ["diverged"]
+    assert diverged["f1"].isna().all()
+
+
+def test_load_without_pandas_names_the_extra(small: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    with pytest.raises(ConfigError) as info:
+        load(small)
+    assert str(info.value) == (
+        "loading results as a DataFrame needs pandas: pip install 'resablate[pandas]'"
+    )
+
+
+def test_cli_writes_paper_tables_and_refuses_an_unknown_format(
+    small: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "400")
+    runner = CliRunner()
+    result = runner.invoke(app, ["report", str(small), "--format", "latex"])
+    assert result.exit_code == 0, result.output
+    target = small / "report" / "tables.tex"
+    assert result.output.strip() == f"9 cells: 8 done, 1 diverged; wrote {target} (0 figures)"
+    assert target.read_text() == LATEX
+    result = runner.invoke(app, ["report", str(small), "--format", "xls"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "error: unknown report format 'xls'; choose one of table, md, html, csv, json, latex, "
+        "markdown (--format)"
+    ]
