@@ -49,6 +49,14 @@ def report(
     figures: Annotated[
         bool, typer.Option("--figures/--no-figures", help="Draw figures (md and html).")
     ] = True,
+    allow_mixed_data: Annotated[
+        bool,
+        typer.Option(
+            "--allow-mixed-data",
+            help="Report cells of one dataset whose contents changed between runs (different "
+            "dataset fingerprints); refused by default.",
+        ),
+    ] = False,
 ) -> None:
     """Regenerate the papers' tables and figures from a grid, with seeds and significance.
 
@@ -63,7 +71,10 @@ def report(
 
     check_format(fmt)
     result = build_report(
-        out_dir, metric=metric.value, compare=None if compare is None else compare.value
+        out_dir,
+        metric=metric.value,
+        compare=None if compare is None else compare.value,
+        allow_mixed_data=allow_mixed_data,
     )
     if fmt == "table":
         console.out.print(result)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 from test_report import make_store
 from typer.testing import CliRunner
 
-from resablate.errors import ConfigError
+from resablate.errors import ConfigError, DataError
 from resablate.grid.cell import Cell
 from resablate.report import load
 from resablate.report.build import build_report
@@ -121,3 +122,50 @@ def test_cli_writes_paper_tables_and_refuses_an_unknown_format(
         "error: unknown report format 'xls'; choose one of table, md, html, csv, json, latex, "
         "markdown (--format)"
     ]
+
+
+def _fingerprint(store: Path, fingerprints: dict[int, str]) -> dict[str, list[str]]:
+    """Record a dataset fingerprint per seed in the finished cells' environments (as a grid
+    whose data changed between runs leaves them); returns the cell ids of each fingerprint."""
+    cells: dict[str, list[str]] = {}
+    with sqlite3.connect(store / "store.sqlite") as conn:
+        rows = conn.execute(
+            "SELECT cell_id, seed FROM cells WHERE status = 'done' ORDER BY position"
+        )
+        for cell_id, seed in rows.fetchall():
+            conn.execute(
+                "UPDATE cells SET environment = json_set(environment, '$.dataset_fingerprint', ?) "
+                "WHERE cell_id = ?",
+                (fingerprints[seed], cell_id),
+            )
+            cells.setdefault(fingerprints[seed], []).append(cell_id)
+    return cells
+
+
+def test_report_refuses_cells_of_changed_data_unless_allowed(
+    small: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    same = _fingerprint(small, {0: "a" * 64, 1: "a" * 64})
+    assert build_report(small).ablation is not None  # one fingerprint: reported as before
+    cells = _fingerprint(small, {0: "a" * 64, 1: "b" * 64})
+    assert sorted(same["a" * 64]) == sorted(cells["a" * 64] + cells["b" * 64])
+    message = (
+        "the cells of dataset demo trained on different contents (dataset fingerprints "
+        f"{'a' * 12} (cells {', '.join(cells['a' * 64])}); "
+        f"{'b' * 12} (cells {', '.join(cells['b' * 64])})): the report does not pool them; "
+        "rerun the cells on one version of the data, or allow_mixed_data to report them anyway"
+    )
+    with pytest.raises(DataError) as info:
+        build_report(small)
+    assert str(info.value) == message and info.value.field == "allow_mixed_data"
+    monkeypatch.setenv("COLUMNS", "1000")
+    runner = CliRunner()
+    result = runner.invoke(app, ["report", str(small), "--format", "markdown"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [f"error: {message} (--allow-mixed-data)"]
+    assert not (small / "report").exists()  # refused before anything is written
+    result = runner.invoke(
+        app, ["report", str(small), "--format", "markdown", "--allow-mixed-data"]
+    )
+    assert result.exit_code == 0, result.output
+    assert (small / "report" / "tables.md").read_text() == MARKDOWN

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from resablate.errors import ConfigError
+from resablate.errors import ConfigError, DataError
 from resablate.grid.results import GridResults, read_results
 from resablate.report.published import STUDIES, PublishedStudy, published
 from resablate.report.tables import (
@@ -156,8 +156,44 @@ def open_store(out_dir: str | os.PathLike[str]) -> ResultStore:
     return ResultStore.open(target)
 
 
+#: How many characters of a dataset fingerprint a message shows.
+FINGERPRINT_SHOWN = 12
+
+
+def check_one_dataset(results: GridResults) -> None:
+    """Refuse finished cells of the same dataset path that trained on different contents.
+
+    A dataset's files can change under the same path between runs of a grid; its cells then
+    differ in their recorded ``dataset_fingerprint`` and must not be pooled or compared.
+
+    Raises:
+        DataError: Naming the dataset path and, per fingerprint, its cells.
+    """
+    by_data: dict[str, dict[str, list[str]]] = {}
+    for row in results.final:
+        if row.done and row.dataset_fingerprint is not None:
+            found = by_data.setdefault(row.cell.data, {})
+            found.setdefault(row.dataset_fingerprint, []).append(row.cell.cell_id)
+    for data, found in by_data.items():
+        if len(found) > 1:
+            parts = [
+                f"{fingerprint[:FINGERPRINT_SHOWN]} (cells {', '.join(cells)})"
+                for fingerprint, cells in found.items()
+            ]
+            raise DataError(
+                f"the cells of dataset {data} trained on different contents (dataset "
+                f"fingerprints {'; '.join(parts)}): the report does not pool them; rerun the "
+                "cells on one version of the data, or allow_mixed_data to report them anyway",
+                field="allow_mixed_data",
+            )
+
+
 def build_report(
-    out_dir: str | os.PathLike[str], *, metric: str = "f1", compare: str | None = None
+    out_dir: str | os.PathLike[str],
+    *,
+    metric: str = "f1",
+    compare: str | None = None,
+    allow_mixed_data: bool = False,
 ) -> Report:
     """Read a grid's store and build its tables.
 
@@ -166,9 +202,12 @@ def build_report(
         metric: The ablation table's metric: one of :data:`resablate.report.tables.METRICS`.
         compare: ``"cifake"`` or ``"food5k"`` to place that study's published numbers beside the
             measured ones.
+        allow_mixed_data: Report cells of one dataset path whose recorded dataset fingerprints
+            differ (refused by default: :func:`check_one_dataset`).
 
     Raises:
         ConfigError: Unknown metric or study.
+        DataError: Cells of one dataset path trained on different contents (unless allowed).
         StoreError: No store, not a store, or a store from a newer format.
     """
     if metric not in METRICS:
@@ -177,6 +216,8 @@ def build_report(
         raise ConfigError(f"unknown study {compare!r}; published studies: {', '.join(STUDIES)}")
     with open_store(out_dir) as store:
         results = read_results(store)
+    if not allow_mixed_data:
+        check_one_dataset(results)
     study = None if compare is None else published(compare)
     final = results.final
     return Report(
