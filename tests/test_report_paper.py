@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import sys
 from pathlib import Path
 
 import pytest
+from scipy.stats import ttest_rel
 from test_report import make_store
 from typer.testing import CliRunner
 
@@ -15,6 +17,7 @@ from resablate.grid.cell import Cell
 from resablate.report import load
 from resablate.report.build import build_report
 from resablate.report.output import write_report
+from resablate.report.stats import holm, seed_paired_t
 from resablate_cli.app import app
 
 DIVERGED = Cell(arch="resnet18", residual="off", weights="none", recipe="demo")
@@ -55,18 +58,19 @@ def test_csv_ablation_table_exactly(small: Path, tmp_path: Path) -> None:
     write_report(build_report(small), "csv", tmp_path / "csv")
     assert (tmp_path / "csv" / "ablation.csv").read_text() == (
         "table,metric,row,column,mean,half_width,n,values,p_value,b,c,reference,published,"
-        "published_table,note,cell_ids\n"
+        "published_table,note,cell_ids,seed_difference,seed_p_value,seed_p_holm\n"
         "ablation,f1,ResNet-18,residual on · weights demo,0.91,0.12706204736174703,2,"
-        f'"[0.9, 0.92]",,,,,,,,{_cell_ids("resnet18", "on")}\n'
+        f'"[0.9, 0.92]",,,,,,,,{_cell_ids("resnet18", "on")},,,\n'
         "ablation,f1,ResNet-18,residual off · weights demo,0.525,0.31765511840436766,2,"
         '"[0.5, 0.55]",0.0078125,8,0,residual on · weights demo,,,,'
-        f"{_cell_ids('resnet18', 'off')}\n"
+        f"{_cell_ids('resnet18', 'off')},-0.385,0.024790828978125033,0.049581657956250066\n"
         "ablation,f1,ResNet-18,residual off · weights none,,,0,[],,,,,,,diverged,"
-        f'"[""{DIVERGED.cell_id}""]"\n'
+        f'"[""{DIVERGED.cell_id}""]",,,\n'
         "ablation,f1,ResNet-50,residual on · weights demo,0.94,0.12706204736174634,2,"
-        f'"[0.93, 0.95]",,,,,,,,{_cell_ids("resnet50", "on")}\n'
+        f'"[0.93, 0.95]",,,,,,,,{_cell_ids("resnet50", "on")},,,\n'
         "ablation,f1,ResNet-50,residual off · weights demo,0.825,0.3176551184043669,2,"
-        f'"[0.8, 0.85]",0.6875,4,2,residual on · weights demo,,,,{_cell_ids("resnet50", "off")}\n'
+        f'"[0.8, 0.85]",0.6875,4,2,residual on · weights demo,,,,{_cell_ids("resnet50", "off")}'
+        ",-0.11499999999999999,0.08257119967969462,0.08257119967969462\n"
     )
 
 
@@ -169,3 +173,43 @@ def test_report_refuses_cells_of_changed_data_unless_allowed(
     )
     assert result.exit_code == 0, result.output
     assert (small / "report" / "tables.md").read_text() == MARKDOWN
+
+
+def test_seed_paired_t_and_holm_match_scipy_and_hand_computation() -> None:
+    differences = [(2, 0.05), (0, 0.10), (1, -0.02)]
+    test = seed_paired_t(differences)
+    assert test is not None and test.n == 3
+    assert test.differences == ((0, 0.10), (1, -0.02), (2, 0.05))
+    expected = ttest_rel([0.10, -0.02, 0.05], [0.0, 0.0, 0.0])
+    assert test.t == pytest.approx(expected.statistic, rel=1e-12)
+    assert test.p_value == pytest.approx(expected.pvalue, rel=1e-12)
+    assert seed_paired_t([(0, 0.1)]) is None  # one seed: no test
+    same = seed_paired_t([(0, 0.1), (1, 0.1)])
+    assert same is not None and (same.t, same.p_value) == (math.inf, 0.0)
+    # Holm: sorted 0.01, 0.02, 0.04 of m = 3 → 0.03, max(0.03, 0.04), max(0.04, 0.04).
+    assert holm([0.04, 0.01, 0.02]) == pytest.approx((0.04, 0.03, 0.04))
+    assert holm([0.5, 0.9]) == (1.0, 1.0)
+    assert holm([]) == ()
+
+
+def test_ablation_entries_carry_holm_corrected_seed_tests(small: Path) -> None:
+    table = build_report(small).ablation
+    assert table is not None
+    off18 = table.entry("ResNet-18", "residual off · weights demo")
+    off50 = table.entry("ResNet-50", "residual off · weights demo")
+    assert off18 is not None and off18.seed_test is not None
+    assert off50 is not None and off50.seed_test is not None
+    p18 = ttest_rel([0.50, 0.55], [0.90, 0.92]).pvalue
+    p50 = ttest_rel([0.80, 0.85], [0.93, 0.95]).pvalue
+    assert [seed for seed, _ in off18.seed_test.differences] == [0, 1]
+    assert [d for _, d in off18.seed_test.differences] == pytest.approx([-0.40, -0.37])
+    assert off18.seed_test.p_value == pytest.approx(p18, rel=1e-12)
+    assert off18.seed_test.p_holm == pytest.approx(2 * p18, rel=1e-12)
+    assert off50.seed_test.p_holm == pytest.approx(max(2 * p18, p50), rel=1e-12)
+    assert off18.text().splitlines() == [
+        "0.525 ± 0.318 (n=2)",
+        "p = 0.008 vs residual on · weights demo",
+        "seeds: Δ -0.385, Holm p = 0.050",
+    ]
+    on18 = table.entry("ResNet-18", "residual on · weights demo")
+    assert on18 is not None and on18.seed_test is None  # the reference itself

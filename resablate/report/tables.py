@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from resablate.choices import FREEZE_PLANS
@@ -34,7 +34,15 @@ from resablate.grid.table import (
     results_pivot,
     row_labels,
 )
-from resablate.report.stats import McNemarResult, MeanInterval, paired_mcnemar, t_interval
+from resablate.report.stats import (
+    McNemarResult,
+    MeanInterval,
+    SeedPairedTest,
+    holm,
+    paired_mcnemar,
+    seed_paired_t,
+    t_interval,
+)
 from resablate.residual_plan import PLAN_FIELDS, RESIDUAL_ON
 
 if TYPE_CHECKING:
@@ -151,6 +159,28 @@ def paired_test(group: Group, reference: Group, predictions: Predictions) -> McN
     return paired_mcnemar(pairs) if pairs else None
 
 
+def seed_test(group: Group, reference: Group, metric: str) -> SeedPairedTest | None:
+    """The paired t-test of ``metric`` over the seeds both groups finished (uncorrected)."""
+    ref_by_seed = {r.cell.seed: r.metric(metric) for r in reference.done}
+    differences = [
+        (r.cell.seed, mine - theirs)
+        for r in group.done
+        if (mine := r.metric(metric)) is not None
+        and (theirs := ref_by_seed.get(r.cell.seed)) is not None
+    ]
+    return seed_paired_t(differences)
+
+
+def holm_corrected(entries: Sequence[Entry]) -> tuple[Entry, ...]:
+    """``entries`` with their seed-level tests Holm-corrected together (one family per table)."""
+    tested = [(i, e.seed_test) for i, e in enumerate(entries) if e.seed_test is not None]
+    adjusted = holm([test.p_value for _, test in tested])
+    fixed = list(entries)
+    for (i, test), p_holm in zip(tested, adjusted, strict=True):
+        fixed[i] = replace(entries[i], seed_test=replace(test, p_holm=p_holm))
+    return tuple(fixed)
+
+
 def format_p(p_value: float) -> str:
     """``"p = 0.031"``, ``"p < 0.001"``."""
     return "p < 0.001" if p_value < 0.001 else f"p = {p_value:.3f}"
@@ -165,6 +195,8 @@ class Entry:
         column: Column label.
         value: Mean and interval over finished seeds; ``None`` when no seed finished.
         test: The paired test against the reference (``None`` for a reference or no pairs).
+        seed_test: The seed-level paired t-test of the metric against the reference, Holm-
+            corrected over the table (``None`` for a reference or fewer than two paired seeds).
         reference: Label of the reference the test compares with (``None`` for a reference).
         published: The published number for this slot (``None`` when not compared/reported).
         note: Missing seeds and their status, e.g. ``"pending"``; ``""`` when complete.
@@ -175,6 +207,7 @@ class Entry:
     column: str
     value: MeanInterval | None
     test: McNemarResult | None
+    seed_test: SeedPairedTest | None
     reference: str | None
     published: PublishedValue | None
     note: str
@@ -185,6 +218,9 @@ class Entry:
         lines = [self.value.format(digits) if self.value is not None else EMPTY]
         if self.test is not None:
             lines.append(f"{format_p(self.test.p_value)} vs {self.reference}")
+        if self.seed_test is not None and self.seed_test.p_holm is not None:
+            holm_p = format_p(self.seed_test.p_holm).replace("p", "Holm p", 1)
+            lines.append(f"seeds: Δ {self.seed_test.mean_difference:+.{digits}f}, {holm_p}")
         if self.note:
             lines.append(f"({self.note})")
         return "\n".join(lines)
@@ -207,6 +243,9 @@ class Entry:
             "published_table": None if self.published is None else self.published.table,
             "note": self.note,
             "cell_ids": list(self.cell_ids),
+            "seed_difference": None if self.seed_test is None else self.seed_test.mean_difference,
+            "seed_p_value": None if self.seed_test is None else self.seed_test.p_value,
+            "seed_p_holm": None if self.seed_test is None else self.seed_test.p_holm,
         }
 
 
@@ -326,6 +365,9 @@ def _stat_notes(metric: str) -> tuple[str, ...]:
         "p: McNemar's exact test (two-sided binomial on the discordant pairs) against the "
         "reference on the same test images; discordant counts b, c summed over the seeds both "
         "cells finished (pooled), one test on the totals.",
+        f"seeds: Δ = mean over the seeds both cells finished of {metric} minus the "
+        "reference's; Holm p: Student's paired t-test of those differences (n − 1 degrees of "
+        "freedom, two or more seeds), Holm-corrected over the table's tests.",
     )
 
 
@@ -352,6 +394,7 @@ def _entry(
         column=column,
         value=group.interval(metric),
         test=None if reference is None else paired_test(group, reference[1], predictions),
+        seed_test=None if reference is None else seed_test(group, reference[1], metric),
         reference=None if reference is None else reference[0],
         published=published,
         note=group.status_note(),
@@ -430,7 +473,7 @@ def ablation_table(
         row_header="model",
         rows=labels,
         columns=tuple(c.label for c in layout.columns),
-        entries=tuple(entries),
+        entries=holm_corrected(entries),
         compare=None if published is None else published.study,
         notes=_stat_notes(metric) + _published_notes(published),
         depths=tuple(layout.by_row[key][0].cell.depth for key in layout.rows),
@@ -488,7 +531,7 @@ def freeze_table(
         row_header="freeze plan",
         rows=layout.rows,
         columns=tuple(label for _, label in layout.columns),
-        entries=tuple(entries),
+        entries=holm_corrected(entries),
         compare=None if published is None else published.study,
         notes=_stat_notes("accuracy") + _published_notes(published),
     )
