@@ -213,3 +213,35 @@ def test_ablation_entries_carry_holm_corrected_seed_tests(small: Path) -> None:
     ]
     on18 = table.entry("ResNet-18", "residual on · weights demo")
     assert on18 is not None and on18.seed_test is None  # the reference itself
+
+
+def test_model_table_states_the_weights_each_configuration_loaded(small: Path) -> None:
+    with sqlite3.connect(small / "store.sqlite") as conn:
+        rows = conn.execute("SELECT cell_id, arch, seed FROM cells WHERE status = 'done'")
+        for cell_id, arch, seed in rows.fetchall():
+            # ResNet-50's seed 1 loaded another demo file than seed 0 (rebuilt in between).
+            sha = "c" * 64 if arch == "resnet50" and seed == 1 else f"{arch}".ljust(64, "0")
+            conn.execute(
+                "UPDATE cells SET environment = json_set(environment, '$.weights_sha256', ?) "
+                "WHERE cell_id = ?",
+                (sha, cell_id),
+            )
+    models = build_report(small).models
+    assert [(r.model, r.scenario, r.weights_used) for r in models.rows] == [
+        ("ResNet-18", "residual on · weights demo", "demo · sha256 resnet180000"),
+        ("ResNet-18", "residual off · weights demo", "demo · sha256 resnet180000"),
+        (
+            "ResNet-50",
+            "residual on · weights demo",
+            "demo · sha256 resnet500000; demo · sha256 cccccccccccc",
+        ),
+        (
+            "ResNet-50",
+            "residual off · weights demo",
+            "demo · sha256 resnet500000; demo · sha256 cccccccccccc",
+        ),
+        ("ResNet-18", "residual off · weights none", None),  # diverged: nothing finished
+    ]
+    assert models.header()[14:] == ["ran on", "weights used"]
+    assert models.display_rows()[0][15] == "demo · sha256 resnet180000"
+    assert models.records()[0]["weights_used"] == "demo · sha256 resnet180000"

@@ -563,6 +563,11 @@ class ModelRecord:
         ran_on: What the finished seeds ran with (device, GPU count, autocast dtype, memory
             format, compile, TF32, cudnn.benchmark), e.g. ``"cpu · fp32"``; distinct settings
             joined by ``"; "``; ``None`` when nothing finished or it was not recorded.
+        weights_used: The initial weights the finished seeds really loaded: the weights spec
+            with the first 12 hex digits of the file's SHA-256 as recorded in the result's
+            environment (``"demo · sha256 1a2b3c4d5e6f"``), ``"none · random init"``, or
+            ``"… · not recorded"``; distinct ones joined by ``"; "``; ``None`` when nothing
+            finished.
         published: Published numbers for this configuration, by metric (and ``params_m``, the
             published parameter count in millions).
         cell_ids: The group's cells, by seed.
@@ -579,6 +584,7 @@ class ModelRecord:
     train_seconds: float | None
     images_per_second: float | None
     ran_on: str | None = None
+    weights_used: str | None = None
     published: Mapping[str, PublishedValue] = field(default_factory=dict)
     cell_ids: tuple[str, ...] = ()
 
@@ -600,6 +606,7 @@ class ModelRecord:
         record["train_seconds"] = self.train_seconds
         record["images_per_second"] = self.images_per_second
         record["ran_on"] = self.ran_on
+        record["weights_used"] = self.weights_used
         for name, pub in self.published.items():
             record[f"published_{name}"] = pub.value
         record["cell_ids"] = list(self.cell_ids)
@@ -626,7 +633,8 @@ class ModelTable:
     def header(self) -> list[str]:
         """Column names as displayed."""
         names = ["model", "scenario", "freeze", "seeds", "params", "active params", "GFLOPs"]
-        names += ["loss", "F1", "precision", "recall", "accuracy", "train s", "images/s", "ran on"]
+        names += ["loss", "F1", "precision", "recall", "accuracy", "train s", "images/s"]
+        names += ["ran on", "weights used"]
         if self.compare:
             names.append(f"{self.compare} published")
         return names
@@ -649,7 +657,7 @@ class ModelTable:
             line.append(_fmt_float(rec.gflops, ".3f"))
             line += [metric_text(n) for n in ("loss", "f1", "precision", "recall", "accuracy")]
             line += [_fmt_float(rec.train_seconds, ".1f"), _fmt_float(rec.images_per_second, ".0f")]
-            line.append(rec.ran_on or EMPTY)
+            line += [rec.ran_on or EMPTY, rec.weights_used or EMPTY]
             if self.compare:
                 pub = ", ".join(f"{k} {v.value:.4g} ({v.table})" for k, v in rec.published.items())
                 line.append(pub or EMPTY)
@@ -661,16 +669,16 @@ class ModelTable:
         return [{"table": "models", **r.to_dict()} for r in self.rows]
 
     def __rich__(self) -> RenderableType:
-        # Fifteen columns do not fit a terminal: show size/cost/speed and metrics as two tables,
+        # Sixteen columns do not fit a terminal: show size/cost/speed and metrics as two tables,
         # each keyed by the configuration in one column.
         from rich.console import Group as RichGroup
         from rich.table import Table
         from rich.text import Text
 
         header, rows = self.header(), self.display_rows()
-        # seeds, params, active params, GFLOPs, train s, images/s, ran on
-        cost = [3, 4, 5, 6, 12, 13, 14]
-        metrics = list(range(7, 12)) + ([15] if self.compare else [])
+        # seeds, params, active params, GFLOPs, train s, images/s, ran on, weights used
+        cost = [3, 4, 5, 6, 12, 13, 14, 15]
+        metrics = list(range(7, 12)) + ([16] if self.compare else [])
         parts: list[Any] = []
         for title, picked in (("size, cost, speed", cost), ("test metrics", metrics)):
             grid = Table(title=f"Models: {title}", show_lines=True, title_justify="left")
@@ -690,6 +698,20 @@ class ModelTable:
             "compare": self.compare,
             "notes": list(self.notes),
         }
+
+
+def _weights_used(rows: Sequence[ResultRow]) -> str | None:
+    """What the finished ``rows`` loaded, from the weights hash each result recorded."""
+    used = []
+    for row in rows:
+        sha = row.weights_sha256
+        if sha is not None:
+            used.append(f"{row.cell.weights} · sha256 {sha[:12]}")
+        elif row.cell.weights == "none":
+            used.append("none · random init")
+        else:
+            used.append(f"{row.cell.weights} · not recorded")
+    return "; ".join(dict.fromkeys(used)) or None
 
 
 def _ran_on(rows: Sequence[ResultRow]) -> str | None:
@@ -728,6 +750,7 @@ def model_table(
                 train_seconds=_mean(r.train_seconds for r in done),
                 images_per_second=_mean(r.images_per_second for r in done),
                 ran_on=_ran_on(group.done),
+                weights_used=_weights_used(group.done),
                 published=pubs,
                 cell_ids=tuple(r.cell.cell_id for r in group.rows),
             )
@@ -738,7 +761,9 @@ def model_table(
         "inactive).",
         "loss, F1, precision, recall, accuracy: final test evaluation, mean ± 95 % t-interval "
         "half-width over finished seeds; train s and images/s: means over finished seeds; "
-        "ran on: device (GPU index and count), autocast dtype and the flags that were on.",
+        "ran on: device (GPU index and count), autocast dtype and the flags that were on; "
+        "weights used: the initial weights file the seeds loaded, by the SHA-256 their results "
+        "recorded (first 12 hex digits).",
         *_published_notes(published),
     )
     return ModelTable(
