@@ -2,40 +2,54 @@
 
 from __future__ import annotations
 
-import json
 import time
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
-from typer.core import TyperCommand
 
+from resablate.choices import CellStatus
 from resablate_cli import console
-from resablate_cli.options import BnPolicy, Metric, Source, show
-
-# Axis options take several values after one flag (``--depths 18 50 101``), as the studies write
-# them; repeating the flag (``--depths 18 --depths 50``) and commas (``--depths 18,50``) work too.
-MULTI_VALUE_OPTIONS = (
-    "--depths",
-    "--residual",
-    "--residual-alpha",
-    "--pretrained",
-    "--freeze",
-    "--seeds",
-    "--baselines",
+from resablate_cli.cells import (
+    AmpOption,
+    BatchSizeOption,
+    BnOption,
+    CompileOption,
+    DataOption,
+    DeviceOption,
+    EpochsOption,
+    FreezeOption,
+    GradAccumOption,
+    GridArchOption,
+    GridResidualOption,
+    GridWeightsOption,
+    ImageSizeOption,
+    JsonOption,
+    KeepCheckpointsOption,
+    LrOption,
+    MaxStepsOption,
+    RecipeOption,
+    ResidualAlphaOption,
+    SeedsOption,
+    SettingsOption,
+    StorageSizeOption,
+    cell_spec,
+    device_of,
 )
+from resablate_cli.options import BnPolicy, Metric, Source, SourceOption, show
+from resablate_cli.vocabulary import AxisCommand, deprecated
 
 EXAMPLES = """
 Examples:
 
   resablate grid --depths 18 50 --data demo --out runs/demo
 
-  resablate grid --depths 18 50 101 152 --residual on off --pretrained imagenet none \\
+  resablate grid --depths 18 50 101 152 --residual on off --weights imagenet none \\
       --data ~/data/cifake --recipe cifake --out runs/cifake
 
-  resablate grid --depths 50 --residual on off:conv5_x --residual-alpha 1 0.5 0 --seeds 0 1 2
+  resablate grid --arch resnet18 --arch resnet50 --residual on off:conv5_x \\
+      --residual-alpha 1 0.5 0 --seeds 0 1 2
 
   resablate grid --depths 18 --freeze none conv1 conv1-2 conv1-3 conv1-4 all --recipe food
 
@@ -45,73 +59,33 @@ Examples:
 
 Axes (the grid is their product; baselines skip the residual axis):
 
-  --depths 18 34 50 101 152 · --residual on | off | off:conv4_x,conv5_x · --residual-alpha 1 0.5 0
-  · --pretrained imagenet | demo | none | PATH · --freeze none conv1 conv1-2 conv1-3 conv1-4 all
+  --depths 18 34 50 101 152 (of --family resnet) · --arch resnet18 resnext50_32x4d ...
+  · --residual on | off | off:conv4_x,conv5_x · --residual-alpha 1 0.5 0
+  · --weights imagenet | demo | none | PATH · --freeze none conv1 conv1-2 conv1-3 conv1-4 all
   · --seeds 0 1 2 · --baselines vgg16 efficientnet_b3 efficientnet_b4 alexnet
 
+The same cell options as resablate train; recipe fields: the named flags or --set FIELD=VALUE.
 Rerunning the same command with the same --out resumes: done cells are kept, interrupted ones
 continue from their last checkpoint, failed ones rerun with --retry-failed.
 """
 
 
-def expand_multi_values(
-    args: list[str], options: tuple[str, ...] = MULTI_VALUE_OPTIONS
-) -> list[str]:
-    """Rewrite ``--opt a b`` as ``--opt a --opt b`` (and ``--opt a,b`` likewise)."""
-    result: list[str] = []
-    current: str | None = None
-    for arg in args:
-        if arg == "--":
-            current = None
-            result.append(arg)
-        elif arg.startswith("-") and not _is_number(arg):
-            name, sep, value = arg.partition("=")
-            current = name if name in options else None
-            if current is not None and sep:
-                result.extend(_values(current, value))
-            elif current is None:
-                result.append(arg)
-        elif current is not None:
-            result.extend(_values(current, arg))
-        else:
-            result.append(arg)
-    return result
+def split_families(archs: list[str], source: str) -> tuple[str | None, list[str]]:
+    """``--arch`` values as (the family among them, the architectures): ``--arch resnet`` named
+    the family in earlier releases (``--family`` now; a deprecation warning says so)."""
+    from resablate.families import RESNET_DEPTHS, list_architectures
 
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _values(option: str, text: str) -> list[str]:
-    from resablate.residual_plan import split_plans
-
-    return [item for part in split_plans(text) for item in (option, part)]
-
-
-def parse_settings(settings: list[str]) -> dict[str, Any]:
-    """``["lr=0.01", "amp=none"]`` → ``{"lr": 0.01, "amp": "none"}`` (values read as JSON if they
-    parse, else kept as text)."""
-    result: dict[str, Any] = {}
-    for item in settings:
-        name, sep, text = item.partition("=")
-        if not sep or not name.strip():
-            raise typer.BadParameter(f"{item!r} is not FIELD=VALUE", param_hint="--set")
-        try:
-            result[name.strip()] = json.loads(text)
-        except ValueError:
-            result[name.strip()] = text
-    return result
-
-
-class GridCommand(TyperCommand):
-    """A command whose axis options accept several values after one flag."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, expand_multi_values(list(args)))
+    known = set(list_architectures(source))
+    families = [
+        a
+        for a in archs
+        if a.lower() not in known and any(f"{a.lower()}{d}" in known for d in RESNET_DEPTHS)
+    ]
+    if not families:
+        return None, archs
+    family = families[0]
+    deprecated(f"--arch {family} (a family)", f"--family {family}")
+    return family, [a for a in archs if a != family]
 
 
 class Executor(StrEnum):
@@ -122,12 +96,12 @@ class Executor(StrEnum):
 
 
 _STATUS_STYLE = {
-    "pending": "dim",
-    "running": "bold cyan",
-    "done": "green",
-    "failed": "bold red",
-    "diverged": "magenta",
-    "skipped": "yellow",
+    CellStatus.PENDING: "dim",
+    CellStatus.RUNNING: "bold cyan",
+    CellStatus.DONE: "green",
+    CellStatus.FAILED: "bold red",
+    CellStatus.DIVERGED: "magenta",
+    CellStatus.SKIPPED: "yellow",
 }
 
 
@@ -174,14 +148,12 @@ class GridView:
             )
 
     def started(self, event: Any) -> None:
-        from resablate.grid.cell import Cell
-
         for note in event.notes:
             console.err.print(f"note: {note}", highlight=False, markup=False)
         for row in event.cells:
             value = getattr(row, self.metric)
             self.rows[row.cell_id] = {
-                "label": Cell.from_dict(row.config).label,
+                "label": row.cell.label,
                 "status": row.status,
                 "progress": "",
                 "value": "" if value is None else f"{value:.4f}",
@@ -232,42 +204,20 @@ def grid(
     depths: Annotated[
         list[int] | None,
         typer.Option(
-            "--depths", help="ResNet depths: 18 34 50 101 152. \\[default: 18 50 101 152]"
+            "--depths",
+            help="Depths of the family: 18 34 50 101 152. \\[default: 18 50 101 152 unless "
+            "--arch names the architectures]",
         ),
     ] = None,
-    residual: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--residual",
-            help="Residual plans: on, off, or stage sets like off:conv4_x,conv5_x. "
-            "\\[default: on off]",
-        ),
-    ] = None,
-    residual_alpha: Annotated[
-        list[float] | None,
-        typer.Option(
-            "--residual-alpha",
-            help="Shortcut scales for the plans that alter stages (1 = on, 0 = off), e.g. 1 0.5 0.",
-        ),
-    ] = None,
-    pretrained: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--pretrained",
-            help="Weights: imagenet, demo, none or a .pth/.safetensors path. \\[default: imagenet "
-            "none; on demo data imagenet means the demo weights]",
-        ),
-    ] = None,
-    freeze: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--freeze",
-            help="Freeze plans: none conv1 conv1-2 conv1-3 conv1-4 all. \\[default: none]",
-        ),
-    ] = None,
-    seeds: Annotated[
-        list[int] | None, typer.Option("--seeds", help="Seeds, e.g. 0 1 2. \\[default: 0]")
-    ] = None,
+    family: Annotated[
+        str, typer.Option("--family", help="Residual family the depths belong to.")
+    ] = "resnet",
+    arch: GridArchOption = None,
+    residual: GridResidualOption = None,
+    residual_alpha: ResidualAlphaOption = None,
+    weights: GridWeightsOption = None,
+    freeze: FreezeOption = None,
+    seeds: SeedsOption = None,
     baselines: Annotated[
         list[str] | None,
         typer.Option(
@@ -275,36 +225,24 @@ def grid(
             help="Other architectures without the residual axis, e.g. vgg16 efficientnet_b3.",
         ),
     ] = None,
-    arch: Annotated[str, typer.Option(help="Residual family the depths belong to.")] = "resnet",
-    source: Annotated[
-        Source, typer.Option(help="Where the models come from.")
-    ] = Source.torchvision,
-    data: Annotated[
-        str, typer.Option(help="Dataset folder, or 'demo' for the embedded demo data (offline).")
-    ] = "demo",
-    recipe: Annotated[
-        str | None,
-        typer.Option(
-            help="Recipe: cifake, food, demo. \\[default: demo on demo data, else cifake]"
-        ),
-    ] = None,
-    epochs: Annotated[int | None, typer.Option(help="Override the recipe's epochs.")] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Cap on optimiser steps per cell.")] = None,
-    image_size: Annotated[int | None, typer.Option(help="Input side in pixels.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per micro-batch.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
-    settings: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            help="Any other recipe field as FIELD=VALUE, e.g. --set checkpoint_every=50 "
-            "(repeatable).",
-        ),
-    ] = None,
-    bn: Annotated[BnPolicy, typer.Option(help="BatchNorm of frozen stages.")] = BnPolicy.frozen,
+    source: SourceOption = Source.torchvision,
+    data: DataOption = "demo",
+    recipe: RecipeOption = None,
+    settings: SettingsOption = None,
+    epochs: EpochsOption = None,
+    lr: LrOption = None,
+    batch_size: BatchSizeOption = None,
+    grad_accum: GradAccumOption = None,
+    max_steps: MaxStepsOption = None,
+    image_size: ImageSizeOption = None,
+    storage_size: StorageSizeOption = None,
+    amp: AmpOption = None,
+    compile_model: CompileOption = None,
+    bn: BnOption = BnPolicy.frozen,
     out: Annotated[
         Path, typer.Option(help="Run directory: store, results.csv, one folder per cell.")
     ] = Path("runs/grid"),
+    device: DeviceOption = "auto",
     executor: Annotated[Executor, typer.Option(help="Where cells run.")] = Executor.local,
     ray_address: Annotated[
         str | None, typer.Option(help="Ray cluster to join (executor ray); else a local Ray.")
@@ -314,9 +252,6 @@ def grid(
         typer.Option(
             help="Local worker processes (default: one per visible GPU) or local Ray CPUs."
         ),
-    ] = None,
-    device: Annotated[
-        str | None, typer.Option(help="Device for local runs: cpu, cuda, cuda:N. \\[default: auto]")
     ] = None,
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help="Run failed cells again.")
@@ -350,45 +285,29 @@ def grid(
         ),
     ] = False,
     metric: Annotated[Metric, typer.Option(help="Metric of the results table.")] = Metric.f1,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print the summary as JSON on stdout.")
-    ] = False,
+    json_output: JsonOption = False,
+    keep_checkpoints: KeepCheckpointsOption = False,
 ) -> None:
-    """Run an ablation grid: depth × residual × pretrained × freeze × seed (resumable).
+    """Run an ablation grid: architecture × residual × weights × freeze × seed (resumable).
 
     Every cell is stored in OUT/store.sqlite before the first one trains; results.csv mirrors
     the store after every finished cell. A second process on the same --out is refused.
     """
-    from resablate.grid.spec import OVERRIDE_FIELDS, GridSpec
+    from resablate.grid.spec import GridSpec
 
-    overrides = parse_settings(settings or [])
-    overrides |= {
-        name: ctx.params[name] for name in OVERRIDE_FIELDS if ctx.params[name] is not None
-    }
-    defaults = GridSpec.__dataclass_fields__
-    axes: dict[str, Any] = {
-        "depths": depths,
-        "residual": residual,
-        "weights": pretrained,
-        "freeze": freeze,
-        "seeds": seeds,
-        "baselines": baselines,
-    }
-    spec = GridSpec(
-        family=arch,
-        source=source.value,
-        residual_alpha=tuple(residual_alpha) if residual_alpha else None,
-        recipe=recipe,
-        data=data,
-        overrides=tuple(overrides.items()),
-        bn=bn.value,
-        **{name: tuple(v) if v else defaults[name].default for name, v in axes.items()},
+    named_family, archs = split_families(arch or [], source.value)
+    spec = cell_spec(
+        ctx.params,
+        family=named_family or family,
+        depths=tuple(depths or (() if archs else GridSpec.depths)),
+        archs=tuple(archs),
+        baselines=tuple(baselines or ()),
     )
     if dry_run:
         from resablate.grid.plan import plan_grid
 
         console.err.print("probing: a few training steps of each distinct model…", highlight=False)
-        plan = plan_grid(spec, out, device=device)
+        plan = plan_grid(spec, out, device=device_of(ctx.params))
         show(plan, as_json=json_output)
         return
 
@@ -404,11 +323,12 @@ def grid(
             retry_failed=retry_failed,
             metric=metric.value,
             callback=view,
-            device=device,
+            device=device_of(ctx.params),
             workers=workers,
             ray_address=ray_address,
             step_hooks=[GradNormLogging(every=gradflow_every)] if log_gradflow else [],
             pack=pack,
+            keep_checkpoints=keep_checkpoints,
         )
     except KeyboardInterrupt:
         view.close()
@@ -425,4 +345,4 @@ def grid(
 
 def register(app: typer.Typer) -> None:
     """Add ``grid`` to the application."""
-    app.command("grid", cls=GridCommand, epilog=EXAMPLES, no_args_is_help=False)(grid)
+    app.command("grid", cls=AxisCommand, epilog=EXAMPLES, no_args_is_help=False)(grid)

@@ -14,7 +14,8 @@ from resablate.errors import ConfigError
 from resablate.grid.executors import RayExecutor
 from resablate.grid.store import ResultStore
 from resablate_cli.app import app
-from resablate_cli.grid import expand_multi_values, parse_settings
+from resablate_cli.cells import parse_settings
+from resablate_cli.vocabulary import expand_multi_values
 
 
 def _flat(text: str) -> str:
@@ -27,7 +28,13 @@ def test_help_shows_the_axes_with_examples() -> None:
     text = _flat(result.output)
     for piece in (
         "--depths",
-        "ResNet depths: 18 34 50 101 152. [default: 18 50 101 152]",
+        "Depths of the family: 18 34 50 101 152. [default: 18 50 101 152 unless --arch names "
+        "the architectures]",
+        "--family",
+        "Architectures, e.g. resnet18 resnet50 vgg16 (several values or repeated). After the "
+        "depths'.",
+        "--weights",
+        "[default: imagenet none]",
         "--residual-alpha",
         "off:conv4_x,conv5_x",
         "--freeze",
@@ -85,14 +92,19 @@ def test_several_values_after_one_flag() -> None:
             "(--freeze)",
         ),
         (
-            ["--pretrained", "/no/such.pth"],
+            ["--weights", "/no/such.pth"],
             "error: weights file /no/such.pth does not exist;",
-            ".pth/.pt/.safetensors file (--pretrained)",
+            ".pth/.pt/.safetensors file (--weights)",
         ),
         (
             ["--residual", "off:conv7_x"],
             "error: unknown stage 'conv7_x'; stages: conv1,",
-            "layer3, layer4",
+            "layer3, layer4 (--residual)",
+        ),
+        (
+            ["--arch", "resnet18", "resnet77"],
+            "error: unknown architecture 'resnet77';",
+            "(--arch)",
         ),
         (
             ["--data", "/no/such/data"],
@@ -114,6 +126,27 @@ def test_invalid_axis_values_fail_before_training(
     assert _flat(result.output).startswith(message)
     assert _flat(result.output).strip().endswith(end)
     assert not (tmp_path / "out").exists()
+
+
+def test_old_spellings_warn_and_mean_the_new_flags(tmp_path: Path) -> None:
+    args = ["grid", "--arch", "resnet", "--depths", "77", "--pretrained", "none"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    lines = result.stderr.splitlines()
+    assert lines[:2] == [
+        "warning: --pretrained is deprecated; use --weights (the old spelling goes in the next "
+        "release)",
+        "warning: --arch resnet (a family) is deprecated; use --family resnet (the old spelling "
+        "goes in the next release)",
+    ]
+    assert lines[2].startswith("error: depth 77: unknown architecture 'resnet77';")
+    assert len(lines) == 3 and not (tmp_path / "out").exists()
+
+
+def test_debug_after_the_command(tmp_path: Path) -> None:
+    args = ["grid", "--depths", "77", "--out", str(tmp_path / "out"), "--debug"]
+    result = CliRunner().invoke(app, args)
+    assert isinstance(result.exception, ConfigError) and result.exception.field == "depths"
 
 
 @pytest.mark.slow
@@ -183,7 +216,7 @@ def test_grid_on_the_hugging_face_resnets_offline(
         )
     with ResultStore.open(tmp_path / "runs" / "grid") as store:
         rows = store.cells()
-    assert {(r.arch, r.source, r.status) for r in rows} == {
+    assert {(r.cell.arch, r.cell.source, r.status) for r in rows} == {
         ("resnet18", "hf", "done"),
         ("resnet50", "hf", "done"),
     }

@@ -20,7 +20,7 @@ from resablate.report.output import write_report
 from resablate.report.stats import holm, seed_paired_t
 from resablate_cli.app import app
 
-DIVERGED = Cell(arch="resnet18", residual="off", weights="none", recipe="demo")
+DIVERGED = Cell.from_dict(dict(arch="resnet18", residual="off", weights="none", recipe="demo"))
 
 # What the small store below must give, exactly (tests/golden_paper_tables.*, checked by eye).
 GOLDEN = Path(__file__).parent / "golden_paper_tables"
@@ -48,7 +48,9 @@ def test_markdown_and_latex_paper_tables_exactly(small: Path, tmp_path: Path) ->
 
 def _cell_ids(arch: str, residual: str) -> str:
     ids = [
-        Cell(arch=arch, residual=residual, weights="demo", recipe="demo", seed=s).cell_id
+        Cell.from_dict(
+            dict(arch=arch, residual=residual, weights="demo", recipe="demo", seed=s)
+        ).cell_id
         for s in (0, 1)
     ]
     return '"[""' + '"", ""'.join(ids) + '""]"'
@@ -80,7 +82,9 @@ def test_load_is_the_tidy_table(small: Path) -> None:
     # only its test row.
     assert len(frame) == 17
     assert frame["split"].tolist().count("test") == 9
-    on18 = Cell(arch="resnet18", residual="on", weights="demo", recipe="demo", seed=1)
+    on18 = Cell.from_dict(
+        dict(arch="resnet18", residual="on", weights="demo", recipe="demo", seed=1)
+    )
     rows = frame[frame["cell_id"] == on18.cell_id].set_index("split")
     assert rows.loc["test", "f1"] == 0.92 and rows.loc["test", "step"] == 8
     assert rows.loc["val", "f1"] == 0.92 and rows.loc["val", "step"] == 2

@@ -14,11 +14,12 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from resablate.choices import CellStatus
 from resablate.grid.cell import Cell
 from resablate.grid.job import apply_ablation, dataset_root
 from resablate.grid.runner import open_grid
 from resablate.grid.spec import GridSpec
-from resablate.recipes import Recipe, get_recipe
+from resablate.recipes import Recipe
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class PlannedCell:
 
     cell_id: str
     label: str
-    status: str
+    status: CellStatus
     params: int
     active_params: int
     flops: int
@@ -69,7 +70,7 @@ class GridPlan:
     @property
     def estimated_seconds(self) -> float | None:
         """Estimated training time of the cells that would run (not ``done``/``diverged``)."""
-        todo = [c for c in self.cells if c.status not in ("done", "diverged")]
+        todo = [c for c in self.cells if c.status not in (CellStatus.DONE, CellStatus.DIVERGED)]
         if any(c.estimated_seconds is None for c in todo):
             return None
         return sum(c.estimated_seconds or 0.0 for c in todo)
@@ -219,10 +220,10 @@ def plan_grid(
     planned = []
     with open_grid(spec, out_dir) as store:
         for row in store.cells():
-            cell = Cell.from_dict(row.config)
-            recipe = get_recipe(cell.recipe, **dict(cell.overrides))
+            cell = row.cell
+            recipe = cell.effective_recipe
             key = (
-                *(cell.arch, cell.source, cell.residual, cell.residual_alpha, cell.freeze, cell.bn),
+                *(cell.arch, cell.source, cell.residual, cell.freeze, cell.bn),
                 *(recipe.image_size, recipe.batch_size, recipe.grad_accum, recipe.optimizer),
             )
             if key not in measured:

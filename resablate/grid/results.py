@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from resablate.grid.store import METRIC_COLUMNS, CellRow, EvaluationRow, PredictionRow
+from resablate.choices import METRICS, CellStatus
+from resablate.grid.store import CellRow, EvaluationRow, PredictionRow
 
 if TYPE_CHECKING:
+    from resablate.grid.cell import Cell
     from resablate.grid.store import ResultStore
 
 #: The split whose evaluation is a cell's result (the one every table shows).
@@ -45,14 +47,14 @@ class ResultRow:
     """One cell on one split.
 
     Attributes:
-        cell: The cell as stored (configuration, status, counts, timings, environment).
+        cell_row: The cell as stored (the cell, its status, counts, timings, environment).
         split: ``"test"`` (the cell's final evaluation), or another split of its history.
         step: Optimiser step of the evaluation (``test``: the steps the cell took).
         accuracy: Metrics of the evaluation (fractions in [0, 1]); ``loss`` the mean
             cross-entropy in nats; ``None`` when the cell has no result.
     """
 
-    cell: CellRow
+    cell_row: CellRow
     split: str
     step: int | None
     accuracy: float | None
@@ -61,47 +63,52 @@ class ResultRow:
     f1: float | None
     loss: float | None
 
+    @property
+    def cell(self) -> Cell:
+        """The cell (its configuration)."""
+        return self.cell_row.cell
+
     def metric(self, name: str) -> float | None:
-        """The value of one of :data:`~resablate.grid.store.METRIC_COLUMNS`."""
+        """The value of one of :data:`~resablate.choices.METRICS`."""
         value: float | None = getattr(self, name)
         return value
 
     @property
     def done(self) -> bool:
         """Whether the cell finished with a result."""
-        return self.cell.status == "done"
+        return self.cell_row.status == CellStatus.DONE
 
     @property
     def dataset_fingerprint(self) -> str | None:
         """The fingerprint of the dataset the cell trained on (``None`` until it ran)."""
-        value = self.cell.environment.get("dataset_fingerprint")
+        value = self.cell_row.environment.get("dataset_fingerprint")
         return None if value is None else str(value)
 
     @property
     def weights_sha256(self) -> str | None:
         """SHA-256 of the initial weights file the cell loaded (``None``: random init or not
         run yet)."""
-        value = self.cell.environment.get("weights_sha256")
+        value = self.cell_row.environment.get("weights_sha256")
         return None if value is None else str(value)
 
     def to_record(self) -> dict[str, Any]:
         """A flat record: the cell's id and position, every field of its configuration (dicts as
         JSON text), ``depth``, ``split``, ``step``, the metrics, the outcome (status, counts,
         timings, device, run directory) and the two fingerprints."""
-        cell = self.cell
+        row = self.cell_row
         config = {
             k: json.dumps(v, sort_keys=True) if isinstance(v, dict | list) else v
-            for k, v in cell.config.items()
+            for k, v in row.cell.to_dict().items()
         }
         return {
-            "cell_id": cell.cell_id,
-            "position": cell.position,
+            "cell_id": row.cell_id,
+            "position": row.position,
             **config,
-            "depth": cell.depth,
+            "depth": row.depth,
             "split": self.split,
             "step": self.step,
-            **{name: self.metric(name) for name in METRIC_COLUMNS},
-            **{name: getattr(cell, name) for name in _OUTCOME_FIELDS},
+            **{name: self.metric(name) for name in METRICS},
+            **{name: getattr(row, name) for name in _OUTCOME_FIELDS},
             "dataset_fingerprint": self.dataset_fingerprint,
             "weights_sha256": self.weights_sha256,
         }
@@ -114,7 +121,7 @@ def final_rows(cells: Iterable[CellRow]) -> tuple[ResultRow, ...]:
             cell,
             FINAL_SPLIT,
             cell.steps,
-            *(getattr(cell, name) for name in METRIC_COLUMNS),
+            *(getattr(cell, name) for name in METRICS),
         )
         for cell in cells
     )
@@ -126,7 +133,7 @@ def _history_rows(cell: CellRow, history: Sequence[EvaluationRow]) -> list[Resul
         if evaluation.split is not None and evaluation.split != FINAL_SPLIT:
             last[evaluation.split] = evaluation
     return [
-        ResultRow(cell, split, e.step, *(getattr(e, name) for name in METRIC_COLUMNS))
+        ResultRow(cell, split, e.step, *(getattr(e, name) for name in METRICS))
         for split, e in last.items()
     ]
 
@@ -147,7 +154,7 @@ class GridResults:
     path: Path
     rows: tuple[ResultRow, ...]
     spec: dict[str, Any] | None
-    status_counts: Mapping[str, int]
+    status_counts: Mapping[CellStatus, int]
     histories: Mapping[str, tuple[EvaluationRow, ...]]
     predictions: Mapping[str, tuple[PredictionRow, ...]]
 
@@ -159,7 +166,7 @@ class GridResults:
     @property
     def cells(self) -> tuple[CellRow, ...]:
         """The cells, in grid order."""
-        return tuple(r.cell for r in self.final)
+        return tuple(r.cell_row for r in self.final)
 
     def records(self) -> list[dict[str, Any]]:
         """The tidy table as flat records (:meth:`ResultRow.to_record`)."""
@@ -182,6 +189,8 @@ def read_results(store: ResultStore) -> GridResults:
         status_counts=store.status_counts(),
         histories=histories,
         predictions={
-            c.cell_id: tuple(store.predictions(c.cell_id)) for c in cells if c.status == "done"
+            c.cell_id: tuple(store.predictions(c.cell_id))
+            for c in cells
+            if c.status == CellStatus.DONE
         },
     )

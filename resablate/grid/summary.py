@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from resablate.grid.cell import Cell
+from resablate.choices import DEFAULT_METRIC, PROBLEM_STATUSES, CellStatus
 from resablate.grid.results import final_rows
 from resablate.grid.store import CellRow, ResultStore
 from resablate.grid.table import ResultsTable, results_table
@@ -32,14 +32,14 @@ class GridSummary:
     out_dir: str
     cells: tuple[CellRow, ...]
     ran: tuple[str, ...]
-    counts: dict[str, int]
+    counts: dict[CellStatus, int]
     table: ResultsTable
     notes: tuple[str, ...] = ()
 
     @property
     def complete(self) -> bool:
         """True when no cell is pending or running."""
-        return self.counts["pending"] == 0 and self.counts["running"] == 0
+        return self.counts[CellStatus.PENDING] == 0 and self.counts[CellStatus.RUNNING] == 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: counts, ran, the cells' result records and the table."""
@@ -58,20 +58,16 @@ class GridSummary:
 
         counts = ", ".join(f"{n} {status}" for status, n in self.counts.items() if n)
         parts: list[Any] = [self.table]
-        problems = [r for r in self.cells if r.status in ("failed", "diverged", "skipped")]
+        problems = [r for r in self.cells if r.status in PROBLEM_STATUSES]
         for row in problems:
-            parts.append(Text(f"{row.status}: {row.cell_id} {_label(row)}: {row.reason}"))
+            parts.append(Text(f"{row.status}: {row.cell_id} {row.cell.label}: {row.reason}"))
         parts.append(
             Text(f"{len(self.cells)} cells: {counts} · ran {len(self.ran)} now · {self.out_dir}")
         )
         return Group(*parts)
 
 
-def _label(row: CellRow) -> str:
-    return Cell.from_dict(row.config).label
-
-
-def grid_status(out_dir: str | os.PathLike[str], *, metric: str = "f1") -> GridSummary:
+def grid_status(out_dir: str | os.PathLike[str], *, metric: str = DEFAULT_METRIC) -> GridSummary:
     """The state of the grid stored in ``out_dir`` (read-only; safe while a grid runs)."""
     with ResultStore.open(out_dir) as store:
         rows = store.cells()

@@ -13,61 +13,44 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from resablate.choices import DEFAULT_METRIC, METRICS, CellStatus
 from resablate.grid.results import ResultRow
-from resablate.grid.store import METRIC_COLUMNS, CellRow
+from resablate.grid.store import CellRow
 from resablate.residual_plan import ResidualPlan
+from resablate.weights_choice import WeightsChoice
 
 R = TypeVar("R", bound=Hashable)
 C = TypeVar("C", bound=Hashable)
-
-#: Metrics a table can show.
-TABLE_METRICS = METRIC_COLUMNS
-#: The metric a table shows unless told otherwise (the studies report F1).
-DEFAULT_METRIC = "f1"
-#: :data:`TABLE_METRICS` with the default first: the order reports and the CLI list them in.
-METRICS_SHOWN = (DEFAULT_METRIC, *(m for m in TABLE_METRICS if m != DEFAULT_METRIC))
-
-
-def _weights_label(weights: str) -> str:
-    return Path(weights).name if "/" in weights else weights
 
 
 def arch_label(row: CellRow) -> str:
     """``"ResNet-50"`` for ResNets, else the architecture (plus its source unless torchvision)."""
     name = (
         f"ResNet-{row.depth}"
-        if row.depth is not None and row.arch.startswith("resnet")
-        else row.arch
+        if row.depth is not None and row.cell.arch.startswith("resnet")
+        else row.cell.arch
     )
-    return name if row.source == "torchvision" else f"{name} ({row.source})"
+    return name if row.cell.source == "torchvision" else f"{name} ({row.cell.source})"
 
 
 @dataclass(frozen=True)
 class TableColumn:
-    """One column: a residual plan (with its shortcut scale) and a weights spec."""
+    """One column: a residual plan (with its shortcut scale) and a weights choice."""
 
-    residual: str
-    residual_alpha: float
-    weights: str
+    residual: ResidualPlan
+    weights: WeightsChoice
 
     @classmethod
     def of(cls, row: ResultRow) -> TableColumn:
         """The column a result row belongs in."""
-        return cls(row.cell.residual, row.cell.residual_alpha, row.cell.weights)
-
-    @property
-    def plan(self) -> ResidualPlan:
-        """The column's residual plan."""
-        return ResidualPlan.parse(self.residual, self.residual_alpha)
+        return cls(row.cell.residual, row.cell.weights)
 
     @property
     def label(self) -> str:
         """``"residual off · weights none"``."""
-        residual = self.plan.label
-        return f"residual {residual} · weights {_weights_label(self.weights)}"
+        return f"residual {self.residual.label} · weights {self.weights.label}"
 
 
 @dataclass(frozen=True)
@@ -78,14 +61,14 @@ class TableEntry:
         value: Mean of the metric over done cells (``None`` when none is done).
         n: How many cells (seeds) are done.
         status: ``"done"`` when ``n > 0``, else the most advanced status of the cells
-            (``diverged``, ``failed``, ``skipped``, ``running`` or ``pending``); ``""`` when the
+            (``diverged``, ``failed``, ``skipped``, ``running`` or ``pending``); ``None`` when the
             grid has no such cell.
         cell_ids: The cells averaged.
     """
 
     value: float | None
     n: int
-    status: str
+    status: CellStatus | None
     cell_ids: tuple[str, ...]
 
 
@@ -112,7 +95,13 @@ class TableRow:
     entries: tuple[TableEntry, ...]
 
 
-_STATUS_ORDER = ("diverged", "failed", "skipped", "running", "pending")
+_STATUS_ORDER = (
+    CellStatus.DIVERGED,
+    CellStatus.FAILED,
+    CellStatus.SKIPPED,
+    CellStatus.RUNNING,
+    CellStatus.PENDING,
+)
 
 
 @dataclass(frozen=True)
@@ -184,19 +173,20 @@ def row_labels(layout: Pivot[ModelKey, TableColumn]) -> tuple[str, ...]:
     `` · freeze conv1-2`` when the layout has several freeze plans."""
     several_plans = len({freeze for _, _, freeze in layout.rows}) > 1
     return tuple(
-        arch_label(layout.by_row[key][0].cell) + (f" · freeze {key[2]}" if several_plans else "")
+        arch_label(layout.by_row[key][0].cell_row)
+        + (f" · freeze {key[2]}" if several_plans else "")
         for key in layout.rows
     )
 
 
 def _summarise(rows: Sequence[ResultRow], metric: str) -> TableEntry:
     if not rows:
-        return TableEntry(None, 0, "", ())
+        return TableEntry(None, 0, None, ())
     done = [v for r in rows if r.done and (v := r.metric(metric)) is not None]
-    ids = tuple(r.cell.cell_id for r in rows)
+    ids = tuple(r.cell_row.cell_id for r in rows)
     if done:
-        return TableEntry(sum(done) / len(done), len(done), "done", ids)
-    status = next(s for s in _STATUS_ORDER if any(r.cell.status == s for r in rows))
+        return TableEntry(sum(done) / len(done), len(done), CellStatus.DONE, ids)
+    status = next(s for s in _STATUS_ORDER if any(r.cell_row.status == s for r in rows))
     return TableEntry(None, 0, status, ids)
 
 
@@ -263,34 +253,34 @@ class ResultsTable:
         return table
 
 
-def results_table(rows: Sequence[ResultRow], metric: str = "f1") -> ResultsTable:
+def results_table(rows: Sequence[ResultRow], metric: str = DEFAULT_METRIC) -> ResultsTable:
     """Arrange the cells' final results into the papers' table (:func:`results_pivot`).
 
     Args:
         rows: The cells' ``test`` rows in grid order (``GridResults.final``, or
             :func:`~resablate.grid.results.final_rows` of ``ResultStore.cells()``).
-        metric: One of :data:`TABLE_METRICS`.
+        metric: One of :data:`~resablate.choices.METRICS`.
 
     Raises:
         ConfigError: Unknown metric.
     """
     from resablate.errors import ConfigError
 
-    if metric not in TABLE_METRICS:
-        raise ConfigError(f"unknown metric {metric!r}; metrics: {', '.join(TABLE_METRICS)}")
+    if metric not in METRICS:
+        raise ConfigError(f"unknown metric {metric!r}; metrics: {', '.join(METRICS)}")
     layout = results_pivot(rows)
     table_rows = []
     for key, label in zip(layout.rows, row_labels(layout), strict=True):
-        members = [m.cell for m in layout.by_row[key]]
-        reference = [m for m in members if m.residual_plan.is_on and m.params is not None]
+        members = [m.cell_row for m in layout.by_row[key]]
+        reference = [m for m in members if m.cell.residual.is_on and m.params is not None]
         counted = reference or [m for m in members if m.params is not None]
         first = members[0]
         table_rows.append(
             TableRow(
                 label=label,
-                arch=first.arch,
+                arch=first.cell.arch,
                 depth=first.depth,
-                freeze=first.freeze,
+                freeze=first.cell.freeze,
                 params=counted[0].params if counted else None,
                 flops=reference[0].flops if reference else None,
                 entries=tuple(_summarise(layout.slot(key, c), metric) for c in layout.columns),

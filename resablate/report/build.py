@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from resablate.choices import CellStatus
 from resablate.errors import ConfigError, DataError
 from resablate.grid.results import GridResults, read_results
 from resablate.report.published import STUDIES, PublishedStudy, published
@@ -73,7 +74,7 @@ class Report:
         return self.results.cells
 
     @property
-    def status_counts(self) -> dict[str, int]:
+    def status_counts(self) -> dict[CellStatus, int]:
         """Cells of the grid by status."""
         return dict(self.results.status_counts)
 
@@ -95,7 +96,7 @@ class Report:
     @property
     def summary(self) -> str:
         """``"12 cells: 10 done, 1 failed, 1 pending"``."""
-        order = sorted(self.status_counts, key=lambda status: status != "done")
+        order = sorted(self.status_counts, key=lambda status: status != CellStatus.DONE)
         parts = [f"{self.status_counts[s]} {s}" for s in order if self.status_counts[s]]
         return f"{sum(self.status_counts.values())} cells: {', '.join(parts) or 'none'}"
 
@@ -132,7 +133,7 @@ class Report:
 
 def common_environment(rows: Sequence[CellRow]) -> dict[str, Any]:
     """Environment fields with the same value in every finished cell (the rest vary per cell)."""
-    envs = [r.environment for r in rows if r.status == "done" and r.environment]
+    envs = [r.environment for r in rows if r.status == CellStatus.DONE and r.environment]
     if not envs:
         return {}
     keys = set(envs[0]).intersection(*envs[1:])
@@ -150,8 +151,8 @@ def open_store(out_dir: str | os.PathLike[str]) -> ResultStore:
     target = folder / STORE_FILENAME if folder.is_dir() else folder
     if not target.is_file():
         raise StoreError(
-            f"no results store in {folder} (expected {STORE_FILENAME}; run `resablate grid "
-            f"--out {folder}` first)"
+            f"no results store in {folder} (expected {STORE_FILENAME}; run a grid into that "
+            "folder first)"
         )
     return ResultStore.open(target)
 
@@ -173,7 +174,7 @@ def check_one_dataset(results: GridResults) -> None:
     for row in results.final:
         if row.done and row.dataset_fingerprint is not None:
             found = by_data.setdefault(row.cell.data, {})
-            found.setdefault(row.dataset_fingerprint, []).append(row.cell.cell_id)
+            found.setdefault(row.dataset_fingerprint, []).append(row.cell_row.cell_id)
     for data, found in by_data.items():
         if len(found) > 1:
             parts = [

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from resablate.choices import CellStatus
 from resablate.report.document import FigureSection
 from resablate.report.figures import (
     FigureFile,
@@ -31,6 +32,7 @@ from resablate.report.figures import (
 from resablate.report.tables import Group, group_cells, row_label
 from resablate.residual_plan import PLAN_FIELDS, RESIDUAL_OFF
 from resablate.run_dir import RunDir
+from resablate.trained import rebuild_model
 
 if TYPE_CHECKING:
     import numpy as np
@@ -78,7 +80,7 @@ def history_records(evaluations: Sequence[EvaluationRow]) -> list[dict[str, Any]
 def cell_recipe(row: CellRow) -> Recipe:
     """The effective recipe of a cell: its run directory's ``recipe.json``, else rebuilt from the
     recipe name and overrides in its config."""
-    return RunDir(row.run_dir or "").read_recipe(row.config)
+    return RunDir(row.run_dir or "").read_recipe(row.cell.to_dict())
 
 
 def learning_rates(recipe: Recipe, total_steps: int) -> list[float]:
@@ -139,7 +141,7 @@ def stage_activations(
 
     from resablate.families import get_family
 
-    family = get_family(row.arch, row.source)
+    family = get_family(row.cell.arch, row.cell.source)
     pixels = torch.from_numpy(image.copy()).permute(2, 0, 1).float().div(255.0).unsqueeze(0)
     pixels = functional.interpolate(
         pixels, size=(recipe.image_size, recipe.image_size), mode="bilinear", antialias=True
@@ -169,19 +171,23 @@ def _feature_pairs(report: Report) -> list[tuple[CellRow, CellRow]]:
     weights, seed and everything else, both with a saved model."""
 
     def ready(row: CellRow) -> bool:
-        return row.status == "done" and bool(row.run_dir) and RunDir(str(row.run_dir)).has_weights
+        return (
+            row.status == CellStatus.DONE
+            and bool(row.run_dir)
+            and RunDir(str(row.run_dir)).has_weights
+        )
 
-    on = {_but_residual(r): r for r in report.cells if r.residual_plan.is_on and ready(r)}
+    on = {_but_residual(r): r for r in report.cells if r.cell.residual.is_on and ready(r)}
     pairs: dict[tuple[str, str], tuple[CellRow, CellRow]] = {}
     for row in report.cells:
-        if row.residual_plan.text == RESIDUAL_OFF and ready(row) and _but_residual(row) in on:
-            pairs.setdefault((row.arch, row.source), (on[_but_residual(row)], row))
+        if row.cell.residual.text == RESIDUAL_OFF and ready(row) and _but_residual(row) in on:
+            pairs.setdefault((row.cell.arch, row.cell.source), (on[_but_residual(row)], row))
     return list(pairs.values())
 
 
 def _but_residual(row: CellRow) -> str:
     """A cell's config without its residual plan: cells that differ only there share it."""
-    rest = {k: v for k, v in row.config.items() if k not in PLAN_FIELDS}
+    rest = {k: v for k, v in row.cell.to_dict().items() if k not in PLAN_FIELDS}
     return json.dumps(rest, sort_keys=True)
 
 
@@ -196,8 +202,8 @@ def gradflow_figures(done: Sequence[CellRow], target: Path) -> list[FigureFile]:
     figures: list[FigureFile] = []
     for index, members in enumerate(groups.values()):
         first = members[0][0]
-        panels = {row.residual_plan.title: records for row, records in members}
-        title = _cell_title(first) if len(members) == 1 else row_label(first)
+        panels = {row.cell.residual.title: records for row, records in members}
+        title = first.cell.label if len(members) == 1 else row_label(first)
         figures.append(
             gradflow_figure(
                 panels,
@@ -216,7 +222,7 @@ def lesion_figures(done: Sequence[CellRow], target: Path) -> list[FigureFile]:
         study = RunDir(row.run_dir).read_lesion() if row.run_dir else None
         if study is not None:
             by_k = study["by_k"]
-            series[_cell_title(row)] = [
+            series[row.cell.label] = [
                 (int(p["k"]), float(p["accuracy_mean"]), float(p["accuracy_std"])) for p in by_k
             ]
     if not series:
@@ -285,7 +291,7 @@ def report_figures(
     )
     results = report.results
     finished = [r for r in results.final if r.done]
-    done = [r.cell for r in finished]
+    done = [r.cell_row for r in finished]
     groups = group_cells(finished)
     curves = []
     for row in done:
@@ -296,7 +302,7 @@ def report_figures(
                     history,
                     target / f"curves-{row.cell_id}.png",
                     metric=report.metric if report.metric != "loss" else "f1",
-                    title=_cell_title(row),
+                    title=row.cell.label,
                 )
             )
     predictions = results.predictions
@@ -365,12 +371,6 @@ def report_figures(
     return [FigureSection(title, text, tuple(figs)) for title, text, figs in candidates if figs]
 
 
-def _cell_title(row: CellRow) -> str:
-    from resablate.grid.cell import Cell
-
-    return Cell.from_dict(row.config).label
-
-
 def _schedule_figures(done: Sequence[CellRow], target: Path) -> list[FigureFile]:
     figures: list[FigureFile] = []
     seen: set[tuple[str, int]] = set()
@@ -400,12 +400,12 @@ def _prediction_figures(
 ) -> tuple[list[FigureFile], list[FigureFile]]:
     confusions, galleries = [], []
     for index, group in enumerate(groups):
-        pooled = [p for r in group.done for p in predictions[r.cell.cell_id]]
+        pooled = [p for r in group.done for p in predictions[r.cell_row.cell_id]]
         if not pooled:
             continue
         classes = class_names(pooled)
-        first = group.done[0].cell
-        config = _cell_title(first).rsplit(" · seed ", 1)[0]
+        first = group.done[0].cell_row
+        config = first.cell.label.rsplit(" · seed ", 1)[0]
         seeds = len(group.done)
         confusions.append(
             confusion_figure(
@@ -419,7 +419,7 @@ def _prediction_figures(
         if not samples and any(p.pred != p.label for p in predictions[first.cell_id]):
             continue  # mistakes exist but their image files are gone: nothing honest to show
         galleries.append(
-            gallery_figure(samples, target / f"misclassified-{index}.png", title=_cell_title(first))
+            gallery_figure(samples, target / f"misclassified-{index}.png", title=first.cell.label)
         )
     return confusions, galleries
 
@@ -438,8 +438,8 @@ def _feature_map_figures(
         image = decode_image(path)
         recipe = cell_recipe(on)
         maps = {
-            f"residual {row.residual_plan.text}": stage_activations(
-                RunDir(str(row.run_dir)).rebuild_model(), image, recipe, row
+            f"residual {row.cell.residual.text}": stage_activations(
+                rebuild_model(RunDir(str(row.run_dir))), image, recipe, row
             )
             for row in (on, off)
         }

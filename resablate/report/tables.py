@@ -25,9 +25,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from resablate.choices import FREEZE_PLANS
+from resablate.choices import FREEZE_PLANS, METRICS_SHOWN, CellStatus
 from resablate.grid.table import (
-    METRICS_SHOWN,
     TableColumn,
     arch_label,
     pivot,
@@ -43,7 +42,8 @@ from resablate.report.stats import (
     seed_paired_t,
     t_interval,
 )
-from resablate.residual_plan import PLAN_FIELDS, RESIDUAL_ON
+from resablate.residual_plan import PLAN_FIELDS, PLAN_ON
+from resablate.weights_choice import WeightsKind
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -86,7 +86,7 @@ class Group:
 
     def status_note(self) -> str:
         """``""`` when every seed finished, else e.g. ``"1 of 3 seeds missing (pending)"``."""
-        missing = [r.cell for r in self.rows if not r.done]
+        missing = [r.cell_row for r in self.rows if not r.done]
         if not missing:
             return ""
         statuses = ", ".join(sorted({r.status for r in missing}))
@@ -98,7 +98,7 @@ class Group:
 
 def group_key(row: ResultRow) -> str:
     """The canonical config of a cell without its seed, as a sortable string."""
-    config = row.cell.config
+    config = row.cell.to_dict()
     return json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True)
 
 
@@ -119,7 +119,7 @@ def group_cells(rows: Sequence[ResultRow]) -> list[Group]:
 
 def _extras(rows: Sequence[ResultRow]) -> list[str]:
     """Config fields (other than the laid-out ones) whose value differs between ``rows``."""
-    configs = [r.cell.config for r in rows]
+    configs = [r.cell.to_dict() for r in rows]
     names = sorted({k for config in configs for k in config} - _LAID_OUT)
     return [n for n in names if len({json.dumps(c.get(n), sort_keys=True) for c in configs}) > 1]
 
@@ -127,7 +127,7 @@ def _extras(rows: Sequence[ResultRow]) -> list[str]:
 def _extra_label(row: CellRow, extras: Sequence[str]) -> str:
     parts = []
     for name in extras:
-        value = row.config.get(name)
+        value = row.cell.to_dict().get(name)
         text = json.dumps(value, sort_keys=True) if isinstance(value, dict) else str(value)
         parts.append(f"{name} {text}")
     return " · ".join(parts)
@@ -145,17 +145,17 @@ def paired_test(group: Group, reference: Group, predictions: Predictions) -> McN
     Only seeds finished in both groups whose predictions cover the same test images (same
     indices and labels, in order) enter the test; ``None`` when no seed qualifies.
     """
-    ref_by_seed = {r.cell.seed: r.cell for r in reference.done}
+    ref_by_seed = {r.cell.seed: r.cell_row for r in reference.done}
     pairs = []
-    for row in (r.cell for r in group.done):
-        ref = ref_by_seed.get(row.seed)
+    for row in (r.cell_row for r in group.done):
+        ref = ref_by_seed.get(row.cell.seed)
         if ref is None:
             continue
         mine, theirs = predictions.get(row.cell_id, ()), predictions.get(ref.cell_id, ())
         if not mine or [(p.index, p.label) for p in mine] != [(p.index, p.label) for p in theirs]:
             continue
         labels = [p.label for p in mine]
-        pairs.append((row.seed, labels, [p.pred for p in theirs], [p.pred for p in mine]))
+        pairs.append((row.cell.seed, labels, [p.pred for p in theirs], [p.pred for p in mine]))
     return paired_mcnemar(pairs) if pairs else None
 
 
@@ -398,21 +398,21 @@ def _entry(
         reference=None if reference is None else reference[0],
         published=published,
         note=group.status_note(),
-        cell_ids=tuple(r.cell.cell_id for r in group.rows),
+        cell_ids=tuple(r.cell_row.cell_id for r in group.rows),
     )
 
 
 def _lookup(study: PublishedStudy | None, metric: str, row: CellRow) -> PublishedValue | None:
-    plan = row.residual_plan
+    plan = row.cell.residual
     # The studies kept or removed every shortcut: a partial plan or a scaled one was not reported.
     if study is None or not (plan.is_on or (plan.every_stage and plan.alpha == 0.0)):
         return None
     return study.lookup(
         metric,
-        arch=row.arch,
+        arch=row.cell.arch,
         residual=plan.text,
-        pretrained=row.weights != "none",
-        freeze=row.freeze,
+        pretrained=row.cell.weights.kind != WeightsKind.NONE,
+        freeze=row.cell.freeze,
     )
 
 
@@ -453,8 +453,8 @@ def ablation_table(
             if layout.slot(key, column)
         }
         for column, group in slots.items():
-            ref_column = TableColumn(RESIDUAL_ON, 1.0, column.weights)
-            ref = slots.get(ref_column) if not column.plan.is_on else None
+            ref_column = TableColumn(PLAN_ON, column.weights)
+            ref = slots.get(ref_column) if not column.residual.is_on else None
             entries.append(
                 _entry(
                     label,
@@ -462,7 +462,7 @@ def ablation_table(
                     group,
                     metric,
                     None if ref is None else (ref_column.label, ref),
-                    _lookup(published, metric, group.first.cell),
+                    _lookup(published, metric, group.first.cell_row),
                     predictions,
                 )
             )
@@ -476,7 +476,7 @@ def ablation_table(
         entries=holm_corrected(entries),
         compare=None if published is None else published.study,
         notes=_stat_notes(metric) + _published_notes(published),
-        depths=tuple(layout.by_row[key][0].cell.depth for key in layout.rows),
+        depths=tuple(layout.by_row[key][0].cell_row.depth for key in layout.rows),
     )
 
 
@@ -499,14 +499,14 @@ def freeze_table(
     Returns:
         The table, or ``None`` when the grid froze nothing.
     """
-    chosen = [c for c in cells if c.cell.residual_plan.is_on]
+    chosen = [c for c in cells if c.cell.residual.is_on]
     if not any(c.cell.freeze != "none" for c in chosen):
         return None
     extras = sorted({*_extras(chosen), *(["weights"] if _varies(chosen, "weights") else [])})
     layout = pivot(
         chosen,
         lambda r: r.cell.freeze,
-        lambda r: (r.cell.depth or 0, row_label(r.cell, extras)),
+        lambda r: (r.cell_row.depth or 0, row_label(r.cell_row, extras)),
         row_order=_plan_order,
         column_order=lambda column: column,
     )
@@ -520,7 +520,7 @@ def freeze_table(
                 _sorted_group(column[1], rows),
                 "accuracy",
                 ("freeze none", _sorted_group(column[1], ref)) if ref else None,
-                _lookup(published, "accuracy", rows[0].cell),
+                _lookup(published, "accuracy", rows[0].cell_row),
                 predictions,
             )
         )
@@ -538,7 +538,7 @@ def freeze_table(
 
 
 def _varies(rows: Sequence[ResultRow], name: str) -> bool:
-    return len({r.cell.config.get(name) for r in rows}) > 1
+    return len({r.cell.to_dict().get(name) for r in rows}) > 1
 
 
 def _mean(values: Iterable[float | int | None]) -> float | None:
@@ -706,11 +706,11 @@ def _weights_used(rows: Sequence[ResultRow]) -> str | None:
     for row in rows:
         sha = row.weights_sha256
         if sha is not None:
-            used.append(f"{row.cell.weights} · sha256 {sha[:12]}")
-        elif row.cell.weights == "none":
+            used.append(f"{row.cell.weights.text} · sha256 {sha[:12]}")
+        elif row.cell.weights.kind == WeightsKind.NONE:
             used.append("none · random init")
         else:
-            used.append(f"{row.cell.weights} · not recorded")
+            used.append(f"{row.cell.weights.text} · not recorded")
     return "; ".join(dict.fromkeys(used)) or None
 
 
@@ -718,7 +718,7 @@ def _ran_on(rows: Sequence[ResultRow]) -> str | None:
     """The distinct execution summaries of ``rows`` (see :meth:`Execution.summary`)."""
     from resablate.engine.execution import Execution
 
-    found = [r.cell.environment.get("execution") for r in rows]
+    found = [r.cell_row.environment.get("execution") for r in rows]
     summaries = dict.fromkeys(Execution(**e).summary() for e in found if e)
     return "; ".join(summaries) or None
 
@@ -733,15 +733,15 @@ def model_table(
     extras = _extras(cells)
     records = []
     for group in group_cells(cells):
-        first, done = group.first.cell, [r.cell for r in group.done]
+        first, done = group.first.cell_row, [r.cell_row for r in group.done]
         found = {name: _lookup(published, name, first) for name in (*METRICS, "params_m")}
         pubs = {name: value for name, value in found.items() if value is not None}
-        flops = _mean(r.cell.flops for r in group.rows)
+        flops = _mean(r.cell_row.flops for r in group.rows)
         records.append(
             ModelRecord(
                 model=row_label(first, extras),
                 scenario=TableColumn.of(group.first).label,
-                freeze=first.freeze,
+                freeze=first.cell.freeze,
                 seeds=f"{len(done)}/{len(group.rows)}",
                 params=first.params,
                 active_params=first.active_params,
@@ -752,7 +752,7 @@ def model_table(
                 ran_on=_ran_on(group.done),
                 weights_used=_weights_used(group.done),
                 published=pubs,
-                cell_ids=tuple(r.cell.cell_id for r in group.rows),
+                cell_ids=tuple(r.cell_row.cell_id for r in group.rows),
             )
         )
     notes = (
@@ -822,24 +822,22 @@ class ProblemTable:
 
 
 _MISSING_REASON = {
-    "pending": "not run yet (grid not finished)",
-    "running": "running, or interrupted while running (rerun the grid to resume)",
+    CellStatus.PENDING: "not run yet (grid not finished)",
+    CellStatus.RUNNING: "running, or interrupted while running (rerun the grid to resume)",
 }
 
 
 def problem_table(cells: Sequence[ResultRow]) -> ProblemTable:
     """Every cell whose status is not ``done``, with its reason (or why it is missing)."""
-    from resablate.grid.cell import Cell
-
     problems = tuple(
         CellProblem(
             cell_id=row.cell_id,
-            label=Cell.from_dict(row.config).label,
+            label=row.cell.label,
             status=row.status,
             reason=row.reason or _MISSING_REASON.get(row.status, "no reason recorded"),
         )
-        for row in (r.cell for r in cells)
-        if row.status != "done"
+        for row in (r.cell_row for r in cells)
+        if row.status != CellStatus.DONE
     )
     return ProblemTable(
         title="Cells without a result (failed, diverged, skipped, missing)",
