@@ -35,6 +35,7 @@ from resablate.grid.executors import CellOutcome, JobRunner, default_device, mak
 from resablate.grid.job import Job, StepHookFactory
 from resablate.grid.lock import RunLock
 from resablate.grid.packs import packs_dir, parse_pack, plan_packs
+from resablate.grid.results import final_rows
 from resablate.grid.signals import sigterm_as_interrupt, uninterruptible
 from resablate.grid.spec import GridSpec
 from resablate.grid.store import CellRow, ResultStore
@@ -273,7 +274,7 @@ def run_grid(
             cells=tuple(final),
             ran=tuple(started),
             counts=store.status_counts(),
-            table=results_table(final, metric),
+            table=results_table(final_rows(final), metric),
             notes=notes,
         )
 

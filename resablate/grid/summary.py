@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from resablate.choices import DEFAULT_METRIC, PROBLEM_STATUSES, CellStatus
+from resablate.grid.results import final_rows
 from resablate.grid.store import CellRow, ResultStore
 from resablate.grid.table import ResultsTable, results_table
 
@@ -75,5 +76,5 @@ def grid_status(out_dir: str | os.PathLike[str], *, metric: str = DEFAULT_METRIC
             cells=tuple(rows),
             ran=(),
             counts=store.status_counts(),
-            table=results_table(rows, metric),
+            table=results_table(final_rows(rows), metric),
         )

@@ -1,20 +1,28 @@
-"""The results table in the papers' shape: rows = depth, columns = residual × pretrained.
+"""The one pivot of a grid's results, and the results table in the papers' shape.
 
-Built from store rows (:class:`~resablate.grid.store.CellRow`) as plain records; rendering is
-separate (``__rich__`` here, other formats in ``resablate.report``). Cells that differ only in
-seed are averaged (mean of the done ones; ``n`` says how many).
+:func:`pivot` lays result rows (:class:`~resablate.grid.results.ResultRow`) out by a row key and
+a column key; every table of a grid is such a layout: the results table here (rows = depth,
+columns = residual × pretrained; :func:`results_pivot`) and the report's tables
+(``resablate.report.tables``), which add intervals, paired tests and published numbers to the
+same slots. Tables are plain records; rendering is separate (``__rich__`` here, other formats in
+``resablate.report``). In the results table, cells that differ only in seed are averaged (mean
+of the done ones; ``n`` says how many).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from resablate.choices import DEFAULT_METRIC, METRICS, CellStatus
+from resablate.grid.results import ResultRow
 from resablate.grid.store import CellRow
 from resablate.residual_plan import ResidualPlan
 from resablate.weights_choice import WeightsChoice
+
+R = TypeVar("R", bound=Hashable)
+C = TypeVar("C", bound=Hashable)
 
 
 def arch_label(row: CellRow) -> str:
@@ -35,8 +43,8 @@ class TableColumn:
     weights: WeightsChoice
 
     @classmethod
-    def of(cls, row: CellRow) -> TableColumn:
-        """The column of a cell."""
+    def of(cls, row: ResultRow) -> TableColumn:
+        """The column a result row belongs in."""
         return cls(row.cell.residual, row.cell.weights)
 
     @property
@@ -96,18 +104,89 @@ _STATUS_ORDER = (
 )
 
 
-def _summarise(rows: list[CellRow], metric: str) -> TableEntry:
+@dataclass(frozen=True)
+class Pivot(Generic[R, C]):
+    """Result rows laid out by a row key and a column key.
+
+    Attributes:
+        rows: The row keys, in order.
+        columns: The column keys, in order.
+        slots: The result rows of each filled (row key, column key), in input order; a slot
+            without rows is absent.
+        by_row: Every result row of each row key, in input order.
+    """
+
+    rows: tuple[R, ...]
+    columns: tuple[C, ...]
+    slots: Mapping[tuple[R, C], tuple[ResultRow, ...]]
+    by_row: Mapping[R, tuple[ResultRow, ...]]
+
+    def slot(self, row: R, column: C) -> tuple[ResultRow, ...]:
+        """The result rows at (row, column), ``()`` when none."""
+        return self.slots.get((row, column), ())
+
+
+def pivot(
+    rows: Sequence[ResultRow],
+    row_key: Callable[[ResultRow], R],
+    column_key: Callable[[ResultRow], C],
+    *,
+    row_order: Callable[[R], Any] | None = None,
+    column_order: Callable[[C], Any] | None = None,
+) -> Pivot[R, C]:
+    """Lay ``rows`` out by ``row_key`` × ``column_key``.
+
+    Keys come in first-seen order, or sorted by ``row_order`` / ``column_order`` when given.
+    """
+    slots: dict[tuple[R, C], list[ResultRow]] = {}
+    by_row: dict[R, list[ResultRow]] = {}
+    for row in rows:
+        key = row_key(row)
+        slots.setdefault((key, column_key(row)), []).append(row)
+        by_row.setdefault(key, []).append(row)
+    row_keys = list(by_row)
+    column_keys = list(dict.fromkeys(c for _, c in slots))
+    if row_order is not None:
+        row_keys.sort(key=row_order)
+    if column_order is not None:
+        column_keys.sort(key=column_order)
+    return Pivot(
+        rows=tuple(row_keys),
+        columns=tuple(column_keys),
+        slots={key: tuple(members) for key, members in slots.items()},
+        by_row={key: tuple(members) for key, members in by_row.items()},
+    )
+
+
+#: A row of the results layout: architecture, source and freeze plan.
+ModelKey = tuple[str, str, str]
+
+
+def results_pivot(rows: Sequence[ResultRow]) -> Pivot[ModelKey, TableColumn]:
+    """The papers' layout: rows (architecture, source, freeze plan), columns residual ×
+    weights, both in grid order."""
+    return pivot(rows, lambda r: (r.cell.arch, r.cell.source, r.cell.freeze), TableColumn.of)
+
+
+def row_labels(layout: Pivot[ModelKey, TableColumn]) -> tuple[str, ...]:
+    """The label of each row of :func:`results_pivot`: ``"ResNet-50"``, plus
+    `` · freeze conv1-2`` when the layout has several freeze plans."""
+    several_plans = len({freeze for _, _, freeze in layout.rows}) > 1
+    return tuple(
+        arch_label(layout.by_row[key][0].cell_row)
+        + (f" · freeze {key[2]}" if several_plans else "")
+        for key in layout.rows
+    )
+
+
+def _summarise(rows: Sequence[ResultRow], metric: str) -> TableEntry:
     if not rows:
         return TableEntry(None, 0, None, ())
-    done = [
-        getattr(r, metric)
-        for r in rows
-        if r.status == CellStatus.DONE and getattr(r, metric) is not None
-    ]
-    ids = tuple(r.cell_id for r in rows)
+    done = [v for r in rows if r.done and (v := r.metric(metric)) is not None]
+    ids = tuple(r.cell_row.cell_id for r in rows)
     if done:
         return TableEntry(sum(done) / len(done), len(done), CellStatus.DONE, ids)
-    status = next(s for s in _STATUS_ORDER if any(r.status == s for r in rows))
+    status = next(s for s in _STATUS_ORDER if any(r.cell_row.status == s for r in rows))
     return TableEntry(None, 0, status, ids)
 
 
@@ -174,11 +253,12 @@ class ResultsTable:
         return table
 
 
-def results_table(rows: Sequence[CellRow], metric: str = DEFAULT_METRIC) -> ResultsTable:
-    """Arrange store rows into the papers' table.
+def results_table(rows: Sequence[ResultRow], metric: str = DEFAULT_METRIC) -> ResultsTable:
+    """Arrange the cells' final results into the papers' table (:func:`results_pivot`).
 
     Args:
-        rows: Cells of a grid (e.g. ``ResultStore.cells()``), in grid order.
+        rows: The cells' ``test`` rows in grid order (``GridResults.final``, or
+            :func:`~resablate.grid.results.final_rows` of ``ResultStore.cells()``).
         metric: One of :data:`~resablate.choices.METRICS`.
 
     Raises:
@@ -188,24 +268,13 @@ def results_table(rows: Sequence[CellRow], metric: str = DEFAULT_METRIC) -> Resu
 
     if metric not in METRICS:
         raise ConfigError(f"unknown metric {metric!r}; metrics: {', '.join(METRICS)}")
-    columns = tuple(dict.fromkeys(TableColumn.of(r) for r in rows))
-    several_plans = len({r.cell.freeze for r in rows}) > 1
-    groups: dict[tuple[str, str, str], list[CellRow]] = {}
-    for row in rows:
-        groups.setdefault((row.cell.arch, row.cell.source, row.cell.freeze), []).append(row)
+    layout = results_pivot(rows)
     table_rows = []
-    for members in groups.values():
-        first = members[0]
-        label = arch_label(first) + (f" · freeze {first.cell.freeze}" if several_plans else "")
+    for key, label in zip(layout.rows, row_labels(layout), strict=True):
+        members = [m.cell_row for m in layout.by_row[key]]
         reference = [m for m in members if m.cell.residual.is_on and m.params is not None]
         counted = reference or [m for m in members if m.params is not None]
-        entries = tuple(
-            _summarise(
-                [m for m in members if TableColumn.of(m) == column],
-                metric,
-            )
-            for column in columns
-        )
+        first = members[0]
         table_rows.append(
             TableRow(
                 label=label,
@@ -214,7 +283,7 @@ def results_table(rows: Sequence[CellRow], metric: str = DEFAULT_METRIC) -> Resu
                 freeze=first.cell.freeze,
                 params=counted[0].params if counted else None,
                 flops=reference[0].flops if reference else None,
-                entries=entries,
+                entries=tuple(_summarise(layout.slot(key, c), metric) for c in layout.columns),
             )
         )
-    return ResultsTable(metric=metric, columns=columns, rows=tuple(table_rows))
+    return ResultsTable(metric=metric, columns=layout.columns, rows=tuple(table_rows))

@@ -1,6 +1,8 @@
-"""The report's figures, gathered from a grid's store and its cells' run directories.
+"""The report's figures, gathered from what the report read and its cells' run directories.
 
-This module turns stored results into the plain data :mod:`resablate.report.figures` draws:
+This module turns the report's results (read once from the store by
+:func:`resablate.report.build.build_report`; the store is not opened again here) into the plain
+data :mod:`resablate.report.figures` draws:
 evaluation histories, the recipe's learning-rate schedule (the engine's own schedule function),
 confusion matrices and misclassified images from the per-sample predictions, feature maps of
 models rebuilt from their run directories, and the ablation table's values against depth.
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
     from resablate.recipes import Recipe
     from resablate.report.build import Report
     from resablate.report.stats import MeanInterval
+    from resablate.report.tables import Predictions
 
 #: Stages whose outputs the feature-map figure shows (the stem and the first two stages).
 FEATURE_STAGES = ("conv1", "conv2_x", "conv3_x")
@@ -279,8 +282,6 @@ def report_figures(
         feature_maps: Rebuild models from their run directories for the feature-map figure.
         gallery_size: Most misclassified images shown per configuration.
     """
-    from resablate.report.build import open_store
-
     target = Path(folder)
     series = _depth_series(report)
     depth = (
@@ -288,22 +289,23 @@ def report_figures(
         if any(len(points) > 1 for points in series.values())
         else []
     )
-    done = [r for r in report.cells if r.status == CellStatus.DONE]
-    groups = [g for g in group_cells(done) if g.done]
-    with open_store(report.store_path) as store:
-        curves = []
-        for row in done:
-            history = history_records(store.evaluations(row.cell_id))
-            if history:
-                curves.append(
-                    curves_figure(
-                        history,
-                        target / f"curves-{row.cell_id}.png",
-                        metric=report.metric if report.metric != "loss" else "f1",
-                        title=row.cell.label,
-                    )
+    results = report.results
+    finished = [r for r in results.final if r.done]
+    done = [r.cell_row for r in finished]
+    groups = group_cells(finished)
+    curves = []
+    for row in done:
+        history = history_records(results.histories[row.cell_id])
+        if history:
+            curves.append(
+                curves_figure(
+                    history,
+                    target / f"curves-{row.cell_id}.png",
+                    metric=report.metric if report.metric != "loss" else "f1",
+                    title=row.cell.label,
                 )
-        predictions = {r.cell_id: store.predictions(r.cell_id) for r in done}
+            )
+    predictions = results.predictions
     confusions, galleries = _prediction_figures(groups, predictions, target, gallery_size)
     maps = _feature_map_figures(report, predictions, target) if feature_maps else []
     candidates = [
@@ -392,17 +394,17 @@ def _schedule_figures(done: Sequence[CellRow], target: Path) -> list[FigureFile]
 
 def _prediction_figures(
     groups: Sequence[Group],
-    predictions: dict[str, list[PredictionRow]],
+    predictions: Predictions,
     target: Path,
     gallery_size: int,
 ) -> tuple[list[FigureFile], list[FigureFile]]:
     confusions, galleries = [], []
     for index, group in enumerate(groups):
-        pooled = [p for r in group.done for p in predictions[r.cell_id]]
+        pooled = [p for r in group.done for p in predictions[r.cell_row.cell_id]]
         if not pooled:
             continue
         classes = class_names(pooled)
-        first = group.done[0]
+        first = group.done[0].cell_row
         config = first.cell.label.rsplit(" · seed ", 1)[0]
         seeds = len(group.done)
         confusions.append(
@@ -423,13 +425,13 @@ def _prediction_figures(
 
 
 def _feature_map_figures(
-    report: Report, predictions: dict[str, list[PredictionRow]], target: Path
+    report: Report, predictions: Predictions, target: Path
 ) -> list[FigureFile]:
     from resablate.data.images import decode_image
 
     figures: list[FigureFile] = []
     for on, off in _feature_pairs(report):
-        preds = predictions.get(on.cell_id) or []
+        preds = predictions.get(on.cell_id, ())
         path = next((p.path for p in preds if p.path and Path(p.path).is_file()), None)
         if path is None:
             continue
