@@ -112,6 +112,14 @@ CompileOption = Annotated[
     bool | None, _option("--compile/--no-compile", "Recipe override: torch.compile.")
 ]
 JsonOption = Annotated[bool, _option("--json", "Print the summary as JSON on stdout.")]
+QuietOption = Annotated[
+    bool,
+    _option(
+        "--quiet",
+        "Print nothing but errors (no progress, no summary; the exit code says how it ended; "
+        "--json still prints the summary).",
+    ),
+]
 KeepCheckpointsOption = Annotated[
     bool,
     _option(

@@ -29,6 +29,7 @@ from resablate_cli.cells import (
     KeepCheckpointsOption,
     LrOption,
     MaxStepsOption,
+    QuietOption,
     RecipeOption,
     ResidualAlphaOption,
     SeedsOption,
@@ -106,18 +107,38 @@ _STATUS_STYLE = {
 
 
 class GridView:
-    """Draws grid events: a live table on a terminal, one line per change otherwise."""
+    """Draws grid events: a live display on a terminal (a header with the cells done, elapsed
+    time and ETA, and one row per cell with its step, loss and ETA), one line per change
+    otherwise (and a progress line every :data:`PLAIN_EVERY` seconds); nothing with ``quiet``.
 
-    def __init__(self, *, live: bool, metric: str) -> None:
-        self.live_enabled = live
+    The grid's ETA is measured: the wall time per step this run has taken so far (all workers
+    together) times the steps left (a cell not started yet counts the steps of those that
+    started).
+    """
+
+    def __init__(self, *, live: bool, metric: str, quiet: bool = False) -> None:
+        self.live_enabled = live and not quiet
+        self.quiet = quiet
         self.metric = metric
         self.rows: dict[str, dict[str, str]] = {}
         self.live: Any = None
         self.last_progress = 0.0
+        self.start = time.monotonic()
+        self.to_run: set[str] = set()
+        self.steps: dict[str, tuple[int, int, int]] = {}  # cell: (first step, step, total)
+        self.finished = 0
+        self.pretrained: set[tuple[str, str]] = set()
 
     def __call__(self, event: object) -> None:
         from resablate.engine import StepProgress, TrainStarted
-        from resablate.grid.events import CellFinished, CellProgress, CellStarted, GridStarted
+        from resablate.grid.events import (
+            CellFinished,
+            CellProgress,
+            CellStarted,
+            DemoWeightsPretraining,
+            DemoWeightsReady,
+            GridStarted,
+        )
 
         if isinstance(event, GridStarted):
             self.started(event)
@@ -125,78 +146,165 @@ class GridView:
             self.update(event.cell_id, status="running", progress="starting", where=event.device)
             self.line(f"start    {event.cell_id} {event.label} on {event.device}")
         elif isinstance(event, CellProgress) and isinstance(
-            event.event, TrainStarted | StepProgress
+            event.event, DemoWeightsPretraining | DemoWeightsReady
         ):
-            step = getattr(event.event, "step", getattr(event.event, "start_step", 0))
-            total = event.event.total_steps
-            self.update(event.cell_id, progress=f"{step}/{total}")
-            if isinstance(event.event, TrainStarted) and event.event.start_step:
-                self.line(f"resume   {event.cell_id} at step {step}/{total} from its checkpoint")
-            now = time.monotonic()
-            if not self.live_enabled and now - self.last_progress >= 10.0:
-                self.last_progress = now
-                self.line(f"progress {event.cell_id} step {step}/{total}")
+            self.demo_weights(event.event)
+        elif isinstance(event, CellProgress) and isinstance(event.event, TrainStarted):
+            inner = event.event
+            self.steps[event.cell_id] = (inner.start_step, inner.start_step, inner.total_steps)
+            self.update(event.cell_id, progress=f"{inner.start_step}/{inner.total_steps}")
+            if inner.start_step:
+                self.line(
+                    f"resume   {event.cell_id} at step {inner.start_step}/{inner.total_steps} "
+                    "from its checkpoint"
+                )
+        elif isinstance(event, CellProgress) and isinstance(event.event, StepProgress):
+            self.step(event.cell_id, event.event)
         elif isinstance(event, CellFinished):
-            row = event.row
-            value = getattr(row, self.metric)
-            shown = "" if value is None else f"{value:.4f}"
-            self.update(event.cell_id, status=row.status, progress="", value=shown)
-            why = f": {row.reason}" if row.reason else ""
-            metric = f" {self.metric} {shown}" if shown else ""
-            self.line(
-                f"{row.status:<8} {event.cell_id} {self.rows[event.cell_id]['label']}{metric}{why}"
-            )
+            self.cell_finished(event)
 
     def started(self, event: Any) -> None:
         for note in event.notes:
-            console.err.print(f"note: {note}", highlight=False, markup=False)
+            self.note(f"note: {note}")
         for row in event.cells:
             value = getattr(row, self.metric)
             self.rows[row.cell_id] = {
                 "label": row.cell.label,
                 "status": row.status,
                 "progress": "",
+                "loss": "",
+                "eta": "",
                 "value": "" if value is None else f"{value:.4f}",
                 "where": row.device or "",
             }
+        self.to_run = set(event.to_run)
         finished = len(event.cells) - len(event.to_run)
-        console.err.print(
+        self.note(
             f"{len(event.cells)} cells in {event.out_dir}: {len(event.to_run)} to run, "
-            f"{finished} already finished",
-            highlight=False,
-            markup=False,
+            f"{finished} already finished"
         )
         if self.live_enabled and event.to_run:
             from rich.live import Live
 
-            self.live = Live(self.table(), console=console.err, auto_refresh=False, transient=True)
+            self.live = Live(self.render(), console=console.err, auto_refresh=False, transient=True)
             self.live.start()
+
+    def demo_weights(self, event: Any) -> None:
+        from resablate.grid.events import DemoWeightsReady
+
+        key = (event.arch, event.source, type(event).__name__)
+        if key in self.pretrained:  # a pack's cells each receive it
+            return
+        self.pretrained.add(key)
+        if isinstance(event, DemoWeightsReady):
+            self.line(
+                f"ready    demo weights of {event.arch} pre-trained in "
+                f"{format_seconds(event.seconds)}: {event.path}"
+            )
+        else:
+            self.line(
+                f"weights  pre-training the demo weights of {event.arch} on the proxy task "
+                "(once per architecture, on the CPU; cached for every later cell and run)"
+            )
+
+    def step(self, cell_id: str, event: Any) -> None:
+        first = self.steps.get(cell_id, (0, 0, event.total_steps))[0]
+        self.steps[cell_id] = (first, event.step, event.total_steps)
+        self.update(
+            cell_id,
+            progress=f"{event.step}/{event.total_steps}",
+            loss=f"{event.loss:.4f}",
+            eta=format_seconds(event.eta_seconds),
+        )
+        now = time.monotonic()
+        if self.live is None and now - self.last_progress >= PLAIN_EVERY:
+            self.last_progress = now
+            self.line(
+                f"progress {cell_id} step {event.step}/{event.total_steps} loss {event.loss:.4f}"
+                f" · {self.header()}"
+            )
+
+    def cell_finished(self, event: Any) -> None:
+        row = event.row
+        self.finished += 1
+        value = getattr(row, self.metric)
+        shown = "" if value is None else f"{value:.4f}"
+        self.update(event.cell_id, status=row.status, progress="", eta="", value=shown)
+        why = f": {row.reason}" if row.reason else ""
+        metric = f" {self.metric} {shown}" if shown else ""
+        label = self.rows[event.cell_id]["label"]
+        self.line(f"{row.status:<8} {event.cell_id} {label}{metric}{why}")
+
+    def eta_seconds(self) -> float | None:
+        """Seconds left for the grid, from the wall time per step measured so far."""
+        done = sum(step - first for first, step, _ in self.steps.values())
+        if not done:
+            return None
+        totals = [total for _, _, total in self.steps.values()]
+        waiting = len(self.to_run) - len(self.steps)
+        left = sum(total - step for _, step, total in self.steps.values())
+        left += max(0, waiting) * sum(totals) / len(totals)
+        return left * (time.monotonic() - self.start) / done
+
+    def header(self) -> str:
+        eta = self.eta_seconds()
+        return (
+            f"cells {self.finished}/{len(self.to_run)} done · elapsed "
+            f"{format_seconds(time.monotonic() - self.start)} · ETA "
+            + ("measuring…" if eta is None else format_seconds(eta))
+        )
 
     def update(self, cell_id: str, **values: str) -> None:
         self.rows[cell_id].update(values)
         if self.live is not None:
-            self.live.update(self.table(), refresh=True)
+            self.live.update(self.render(), refresh=True)
+
+    def note(self, text: str) -> None:
+        if not self.quiet:
+            console.err.print(text, highlight=False, markup=False)
 
     def line(self, text: str) -> None:
         if self.live is None:
-            console.err.print(text, highlight=False, markup=False)
+            self.note(text)
 
-    def table(self) -> Any:
+    def render(self) -> Any:
+        from rich.console import Group
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(title="grid", title_justify="left")
-        for name in ("id", "cell", "status", "progress", self.metric):
-            table.add_column(name, justify="right" if name in ("progress", self.metric) else "left")
+        columns = ("id", "cell", "status", "step", "loss", "ETA", self.metric)
+        for name in columns:
+            table.add_column(name, justify="left" if name in ("id", "cell", "status") else "right")
         for cell_id, row in self.rows.items():
-            style = _STATUS_STYLE.get(row["status"], "")
+            style = _STATUS_STYLE.get(CellStatus(row["status"]), "")
             status = f"[{style}]{row['status']}[/]"
-            table.add_row(cell_id, row["label"], status, row["progress"], row["value"])
-        return table
+            table.add_row(
+                cell_id,
+                row["label"],
+                status,
+                row["progress"],
+                row["loss"],
+                row["eta"],
+                row["value"],
+            )
+        return Group(Text(self.header(), style="bold"), table)
 
     def close(self) -> None:
         if self.live is not None:
             self.live.stop()
             self.live = None
+
+
+PLAIN_EVERY = 10.0
+"""Seconds between the progress lines of a grid whose output is not a terminal."""
+
+
+def format_seconds(seconds: float) -> str:
+    """``"42 s"``, ``"3 min 20 s"``, ``"2 h 05 min"`` (the dry run's spelling)."""
+    from resablate.grid.plan import format_seconds as spell
+
+    return spell(seconds)
 
 
 def grid(
@@ -287,6 +395,7 @@ def grid(
     metric: Annotated[Metric, typer.Option(help="Metric of the results table.")] = Metric.f1,
     json_output: JsonOption = False,
     keep_checkpoints: KeepCheckpointsOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Run an ablation grid: architecture × residual × weights × freeze × seed (resumable).
 
@@ -314,7 +423,9 @@ def grid(
     from resablate.diagnostics.gradflow import GradNormLogging
     from resablate.grid.runner import run_grid
 
-    view = GridView(live=console.err.is_terminal and not json_output, metric=metric.value)
+    view = GridView(
+        live=console.err.is_terminal and not json_output, metric=metric.value, quiet=quiet
+    )
     try:
         summary = run_grid(
             spec,
@@ -340,7 +451,8 @@ def grid(
         raise  # the root group says "interrupted" and exits with 130
     finally:
         view.close()
-    show(summary, as_json=json_output)
+    if not quiet or json_output:
+        show(summary, as_json=json_output)
 
 
 def register(app: typer.Typer) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -195,21 +196,32 @@ def dataset_root(data: str | os.PathLike[str]) -> Path:
     return Path(data)
 
 
-def _weights_file(cell: Cell) -> Path | None:
+def _weights_file(cell: Cell, notify: Callable[[Any], None] | None = None) -> Path | None:
     """The file the cell's initial weights come from (``None`` for random init).
 
-    Demo weights are built first when missing; ImageNet weights are looked up in (or fetched
-    into) the upstream cache, which ``build_model`` needs anyway.
+    Demo weights are built first when missing (``notify`` receives
+    :class:`~resablate.grid.events.DemoWeightsPretraining`, then ``DemoWeightsReady`` with the
+    time it took); ImageNet weights are looked up in (or fetched into) the upstream cache, which
+    ``build_model`` needs anyway.
     """
-    from resablate.weights import fetch_weights
+    from resablate.weights import demo_weights_path, fetch_weights
 
     kind = cell.weights.kind
     if kind == WeightsKind.NONE:
         return None
     if kind == WeightsKind.DEMO:
         from resablate.demo_weights import ensure_demo_weights
+        from resablate.grid.events import DemoWeightsPretraining, DemoWeightsReady
 
-        return ensure_demo_weights(cell.arch, cell.source)
+        path = demo_weights_path(cell.arch, cell.source)
+        if path.is_file() or notify is None:
+            return ensure_demo_weights(cell.arch, cell.source)
+        notify(DemoWeightsPretraining(cell.arch, cell.source, str(path)))
+        start = time.perf_counter()
+        ensure_demo_weights(cell.arch, cell.source)
+        seconds = time.perf_counter() - start
+        notify(DemoWeightsReady(cell.arch, cell.source, str(path), seconds))
+        return path
     if kind == WeightsKind.IMAGENET:
         return fetch_weights(cell.arch, cell.source)
     return cell.weights.path
@@ -252,7 +264,12 @@ def _load_data(cell: Cell) -> tuple[Recipe, DatasetScan, Any, dict[str, Any]]:
 
 
 def _prepare(
-    cell: Cell, recipe: Recipe, dataset: DatasetScan, run_dir: Path, target: torch.device
+    cell: Cell,
+    recipe: Recipe,
+    dataset: DatasetScan,
+    run_dir: Path,
+    target: torch.device,
+    notify: Callable[[Any], None] | None = None,
 ) -> _Prepared:
     """Build the cell's model (init seeded from the cell), apply its ablation, count it, write
     ``cell.json`` and capture the environment."""
@@ -264,7 +281,7 @@ def _prepare(
     from resablate.run_dir import RunDir
     from resablate.weights import build_model, weights_sha256
 
-    weights_file = _weights_file(cell)
+    weights_file = _weights_file(cell, notify)
     torch.manual_seed(stream_seed(cell.seed, "init"))
     model = build_model(
         cell.arch,
@@ -400,7 +417,7 @@ def run_job(
     ready: list[tuple[int, _Prepared]] = []
     for i, (cell, run_dir) in enumerate(zip(job.cells, dirs, strict=True)):
         try:
-            one = _prepare(cell, recipe, dataset, run_dir, target)
+            one = _prepare(cell, recipe, dataset, run_dir, target, callback)
         except Exception as exc:
             if len(job.cells) == 1:
                 raise
