@@ -19,7 +19,13 @@ data_app = typer.Typer(
 
 @data_app.command("check")
 def check(
-    path: Annotated[Path, typer.Argument(help="Dataset folder.")],
+    path: Annotated[
+        str,
+        typer.Argument(
+            help="Dataset folder, parquet file or Hugging Face datasets folder "
+            "(PATH::image=COL,label=COL names the columns)."
+        ),
+    ],
     quick: Annotated[
         bool,
         typer.Option(
