@@ -1,4 +1,5 @@
-"""``resablate data check PATH`` and ``resablate demo-data DIR``: inspect and create datasets."""
+"""``resablate data check PATH``, ``resablate data fetch NAME --to DIR`` and ``resablate demo-data
+DIR``: inspect, download and create datasets."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from typing import Annotated
 import typer
 
 from resablate_cli import console
+from resablate_cli.options import PublicDataset
 
 data_app = typer.Typer(
     name="data",
-    help="Inspect datasets: layout, splits, classes, image sizes, unreadable files.",
+    help="Inspect and download datasets: layout, splits, classes, image sizes, unreadable files.",
     no_args_is_help=True,
     rich_markup_mode="rich",
 )
@@ -66,6 +68,41 @@ def check(
         console.out.print(result)
 
 
+@data_app.command("fetch")
+def fetch(
+    name: Annotated[PublicDataset, typer.Argument(help="The public dataset.")],
+    to: Annotated[Path, typer.Option("--to", help="Folder to create (new or empty).")],
+    archive: Annotated[
+        Path | None,
+        typer.Option("--archive", help="An archive you downloaded: unpack it, download nothing."),
+    ] = None,
+) -> None:
+    """Download a public dataset (CIFAKE, Food-5K) from Kaggle, verify it and unpack it.
+
+    The archive comes from Kaggle's API (with your token from ~/.kaggle/kaggle.json or
+    KAGGLE_USERNAME/KAGGLE_KEY when set up); --archive unpacks one you downloaded instead. The
+    folders and image counts must match the published set; DIR appears only once complete.
+
+    Example: [bold]resablate data fetch cifake --to ~/datasets/cifake[/]
+    """
+    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+    from resablate.data import scan
+    from resablate.data.fetch import fetch as fetch_dataset
+
+    columns = (*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn())
+    quiet = archive is not None or not console.err.is_terminal
+    with Progress(*columns, console=console.err, transient=True, disable=quiet) as bar:
+        task = bar.add_task(f"downloading {name.value}", total=None)
+        root = fetch_dataset(
+            name.value,
+            to,
+            archive=archive,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    console.out.print(scan(root))
+
+
 def demo_data(
     directory: Annotated[Path, typer.Argument(help="Folder to write (new, empty, or a demo).")],
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the generated images.")] = 0,
@@ -90,6 +127,7 @@ def demo_data(
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``data`` group (``data check``) and ``demo-data`` to the application."""
+    """Add the ``data`` group (``data check``, ``data fetch``) and ``demo-data`` to the
+    application."""
     app.add_typer(data_app, name="data")
     app.command("demo-data")(demo_data)
