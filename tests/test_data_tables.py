@@ -351,3 +351,30 @@ def test_image_bytes_roundtrip_through_decode_image(reference: Path) -> None:
     (file, *_) = sorted((reference / "test").glob("*/*.png"))
     assert np.array_equal(decode_image(file.read_bytes()), decode_image(file))
     assert np.array_equal(decode_image(file.read_bytes()), np.asarray(Image.open(file)))
+
+
+def test_a_table_streams_the_same_images_when_over_the_memory_budget(
+    reference: Path, tmp_path: Path
+) -> None:
+    root = _hf_dict(reference, tmp_path / "hf")
+    streaming = decode_split(scan(root), "test", storage_size=4, memory_budget=0)
+    resident = decode_split(scan(root), "test", storage_size=4)
+    assert type(streaming).__name__ == "StreamingSplit"
+    order = torch.tensor([5, 0, 3])
+    assert torch.equal(streaming.get_batch(order), resident.get_batch(order))
+
+
+def test_a_classlabel_value_outside_its_names_is_a_bad_row(tmp_path: Path) -> None:
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    encoded = [Image.new("RGB", (8, 8), (v, 0, 0)) for v in range(6)]
+    rows = {"image": encoded, "label": [0, 1, 0, 1, -1, 1]}
+    table = datasets.Dataset.from_dict(rows, features=features)
+    table = table.cast_column("label", datasets.ClassLabel(names=["cat", "dog"]))
+    table.save_to_disk(str(tmp_path / "hf"))
+    result = scan(tmp_path / "hf", test_fraction=0.25, val_fraction=0.0)
+    (bad,) = result.bad_files
+    assert (Path(bad.path).name, bad.reason) == (
+        "data-00000-of-00001.arrow[4]",
+        "label -1 is not a class (cat, dog)",
+    )
+    assert result.class_counts == {"train": {"cat": 1, "dog": 2}, "test": {"cat": 1, "dog": 1}}

@@ -544,7 +544,9 @@ def scan(
     else:
         layout, class_names = table.layout, list(table.classes)
         base = folder if folder.is_dir() else folder.parent
-        found = [_found_row(base, scanned) for scanned in table.rows]
+        files = {scanned.row.file for scanned in table.rows}
+        relative = {file: Path(file).relative_to(base).as_posix() for file in files}
+        found = [_found_row(relative[scanned.row.file], scanned) for scanned in table.rows]
     if not class_names:
         raise DataError(f"no class folders with files in the train split of {folder}")
     label_of = {name: i for i, name in enumerate(class_names)}
@@ -638,11 +640,11 @@ def _scan_files(folder: Path, verify: bool, bad: list[BadFile]) -> tuple[str, li
     ]
 
 
-def _found_row(base: Path, scanned: tables.ScannedRow) -> _Found:
-    """A table row as a candidate (``base``: the dataset's folder); its fingerprint covers the
-    row's image digest and class."""
+def _found_row(file: str, scanned: tables.ScannedRow) -> _Found:
+    """A table row as a candidate (``file``: its file relative to the dataset's folder); its
+    fingerprint covers the row's image digest and class."""
     row = scanned.row
-    relative = f"{Path(row.file).relative_to(base).as_posix()}[{row.index}]"
+    relative = f"{file}[{row.index}]"
     return _Found(
         sample=Sample(row.name, -1, scanned.nbytes, scanned.mtime_ns, 0, 0, row),
         split=scanned.split,
