@@ -36,13 +36,16 @@ def check(
     ] = False,
     val_fraction: Annotated[
         float,
-        typer.Option("--val-fraction", help="ImageFolder layout: share of each class for val."),
+        typer.Option(
+            "--val-fraction",
+            help="Pooled layouts (class folders, one table): share of each class for val.",
+        ),
     ] = 0.2,
     test_fraction: Annotated[
         float,
-        typer.Option("--test-fraction", help="ImageFolder layout: share of each class for test."),
+        typer.Option("--test-fraction", help="Pooled layouts: share of each class for test."),
     ] = 0.2,
-    seed: Annotated[int, typer.Option("--seed", help="ImageFolder layout: seed of the split.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Pooled layouts: seed of the split.")] = 0,
     json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Show a dataset's layout, splits, class counts, image sizes and unreadable files.
