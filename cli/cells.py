@@ -69,7 +69,12 @@ RecipeOption = Annotated[
     _option("--recipe", "Recipe: cifake, food, demo.", "demo on demo data, else cifake"),
 ]
 DataOption = Annotated[
-    str, _option("--data", "Dataset folder, or 'demo' for the embedded demo data (offline).")
+    str,
+    _option(
+        "--data",
+        "Dataset folder, parquet file(s) or Hugging Face datasets folder (PATH::image=COL,"
+        "label=COL names the columns), or 'demo' for the embedded demo data (offline).",
+    ),
 ]
 SettingsOption = Annotated[
     list[str] | None,

@@ -1,4 +1,5 @@
-"""``resablate data check PATH`` and ``resablate demo-data DIR``: inspect and create datasets."""
+"""``resablate data check PATH``, ``resablate data fetch NAME --to DIR`` and ``resablate demo-data
+DIR``: inspect, download and create datasets."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from typing import Annotated
 import typer
 
 from resablate_cli import console
+from resablate_cli.options import PublicDataset
 
 data_app = typer.Typer(
     name="data",
-    help="Inspect datasets: layout, splits, classes, image sizes, unreadable files.",
+    help="Inspect and download datasets: layout, splits, classes, image sizes, unreadable files.",
     no_args_is_help=True,
     rich_markup_mode="rich",
 )
@@ -19,7 +21,13 @@ data_app = typer.Typer(
 
 @data_app.command("check")
 def check(
-    path: Annotated[Path, typer.Argument(help="Dataset folder.")],
+    path: Annotated[
+        str,
+        typer.Argument(
+            help="Dataset folder, parquet file or Hugging Face datasets folder "
+            "(PATH::image=COL,label=COL names the columns)."
+        ),
+    ],
     quick: Annotated[
         bool,
         typer.Option(
@@ -28,13 +36,16 @@ def check(
     ] = False,
     val_fraction: Annotated[
         float,
-        typer.Option("--val-fraction", help="ImageFolder layout: share of each class for val."),
+        typer.Option(
+            "--val-fraction",
+            help="Pooled layouts (class folders, one table): share of each class for val.",
+        ),
     ] = 0.2,
     test_fraction: Annotated[
         float,
-        typer.Option("--test-fraction", help="ImageFolder layout: share of each class for test."),
+        typer.Option("--test-fraction", help="Pooled layouts: share of each class for test."),
     ] = 0.2,
-    seed: Annotated[int, typer.Option("--seed", help="ImageFolder layout: seed of the split.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Pooled layouts: seed of the split.")] = 0,
     json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Show a dataset's layout, splits, class counts, image sizes and unreadable files.
@@ -58,6 +69,41 @@ def check(
         console.print_json(result.to_dict())
     else:
         console.out.print(result)
+
+
+@data_app.command("fetch")
+def fetch(
+    name: Annotated[PublicDataset, typer.Argument(help="The public dataset.")],
+    to: Annotated[Path, typer.Option("--to", help="Folder to create (new or empty).")],
+    archive: Annotated[
+        Path | None,
+        typer.Option("--archive", help="An archive you downloaded: unpack it, download nothing."),
+    ] = None,
+) -> None:
+    """Download a public dataset (CIFAKE, Food-5K) from Kaggle, verify it and unpack it.
+
+    The archive comes from Kaggle's API (with your token from ~/.kaggle/kaggle.json or
+    KAGGLE_USERNAME/KAGGLE_KEY when set up); --archive unpacks one you downloaded instead. The
+    folders and image counts must match the published set; DIR appears only once complete.
+
+    Example: [bold]resablate data fetch cifake --to ~/datasets/cifake[/]
+    """
+    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+    from resablate.data import scan
+    from resablate.data.fetch import fetch as fetch_dataset
+
+    columns = (*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn())
+    quiet = archive is not None or not console.err.is_terminal
+    with Progress(*columns, console=console.err, transient=True, disable=quiet) as bar:
+        task = bar.add_task(f"downloading {name.value}", total=None)
+        root = fetch_dataset(
+            name.value,
+            to,
+            archive=archive,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    console.out.print(scan(root))
 
 
 def demo_data(
@@ -84,6 +130,7 @@ def demo_data(
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``data`` group (``data check``) and ``demo-data`` to the application."""
+    """Add the ``data`` group (``data check``, ``data fetch``) and ``demo-data`` to the
+    application."""
     app.add_typer(data_app, name="data")
     app.command("demo-data")(demo_data)

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from resablate.choices import BN_POLICIES, LESION_METRICS, METRICS_SHOWN, SOURCES
+from resablate.choices import BN_POLICIES, LESION_METRICS, METRICS_SHOWN, PUBLIC_DATASETS, SOURCES
 from resablate_cli import console
 
 
@@ -30,6 +30,7 @@ Source = choices("Source", SOURCES, "Where the architectures come from.")
 BnPolicy = choices("BnPolicy", BN_POLICIES, "BatchNorm policy of frozen stages.")
 Metric = choices("Metric", METRICS_SHOWN, "The metric of a results table.")
 LesionMetric = choices("LesionMetric", LESION_METRICS, "Metric of a lesion figure.")
+PublicDataset = choices("PublicDataset", PUBLIC_DATASETS, "A public dataset to download.")
 
 SourceOption = Annotated[Source, typer.Option("--source", help="Model source.")]
 InputSizeOption = Annotated[

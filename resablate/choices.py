@@ -20,6 +20,8 @@ FREEZE_PLANS = ("none", "conv1", "conv1-2", "conv1-3", "conv1-4", "all")
 BN_POLICIES = ("frozen", "train")
 #: Metrics a lesion study measures (``resablate.diagnostics.lesion.METRICS``).
 LESION_METRICS = ("accuracy", "f1", "loss")
+#: Public datasets ``resablate data fetch`` downloads (``resablate.data.fetch.PUBLIC``).
+PUBLIC_DATASETS = ("cifake", "food5k")
 
 
 class CellStatus(StrEnum):

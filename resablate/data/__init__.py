@@ -1,9 +1,11 @@
 """Datasets: layout detection, decode-once cache, batched device augmentation, demo data.
 
 See ``docs/data.md``. The modules: :mod:`~resablate.data.layouts` (``scan``),
+:mod:`~resablate.data.tables` (parquet files and Hugging Face datasets as layouts),
 :mod:`~resablate.data.images` (the one safe decoder), :mod:`~resablate.data.cache`
-(``decode_split``), :mod:`~resablate.data.augment` (``BatchTransform``) and
-:mod:`~resablate.data.demo` (``demo_data``, ``demo_proxy_data``).
+(``decode_split``), :mod:`~resablate.data.augment` (``BatchTransform``),
+:mod:`~resablate.data.demo` (``demo_data``, ``demo_proxy_data``) and
+:mod:`~resablate.data.fetch` (the public sets, downloaded on request).
 """
 
 from __future__ import annotations

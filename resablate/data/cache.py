@@ -3,11 +3,12 @@
 A grid trains dozens of models on the same images (``docs/architecture.md``, "Safety").
 :func:`decode_split` decodes each image of a split once (in a thread pool), stores the result as
 one ``.npy`` array of shape [N, 3, H, W] under ``paths.cache_dir("decoded")``, and memory-maps it
-on every later call. The
-cache key covers the split's file list (relative paths, labels, sizes, mtimes), the stored
-resolution, the classes, the Pillow version and :data:`CACHE_FORMAT`, so changing, adding or
-removing any file makes a fresh decode. Files are written atomically: the array first, then a
-small JSON file that marks the entry complete.
+on every later call. The cache key covers the split's file list (relative paths, labels, sizes,
+mtimes), the stored resolution, the classes, the Pillow version and :data:`CACHE_FORMAT`, so
+changing, adding or removing any file makes a fresh decode. Rows of table layouts (parquet,
+Hugging Face datasets) are keyed by the digest of their encoded image instead of a file's size
+and mtime. Files are written atomically: the array first, then a small JSON file that marks the
+entry complete.
 
 When the decoded split would not fit in the memory budget, :func:`decode_split` returns a
 :class:`StreamingSplit` instead, which decodes the images of each batch on demand behind the same
@@ -33,7 +34,7 @@ import torch
 
 from resablate import atomic, paths
 from resablate.data import images
-from resablate.data.layouts import BadFile, DatasetScan, Sample
+from resablate.data.layouts import BadFile, DatasetScan, Sample, image_source
 from resablate.errors import ConfigError, DataError
 
 CACHE_FORMAT = 1
@@ -173,7 +174,7 @@ class StreamingSplit:
 
     def _decode(self, sample: Sample) -> np.ndarray:
         try:
-            return images.decode_image(sample.path, self.storage_size)
+            return images.decode_image(image_source(sample), self.storage_size)
         except images.BadImageError as exc:
             raise DataError(f"{sample.path} became unreadable during training: {exc}") from None
 
@@ -205,8 +206,7 @@ def _cache_key(scan: DatasetScan, split: str, samples: Sequence[Sample], size: i
     }
     digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
     for s in samples:
-        relative = os.path.relpath(s.path, scan.root)
-        digest.update(f"{relative}\x1f{s.label}\x1f{s.nbytes}\x1f{s.mtime_ns}\n".encode())
+        digest.update(f"{scan.relative(s.path)}\x1f{s.label}\x1f{s.identity}\n".encode())
     return digest.hexdigest()[:32]
 
 
@@ -255,7 +255,7 @@ def _decode_all(
 
     def work(i: int) -> str | None:
         try:
-            array = images.decode_image(samples[i].path, size)
+            array = images.decode_image(image_source(samples[i]), size)
         except images.BadImageError as exc:
             return str(exc)
         if array.shape[:2] != shape:
@@ -338,7 +338,7 @@ def decode_split(
     from_cache = stored is not None and meta is not None
     if meta is not None and (from_cache or streaming):
         kept = [int(i) for i in meta["kept"]]
-        bad = [BadFile(str(scan.root / p), r) for p, r in meta["bad"]]
+        bad = [BadFile(scan.absolute(p), r) for p, r in meta["bad"]]
     else:
         out = None if streaming else np.empty((len(samples), 3, height, width), np.uint8)
         kept, bad = _decode_all(samples, storage_size, (height, width), out, workers)
@@ -353,7 +353,7 @@ def decode_split(
             "storage_size": storage_size,
             "shape": [len(kept), 3, height, width],
             "kept": kept,
-            "bad": [[os.path.relpath(b.path, scan.root), b.reason] for b in bad],
+            "bad": [[scan.relative(b.path), b.reason] for b in bad],
         }
         atomic.write_text(meta_file, json.dumps(record))
 

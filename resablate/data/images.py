@@ -86,13 +86,20 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def _png_without_metadata(path: str | os.PathLike[str]) -> io.BytesIO | None:
-    """The PNG file's bytes without its metadata chunks, or None (not a PNG, or none to drop)."""
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError:
-        return None
+Source = str | os.PathLike[str] | bytes
+"""An encoded image: its file's path, or its bytes (a row of a table layout)."""
+
+
+def _png_without_metadata(source: Source) -> io.BytesIO | None:
+    """The PNG's bytes without its metadata chunks, or None (not a PNG, or none to drop)."""
+    if isinstance(source, bytes):
+        data = source
+    else:
+        try:
+            with open(source, "rb") as handle:
+                data = handle.read()
+        except OSError:
+            return None
     if not data.startswith(_PNG_SIGNATURE):
         return None
     kept = [_PNG_SIGNATURE]
@@ -109,9 +116,11 @@ def _png_without_metadata(path: str | os.PathLike[str]) -> io.BytesIO | None:
     return io.BytesIO(b"".join(kept)) if dropped else None
 
 
-def _pillow_open(source: str | os.PathLike[str] | io.BytesIO) -> Image.Image:
+def _pillow_open(source: Source | io.BytesIO) -> Image.Image:
     with _quiet():
-        return Image.open(source, formats=FORMATS)
+        return Image.open(
+            io.BytesIO(source) if isinstance(source, bytes) else source, formats=FORMATS
+        )
 
 
 def _orientation(image: Image.Image) -> int | None:
@@ -120,8 +129,8 @@ def _orientation(image: Image.Image) -> int | None:
         return image.getexif().get(_EXIF_ORIENTATION_TAG)
 
 
-def _open(path: str | os.PathLike[str], source: io.BytesIO | None = None) -> Image.Image:
-    """Open ``path`` (or ``source``, its bytes) lazily: header only.
+def _open(path: Source, source: io.BytesIO | None = None) -> Image.Image:
+    """Open ``path`` (or ``source``, its bytes without metadata chunks) lazily: header only.
 
     Refuses unknown formats and decompression bombs; any other exception while reading the
     header is the file's bad-file reason, unless the file is a PNG that opens once its metadata
@@ -152,7 +161,7 @@ def _open(path: str | os.PathLike[str], source: io.BytesIO | None = None) -> Ima
     return image
 
 
-def read_header(path: str | os.PathLike[str]) -> ImageHeader:
+def read_header(path: Source) -> ImageHeader:
     """Read an image's format and (EXIF-oriented) size without decoding its pixels.
 
     Raises:
@@ -189,14 +198,14 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_image(path: str | os.PathLike[str], size: int | None = None) -> np.ndarray:
+def decode_image(path: Source, size: int | None = None) -> np.ndarray:
     """Decode one image file fully and safely into an RGB array.
 
     This is the only place resablate decodes pixels; the decode cache, the streaming loader and
     ``scan(..., verify=True)`` all call it.
 
     Args:
-        path: The image file (JPEG, PNG or WebP, recognised by content).
+        path: The image file (JPEG, PNG or WebP, recognised by content), or its bytes.
         size: ``None`` keeps the native resolution; an integer S resizes the whole image to
             S×S pixels (aspect ratio not kept, as in the Food-5K "resize to 224×224" recipe)
             with Pillow's antialiased bilinear filter.

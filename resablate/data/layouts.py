@@ -17,6 +17,10 @@ Three layouts are recognised automatically (folder names compared case-insensiti
 ``imagefolder``
     One folder per class and nothing else: the images are split into train/val/test per class
     (stratified) by a seeded random permutation.
+``hf-datasets``, ``parquet``
+    Images stored as table rows (:mod:`resablate.data.tables`): a Hugging Face ``datasets``
+    folder, or parquet files. A single table (one parquet file, one ``Dataset``) is split like an
+    image folder.
 
 Classes are sorted names; a sample's label is its class's index. Hidden files and folders (names
 starting with ``.``) are ignored; every other file inside a class folder is a candidate image, and
@@ -25,6 +29,7 @@ those that are not readable JPEG/PNG/WebP images are listed as bad files with th
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -40,10 +45,11 @@ from typing import Any
 import numpy as np
 
 from resablate import atomic, paths
-from resablate.data import images
+from resablate.data import images, tables
+from resablate.data_location import DataLocation
 from resablate.errors import ConfigError, DataError, DataNotFoundError
 
-LAYOUTS: tuple[str, ...] = ("cifake", "food5k", "food5k-flat", "imagefolder")
+LAYOUTS: tuple[str, ...] = ("cifake", "food5k", "food5k-flat", "imagefolder", *tables.TABLE_LAYOUTS)
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 _CIFAKE_DIRS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
@@ -53,15 +59,16 @@ _FOOD5K_PREFIX_CLASSES = {"0_": "non_food", "1_": "food"}
 
 @dataclass(frozen=True)
 class Sample:
-    """One candidate image file.
+    """One candidate image: a file, or a row of a table layout.
 
     Attributes:
-        path: Absolute path of the file.
+        path: Absolute path of the file (a table row: ``FILE[INDEX]``, see ``row``).
         label: Index of its class in :attr:`DatasetScan.classes`.
-        nbytes: File size in bytes.
-        mtime_ns: Modification time in nanoseconds since the epoch.
+        nbytes: File size in bytes (a table row: size of its encoded image).
+        mtime_ns: Modification time in nanoseconds since the epoch (a table row: its file's).
         width: Width in pixels (after EXIF orientation), from the header.
         height: Height in pixels (after EXIF orientation), from the header.
+        row: Where a table layout keeps the encoded image (None for an image file).
     """
 
     path: str
@@ -70,6 +77,18 @@ class Sample:
     mtime_ns: int
     width: int
     height: int
+    row: tables.TableRow | None = None
+
+    @property
+    def identity(self) -> str:
+        """What identifies the image's content: size and mtime of a file, the digest of a row."""
+        return self.row.sha256 if self.row is not None else f"{self.nbytes}\x1f{self.mtime_ns}"
+
+
+def image_source(sample: Sample) -> images.Source:
+    """What :func:`resablate.data.images.decode_image` reads for ``sample``: its file, or the
+    encoded bytes of its table row."""
+    return sample.path if sample.row is None else tables.read_image(sample.row)
 
 
 @dataclass(frozen=True)
@@ -137,7 +156,7 @@ class DatasetScan:
     """What :func:`scan` found in a dataset folder.
 
     Attributes:
-        root: The dataset folder (absolute).
+        root: The dataset folder, or its parquet file (absolute).
         layout: One of :data:`LAYOUTS`.
         classes: Sorted class names; a label is an index into this tuple.
         splits: Split name ("train", "val", "test"; "val" only when present) -> its readable
@@ -145,7 +164,8 @@ class DatasetScan:
         bad_files: Files skipped, with the reason, sorted by path.
         image_sizes: Summary of the readable images' sizes.
         fingerprint: SHA-256 (hex) of the layout, classes and every candidate file's relative
-            path, split, label, size and mtime: it changes when any file does.
+            path, split, label, size and mtime (table layouts: every row's file, index, split,
+            class and image digest): it changes when any image or label does.
         verified: True when every image was fully decoded (``scan(..., verify=True)``); False
             when only headers were read (truncated files are then found at decode time).
     """
@@ -159,8 +179,10 @@ class DatasetScan:
     fingerprint: str
     verified: bool = False
     _class_counts: Mapping[str, Mapping[str, int]] = field(init=False, repr=False, compare=False)
+    _base: Path = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "_base", self.root if self.root.is_dir() else self.root.parent)
         counts = {
             split: MappingProxyType(
                 {
@@ -182,6 +204,14 @@ class DatasetScan:
     def class_counts(self) -> Mapping[str, Mapping[str, int]]:
         """Split -> class name -> number of readable images."""
         return self._class_counts
+
+    def relative(self, path: str) -> str:
+        """``path`` (a sample's or bad file's) relative to :attr:`root` (its folder for a file)."""
+        return os.path.relpath(path, self._base)
+
+    def absolute(self, relative: str) -> str:
+        """The inverse of :meth:`relative`."""
+        return os.path.normpath(self._base / relative)
 
     def samples(self, split: str) -> tuple[Sample, ...]:
         """The samples of one split.
@@ -237,7 +267,7 @@ class DatasetScan:
             return Group(head, table, Text(f"no bad files ({checked})"))
         bad = Table("bad file", "reason", title=f"{len(self.bad_files)} bad files ({checked})")
         for item in self.bad_files:
-            bad.add_row(os.path.relpath(item.path, self.root), item.reason)
+            bad.add_row(self.relative(item.path), item.reason)
         return Group(head, table, bad)
 
 
@@ -348,7 +378,7 @@ def _stratified_split(
         parts["val"].extend(members[i] for i in order[n_test : n_test + n_val])
         parts["train"].extend(members[i] for i in order[n_test + n_val :])
     return {
-        split: tuple(sorted(parts[split], key=lambda s: s.path))
+        split: tuple(sorted(parts[split], key=_order))
         for split in SPLITS
         if parts[split] or split != "val"
     }
@@ -476,18 +506,22 @@ def scan(
     one ``stat`` per file.
 
     Args:
-        root: The dataset folder.
-        val_fraction: ImageFolder layout only: fraction of each class put in the val split.
-        test_fraction: ImageFolder layout only: fraction of each class put in the test split.
-        seed: ImageFolder layout only: seed of the split's permutation.
+        root: The dataset folder or parquet file, optionally with column options for table
+            layouts (``PATH::image=img,label=y``, :class:`~resablate.data_location.DataLocation`).
+        val_fraction: Pooled layouts only (an image folder, one parquet file or ``Dataset``):
+            fraction of each class put in the val split.
+        test_fraction: Pooled layouts only: fraction of each class put in the test split.
+        seed: Pooled layouts only: seed of the split's permutation.
         verify: Decode every image fully, so that truncated files are listed here as well.
 
     Raises:
         DataNotFoundError: ``root`` does not exist.
-        DataError: ``root`` is not a folder, holds no image, has fewer than two classes, a class
-            with no readable image in its train or test split, a test/val class that train lacks,
-            or only part of a split layout (e.g. ``train/`` without ``test/``).
-        ConfigError: A fraction outside [0, 1) or fractions summing to 1 or more.
+        DataError: ``root`` is neither a folder nor a parquet file, holds no image, has fewer
+            than two classes, a class with no readable image in its train or test split, a
+            test/val class that train lacks, only part of a split layout (e.g. ``train/`` without
+            ``test/``), an empty split or a missing or ill-typed column of a table layout.
+        ConfigError: A fraction outside [0, 1) or fractions summing to 1 or more; an unknown
+            option of the location; pyarrow missing for a table layout (the install hint).
     """
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 <= value < 1.0:
@@ -496,14 +530,93 @@ def scan(
         raise ConfigError(
             f"val_fraction + test_fraction must be below 1, not {val_fraction + test_fraction}"
         )
-    folder = Path(root).expanduser()
+    location = DataLocation.parse(root)
+    folder = location.path
     if not folder.exists():
         raise DataNotFoundError(f"dataset folder not found: {folder}")
-    if not folder.is_dir():
-        raise DataError(f"dataset path is not a folder: {folder}")
-    folder = folder.resolve()
-
+    table = tables.scan_tables(location, verify=verify)
     bad: list[BadFile] = []
+    if table is None:
+        if not folder.is_dir():
+            raise DataError(f"dataset path is not a folder or a .parquet file: {folder}")
+        layout, found = _scan_files(folder, verify, bad)
+        class_names = sorted({f.class_name for f in found if f.split in ("train", "all")})
+    else:
+        layout, class_names = table.layout, list(table.classes)
+        base = folder if folder.is_dir() else folder.parent
+        files = {scanned.row.file for scanned in table.rows}
+        relative = {file: Path(file).relative_to(base).as_posix() for file in files}
+        found = [_found_row(relative[scanned.row.file], scanned) for scanned in table.rows]
+    if not class_names:
+        raise DataError(f"no class folders with files in the train split of {folder}")
+    label_of = {name: i for i, name in enumerate(class_names)}
+    stray = sorted(
+        {(f.split, f.class_name) for f in found if f.class_name and f.class_name not in label_of}
+    )
+    if stray:
+        split, name = stray[0]
+        raise DataError(f"class {name!r} appears in the {split} split of {folder} but not in train")
+
+    by_split: dict[str, list[Sample]] = {}
+    sizes: list[tuple[int, int]] = []
+    for item in found:
+        if isinstance(item.header, str):
+            bad.append(BadFile(item.sample.path, item.header))
+            continue
+        sizes.append((item.header.width, item.header.height))
+        sample = dataclasses.replace(
+            item.sample,
+            label=label_of[item.class_name],
+            width=item.header.width,
+            height=item.header.height,
+        )
+        by_split.setdefault(item.split, []).append(sample)
+
+    if len(class_names) < 2:
+        kind = "class folders" if table is None else "label values"
+        raise DataError(
+            f"only one class found in {folder}: {class_names[0]!r}; "
+            f"a classification dataset needs at least two {kind}"
+        )
+    pooled = any(f.split == "all" for f in found)
+    if pooled:
+        splits = _stratified_split(
+            by_split.get("all", []), len(class_names), val_fraction, test_fraction, seed
+        )
+    else:
+        splits = {
+            s: tuple(sorted(by_split.get(s, ()), key=_order))
+            for s in SPLITS
+            if s in by_split or s != "val"
+        }
+    _check_classes_present(folder, pooled, class_names, splits, bad)
+
+    return DatasetScan(
+        root=folder,
+        layout=layout,
+        classes=tuple(class_names),
+        splits=MappingProxyType(splits),
+        bad_files=tuple(sorted(bad, key=lambda b: b.path)),
+        image_sizes=_summarise(sizes),
+        fingerprint=_fingerprint(layout, class_names, sorted(f.fingerprint_row for f in found)),
+        verified=verify,
+    )
+
+
+@dataclass(frozen=True)
+class _Found:
+    """A candidate image with what the scan learnt (``sample``'s label and size are set once the
+    classes are known)."""
+
+    sample: Sample
+    split: str
+    class_name: str
+    header: images.ImageHeader | str
+    fingerprint_row: str
+
+
+def _scan_files(folder: Path, verify: bool, bad: list[BadFile]) -> tuple[str, list[_Found]]:
+    """The layout of an image folder and its candidate files, their headers read (or cached)."""
     layout, candidates = _detect(folder, bad)
     if not candidates:
         raise DataError(f"no images found in {folder} (looked for {_expected(layout)})")
@@ -513,62 +626,37 @@ def scan(
         lambda i: headers.inspect(relatives[i], candidates[i].path, verify), range(len(candidates))
     )
     headers.save(folder, relatives)
-
-    class_names = sorted({c.class_name for c in candidates if c.split in ("train", "all")})
-    if not class_names:
-        raise DataError(f"no class folders with files in the train split of {folder}")
-    label_of = {name: i for i, name in enumerate(class_names)}
-    stray = sorted({(c.split, c.class_name) for c in candidates if c.class_name not in label_of})
-    if stray:
-        split, name = stray[0]
-        raise DataError(f"class {name!r} appears in the {split} split of {folder} but not in train")
-
-    by_split: dict[str, list[Sample]] = {}
-    fingerprint_rows = []
-    sizes: list[tuple[int, int]] = []
-    for candidate, relative, (stat, header) in zip(candidates, relatives, inspected, strict=True):
-        fingerprint_rows.append(
-            f"{relative}\x1f{candidate.split}\x1f{candidate.class_name}"
-            f"\x1f{stat.st_size}\x1f{stat.st_mtime_ns}"
+    return layout, [
+        _Found(
+            sample=Sample(str(c.path), -1, stat.st_size, stat.st_mtime_ns, 0, 0),
+            split=c.split,
+            class_name=c.class_name,
+            header=header,
+            fingerprint_row=(
+                f"{relative}\x1f{c.split}\x1f{c.class_name}\x1f{stat.st_size}\x1f{stat.st_mtime_ns}"
+            ),
         )
-        if isinstance(header, str):
-            bad.append(BadFile(str(candidate.path), header))
-            continue
-        sizes.append((header.width, header.height))
-        by_split.setdefault(candidate.split, []).append(
-            Sample(
-                path=str(candidate.path),
-                label=label_of[candidate.class_name],
-                nbytes=stat.st_size,
-                mtime_ns=stat.st_mtime_ns,
-                width=header.width,
-                height=header.height,
-            )
-        )
+        for c, relative, (stat, header) in zip(candidates, relatives, inspected, strict=True)
+    ]
 
-    if len(class_names) < 2:
-        raise DataError(
-            f"only one class found in {folder}: {class_names[0]!r}; "
-            "a classification dataset needs at least two class folders"
-        )
-    if layout == "imagefolder":
-        splits = _stratified_split(
-            by_split.get("all", []), len(class_names), val_fraction, test_fraction, seed
-        )
-    else:
-        splits = {s: tuple(by_split.get(s, ())) for s in SPLITS if s in by_split or s != "val"}
-    _check_classes_present(folder, layout, class_names, splits, bad)
 
-    return DatasetScan(
-        root=folder,
-        layout=layout,
-        classes=tuple(class_names),
-        splits=MappingProxyType(splits),
-        bad_files=tuple(sorted(bad, key=lambda b: b.path)),
-        image_sizes=_summarise(sizes),
-        fingerprint=_fingerprint(layout, class_names, sorted(fingerprint_rows)),
-        verified=verify,
+def _found_row(file: str, scanned: tables.ScannedRow) -> _Found:
+    """A table row as a candidate (``file``: its file relative to the dataset's folder); its
+    fingerprint covers the row's image digest and class."""
+    row = scanned.row
+    relative = f"{file}[{row.index}]"
+    return _Found(
+        sample=Sample(row.name, -1, scanned.nbytes, scanned.mtime_ns, 0, 0, row),
+        split=scanned.split,
+        class_name=scanned.class_name or "",
+        header=scanned.header,
+        fingerprint_row=f"{relative}\x1f{scanned.split}\x1f{scanned.class_name}\x1f{row.sha256}",
     )
+
+
+def _order(sample: Sample) -> tuple[str, int]:
+    """Samples sort by path; rows of a table by file, then index."""
+    return (sample.path, 0) if sample.row is None else (sample.row.file, sample.row.index)
 
 
 def _expected(layout: str) -> str:
@@ -579,7 +667,7 @@ def _expected(layout: str) -> str:
 
 def _check_classes_present(
     root: Path,
-    layout: str,
+    pooled: bool,
     classes: Sequence[str],
     splits: Mapping[str, Sequence[Sample]],
     bad: Sequence[BadFile],
@@ -588,7 +676,7 @@ def _check_classes_present(
         present = {s.label for s in splits.get(split, ())}
         for label, name in enumerate(classes):
             if label not in present:
-                where = "" if layout == "imagefolder" else f" in the {split} split"
+                where = "" if pooled else f" in the {split} split"
                 skipped = f" ({len(bad)} bad files skipped)" if bad else ""
                 raise DataError(
                     f"class {name!r} has no readable image{where} of {root}{skipped}; "

@@ -16,10 +16,10 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from functools import cached_property
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from resablate.choices import BN_POLICIES
+from resablate.data_location import DataLocation
 from resablate.errors import ConfigError
 from resablate.residual_plan import PLAN_FIELDS, PLAN_ON, RESIDUAL_ON, ResidualPlan
 from resablate.weights_choice import NO_WEIGHTS, WeightsChoice
@@ -46,7 +46,8 @@ class Cell:
         recipe: Recipe name (``resablate.recipes``).
         overrides: Recipe field overrides as sorted ``(name, value)`` pairs.
         seed: The seed all of the cell's randomness derives from.
-        data: Dataset path (made absolute), or ``"demo"`` for the embedded demo data.
+        data: Dataset location (its path made absolute, column options sorted: see
+            :mod:`resablate.data_location`), or ``"demo"`` for the embedded demo data.
     """
 
     arch: str
@@ -71,7 +72,7 @@ class Cell:
             )
         object.__setattr__(self, "overrides", tuple(sorted(dict(self.overrides).items())))
         if self.data != DEMO_DATA:
-            object.__setattr__(self, "data", str(Path(self.data).expanduser().resolve()))
+            object.__setattr__(self, "data", DataLocation.parse(self.data).text)
         if self.bn not in BN_POLICIES:
             legal = " or ".join(map(repr, BN_POLICIES))
             raise ConfigError(f"BatchNorm policy {self.bn!r} is not valid; use {legal}")

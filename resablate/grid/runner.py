@@ -29,7 +29,7 @@ from typing import Any
 from resablate.atomic import sweep_stale
 from resablate.choices import DEFAULT_METRIC, METRICS, CellStatus
 from resablate.errors import ConfigError
-from resablate.grid.cell import Cell
+from resablate.grid.cell import DEMO_DATA, Cell
 from resablate.grid.events import CellFinished, CellProgress, CellStarted, GridEvent, GridStarted
 from resablate.grid.executors import CellOutcome, JobRunner, default_device, make_executor
 from resablate.grid.job import Job, StepHookFactory
@@ -209,6 +209,7 @@ def run_grid(
             back to ``pending``; a rerun resumes them).
         StoreLockedError: Another process runs a grid in ``out_dir``.
         ConfigError: An invalid ``pack``, or a K > 1 with step hooks.
+        DataError: The dataset cannot be used (``resablate.data.scan``); nothing is written.
     """
     mode = parse_pack(pack)
     if step_hooks and mode != "off":
@@ -226,6 +227,10 @@ def run_grid(
 
     emit = callback or (lambda event: None)
     base_env = driver_environment()
+    if spec.data != DEMO_DATA:
+        from resablate.data import scan
+
+        scan(spec.data)  # unusable data: one error before anything is written, not failed cells
     with open_grid(spec, out_dir) as store:
         rows = store.cells()
         to_run = select_cells(rows, retry_failed=retry_failed)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from resablate.errors import ConfigError, DataNotFoundError
+from resablate.data_location import DataLocation
+from resablate.errors import ConfigError
 from resablate.grid.cell import DEMO_DATA, Cell
 from resablate.residual_plan import PLAN_ON, ResidualPlan
 from resablate.weights_choice import NAMED_WEIGHTS, WeightsChoice, WeightsKind
@@ -55,7 +55,8 @@ class GridSpec:
         baselines: Further architectures (e.g. ``"vgg16"``, ``"efficientnet_b3"``) crossed with
             weights × freeze × seeds but not with the residual axis.
         recipe: Recipe name; ``None`` = ``"demo"`` on the demo data, else ``"cifake"``.
-        data: Dataset folder, or ``"demo"`` for the embedded demo data.
+        data: Dataset folder, parquet file or Hugging Face datasets folder, optionally with
+            column options (``PATH::image=img,label=y``), or ``"demo"`` for the demo data.
         overrides: Recipe field overrides as ``(name, value)`` pairs (e.g. ``("max_steps", 10)``).
         bn: BatchNorm policy of frozen stages, ``"frozen"`` or ``"train"``.
     """
@@ -83,10 +84,7 @@ class GridSpec:
             values["residual_alpha"] = _unique(float(a) for a in self.residual_alpha)
         values["overrides"] = tuple(sorted(dict(self.overrides).items()))
         if self.data != DEMO_DATA:
-            path = Path(self.data).expanduser()
-            if not path.exists():
-                raise DataNotFoundError(f"dataset folder {path} does not exist", field="data")
-            values["data"] = str(path.resolve())
+            values["data"] = DataLocation.parse(self.data).require_exists().text
         if self.recipe is None:
             values["recipe"] = "demo" if values.get("data", self.data) == DEMO_DATA else "cifake"
         for name, value in values.items():
