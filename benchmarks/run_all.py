@@ -20,6 +20,7 @@ BENCHMARKS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("train_throughput.py", ("--quick",)),
     ("packing.py", ("--archs", "resnet18", "--ks", "1", "4", "--steps", "1")),
     ("cpu_workers.py", ("--steps", "5")),
+    ("dry_run_estimate.py", ("--depths", "18")),
 )
 
 

@@ -456,3 +456,21 @@ def test_parameters_fused_kernels_do_not_take_get_the_default_optimiser() -> Non
     assert not fused_supported(on_meta)
     assert build_optimizer(on_meta, get_recipe("demo")).defaults["fused"] is None
     assert fused_supported([nn.Parameter(torch.zeros(3))])
+
+
+def test_time_steps_times_the_sessions_own_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    from resablate.engine import loop
+
+    calls: list[int] = []
+    step = loop._Session.optimiser_step
+
+    def counted(self: loop._Session) -> torch.Tensor:
+        calls.append(self.step)
+        return step(self)
+
+    monkeypatch.setattr(loop._Session, "optimiser_step", counted)
+    times = loop.time_steps(tiny_model(), RECIPE, num_classes=2, steps=3)
+    assert len(times) == 3 and all(t > 0 for t in times)
+    assert calls == [0, 1, 2, 3]  # one warm-up step, then the timed ones
+    # A budget spent by the warm-up still times one step.
+    assert len(loop.time_steps(tiny_model(), RECIPE, num_classes=2, budget_seconds=0.0)) == 1

@@ -926,3 +926,84 @@ def train_groups(
         TrainFinished(status=status, steps=session.step, train_seconds=session.train_seconds)
     )
     return results
+
+
+class _RandomImages:
+    """Random uint8 images standing in for a split (what :func:`time_steps` trains on)."""
+
+    def __init__(self, n: int, size: int, num_classes: int) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self.images = torch.randint(0, 256, (n, 3, size, size), generator=generator).byte()
+        self.labels = torch.arange(n) % num_classes
+        self.classes = tuple(str(c) for c in range(num_classes))
+        self.paths = tuple(f"random-{i}" for i in range(n))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def get_batch(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.images[indices.to(self.images.device)]
+
+
+def time_steps(
+    model: nn.Module,
+    recipe: Recipe,
+    *,
+    num_classes: int,
+    device: str | torch.device = "cpu",
+    steps: int = 5,
+    budget_seconds: float = 10.0,
+) -> list[float]:
+    """Seconds of single optimiser steps of ``model`` under ``recipe``, as :func:`train` takes
+    them: the session's own step (data placement, augmentation, autocast, channels_last, the
+    optimiser, backend settings) on random images at the recipe's stored size, after one
+    untimed warm-up step. Nothing is written; ``model`` is trained in place (pass a throwaway).
+
+    Args:
+        model: The model (built, surgered, frozen).
+        recipe: The recipe whose step is timed.
+        num_classes: Classes of the random labels.
+        device: Where the step runs.
+        steps: Timed steps at most.
+        budget_seconds: Wall time after which no further step starts (warm-up included); at
+            least one step is timed.
+
+    Returns:
+        The timed steps' seconds, in order (on CUDA, each ends with a synchronisation).
+    """
+    size = recipe.storage_size or recipe.image_size
+    rows = recipe.batch_size * recipe.grad_accum * (steps + 1)
+    data = _RandomImages(rows, size, num_classes)
+    run = recipe.replace(epochs=1, max_steps=None, eval_every=None, checkpoint_every=None)
+    session = _Session(
+        model,
+        OneModel(model),
+        data,
+        {"test": data},
+        run,
+        checkpoint_dir=Path(),
+        run_dirs=[Path()],
+        seeds=[0],
+        device=torch.device(device),
+        callback=None,
+        on_step=(),
+        transforms=_default_transforms(run),
+    )
+    start, times = time.perf_counter(), []
+    try:
+        with backend_settings(session.execution):
+            session.model.train()
+            session.set_epoch_order()
+            for i in range(steps + 1):
+                begin = time.perf_counter()
+                session.optimiser_step()
+                if session.cuda:
+                    torch.cuda.synchronize(session.device)
+                if i:
+                    times.append(time.perf_counter() - begin)
+                if i and time.perf_counter() - start >= budget_seconds:
+                    break
+    finally:
+        if session.prefetcher is not None:
+            session.prefetcher.close()
+    return times
