@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import pytest
@@ -76,3 +77,53 @@ def test_help_of_every_command_exits_0_and_shows_an_example(command: str) -> Non
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0, result.output
     assert "resablate " + command in result.output
+
+
+_BROKEN_FACTORIES = {
+    "fails_at_import": 'raise RuntimeError("no GPU driver")\n',
+    "bad_syntax": "def make(:\n    pass\n",
+    "exits_at_import": "import sys\nsys.exit(0)\n",
+    "no_image_model": "from torch import nn\ndef make():\n    return nn.Linear(3, 2)\n",
+    "exits_in_factory": "import sys\ndef make():\n    sys.exit(3)\n",
+}
+
+
+@pytest.mark.parametrize(
+    ("module", "message"),
+    [
+        (
+            "fails_at_import",
+            "error: cannot import module 'fails_at_import' of model factory fails_at_import:make: "
+            "RuntimeError: no GPU driver",
+        ),
+        (
+            "bad_syntax",
+            "error: cannot import module 'bad_syntax' of model factory bad_syntax:make: "
+            "SyntaxError: invalid syntax (bad_syntax.py, line 1)",
+        ),
+        (
+            "exits_at_import",
+            "error: cannot import module 'exits_at_import' of model factory exits_at_import:make: "
+            "it called sys.exit(0)",
+        ),
+        (
+            "no_image_model",
+            "error: model factory no_image_model:make built a Linear whose forward fails on a "
+            "1×3×32×32 image batch: RuntimeError: ",
+        ),
+        (
+            "exits_in_factory",
+            "error: model factory exits_in_factory:make failed: it called sys.exit(3)",
+        ),
+    ],
+)
+def test_a_broken_model_factory_is_one_line_exit_2(
+    module: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / f"{module}.py").write_text(_BROKEN_FACTORIES[module])
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = runner.invoke(app, ["count", f"{module}:make", "--input-size", "32"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(message)
+    assert len(result.stderr.splitlines()) == 1
+    assert "Traceback" not in result.output
