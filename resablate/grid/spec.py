@@ -79,6 +79,10 @@ class GridSpec:
         if self.residual_alpha is not None:
             values["residual_alpha"] = _unique(float(a) for a in self.residual_alpha)
         values["overrides"] = tuple(sorted(dict(self.overrides).items()))
+        if not self.data.strip():
+            raise DataNotFoundError(
+                "the dataset folder is an empty path; name a folder", field="data"
+            )
         if self.data != DEMO_DATA:
             path = Path(self.data).expanduser()
             if not path.exists():
