@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import os
 import signal
 import subprocess
@@ -195,6 +196,41 @@ def test_second_lock_names_the_holder(tmp_path: Path) -> None:
         with pytest.raises(StoreLockedError):
             run_grid(SPEC, tmp_path, cell_runner=Recorder(), device="cpu")
     RunLock(tmp_path).acquire()  # released: free again
+
+
+def test_a_released_lock_leaves_no_file_and_a_refused_one_keeps_the_holders(
+    tmp_path: Path,
+) -> None:
+    with RunLock(tmp_path):
+        with pytest.raises(StoreLockedError):
+            RunLock(tmp_path).acquire()
+        assert (tmp_path / ".lock").is_file()
+    assert not (tmp_path / ".lock").exists()
+    with pytest.raises(StoreError), RunLock(tmp_path):
+        raise StoreError("a failure while the lock is held")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_lock_whose_file_was_removed_by_its_releaser_is_taken_afresh(tmp_path: Path) -> None:
+    # A waiter that opened the file before the holder removed it must not hold a void lock.
+    holder = RunLock(tmp_path)
+    holder.acquire()
+    late = RunLock(tmp_path)
+    stale = os.open(late.path, os.O_RDWR)
+    holder.release()
+    fcntl.flock(stale, fcntl.LOCK_EX | fcntl.LOCK_NB)  # succeeds: the removed file is free
+    opened = iter([stale])
+    original = late._open
+
+    def open_stale_first() -> int:
+        fd = next(opened, None)
+        return original() if fd is None else fd
+
+    late._open = open_stale_first  # type: ignore[method-assign]
+    late.acquire()
+    with pytest.raises(StoreLockedError):
+        RunLock(tmp_path).acquire()  # the lock is on the file at the path, not the removed one
+    late.release()
 
 
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path: Path) -> None:
