@@ -19,6 +19,7 @@ from resablate.grid.store import (
     FORMAT_VERSION,
     RESULT_COLUMNS,
     ResultStore,
+    check_store_file,
     network_filesystem,
 )
 
@@ -282,3 +283,49 @@ def test_a_full_disk_is_one_line_naming_the_store(store: ResultStore) -> None:
         f"cannot write the results store {store.path}: database or disk is full"
     )
     assert store.cell(CELLS[0].cell_id).status == "running"
+
+
+def test_a_full_disk_says_so_when_the_file_system_has_no_space_left(
+    store: ResultStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("resablate.grid.store._free_bytes", lambda folder: 4096)
+    store._conn.execute("PRAGMA max_page_count = 1")
+    rows = [{"index": i, "path": f"{i}.png" * 20, "label": 0, "pred": 0} for i in range(2000)]
+    with pytest.raises(StoreError) as info:
+        store.record_result(CELLS[0].cell_id, "done", predictions=rows)
+    assert str(info.value) == f"no space left on device: {store.path}"
+
+
+def _io_error(*args: object, **kwargs: object) -> None:
+    exc = sqlite3.OperationalError("disk I/O error")
+    exc.sqlite_errorcode = sqlite3.SQLITE_IOERR_WRITE  # type: ignore[attr-defined]
+    raise exc
+
+
+@pytest.mark.parametrize(
+    ("free", "message"),
+    [
+        (0, "no space left on device: {path}"),
+        (1 << 30, "{path} is not a usable results store: disk I/O error"),
+    ],
+)
+def test_a_disk_io_error_on_a_full_disk_is_no_space_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, free: int, message: str
+) -> None:
+    monkeypatch.setattr("resablate.grid.store._connect", _io_error)
+    monkeypatch.setattr("resablate.grid.store._free_bytes", lambda folder: free)
+    with pytest.raises(StoreError) as info:
+        ResultStore(tmp_path)
+    assert str(info.value) == message.format(path=tmp_path / "store.sqlite")
+
+
+def test_an_empty_store_file_is_refused_never_started_afresh(tmp_path: Path) -> None:
+    check_store_file(tmp_path)  # no store yet: a new one may be created
+    (tmp_path / "store.sqlite").write_bytes(b"")
+    with pytest.raises(StoreError) as info:
+        check_store_file(tmp_path)
+    assert str(info.value) == (
+        f"{tmp_path / 'store.sqlite'} is empty (0 bytes), not a results store; restore it from "
+        "a copy, or remove it to start the grid afresh"
+    )
+    assert info.value.field == "out_dir"

@@ -15,6 +15,7 @@ Only the grid driver writes; reports and other readers open the store read-only 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -22,7 +23,6 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +41,8 @@ JSONL_FILENAME = "results.jsonl"
 
 FORMAT_VERSION = 1
 BUSY_TIMEOUT_MS = 30_000
+#: Free space below which a failed write is taken for a full disk (SQLite writes whole pages).
+_FULL_DISK_BYTES = 1 << 20
 
 #: Every status a cell can have.
 STATUSES = ("pending", "running", "done", "failed", "diverged", "skipped")
@@ -341,6 +343,41 @@ _COLUMN_OF_FIELD = {field: column for column, field in _FIELD_OF_COLUMN.items()}
 _EVAL_FIELDS = ("step", "epoch", "split", *METRIC_COLUMNS)
 
 
+def check_store_file(folder: str | os.PathLike[str]) -> None:
+    """Refuse a ``store.sqlite`` in ``folder`` that exists but is empty (0 bytes): a store cut
+    to nothing, never one to start afresh (that would retrain every cell and overwrite
+    ``results.csv``). A store being created holds at least its header page once it is in WAL
+    mode, so call this under the run directory's lock, where no other process creates it.
+
+    Raises:
+        StoreError: The file exists and holds 0 bytes.
+    """
+    path = Path(folder) / STORE_FILENAME
+    if path.is_file() and path.stat().st_size == 0:
+        raise StoreError(
+            f"{path} is empty (0 bytes), not a results store; restore it from a copy, or remove "
+            "it to start the grid afresh",
+            field="out_dir",
+        )
+
+
+def _free_bytes(folder: Path) -> int:
+    """Bytes an unprivileged writer may still use in ``folder``'s file system."""
+    info = os.statvfs(folder)
+    return info.f_bavail * info.f_frsize
+
+
+def _store_error(path: Path, exc: sqlite3.DatabaseError, what: str) -> StoreError:
+    """The one-line error of a failed SQLite call: a full disk says so (SQLite reports it as
+    "database or disk is full" or as a "disk I/O error"), anything else is ``what: exc``."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary code of an extended one
+    if code in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR):
+        with contextlib.suppress(OSError):
+            if _free_bytes(path.parent) < _FULL_DISK_BYTES:
+                return StoreError(f"no space left on device: {path}")
+    return StoreError(f"{what}: {exc}")
+
+
 def _cell_row(row: sqlite3.Row) -> CellRow:
     values = {name: row[_COLUMN_OF_FIELD.get(name, name)] for name in _CELL_ROW_FIELDS}
     values["config"] = json.loads(row["config"])
@@ -449,7 +486,7 @@ class ResultStore:
             self._conn = _connect_read_only(target) if readonly else _connect(target)
             self._prepare()
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{target} is not a usable results store: {exc}") from None
+            raise _store_error(target, exc, f"{target} is not a usable results store") from None
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> ResultStore:
@@ -493,7 +530,7 @@ class ResultStore:
             raise StoreError(f"{self.path} is not a resablate results store")
         return version == 0
 
-    @contextmanager
+    @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         if self.readonly:
             raise StoreError(f"{self.path} is open read-only")
@@ -508,7 +545,9 @@ class ResultStore:
                     conn.execute("ROLLBACK")
                 raise
         except sqlite3.OperationalError as exc:  # full disk, I/O error, locked past the timeout
-            raise StoreError(f"cannot write the results store {self.path}: {exc}") from None
+            raise _store_error(
+                self.path, exc, f"cannot write the results store {self.path}"
+            ) from None
 
     def close(self) -> None:
         """Close the connection (idempotent)."""
