@@ -14,6 +14,9 @@ from resablate.grid.cell import Cell
 from resablate.grid.store import CellRow, ResultStore
 from resablate.grid.table import ResultsTable, results_table
 
+#: Statuses of a finished cell that has no result: a grid with any of them is not a success.
+NOT_DONE_STATUSES = ("failed", "diverged", "skipped")
+
 
 @dataclass(frozen=True)
 class GridSummary:
@@ -36,6 +39,11 @@ class GridSummary:
     notes: tuple[str, ...] = ()
 
     @property
+    def not_done(self) -> tuple[CellRow, ...]:
+        """The cells whose run ended without a result: failed, diverged or skipped."""
+        return tuple(row for row in self.cells if row.status in NOT_DONE_STATUSES)
+
+    @property
     def complete(self) -> bool:
         """True when no cell is pending or running."""
         return self.counts["pending"] == 0 and self.counts["running"] == 0
@@ -55,15 +63,22 @@ class GridSummary:
         from rich.console import Group
         from rich.text import Text
 
-        counts = ", ".join(f"{n} {status}" for status, n in self.counts.items() if n)
+        counts = ", ".join(
+            f"{n} {status}{_ids(self.not_done, status)}" for status, n in self.counts.items() if n
+        )
         parts: list[Any] = [self.table]
-        problems = [r for r in self.cells if r.status in ("failed", "diverged", "skipped")]
-        for row in problems:
+        for row in self.not_done:
             parts.append(Text(f"{row.status}: {row.cell_id} {_label(row)}: {row.reason}"))
         parts.append(
             Text(f"{len(self.cells)} cells: {counts} · ran {len(self.ran)} now · {self.out_dir}")
         )
         return Group(*parts)
+
+
+def _ids(rows: tuple[CellRow, ...], status: str) -> str:
+    """`` (id, id)``: the ids of ``rows`` with ``status``, or nothing."""
+    ids = [row.cell_id for row in rows if row.status == status]
+    return f" ({', '.join(ids)})" if ids else ""
 
 
 def _label(row: CellRow) -> str:
