@@ -13,7 +13,8 @@ import typer
 from typer.core import TyperCommand
 
 from resablate_cli import console
-from resablate_cli.options import BnPolicy, Metric, Source, show
+from resablate_cli.errors import EXIT_CELLS_NOT_DONE, EXIT_CODES_HELP
+from resablate_cli.options import BnPolicy, Metric, Source, folder, show
 
 # Axis options take several values after one flag (``--depths 18 50 101``), as the studies write
 # them; repeating the flag (``--depths 18 --depths 50``) and commas (``--depths 18,50``) work too.
@@ -27,7 +28,8 @@ MULTI_VALUE_OPTIONS = (
     "--baselines",
 )
 
-EXAMPLES = """
+EXAMPLES = (
+    """
 Examples:
 
   resablate grid --depths 18 50 --data demo --out runs/demo
@@ -51,7 +53,10 @@ Axes (the grid is their product; baselines skip the residual axis):
 
 Rerunning the same command with the same --out resumes: done cells are kept, interrupted ones
 continue from their last checkpoint, failed ones rerun with --retry-failed.
+
 """
+    + EXIT_CODES_HELP
+)
 
 
 def expand_multi_values(
@@ -156,8 +161,17 @@ class GridView:
             step = getattr(event.event, "step", getattr(event.event, "start_step", 0))
             total = event.event.total_steps
             self.update(event.cell_id, progress=f"{step}/{total}")
-            if isinstance(event.event, TrainStarted) and event.event.start_step:
-                self.line(f"resume   {event.cell_id} at step {step}/{total} from its checkpoint")
+            if isinstance(event.event, TrainStarted):
+                for skipped in event.event.skipped_checkpoints:  # shown above a live table too
+                    console.err.print(
+                        f"warning: {event.cell_id} checkpoint skipped: {skipped}",
+                        highlight=False,
+                        markup=False,
+                    )
+                if event.event.start_step:
+                    self.line(
+                        f"resume   {event.cell_id} at step {step}/{total} from its checkpoint"
+                    )
             now = time.monotonic()
             if not self.live_enabled and now - self.last_progress >= 10.0:
                 self.last_progress = now
@@ -303,7 +317,8 @@ def grid(
     ] = None,
     bn: Annotated[BnPolicy, typer.Option(help="BatchNorm of frozen stages.")] = BnPolicy.frozen,
     out: Annotated[
-        Path, typer.Option(help="Run directory: store, results.csv, one folder per cell.")
+        Path,
+        typer.Option(parser=folder, help="Run directory: store, results.csv, one folder per cell."),
     ] = Path("runs/grid"),
     executor: Annotated[Executor, typer.Option(help="Where cells run.")] = Executor.local,
     ray_address: Annotated[
@@ -345,8 +360,8 @@ def grid(
         bool,
         typer.Option(
             "--dry-run",
-            help="Store the cells and print them with params, FLOPs and a time estimate; "
-            "train nothing.",
+            help="Print the cells with their status, params, FLOPs and a time estimate; "
+            "train and write nothing.",
         ),
     ] = False,
     metric: Annotated[Metric, typer.Option(help="Metric of the results table.")] = Metric.f1,
@@ -388,7 +403,7 @@ def grid(
         from resablate.grid.plan import plan_grid
 
         console.err.print("probing: a few training steps of each distinct model…", highlight=False)
-        plan = plan_grid(spec, out, device=device)
+        plan = plan_grid(spec, out, device=device, pack=pack, workers=workers)
         show(plan, as_json=json_output)
         return
 
@@ -421,6 +436,8 @@ def grid(
     finally:
         view.close()
     show(summary, as_json=json_output)
+    if summary.not_done:
+        raise typer.Exit(EXIT_CELLS_NOT_DONE)
 
 
 def register(app: typer.Typer) -> None:

@@ -43,7 +43,12 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.
 # for the family).
 _FLAGS = {"resume": "--no-resume", "out_dir": "--out"}
 _COMMAND_FLAGS = {
-    "grid": {"weights": "--pretrained", "family": "--arch", "storage_size": "--set storage_size=N"}
+    "grid": {
+        "weights": "--pretrained",
+        "family": "--arch",
+        "seed": "--seeds",
+        "storage_size": "--set storage_size=N",
+    }
 }
 
 
@@ -53,6 +58,14 @@ def flag(field: str, command: str | None = None) -> str:
     ``weights`` → ``--pretrained``)."""
     named = _COMMAND_FLAGS.get(command or "", {}) | _FLAGS
     return named.get(field, "--" + field.replace("_", "-"))
+
+
+def folder(text: str) -> Path:
+    """Parse a folder option (``parser=folder``): an empty value is refused, not read as the
+    working directory (``Path("")`` is ``.``)."""
+    if not text.strip():
+        raise typer.BadParameter("an empty path names no folder; give one, e.g. runs/study")
+    return Path(text)
 
 
 def split_values(values: list[str] | None) -> list[str]:

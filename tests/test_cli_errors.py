@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +15,7 @@ from typer.testing import CliRunner
 
 from resablate.errors import DataNotFoundError
 from resablate_cli.app import app
-from resablate_cli.errors import ResablateGroup
+from resablate_cli.errors import EXIT_PIPE_CLOSED, ResablateGroup
 
 runner = CliRunner()
 
@@ -31,6 +35,14 @@ def _app() -> typer.Typer:
     def bug() -> None:
         raise KeyError("oops")
 
+    @demo.command()
+    def full_disk() -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/runs/x/results.csv")
+
+    @demo.command()
+    def other_os_error() -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO), "/dev/sdz")
+
     return demo
 
 
@@ -47,6 +59,30 @@ def test_unexpected_error_names_type_and_points_to_debug() -> None:
     assert result.stderr == (
         "internal error: KeyError: 'oops' (rerun with --debug for the traceback)\n"
     )
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_other_os_errors_are_internal() -> None:
+    result = runner.invoke(_app(), ["full-disk"])
+    assert (result.exit_code, result.stderr) == (
+        2,
+        "error: no space left on device: /runs/x/results.csv\n",
+    )
+    result = runner.invoke(_app(), ["other-os-error"])
+    assert (result.exit_code, result.stderr) == (
+        1,
+        "internal error: OSError: [Errno 5] Input/output error: '/dev/sdz' (rerun with --debug "
+        "for the traceback)\n",
+    )
+
+
+@pytest.mark.parametrize("json_flag", [[], ["--json"]], ids=["table", "json"])
+def test_a_closed_output_pipe_ends_quietly_as_unix_tools_do(json_flag: list[str]) -> None:
+    # `resablate count ... | head`, the reader gone before the first write.
+    command = [sys.executable, "-m", "resablate_cli", "count", "resnet18", *json_flag]
+    closed = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert closed.stdout is not None and closed.stderr is not None
+    closed.stdout.close()
+    assert (closed.wait(timeout=120), closed.stderr.read()) == (EXIT_PIPE_CLOSED, b"")
 
 
 def test_debug_reraises_with_the_traceback() -> None:
