@@ -323,3 +323,30 @@ def test_an_empty_or_foreign_store_is_refused_and_results_csv_kept(
     assert (result.exit_code, result.stderr.splitlines()[-1]) == (2, expected)
     assert (out / "results.csv").read_text() == "cell_id,status\nabc,done\n"
     assert sorted(p.name for p in out.iterdir()) == ["results.csv", "store.sqlite"]
+
+
+@pytest.mark.slow
+def test_a_skipped_unreadable_checkpoint_is_named_in_the_output_result_and_store(
+    tmp_path: Path,
+) -> None:
+    data = write_tiny_dataset(tmp_path / "data")
+    out = tmp_path / "out"
+    args = tiny_grid_args(data, out, max_steps=2)
+    args.remove("off")  # one cell: residual on
+    with one_thread():
+        assert CliRunner().invoke(app, args).exit_code == 0
+        with ResultStore(out) as store:  # as if the driver died while the cell trained
+            (row,) = store.cells()
+            store.set_status(row.cell_id, "running")
+        bad = out / "cells" / row.cell_id / "checkpoints" / "step-00000009.pt"
+        bad.write_bytes(b"cut short by a full disk")
+        result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    warning = next(line for line in result.stderr.splitlines() if "checkpoint skipped" in line)
+    assert warning.startswith(f"warning: {row.cell_id} checkpoint skipped: {bad}: does not load")
+    skipped = warning.removeprefix(f"warning: {row.cell_id} checkpoint skipped: ")
+    saved = json.loads((out / "cells" / row.cell_id / "result.json").read_text())
+    assert saved["skipped_checkpoints"] == [skipped]
+    assert saved["resumed_from_step"] == 2
+    with ResultStore.open(out) as store:
+        assert store.cell(row.cell_id).skipped_checkpoints == (skipped,)

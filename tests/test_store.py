@@ -329,3 +329,34 @@ def test_an_empty_store_file_is_refused_never_started_afresh(tmp_path: Path) -> 
         "a copy, or remove it to start the grid afresh"
     )
     assert info.value.field == "out_dir"
+
+
+def test_skipped_checkpoints_are_recorded_with_the_result(store: ResultStore) -> None:
+    skipped = ("/run/checkpoints/step-00000009.pt: does not load: not a zip file",)
+    store.record_result(CELLS[0].cell_id, "done", skipped_checkpoints=skipped)
+    assert store.cell(CELLS[0].cell_id).skipped_checkpoints == skipped
+    assert store.cell(CELLS[1].cell_id).skipped_checkpoints == ()
+
+
+def _format_1(store: ResultStore) -> None:
+    """Make ``store`` a store as format 1 wrote it (before ``skipped_checkpoints``)."""
+    _finish(store, CELLS[0], 0.5)
+    store.close()
+    conn = sqlite3.connect(store.path)
+    conn.execute("ALTER TABLE cells DROP COLUMN skipped_checkpoints")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+
+
+def test_a_format_1_store_is_read_in_place_and_upgraded_by_a_writer(store: ResultStore) -> None:
+    _format_1(store)
+    with ResultStore.open(store.path) as reader:
+        row = reader.cell(CELLS[0].cell_id)
+        assert (row.status, row.f1, row.skipped_checkpoints) == ("done", 0.5, ())
+    with ResultStore(store.path) as writer:
+        assert writer.cell(CELLS[0].cell_id).f1 == 0.5
+        writer.record_result(CELLS[1].cell_id, "failed", reason="x", skipped_checkpoints=("a",))
+        assert writer.cell(CELLS[1].cell_id).skipped_checkpoints == ("a",)
+    conn = sqlite3.connect(store.path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == FORMAT_VERSION == 2

@@ -200,6 +200,7 @@ class _Session:
         self.train_seconds = 0.0
         self.images_seen = 0
         self.resumed_from = 0
+        self.skipped_checkpoints: tuple[str, ...] = ()
         # Running training loss/accuracy since the last train record (device tensors).
         self.run_loss = torch.zeros((), dtype=torch.float64, device=device)
         self.run_correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -540,6 +541,8 @@ def start_session(session: _Session, *, resume: bool, run_dirs: Sequence[Path]) 
     """Resume ``session`` from its newest checkpoint (or clear them with ``resume=False``), write
     the recipe into every run directory and emit :class:`TrainStarted`."""
     found = ckpt.load_latest(session.ckpt_dir) if resume else None
+    if found is not None:
+        session.skipped_checkpoints = found.skipped
     if found is not None and found.path is not None and found.state is not None:
         session.restore(found.path, found.state)
     elif not resume:
@@ -554,7 +557,7 @@ def start_session(session: _Session, *, resume: bool, run_dirs: Sequence[Path]) 
             images_per_step=session.recipe.images_per_step,
             device=session.execution.device_name,
             amp=session.amp,
-            skipped_checkpoints=found.skipped if found is not None else (),
+            skipped_checkpoints=session.skipped_checkpoints,
             ran_on=session.execution.summary(),
         )
     )
@@ -620,6 +623,7 @@ def finish_run(
             f"non-finite training loss at step {diverged_at}" if diverged_at is not None else None
         ),
         resumed_from_step=session.resumed_from,
+        skipped_checkpoints=session.skipped_checkpoints,
         frozen_check=frozen,
         device=session.execution.device_name,
         amp=session.amp,

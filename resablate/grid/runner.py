@@ -112,6 +112,7 @@ def _record(store: ResultStore, outcome: CellOutcome, base_env: dict[str, Any]) 
         environment={**base_env, **(data.get("environment") or {})},
         evaluations=RunDir(run_dir).read_history(),
         predictions=RunDir(run_dir).read_predictions(),
+        skipped_checkpoints=data.get("skipped_checkpoints") or (),
     )
 
 

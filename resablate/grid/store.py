@@ -39,7 +39,7 @@ STORE_FILENAME = "store.sqlite"
 CSV_FILENAME = "results.csv"
 JSONL_FILENAME = "results.jsonl"
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 BUSY_TIMEOUT_MS = 30_000
 #: Free space below which a failed write is taken for a full disk (SQLite writes whole pages).
 _FULL_DISK_BYTES = 1 << 20
@@ -143,6 +143,7 @@ CREATE TABLE cells (
     device TEXT,
     environment TEXT,
     run_dir TEXT,
+    skipped_checkpoints TEXT NOT NULL DEFAULT '[]',
     attempts INTEGER NOT NULL DEFAULT 0,
     created_at TEXT NOT NULL,
     started_at TEXT,
@@ -174,6 +175,12 @@ CREATE TABLE predictions (
     PRIMARY KEY (cell_id, idx)
 );
 """
+
+
+# What brings a store of each older format up to FORMAT_VERSION, in order.
+_MIGRATIONS = {
+    1: ("ALTER TABLE cells ADD COLUMN skipped_checkpoints TEXT NOT NULL DEFAULT '[]'",),
+}
 
 
 def _now() -> str:
@@ -229,6 +236,8 @@ class CellRow:
         train_seconds: Wall-clock training time in seconds; ``images_per_second`` the training
             throughput.
         environment: Versions, device, git revision, dataset fingerprint, weights hash.
+        skipped_checkpoints: ``"<file>: <why>"`` of each checkpoint the last run passed over on
+            resume because it does not load (empty in stores of format 1).
         attempts: How many times the cell was started.
         created_at: ISO-8601 UTC timestamps (``started_at``/``finished_at`` of the last attempt).
     """
@@ -268,6 +277,7 @@ class CellRow:
     started_at: str | None
     finished_at: str | None
     updated_at: str
+    skipped_checkpoints: tuple[str, ...] = ()
 
     @property
     def residual_plan(self) -> ResidualPlan:
@@ -379,9 +389,12 @@ def _store_error(path: Path, exc: sqlite3.DatabaseError, what: str) -> StoreErro
 
 
 def _cell_row(row: sqlite3.Row) -> CellRow:
-    values = {name: row[_COLUMN_OF_FIELD.get(name, name)] for name in _CELL_ROW_FIELDS}
+    stored = set(row.keys())  # a store of format 1, read in place, lacks later columns
+    columns = {name: _COLUMN_OF_FIELD.get(name, name) for name in _CELL_ROW_FIELDS}
+    values = {name: row[column] for name, column in columns.items() if column in stored}
     values["config"] = json.loads(row["config"])
     values["environment"] = json.loads(row["environment"] or "{}")
+    values["skipped_checkpoints"] = tuple(json.loads(values.get("skipped_checkpoints") or "[]"))
     values["in_grid"] = bool(row["in_grid"])
     return CellRow(**values)
 
@@ -515,7 +528,11 @@ class ResultStore:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
+            else:
+                for older in range(version, FORMAT_VERSION):
+                    for statement in _MIGRATIONS[older]:
+                        conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
 
     def _check_version(self, version: int, tables: int) -> bool:
         """Refuse a newer or foreign store; True when the database is empty (to be created)."""
@@ -655,6 +672,7 @@ class ResultStore:
         environment: Mapping[str, Any] | None = None,
         evaluations: Sequence[Mapping[str, Any]] = (),
         predictions: Sequence[Mapping[str, Any]] = (),
+        skipped_checkpoints: Sequence[str] = (),
     ) -> None:
         """Write a finished cell: status, reason, metrics, history and predictions, atomically.
 
@@ -669,6 +687,7 @@ class ResultStore:
             evaluations: The evaluation history in order; keys :data:`METRIC_COLUMNS`, ``step``,
                 ``epoch``, ``split``; other keys are kept in ``extra``.
             predictions: Per test sample: ``index``, ``path``, ``label``, ``pred``, ``prob``.
+            skipped_checkpoints: ``"<file>: <why>"`` of each checkpoint the run passed over.
         """
         if status not in FINISHED_STATUSES:
             raise ValueError(f"status {status!r} is not a finished status {FINISHED_STATUSES}")
@@ -680,6 +699,7 @@ class ResultStore:
             columns[name] = None if metrics is None else metrics.get(name)
         if environment is not None:
             columns["environment"] = json.dumps(dict(environment), sort_keys=True, default=str)
+        columns["skipped_checkpoints"] = json.dumps(list(skipped_checkpoints))
         eval_rows = [
             (
                 cell_id,
