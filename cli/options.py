@@ -60,10 +60,10 @@ def flag(field: str, command: str | None = None) -> str:
     return named.get(field, "--" + field.replace("_", "-"))
 
 
-def folder(text: str) -> Path:
-    """Parse a folder option (``parser=folder``): an empty value is refused, not read as the
-    working directory (``Path("")`` is ``.``)."""
-    if not text.strip():
+def folder(text: str | Path) -> Path:
+    """Parse a folder option (``parser=folder``; Typer passes the default as it is): an empty
+    value is refused, not read as the working directory (``Path("")`` is ``.``)."""
+    if not str(text).strip():
         raise typer.BadParameter("an empty path names no folder; give one, e.g. runs/study")
     return Path(text)
 

@@ -357,7 +357,8 @@ def check_store_file(folder: str | os.PathLike[str]) -> None:
     """Refuse a ``store.sqlite`` in ``folder`` that exists but is empty (0 bytes): a store cut
     to nothing, never one to start afresh (that would retrain every cell and overwrite
     ``results.csv``). A store being created holds at least its header page once it is in WAL
-    mode, so call this under the run directory's lock, where no other process creates it.
+    mode, so call this under the run directory's lock, where no other process creates it (or
+    where a mistaken refusal costs nothing: a dry run).
 
     Raises:
         StoreError: The file exists and holds 0 bytes.
