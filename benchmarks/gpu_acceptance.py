@@ -17,7 +17,14 @@ Checks and prints, on ``cuda`` (the current device):
    channels_last, data included), the stock AMP loop (ImageFolder + DataLoader workers + PIL
    transforms + bf16 autocast + channels_last) and the stock fp32 loop, and the ratios
    (targets: ≥ 1.5× the AMP loop, ≥ 2.5× the fp32 loop);
-7. ``pytest -m gpu``.
+7. 16 packed ResNet-18 cells at 32×32 against the same cells one at a time
+   (``benchmarks/packing.py``; target ≥ 6×);
+8. ``pytest -m gpu``.
+
+It runs from the working tree (it puts the repository root on ``sys.path``) and needs only torch,
+torchvision, timm, transformers, typer, rich and safetensors. With ``--out DIR`` it writes
+``DIR/acceptance.json`` (every check with its figures), ``DIR/acceptance.log`` (what it printed)
+and ``DIR/pytest-gpu.log`` (pytest's stdout and stderr).
 
 Without a visible CUDA device it prints one line saying so and exits 0. Exit status 1 when a check
 fails. MFU counts 3 × the forward pass's multiply-adds × 2 flops per trained image
@@ -25,7 +32,7 @@ fails. MFU counts 3 × the forward pass's multiply-adds × 2 flops per trained i
 
 Usage::
 
-    python benchmarks/gpu_acceptance.py                 # all checks, then pytest -m gpu
+    PYTHONPATH=. python3 benchmarks/gpu_acceptance.py --out DIR   # all checks, then pytest -m gpu
     python benchmarks/gpu_acceptance.py --no-pytest     # the checks only
     python benchmarks/gpu_acceptance.py --peak-tflops 989   # a GPU the table below does not know
 """
@@ -34,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -45,7 +53,10 @@ from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+# From the working tree, without an install or PYTHONPATH: resablate, then the sibling benchmarks.
+sys.path[:0] = [str(ROOT), str(HERE)]
 NO_CUDA = "gpu_acceptance: no CUDA device is visible; nothing to check (run it on a GPU machine)"
 
 # Dense bf16 tensor-core peaks in TFLOP/s (vendor data sheets, without sparsity), by name part.
@@ -68,6 +79,7 @@ class Check:
     name: str
     ok: bool
     detail: str
+    figures: tuple[tuple[str, float], ...] = ()
 
 
 def bf16_peak(name: str, override: float | None) -> float | None:
@@ -264,7 +276,6 @@ def peak_memory_gib(device: str) -> float | None:
 
 
 def check_resnet50(work: Path, peak: float | None, device: str) -> list[Check]:
-    sys.path.insert(0, str(HERE))
     from train_throughput import Config, engine_rate, reference_rate
 
     from resablate.counting import count
@@ -283,6 +294,10 @@ def check_resnet50(work: Path, peak: float | None, device: str) -> list[Check]:
             lambda: engine_rate(config, root, 0, amp="bf16"),
         ),
         (
+            "engine (bf16, channels_last, compile reduce-overhead: CUDA graphs)",
+            lambda: engine_rate(config, root, 0, amp="bf16", compile="reduce-overhead"),
+        ),
+        (
             f"stock AMP loop (bf16 autocast, channels_last, {workers} DataLoader workers)",
             lambda: reference_rate(config, root, 0, amp=True),
         ),
@@ -298,22 +313,46 @@ def check_resnet50(work: Path, peak: float | None, device: str) -> list[Check]:
         memory = peak_memory_gib(device)
         mfu = f"{rate * flops / (peak * 1e12):.1%}" if peak else "unknown peak"
         rows.append((name, rate, memory, mfu))
-    engine, amp, fp32 = (r[1] for r in rows)
+    engine, graphs, amp, fp32 = (r[1] for r in rows)
     checks = [
         Check(
             f"ResNet-50 {size} px: {name}",
             True,
             f"{rate:,.1f} img/s, peak {'—' if mem is None else f'{mem:.1f} GiB'}, MFU {mfu}",
+            (("images_per_s", rate), *((("peak_gib", mem),) if mem is not None else ())),
         )
         for name, rate, mem, mfu in rows
     ]
-    checks.append(
-        Check("engine ≥ 1.5× the stock AMP loop", engine >= 1.5 * amp, f"{engine / amp:.2f}×")
-    )
-    checks.append(
-        Check("engine ≥ 2.5× the stock fp32 loop", engine >= 2.5 * fp32, f"{engine / fp32:.2f}×")
-    )
+    for target, name, base in ((1.5, "stock AMP", amp), (2.5, "stock fp32", fp32)):
+        ratio = max(engine, graphs) / base
+        checks.append(
+            Check(
+                f"engine ≥ {target}× the {name} loop",
+                ratio >= target,
+                f"{ratio:.2f}×",
+                (("ratio", ratio),),
+            )
+        )
     return checks
+
+
+PACKED = {"arch": "resnet18", "k": 16, "batch": 32, "steps": 10}
+"""The packing comparison: architecture, cells, batch per cell (32×32 images), timed rounds."""
+
+
+def check_packing(device: str) -> Check:
+    """K packed cells against the same cells one at a time (``benchmarks/packing.py``)."""
+    from packing import packed_vs_alone
+
+    row = packed_vs_alone(
+        PACKED["arch"], PACKED["k"], PACKED["batch"], PACKED["steps"], torch.device(device)
+    )
+    detail = (
+        f"one at a time {row['alone_images_per_s_per_cell']:.1f}, packed "
+        f"{row['packed_images_per_s_per_cell']:.1f} images/s per cell: {row['ratio']:.2f}×"
+    )
+    name = f"{PACKED['k']} packed ResNet-18 cells (32 px) ≥ 6× one at a time"
+    return Check(name, row["ratio"] >= 6, detail, tuple(row.items()))
 
 
 def run_check(name: str, function: Callable[[], Check | list[Check]]) -> list[Check]:
@@ -333,14 +372,72 @@ def run_check(name: str, function: Callable[[], Check | list[Check]]) -> list[Ch
     return checks
 
 
+class Tee:
+    """Writes to the terminal and to a log file."""
+
+    def __init__(self, stream, log):
+        self.stream, self.log = stream, log
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+        self.stream.flush()
+
+
+def run_pytest(out: Path | None) -> Check:
+    """``pytest -m gpu`` on the working tree's tests; its stdout and stderr go to
+    ``out/pytest-gpu.log``."""
+    command = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    done = subprocess.run(
+        [*command, str(ROOT / "tests")],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        env=env,
+    )
+    if out is not None:
+        (out / "pytest-gpu.log").write_text(
+            f"$ {' '.join(command)} tests\n--- stdout ---\n{done.stdout}\n"
+            f"--- stderr ---\n{done.stderr}"
+        )
+    tail = (done.stdout.strip().splitlines() or done.stderr.strip().splitlines() or ["no output"])[
+        -1
+    ]
+    return Check("pytest -m gpu", done.returncode == 0, tail)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-pytest", action="store_true", help="skip pytest -m gpu")
     parser.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak")
+    parser.add_argument("--out", type=Path, help="folder for acceptance.json and the logs")
     args = parser.parse_args(argv)
+    out: Path | None = args.out
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
     if not torch.cuda.is_available():
         print(NO_CUDA)
+        if out is not None:
+            (out / "acceptance.json").write_text(json.dumps({"cuda": False, "checks": []}) + "\n")
         return 0
+    with contextlib.ExitStack() as stack:
+        if out is not None:
+            log = stack.enter_context((out / "acceptance.log").open("w"))
+            stack.enter_context(contextlib.redirect_stdout(Tee(sys.stdout, log)))
+            stack.enter_context(contextlib.redirect_stderr(Tee(sys.stderr, log)))
+        return run_all(args, out)
+
+
+def run_all(args: argparse.Namespace, out: Path | None) -> int:
+    """Every check on ``cuda``, printed; with ``out``, also written to ``out/acceptance.json``."""
     from resablate.engine.execution import device_name
 
     name = device_name(torch.device("cuda"))
@@ -358,17 +455,27 @@ def main(argv: list[str] | None = None) -> int:
         checks += run_check("stop and resume", lambda: check_resume(work, "cuda"))
         checks += run_check("torch.compile after surgery", lambda: check_compile(work, "cuda"))
         checks += run_check("ResNet-50 throughput", lambda: check_resnet50(work, peak, "cuda"))
+        checks += run_check("packed cells", lambda: check_packing("cuda"))
     if not args.no_pytest:
-        command = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", str(HERE.parent / "tests")]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        tail = (done.stdout.strip().splitlines() or ["no output"])[-1]
-        checks.append(Check("pytest -m gpu", done.returncode == 0, tail))
-        print(f"{'PASS' if done.returncode == 0 else 'FAIL'}  pytest -m gpu: {tail}")
+        checks += run_check("pytest -m gpu", lambda: run_pytest(out))
     failed = [c.name for c in checks if not c.ok]
     print(
         f"{len(checks) - len(failed)}/{len(checks)} checks passed"
         + (f"; failed: {', '.join(failed)}" if failed else "")
     )
+    if out is not None:
+        report = {
+            "cuda": True,
+            "device": name,
+            "torch": torch.__version__,
+            "cuda_version": torch.version.cuda,
+            "bf16_peak_tflops": peak,
+            "checks": [
+                {"name": c.name, "ok": c.ok, "detail": c.detail, "figures": dict(c.figures)}
+                for c in checks
+            ],
+        }
+        (out / "acceptance.json").write_text(json.dumps(report, indent=2) + "\n")
     return 1 if failed else 0
 
 

@@ -5,7 +5,7 @@ fused AdamW the engine uses, on both sides; ``--unfused`` for torch's default): 
 trains each of the K cells alone, one after another (a plain torchvision model:
 forward, backward, AdamW step); the packed run fuses K such models (``resablate.packing.fuse``)
 and trains them as one model on K batches (the loss is the sum of the groups' mean losses, as
-``resablate.engine.packed`` trains). Both advance K cells by one step: the ratio is
+``resablate.engine.loop.train_groups`` trains). Both advance K cells by one step: the ratio is
 ``K * seconds of one plain step / seconds of one packed step``, and images/s per cell is
 ``batch / seconds per step of all K cells``.
 
@@ -170,24 +170,39 @@ def main() -> None:
                 _layers(arch, k, args.batch, max(args.steps, 5))
         return
     for arch in args.archs:
-        build = getattr(torchvision.models, arch)
-        fused = not args.unfused
-        plain = _trainer(build(num_classes=2), 0, args.batch, fused=fused, device=device)
         for k in args.ks:
-            models = [build(num_classes=2) for _ in range(k)]
-            packed = _trainer(fuse(models), k, args.batch, fused=fused, device=device)
-            plain(), packed()
-            rounds = [(plain(), packed()) for _ in range(args.steps)]
-            alone = statistics.median(t for (t, _), _ in rounds)
-            update = statistics.median(u for (_, u), _ in rounds)
-            together = statistics.median(t for _, (t, _) in rounds)
+            row = packed_vs_alone(arch, k, args.batch, args.steps, device, fused=not args.unfused)
             print(
-                f"{arch} K={k}: one at a time {args.batch / (k * alone):.1f} images/s per cell, "
-                f"packed {args.batch / together:.1f} images/s per cell: "
-                f"{k * alone / together:.2f}x (plain step {1000 * alone:.0f} ms, of which the "
-                f"optimiser {1000 * update:.0f} ms)",
+                f"{arch} K={k}: one at a time {row['alone_images_per_s_per_cell']:.1f} images/s "
+                f"per cell, packed {row['packed_images_per_s_per_cell']:.1f} images/s per cell: "
+                f"{row['ratio']:.2f}x (plain step {row['plain_step_ms']:.0f} ms, of which the "
+                f"optimiser {row['optimiser_ms']:.0f} ms)",
                 flush=True,
             )
+
+
+def packed_vs_alone(
+    arch: str, k: int, batch: int, steps: int, device: torch.device, *, fused: bool = True
+) -> dict[str, float]:
+    """K cells of ``arch`` packed against the same cells one at a time (see the module
+    docstring): images/s per cell both ways, their ratio, a plain step's and its optimiser's ms."""
+    build = getattr(torchvision.models, arch)
+    plain = _trainer(build(num_classes=2), 0, batch, fused=fused, device=device)
+    packed = _trainer(
+        fuse([build(num_classes=2) for _ in range(k)]), k, batch, fused=fused, device=device
+    )
+    plain(), packed()
+    rounds = [(plain(), packed()) for _ in range(steps)]
+    alone = statistics.median(t for (t, _), _ in rounds)
+    update = statistics.median(u for (_, u), _ in rounds)
+    together = statistics.median(t for _, (t, _) in rounds)
+    return {
+        "alone_images_per_s_per_cell": batch / (k * alone),
+        "packed_images_per_s_per_cell": batch / together,
+        "ratio": k * alone / together,
+        "plain_step_ms": 1000 * alone,
+        "optimiser_ms": 1000 * update,
+    }
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from resablate import __version__
-from resablate_cli.errors import EXIT_CODES_HELP, ResablateGroup
+from resablate_cli.errors import DEBUG, EXIT_CODES_HELP, ResablateGroup
 
 app = typer.Typer(
     cls=ResablateGroup,
@@ -32,7 +32,10 @@ def _version(value: bool) -> None:
 def root(
     ctx: typer.Context,
     debug: Annotated[
-        bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")
+        bool,
+        typer.Option(
+            DEBUG, help="Show full tracebacks instead of one-line errors (also after the command)."
+        ),
     ] = False,
     version: Annotated[
         bool,

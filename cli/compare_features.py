@@ -12,8 +12,12 @@ from resablate_cli.options import check_outputs, show, split_values
 
 
 def compare_features(
-    run_a: Annotated[Path, typer.Argument(help="First finished run directory.")],
-    run_b: Annotated[Path, typer.Argument(help="Second finished run directory.")],
+    run_a: Annotated[
+        Path, typer.Argument(help="First finished run directory (or one-cell grid directory).")
+    ],
+    run_b: Annotated[
+        Path, typer.Argument(help="Second finished run directory (or one-cell grid directory).")
+    ],
     stages: Annotated[
         list[str] | None,
         typer.Option(
@@ -46,7 +50,9 @@ def compare_features(
     Example: [bold]resablate compare-features runs/res-on runs/res-off --out cka.png[/]
     """
     from resablate.diagnostics.cka import compare_runs, plot_cka, save_cka
+    from resablate.diagnostics.runs import run_directory
 
+    run_a, run_b = run_directory(run_a), run_directory(run_b)
     check_outputs(figure=out, run_dir=run_a if save else None)
     chosen = split_values(stages) or None
     result = compare_runs(run_a, run_b, stages=chosen, limit=images, seed=seed)

@@ -16,6 +16,7 @@ from resablate.errors import ResablateError
 from resablate_cli.console import err
 from resablate_cli.options import flag
 
+DEBUG = "--debug"
 # Exceptions the command-line framework handles itself (usage errors, --help, exits). Typer 0.29
 # vendors its own click, so its exceptions are not click's: both families pass through.
 _FRAMEWORK_EXCEPTIONS: tuple[type[BaseException], ...] = (
@@ -64,8 +65,17 @@ class ResablateGroup(TyperGroup):
     ``ResablateError`` (bad input) exits with its ``exit_code`` (2), and so does an
     ``OSError`` about the machine (a full disk, a name too long, no permission); anything else
     is a bug and exits 1 with its type and message; Ctrl-C exits 130; a closed output pipe
-    (``| head``) ends quietly with 141. ``--debug`` re-raises instead.
+    (``| head``) ends quietly with 141. ``--debug`` (before or after the command) re-raises
+    instead.
     """
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        # ``--debug`` is a root option; given after the command (``resablate grid ... --debug``)
+        # it moves in front of it. Words after ``--`` are left alone.
+        end = args.index("--") if "--" in args else len(args)
+        debug = [arg for arg in args[:end] if arg == DEBUG]
+        rest = [arg for arg in args[:end] if arg != DEBUG]
+        return super().parse_args(ctx, debug[:1] + rest + args[end:])
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -75,7 +85,7 @@ class ResablateGroup(TyperGroup):
         except ResablateError as exc:
             if debug_enabled(ctx):
                 raise
-            where = f" ({flag(exc.field, ctx.invoked_subcommand)})" if exc.field else ""
+            where = f" ({flag(exc.field)})" if exc.field else ""
             err.print(f"[bold red]error:[/] {exc}{where}", markup=True, highlight=False)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:

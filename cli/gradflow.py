@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from resablate_cli.options import check_outputs, show
+from resablate_cli.options import Source, SourceOption, check_outputs, show
 
 
 class BnMode(StrEnum):
@@ -30,9 +30,7 @@ def gradflow(
     weights: Annotated[
         str, typer.Option("--weights", help="none, demo, imagenet or a state-dict file.")
     ] = "none",
-    source: Annotated[
-        str, typer.Option("--source", help="Model source: torchvision or timm.")
-    ] = "torchvision",
+    source: SourceOption = Source.torchvision,
     batch: Annotated[int, typer.Option("--batch", min=2, help="Images in the batch.")] = 8,
     image_size: Annotated[
         int, typer.Option("--image-size", min=8, help="Side of the square images, pixels.")
@@ -64,7 +62,7 @@ def gradflow(
     from resablate.diagnostics.runs import build_for_data, synthetic_batch
 
     check_outputs(figure=out)
-    model = build_for_data(arch, weights=weights, num_classes=2, source=source, seed=seed)
+    model = build_for_data(arch, weights=weights, num_classes=2, source=source.value, seed=seed)
     images, labels = synthetic_batch(batch, image_size, seed=seed)
     study = residual_gradient_flow(
         model,

@@ -2,31 +2,46 @@
 
 from __future__ import annotations
 
-import json
 import time
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
-from typer.core import TyperCommand
 
+from resablate.choices import CellStatus
 from resablate_cli import console
-from resablate_cli.errors import EXIT_CELLS_NOT_DONE, EXIT_CODES_HELP
-from resablate_cli.options import BnPolicy, Metric, Source, folder, show
-
-# Axis options take several values after one flag (``--depths 18 50 101``), as the studies write
-# them; repeating the flag (``--depths 18 --depths 50``) and commas (``--depths 18,50``) work too.
-MULTI_VALUE_OPTIONS = (
-    "--depths",
-    "--residual",
-    "--residual-alpha",
-    "--pretrained",
-    "--freeze",
-    "--seeds",
-    "--baselines",
+from resablate_cli.cells import (
+    AmpOption,
+    BatchSizeOption,
+    BnOption,
+    CompileOption,
+    DataOption,
+    DeviceOption,
+    EpochsOption,
+    FreezeOption,
+    GradAccumOption,
+    GridArchOption,
+    GridOutOption,
+    GridResidualOption,
+    GridWeightsOption,
+    ImageSizeOption,
+    JsonOption,
+    KeepCheckpointsOption,
+    LrOption,
+    MaxStepsOption,
+    QuietOption,
+    RecipeOption,
+    ResidualAlphaOption,
+    SeedsOption,
+    SettingsOption,
+    StorageSizeOption,
+    cell_spec,
+    device_of,
 )
+from resablate_cli.errors import EXIT_CELLS_NOT_DONE, EXIT_CODES_HELP
+from resablate_cli.options import BnPolicy, Metric, Source, SourceOption, show
+from resablate_cli.vocabulary import AxisCommand, deprecated
 
 EXAMPLES = (
     """
@@ -34,10 +49,11 @@ Examples:
 
   resablate grid --depths 18 50 --data demo --out runs/demo
 
-  resablate grid --depths 18 50 101 152 --residual on off --pretrained imagenet none \\
+  resablate grid --depths 18 50 101 152 --residual on off --weights imagenet none \\
       --data ~/data/cifake --recipe cifake --out runs/cifake
 
-  resablate grid --depths 50 --residual on off:conv5_x --residual-alpha 1 0.5 0 --seeds 0 1 2
+  resablate grid --arch resnet18 --arch resnet50 --residual on off:conv5_x \\
+      --residual-alpha 1 0.5 0 --seeds 0 1 2
 
   resablate grid --depths 18 --freeze none conv1 conv1-2 conv1-3 conv1-4 all --recipe food
 
@@ -47,10 +63,12 @@ Examples:
 
 Axes (the grid is their product; baselines skip the residual axis):
 
-  --depths 18 34 50 101 152 · --residual on | off | off:conv4_x,conv5_x · --residual-alpha 1 0.5 0
-  · --pretrained imagenet | demo | none | PATH · --freeze none conv1 conv1-2 conv1-3 conv1-4 all
+  --depths 18 34 50 101 152 (of --family resnet) · --arch resnet18 resnext50_32x4d ...
+  · --residual on | off | off:conv4_x,conv5_x · --residual-alpha 1 0.5 0
+  · --weights imagenet | demo | none | PATH · --freeze none conv1 conv1-2 conv1-3 conv1-4 all
   · --seeds 0 1 2 · --baselines vgg16 efficientnet_b3 efficientnet_b4 alexnet
 
+The same cell options as resablate train; recipe fields: the named flags or --set FIELD=VALUE.
 Rerunning the same command with the same --out resumes: done cells are kept, interrupted ones
 continue from their last checkpoint, failed ones rerun with --retry-failed.
 
@@ -59,64 +77,22 @@ continue from their last checkpoint, failed ones rerun with --retry-failed.
 )
 
 
-def expand_multi_values(
-    args: list[str], options: tuple[str, ...] = MULTI_VALUE_OPTIONS
-) -> list[str]:
-    """Rewrite ``--opt a b`` as ``--opt a --opt b`` (and ``--opt a,b`` likewise)."""
-    result: list[str] = []
-    current: str | None = None
-    for arg in args:
-        if arg == "--":
-            current = None
-            result.append(arg)
-        elif arg.startswith("-") and not _is_number(arg):
-            name, sep, value = arg.partition("=")
-            current = name if name in options else None
-            if current is not None and sep:
-                result.extend(_values(current, value))
-            elif current is None:
-                result.append(arg)
-        elif current is not None:
-            result.extend(_values(current, arg))
-        else:
-            result.append(arg)
-    return result
+def split_families(archs: list[str], source: str) -> tuple[str | None, list[str]]:
+    """``--arch`` values as (the family among them, the architectures): ``--arch resnet`` named
+    the family in earlier releases (``--family`` now; a deprecation warning says so)."""
+    from resablate.families import RESNET_DEPTHS, list_architectures
 
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _values(option: str, text: str) -> list[str]:
-    from resablate.residual_plan import split_plans
-
-    return [item for part in split_plans(text) for item in (option, part)]
-
-
-def parse_settings(settings: list[str]) -> dict[str, Any]:
-    """``["lr=0.01", "amp=none"]`` → ``{"lr": 0.01, "amp": "none"}`` (values read as JSON if they
-    parse, else kept as text)."""
-    result: dict[str, Any] = {}
-    for item in settings:
-        name, sep, text = item.partition("=")
-        if not sep or not name.strip():
-            raise typer.BadParameter(f"{item!r} is not FIELD=VALUE", param_hint="--set")
-        try:
-            result[name.strip()] = json.loads(text)
-        except ValueError:
-            result[name.strip()] = text
-    return result
-
-
-class GridCommand(TyperCommand):
-    """A command whose axis options accept several values after one flag."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, expand_multi_values(list(args)))
+    known = set(list_architectures(source))
+    families = [
+        a
+        for a in archs
+        if a.lower() not in known and any(f"{a.lower()}{d}" in known for d in RESNET_DEPTHS)
+    ]
+    if not families:
+        return None, archs
+    family = families[0]
+    deprecated(f"--arch {family} (a family)", f"--family {family}")
+    return family, [a for a in archs if a != family]
 
 
 class Executor(StrEnum):
@@ -127,28 +103,48 @@ class Executor(StrEnum):
 
 
 _STATUS_STYLE = {
-    "pending": "dim",
-    "running": "bold cyan",
-    "done": "green",
-    "failed": "bold red",
-    "diverged": "magenta",
-    "skipped": "yellow",
+    CellStatus.PENDING: "dim",
+    CellStatus.RUNNING: "bold cyan",
+    CellStatus.DONE: "green",
+    CellStatus.FAILED: "bold red",
+    CellStatus.DIVERGED: "magenta",
+    CellStatus.SKIPPED: "yellow",
 }
 
 
 class GridView:
-    """Draws grid events: a live table on a terminal, one line per change otherwise."""
+    """Draws grid events: a live display on a terminal (a header with the cells done, elapsed
+    time and ETA, and one row per cell with its step, loss and ETA), one line per change
+    otherwise (and a progress line every :data:`PLAIN_EVERY` seconds); nothing with ``quiet``.
 
-    def __init__(self, *, live: bool, metric: str) -> None:
-        self.live_enabled = live
+    The grid's ETA is measured: the wall time per step this run has taken so far (all workers
+    together) times the steps left (a cell not started yet counts the steps of those that
+    started).
+    """
+
+    def __init__(self, *, live: bool, metric: str, quiet: bool = False) -> None:
+        self.live_enabled = live and not quiet
+        self.quiet = quiet
         self.metric = metric
         self.rows: dict[str, dict[str, str]] = {}
         self.live: Any = None
         self.last_progress = 0.0
+        self.start = time.monotonic()
+        self.to_run: set[str] = set()
+        self.steps: dict[str, tuple[int, int, int]] = {}  # cell: (first step, step, total)
+        self.finished = 0
+        self.pretrained: set[tuple[str, str]] = set()
 
     def __call__(self, event: object) -> None:
         from resablate.engine import StepProgress, TrainStarted
-        from resablate.grid.events import CellFinished, CellProgress, CellStarted, GridStarted
+        from resablate.grid.events import (
+            CellFinished,
+            CellProgress,
+            CellStarted,
+            DemoWeightsPretraining,
+            DemoWeightsReady,
+            GridStarted,
+        )
 
         if isinstance(event, GridStarted):
             self.started(event)
@@ -156,84 +152,151 @@ class GridView:
             self.update(event.cell_id, status="running", progress="starting", where=event.device)
             self.line(f"start    {event.cell_id} {event.label} on {event.device}")
         elif isinstance(event, CellProgress) and isinstance(
-            event.event, TrainStarted | StepProgress
+            event.event, DemoWeightsPretraining | DemoWeightsReady
         ):
-            step = getattr(event.event, "step", getattr(event.event, "start_step", 0))
-            total = event.event.total_steps
-            self.update(event.cell_id, progress=f"{step}/{total}")
-            if isinstance(event.event, TrainStarted):
-                for skipped in event.event.skipped_checkpoints:  # shown above a live table too
-                    console.err.print(
-                        f"warning: {event.cell_id} checkpoint skipped: {skipped}",
-                        highlight=False,
-                        markup=False,
-                    )
-                if event.event.start_step:
-                    self.line(
-                        f"resume   {event.cell_id} at step {step}/{total} from its checkpoint"
-                    )
-            now = time.monotonic()
-            if not self.live_enabled and now - self.last_progress >= 10.0:
-                self.last_progress = now
-                self.line(f"progress {event.cell_id} step {step}/{total}")
+            self.demo_weights(event.event)
+        elif isinstance(event, CellProgress) and isinstance(event.event, TrainStarted):
+            inner = event.event
+            self.steps[event.cell_id] = (inner.start_step, inner.start_step, inner.total_steps)
+            self.update(event.cell_id, progress=f"{inner.start_step}/{inner.total_steps}")
+            for skipped in inner.skipped_checkpoints:  # shown above a live table too
+                self.note(f"warning: {event.cell_id} checkpoint skipped: {skipped}")
+            if inner.start_step:
+                self.line(
+                    f"resume   {event.cell_id} at step {inner.start_step}/{inner.total_steps} "
+                    "from its checkpoint"
+                )
+        elif isinstance(event, CellProgress) and isinstance(event.event, StepProgress):
+            self.step(event.cell_id, event.event)
         elif isinstance(event, CellFinished):
-            row = event.row
-            value = getattr(row, self.metric)
-            shown = "" if value is None else f"{value:.4f}"
-            self.update(event.cell_id, status=row.status, progress="", value=shown)
-            why = f": {row.reason}" if row.reason else ""
-            metric = f" {self.metric} {shown}" if shown else ""
-            self.line(
-                f"{row.status:<8} {event.cell_id} {self.rows[event.cell_id]['label']}{metric}{why}"
-            )
+            self.cell_finished(event)
 
     def started(self, event: Any) -> None:
-        from resablate.grid.cell import Cell
-
         for note in event.notes:
-            console.err.print(f"note: {note}", highlight=False, markup=False)
+            self.note(f"note: {note}")
         for row in event.cells:
             value = getattr(row, self.metric)
             self.rows[row.cell_id] = {
-                "label": Cell.from_dict(row.config).label,
+                "label": row.cell.label,
                 "status": row.status,
                 "progress": "",
+                "loss": "",
+                "eta": "",
                 "value": "" if value is None else f"{value:.4f}",
                 "where": row.device or "",
             }
+        self.to_run = set(event.to_run)
         finished = len(event.cells) - len(event.to_run)
-        console.err.print(
+        self.note(
             f"{len(event.cells)} cells in {event.out_dir}: {len(event.to_run)} to run, "
-            f"{finished} already finished",
-            highlight=False,
-            markup=False,
+            f"{finished} already finished"
         )
         if self.live_enabled and event.to_run:
             from rich.live import Live
 
-            self.live = Live(self.table(), console=console.err, auto_refresh=False, transient=True)
+            self.live = Live(self.render(), console=console.err, auto_refresh=False, transient=True)
             self.live.start()
+
+    def demo_weights(self, event: Any) -> None:
+        from resablate.grid.events import DemoWeightsReady
+
+        key = (event.arch, event.source, type(event).__name__)
+        if key in self.pretrained:  # a pack's cells each receive it
+            return
+        self.pretrained.add(key)
+        if isinstance(event, DemoWeightsReady):
+            self.line(
+                f"ready    demo weights of {event.arch} pre-trained in "
+                f"{format_seconds(event.seconds)}: {event.path}"
+            )
+        else:
+            self.line(
+                f"weights  pre-training the demo weights of {event.arch} on the proxy task "
+                "(once per architecture, on the CPU; cached for every later cell and run)"
+            )
+
+    def step(self, cell_id: str, event: Any) -> None:
+        first = self.steps.get(cell_id, (0, 0, event.total_steps))[0]
+        self.steps[cell_id] = (first, event.step, event.total_steps)
+        self.update(
+            cell_id,
+            progress=f"{event.step}/{event.total_steps}",
+            loss=f"{event.loss:.4f}",
+            eta=format_seconds(event.eta_seconds),
+        )
+        now = time.monotonic()
+        if self.live is None and now - self.last_progress >= PLAIN_EVERY:
+            self.last_progress = now
+            self.line(
+                f"progress {cell_id} step {event.step}/{event.total_steps} loss {event.loss:.4f}"
+                f" · {self.header()}"
+            )
+
+    def cell_finished(self, event: Any) -> None:
+        row = event.row
+        self.finished += 1
+        value = getattr(row, self.metric)
+        shown = "" if value is None else f"{value:.4f}"
+        self.update(event.cell_id, status=row.status, progress="", eta="", value=shown)
+        why = f": {row.reason}" if row.reason else ""
+        metric = f" {self.metric} {shown}" if shown else ""
+        label = self.rows[event.cell_id]["label"]
+        self.line(f"{row.status:<8} {event.cell_id} {label}{metric}{why}")
+
+    def eta_seconds(self) -> float | None:
+        """Seconds left for the grid, from the wall time per step measured so far."""
+        done = sum(step - first for first, step, _ in self.steps.values())
+        if not done:
+            return None
+        totals = [total for _, _, total in self.steps.values()]
+        waiting = len(self.to_run) - len(self.steps)
+        left = sum(total - step for _, step, total in self.steps.values())
+        left += max(0, waiting) * sum(totals) / len(totals)
+        return left * (time.monotonic() - self.start) / done
+
+    def header(self) -> str:
+        eta = self.eta_seconds()
+        return (
+            f"cells {self.finished}/{len(self.to_run)} done · elapsed "
+            f"{format_seconds(time.monotonic() - self.start)} · ETA "
+            + ("measuring…" if eta is None else format_seconds(eta))
+        )
 
     def update(self, cell_id: str, **values: str) -> None:
         self.rows[cell_id].update(values)
         if self.live is not None:
-            self.live.update(self.table(), refresh=True)
+            self.live.update(self.render(), refresh=True)
+
+    def note(self, text: str) -> None:
+        if not self.quiet:
+            console.err.print(text, highlight=False, markup=False)
 
     def line(self, text: str) -> None:
         if self.live is None:
-            console.err.print(text, highlight=False, markup=False)
+            self.note(text)
 
-    def table(self) -> Any:
+    def render(self) -> Any:
+        from rich.console import Group
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(title="grid", title_justify="left")
-        for name in ("id", "cell", "status", "progress", self.metric):
-            table.add_column(name, justify="right" if name in ("progress", self.metric) else "left")
+        columns = ("id", "cell", "status", "step", "loss", "ETA", self.metric)
+        for name in columns:
+            table.add_column(name, justify="left" if name in ("id", "cell", "status") else "right")
         for cell_id, row in self.rows.items():
-            style = _STATUS_STYLE.get(row["status"], "")
+            style = _STATUS_STYLE.get(CellStatus(row["status"]), "")
             status = f"[{style}]{row['status']}[/]"
-            table.add_row(cell_id, row["label"], status, row["progress"], row["value"])
-        return table
+            table.add_row(
+                cell_id,
+                row["label"],
+                status,
+                row["progress"],
+                row["loss"],
+                row["eta"],
+                row["value"],
+            )
+        return Group(Text(self.header(), style="bold"), table)
 
     def close(self) -> None:
         if self.live is not None:
@@ -241,47 +304,36 @@ class GridView:
             self.live = None
 
 
+PLAIN_EVERY = 10.0
+"""Seconds between the progress lines of a grid whose output is not a terminal."""
+
+
+def format_seconds(seconds: float) -> str:
+    """``"42 s"``, ``"3 min 20 s"``, ``"2 h 05 min"`` (the dry run's spelling)."""
+    from resablate.grid.plan import format_seconds as spell
+
+    return spell(seconds)
+
+
 def grid(
     ctx: typer.Context,
     depths: Annotated[
         list[int] | None,
         typer.Option(
-            "--depths", help="ResNet depths: 18 34 50 101 152. \\[default: 18 50 101 152]"
+            "--depths",
+            help="Depths of the family: 18 34 50 101 152. \\[default: 18 50 101 152 unless "
+            "--arch names the architectures]",
         ),
     ] = None,
-    residual: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--residual",
-            help="Residual plans: on, off, or stage sets like off:conv4_x,conv5_x. "
-            "\\[default: on off]",
-        ),
-    ] = None,
-    residual_alpha: Annotated[
-        list[float] | None,
-        typer.Option(
-            "--residual-alpha",
-            help="Shortcut scales for the plans that alter stages (1 = on, 0 = off), e.g. 1 0.5 0.",
-        ),
-    ] = None,
-    pretrained: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--pretrained",
-            help="Weights: imagenet, demo, none or a .pth/.safetensors path. \\[default: imagenet "
-            "none; on demo data imagenet means the demo weights]",
-        ),
-    ] = None,
-    freeze: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--freeze",
-            help="Freeze plans: none conv1 conv1-2 conv1-3 conv1-4 all. \\[default: none]",
-        ),
-    ] = None,
-    seeds: Annotated[
-        list[int] | None, typer.Option("--seeds", help="Seeds, e.g. 0 1 2. \\[default: 0]")
-    ] = None,
+    family: Annotated[
+        str, typer.Option("--family", help="Residual family the depths belong to.")
+    ] = "resnet",
+    arch: GridArchOption = None,
+    residual: GridResidualOption = None,
+    residual_alpha: ResidualAlphaOption = None,
+    weights: GridWeightsOption = None,
+    freeze: FreezeOption = None,
+    seeds: SeedsOption = None,
     baselines: Annotated[
         list[str] | None,
         typer.Option(
@@ -289,37 +341,22 @@ def grid(
             help="Other architectures without the residual axis, e.g. vgg16 efficientnet_b3.",
         ),
     ] = None,
-    arch: Annotated[str, typer.Option(help="Residual family the depths belong to.")] = "resnet",
-    source: Annotated[
-        Source, typer.Option(help="Where the models come from.")
-    ] = Source.torchvision,
-    data: Annotated[
-        str, typer.Option(help="Dataset folder, or 'demo' for the embedded demo data (offline).")
-    ] = "demo",
-    recipe: Annotated[
-        str | None,
-        typer.Option(
-            help="Recipe: cifake, food, demo. \\[default: demo on demo data, else cifake]"
-        ),
-    ] = None,
-    epochs: Annotated[int | None, typer.Option(help="Override the recipe's epochs.")] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Cap on optimiser steps per cell.")] = None,
-    image_size: Annotated[int | None, typer.Option(help="Input side in pixels.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per micro-batch.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
-    settings: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            help="Any other recipe field as FIELD=VALUE, e.g. --set checkpoint_every=50 "
-            "(repeatable).",
-        ),
-    ] = None,
-    bn: Annotated[BnPolicy, typer.Option(help="BatchNorm of frozen stages.")] = BnPolicy.frozen,
-    out: Annotated[
-        Path,
-        typer.Option(parser=folder, help="Run directory: store, results.csv, one folder per cell."),
-    ] = Path("runs/grid"),
+    source: SourceOption = Source.torchvision,
+    data: DataOption = "demo",
+    recipe: RecipeOption = None,
+    settings: SettingsOption = None,
+    epochs: EpochsOption = None,
+    lr: LrOption = None,
+    batch_size: BatchSizeOption = None,
+    grad_accum: GradAccumOption = None,
+    max_steps: MaxStepsOption = None,
+    image_size: ImageSizeOption = None,
+    storage_size: StorageSizeOption = None,
+    amp: AmpOption = None,
+    compile_model: CompileOption = None,
+    bn: BnOption = BnPolicy.frozen,
+    out: GridOutOption = Path("runs/grid"),
+    device: DeviceOption = "auto",
     executor: Annotated[Executor, typer.Option(help="Where cells run.")] = Executor.local,
     ray_address: Annotated[
         str | None, typer.Option(help="Ray cluster to join (executor ray); else a local Ray.")
@@ -329,9 +366,6 @@ def grid(
         typer.Option(
             help="Local worker processes (default: one per visible GPU) or local Ray CPUs."
         ),
-    ] = None,
-    device: Annotated[
-        str | None, typer.Option(help="Device for local runs: cpu, cuda, cuda:N. \\[default: auto]")
     ] = None,
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help="Run failed cells again.")
@@ -365,52 +399,39 @@ def grid(
         ),
     ] = False,
     metric: Annotated[Metric, typer.Option(help="Metric of the results table.")] = Metric.f1,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print the summary as JSON on stdout.")
-    ] = False,
+    json_output: JsonOption = False,
+    keep_checkpoints: KeepCheckpointsOption = False,
+    quiet: QuietOption = False,
 ) -> None:
-    """Run an ablation grid: depth × residual × pretrained × freeze × seed (resumable).
+    """Run an ablation grid: architecture × residual × weights × freeze × seed (resumable).
 
     Every cell is stored in OUT/store.sqlite before the first one trains; results.csv mirrors
     the store after every finished cell. A second process on the same --out is refused.
     """
-    from resablate.grid.spec import OVERRIDE_FIELDS, GridSpec
+    from resablate.grid.spec import GridSpec
 
-    overrides = parse_settings(settings or [])
-    overrides |= {
-        name: ctx.params[name] for name in OVERRIDE_FIELDS if ctx.params[name] is not None
-    }
-    defaults = GridSpec.__dataclass_fields__
-    axes: dict[str, Any] = {
-        "depths": depths,
-        "residual": residual,
-        "weights": pretrained,
-        "freeze": freeze,
-        "seeds": seeds,
-        "baselines": baselines,
-    }
-    spec = GridSpec(
-        family=arch,
-        source=source.value,
-        residual_alpha=tuple(residual_alpha) if residual_alpha else None,
-        recipe=recipe,
-        data=data,
-        overrides=tuple(overrides.items()),
-        bn=bn.value,
-        **{name: tuple(v) if v else defaults[name].default for name, v in axes.items()},
+    named_family, archs = split_families(arch or [], source.value)
+    spec = cell_spec(
+        ctx.params,
+        family=named_family or family,
+        depths=tuple(depths or (() if archs else GridSpec.depths)),
+        archs=tuple(archs),
+        baselines=tuple(baselines or ()),
     )
     if dry_run:
         from resablate.grid.plan import plan_grid
 
         console.err.print("probing: a few training steps of each distinct model…", highlight=False)
-        plan = plan_grid(spec, out, device=device, pack=pack, workers=workers)
+        plan = plan_grid(spec, out, device=device_of(ctx.params), pack=pack, workers=workers)
         show(plan, as_json=json_output)
         return
 
     from resablate.diagnostics.gradflow import GradNormLogging
     from resablate.grid.runner import run_grid
 
-    view = GridView(live=console.err.is_terminal and not json_output, metric=metric.value)
+    view = GridView(
+        live=console.err.is_terminal and not json_output, metric=metric.value, quiet=quiet
+    )
     try:
         summary = run_grid(
             spec,
@@ -419,11 +440,12 @@ def grid(
             retry_failed=retry_failed,
             metric=metric.value,
             callback=view,
-            device=device,
+            device=device_of(ctx.params),
             workers=workers,
             ray_address=ray_address,
             step_hooks=[GradNormLogging(every=gradflow_every)] if log_gradflow else [],
             pack=pack,
+            keep_checkpoints=keep_checkpoints,
         )
     except KeyboardInterrupt:
         view.close()
@@ -435,11 +457,12 @@ def grid(
         raise  # the root group says "interrupted" and exits with 130
     finally:
         view.close()
-    show(summary, as_json=json_output)
+    if not quiet or json_output:
+        show(summary, as_json=json_output)
     if summary.not_done:
         raise typer.Exit(EXIT_CELLS_NOT_DONE)
 
 
 def register(app: typer.Typer) -> None:
     """Add ``grid`` to the application."""
-    app.command("grid", cls=GridCommand, epilog=EXAMPLES, no_args_is_help=False)(grid)
+    app.command("grid", cls=AxisCommand, epilog=EXAMPLES, no_args_is_help=False)(grid)

@@ -8,13 +8,23 @@ from typing import Annotated
 import typer
 
 from resablate_cli import console
-from resablate_cli.options import LesionMetric, check_outputs, show, split_values
+from resablate_cli.options import (
+    LesionMetric,
+    Source,
+    SourceOption,
+    check_outputs,
+    show,
+    split_values,
+)
 
 
 def lesion(
     run_dir: Annotated[
         Path | None,
-        typer.Argument(help="A finished run directory (cell.json + model.safetensors)."),
+        typer.Argument(
+            help="A finished run directory (cell.json + model.safetensors), or a one-cell grid "
+            "directory (what train writes)."
+        ),
     ] = None,
     arch: Annotated[
         str | None, typer.Option("--arch", help="Build this architecture instead of a run's.")
@@ -22,9 +32,7 @@ def lesion(
     weights: Annotated[
         str, typer.Option("--weights", help="With --arch: none, demo, imagenet or a file.")
     ] = "none",
-    source: Annotated[
-        str, typer.Option("--source", help="With --arch: torchvision or timm.")
-    ] = "torchvision",
+    source: SourceOption = Source.torchvision,
     data: Annotated[
         str, typer.Option("--data", help="With --arch: dataset folder or 'demo'.")
     ] = "demo",
@@ -67,14 +75,15 @@ def lesion(
     Example: [bold]resablate lesion runs/train/3f2a9c1b7e40 --k-random 4 --out lesion.png[/]
     """
     from resablate.diagnostics.lesion import lesion_study, plot_lesion, save_lesion
-    from resablate.diagnostics.runs import load_subject
+    from resablate.diagnostics.runs import load_subject, run_directory
 
+    run_dir = None if run_dir is None else run_directory(run_dir)
     check_outputs(figure=out, run_dir=run_dir if save else None)
     subject = load_subject(
         run_dir,
         arch=arch,
         weights=weights,
-        source=source,
+        source=source.value,
         data=data,
         recipe=recipe,
         limit=limit,

@@ -14,8 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from resablate.choices import BN_POLICIES, LESION_METRICS, SOURCES
-from resablate.grid.table import METRICS_SHOWN
+from resablate.choices import BN_POLICIES, LESION_METRICS, METRICS_SHOWN, SOURCES
 from resablate_cli import console
 
 
@@ -38,26 +37,15 @@ InputSizeOption = Annotated[
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 
-# Library fields whose command-line flag is not ``--`` + the field with dashes: everywhere, and
-# per command (``grid`` keeps the studies' words: ``--pretrained`` for the weights axis, ``--arch``
-# for the family).
-_FLAGS = {"resume": "--no-resume", "out_dir": "--out"}
-_COMMAND_FLAGS = {
-    "grid": {
-        "weights": "--pretrained",
-        "family": "--arch",
-        "seed": "--seeds",
-        "storage_size": "--set storage_size=N",
-    }
-}
+# Library fields whose command-line flag is not ``--`` + the field with dashes (one spelling in
+# every command).
+_FLAGS = {"out_dir": "--out", "archs": "--arch", "seed": "--seeds"}
 
 
-def flag(field: str, command: str | None = None) -> str:
+def flag(field: str) -> str:
     """The command-line flag of a library argument or config field (``residual_alpha`` →
-    ``--residual-alpha``; ``resume`` → ``--no-resume``, the flag that changes it; in ``grid``,
-    ``weights`` → ``--pretrained``)."""
-    named = _COMMAND_FLAGS.get(command or "", {}) | _FLAGS
-    return named.get(field, "--" + field.replace("_", "-"))
+    ``--residual-alpha``; ``archs`` → ``--arch``; ``out_dir`` → ``--out``)."""
+    return _FLAGS.get(field, "--" + field.replace("_", "-"))
 
 
 def folder(text: str | Path) -> Path:

@@ -12,16 +12,6 @@ from resablate_cli import console
 from resablate_cli.options import Metric
 
 
-class Format(StrEnum):
-    """Output formats."""
-
-    table = "table"
-    md = "md"
-    csv = "csv"
-    json = "json"
-    html = "html"
-
-
 class Study(StrEnum):
     """Published studies to compare with."""
 
@@ -35,13 +25,15 @@ def report(
         Metric, typer.Option("--metric", help="Metric of the ablation table.")
     ] = Metric.f1,
     fmt: Annotated[
-        Format,
+        str,
         typer.Option(
             "--format",
             help="table: terminal; md: report.md + figures/; html: one self-contained "
-            "report.html; csv: one CSV per table; json: everything as one JSON object.",
+            "report.html; csv: one CSV per table; json: everything as one JSON object; "
+            "latex / markdown: the paper tables alone (tables.tex / tables.md; mean ± CI, n, "
+            "best in bold).",
         ),
-    ] = Format.table,
+    ] = "table",
     compare: Annotated[
         Study | None,
         typer.Option("--compare", help="Place this study's published numbers beside yours."),
@@ -50,13 +42,21 @@ def report(
         Path | None,
         typer.Option(
             "--out",
-            help="Where to write (md/html/csv: a folder, html also a .html file; json: a file). "
-            "Default: OUT_DIR/report/ for md, html and csv; stdout for json.",
+            help="Where to write (md/html/csv/latex/markdown: a folder, html/latex/markdown also "
+            "a .html/.tex/.md file; json: a file). Default: OUT_DIR/report/; stdout for json.",
         ),
     ] = None,
     figures: Annotated[
         bool, typer.Option("--figures/--no-figures", help="Draw figures (md and html).")
     ] = True,
+    allow_mixed_data: Annotated[
+        bool,
+        typer.Option(
+            "--allow-mixed-data",
+            help="Report cells of one dataset whose contents changed between runs (different "
+            "dataset fingerprints); refused by default.",
+        ),
+    ] = False,
 ) -> None:
     """Regenerate the papers' tables and figures from a grid, with seeds and significance.
 
@@ -67,19 +67,22 @@ def report(
     Example: [bold]resablate report runs/demo --format html --compare cifake[/]
     """
     from resablate.report.build import build_report
+    from resablate.report.output import check_format, write_report
 
+    check_format(fmt)
     result = build_report(
-        out_dir, metric=metric.value, compare=None if compare is None else compare.value
+        out_dir,
+        metric=metric.value,
+        compare=None if compare is None else compare.value,
+        allow_mixed_data=allow_mixed_data,
     )
-    if fmt is Format.table:
+    if fmt == "table":
         console.out.print(result)
         return
-    if fmt is Format.json and out is None:
+    if fmt == "json" and out is None:
         console.print_json(result.to_dict())
         return
-    from resablate.report.output import write_report
-
-    written = write_report(result, fmt.value, out, figures=figures)
+    written = write_report(result, fmt, out, figures=figures)
     console.err.print(f"{result.summary}; wrote {written.path} ({written.figures} figures)")
 
 

@@ -3,123 +3,158 @@
 from __future__ import annotations
 
 import time
-from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from resablate_cli import console
-from resablate_cli.options import BnPolicy, Source, SourceOption, split_values
+from resablate_cli.cells import (
+    AmpOption,
+    BatchSizeOption,
+    BnOption,
+    CompileOption,
+    DataOption,
+    DeviceOption,
+    EpochsOption,
+    FreezeOption,
+    GradAccumOption,
+    ImageSizeOption,
+    JsonOption,
+    KeepCheckpointsOption,
+    LrOption,
+    MaxStepsOption,
+    RecipeOption,
+    ResidualAlphaOption,
+    SeedsOption,
+    SettingsOption,
+    StorageSizeOption,
+    TrainArchOption,
+    TrainOutOption,
+    TrainResidualOption,
+    TrainWeightsOption,
+    cell_spec,
+    device_of,
+)
+from resablate_cli.errors import EXIT_BAD_INPUT
+from resablate_cli.options import BnPolicy, Source, SourceOption
+from resablate_cli.vocabulary import AxisCommand
 
-_PROGRESS_FIELDS = "loss {task.fields[loss]}  {task.fields[rate]} img/s  ETA {task.fields[eta]}"
+if TYPE_CHECKING:
+    from resablate.grid.spec import GridSpec
+    from resablate.grid.store import CellRow
+
+# A cell trained by ``train`` alone: one value on every axis.
+TRAIN_DEFAULTS = {"residual": ("on",), "weights": ("none",)}
+RESUME_RETIRED = (
+    "warning: {flag} is deprecated and has no effect: train resumes as grid does (finished "
+    "cells are kept, interrupted ones continue from their last checkpoint); to start over, "
+    "give a new --out"
+)
 
 
-class Device(StrEnum):
-    """Where to train."""
-
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-class Amp(StrEnum):
-    """Autocast mode: auto = bf16 on CUDA, fp32 on the CPU; an explicit mode applies anywhere."""
-
-    auto = "auto"
-    bf16 = "bf16"
-    fp16 = "fp16"
-    none = "none"
-
-
-def residual_plan(no_residual: bool, stages: list[str] | None) -> str:
-    """The cell's residual plan from ``--no-residual`` and ``--stages``."""
-    from resablate.errors import ConfigError
-    from resablate.residual_plan import ResidualPlan
-
-    names = split_values(stages)
-    if names and not no_residual:
-        raise ConfigError("--stages only applies together with --no-residual")
-    if not no_residual:
-        return ResidualPlan.parse("on").text
-    return ResidualPlan.off(names).text
-
-
-class ProgressRenderer:
-    """Turns run events into a rich progress bar (terminal) or plain log lines (otherwise)."""
+class TrainView:
+    """Draws a grid's events as ``train`` shows them: each cell's model summary, then a rich
+    progress bar per cell (terminal) or plain log lines (otherwise)."""
 
     def __init__(self, *, plain: bool, summary: bool = True) -> None:
         self.plain = plain
         self.summary = summary
         self.progress: Any = None
-        self.task: Any = None
+        self.tasks: dict[str, Any] = {}
+        self.several = False
         self.last_line = 0.0
 
     def __call__(self, event: object) -> None:
         from resablate.engine import Evaluated, StepProgress, TrainFinished, TrainStarted
+        from resablate.grid.events import CellProgress, GridStarted
         from resablate.grid.job import CellPrepared
 
-        if isinstance(event, CellPrepared):
+        if isinstance(event, GridStarted):
+            self.started(event)
+            return
+        if not isinstance(event, CellProgress):
+            return
+        cell_id, inner = event.cell_id, event.event
+        if isinstance(inner, CellPrepared):
             if self.summary:
-                render_prepared(event)
-        elif isinstance(event, TrainStarted):
-            self.start(event)
-        elif isinstance(event, StepProgress):
-            self.step(event)
-        elif isinstance(event, Evaluated) and event.record.split != "train":
-            r = event.record
+                render_prepared(inner)
+        elif isinstance(inner, TrainStarted):
+            self.start(cell_id, inner)
+        elif isinstance(inner, StepProgress):
+            self.step(cell_id, inner)
+        elif isinstance(inner, Evaluated) and inner.record.split != "train":
+            r = inner.record
             self.log(
+                cell_id,
                 f"eval {r.split} @ step {r.step}: loss {r.loss:.4f}  acc {r.accuracy:.4f}  "
-                f"f1 {r.f1:.4f}"
+                f"f1 {r.f1:.4f}",
             )
-        elif isinstance(event, TrainFinished) and self.progress is not None:
-            self.progress.stop()
-            self.progress = None
+        elif isinstance(inner, TrainFinished):
+            self.tasks.pop(cell_id, None)
+            if not self.tasks:
+                self.close()
 
-    def log(self, line: str) -> None:
+    def started(self, event: Any) -> None:
+        for note in event.notes:
+            console.err.print(f"note: {note}", highlight=False, markup=False)
+        self.several = len(event.to_run) > 1
+        finished = len(event.cells) - len(event.to_run)
+        if finished:
+            console.err.print(
+                f"{finished} of {len(event.cells)} cells already finished in {event.out_dir}: "
+                "kept (give a new --out to train them again)",
+                highlight=False,
+                markup=False,
+            )
+
+    def log(self, cell_id: str, line: str) -> None:
+        text = f"{cell_id} {line}" if self.several else line
         if self.progress is not None:
-            self.progress.console.print(line, highlight=False)
+            self.progress.console.print(text, highlight=False, markup=False)
         else:
-            console.err.print(line, highlight=False, markup=False)
+            console.err.print(text, highlight=False, markup=False)
 
-    def start(self, event: Any) -> None:
+    def start(self, cell_id: str, event: Any) -> None:
         for skipped in event.skipped_checkpoints:
-            self.log(f"warning: checkpoint skipped: {skipped}")
+            self.log(cell_id, f"warning: checkpoint skipped: {skipped}")
         resumed = f", resuming at step {event.start_step}" if event.start_step else ""
         where = event.ran_on or f"{event.device} (amp {event.amp})"
         self.log(
+            cell_id,
             f"training on {where}: {event.total_steps} steps, "
-            f"{event.steps_per_epoch} per epoch, {event.images_per_step} images per step{resumed}"
+            f"{event.steps_per_epoch} per epoch, {event.images_per_step} images per step{resumed}",
         )
         if self.plain:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-        self.progress = Progress(
-            TextColumn("[bold]train"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn(
-                "loss {task.fields[loss]}  {task.fields[rate]} img/s  ETA {task.fields[eta]}"
-            ),
-            console=console.err,
-            transient=False,
-        )
-        self.task = self.progress.add_task(
-            "train",
+        if self.progress is None:
+            self.progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn(
+                    "loss {task.fields[loss]}  {task.fields[rate]} img/s  ETA {task.fields[eta]}"
+                ),
+                console=console.err,
+                transient=False,
+            )
+            self.progress.start()
+        self.tasks[cell_id] = self.progress.add_task(
+            cell_id if self.several else "train",
             total=event.total_steps,
             completed=event.start_step,
             loss="-",
             rate="-",
             eta="-",
         )
-        self.progress.start()
 
-    def step(self, event: Any) -> None:
+    def step(self, cell_id: str, event: Any) -> None:
         eta = time.strftime("%H:%M:%S", time.gmtime(event.eta_seconds))
-        if self.progress is not None:
+        if cell_id in self.tasks:
             self.progress.update(
-                self.task,
+                self.tasks[cell_id],
                 completed=event.step,
                 loss=f"{event.loss:.4f}",
                 rate=f"{event.images_per_second:,.0f}",
@@ -130,19 +165,28 @@ class ProgressRenderer:
         if now - self.last_line >= 5.0 or event.step == event.total_steps:
             self.last_line = now
             self.log(
+                cell_id,
                 f"step {event.step}/{event.total_steps}  epoch {event.epoch:.2f}  "
                 f"loss {event.loss:.4f}  lr {event.lr:.3g}  "
-                f"{event.images_per_second:,.0f} img/s  ETA {eta}"
+                f"{event.images_per_second:,.0f} img/s  ETA {eta}",
             )
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
 
 
 def render_prepared(event: Any) -> None:
-    """Print the dataset layout found and the model summary."""
+    """Print the dataset layout found, the cell and its model summary (counts, surgery,
+    freezing)."""
     from rich.table import Table
 
     console.out.print(event.scan)
-    counts = event.counts
-    console.out.print(f"model: {event.cell.label}", highlight=False, markup=False)
+    counts, frozen = event.counts, event.freeze
+    console.out.print(
+        f"cell {event.cell.cell_id}: {event.cell.label}", highlight=False, markup=False
+    )
     table = Table(show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
@@ -153,152 +197,130 @@ def render_prepared(event: Any) -> None:
     table.add_row(f"FLOPs at {size} (multiply-adds)", f"{counts.gflops:.3f} G")
     if event.surgery is not None:
         table.add_row("residual blocks rewired", str(len(event.surgery.blocks_rewired)))
+    if frozen.frozen_stages:
+        held = f", BatchNorm {frozen.bn}"
+        table.add_row("frozen stages", ", ".join(frozen.frozen_stages) + held)
     table.add_row("recipe", f"{event.recipe.name} ({event.recipe.image_size} px)")
     console.out.print(table)
 
 
-def render_result(result: Any) -> None:
-    """Print the final metrics table."""
+def render_result(row: CellRow) -> None:
+    """Print a cell's final metrics (its ``result.json``; the stored row for a cell without
+    one)."""
     from rich.table import Table
 
-    table = Table(title="result", show_header=False, title_justify="left")
+    from resablate.run_dir import RunDir
+
+    result = RunDir(row.run_dir).read_result() if row.run_dir else None
+    label = row.cell.label
+    table = Table(title=f"result: {label}", show_header=False, title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    table.add_row("status", result.status)
-    if result.metrics is not None:
-        m = result.metrics
-        table.add_row("accuracy", f"{m.accuracy:.4f}")
-        table.add_row("precision", f"{m.precision:.4f}")
-        table.add_row("recall", f"{m.recall:.4f}")
-        table.add_row("f1", f"{m.f1:.4f}")
-        table.add_row("loss", f"{result.loss:.4f}")
+    table.add_row("status", row.status)
+    if result is None:
+        table.add_row("why", row.reason or "-")
+    elif result["metrics"] is not None:
+        m = result["metrics"]
+        for name in ("accuracy", "precision", "recall", "f1"):
+            table.add_row(name, f"{m[name]:.4f}")
+        table.add_row("loss", f"{result['loss']:.4f}")
         table.add_row(
-            "confusion (rows true)", " / ".join(" ".join(map(str, r)) for r in m.confusion)
+            "confusion (rows true)", " / ".join(" ".join(map(str, r)) for r in m["confusion"])
         )
-        table.add_row("test images", str(m.n))
+        table.add_row("test images", str(m["n"]))
     else:
-        table.add_row("diverged at step", str(result.diverged_at_step))
-    table.add_row("steps", f"{result.steps}/{result.total_steps}")
-    table.add_row("train time", f"{result.train_seconds:.1f} s")
-    table.add_row("throughput", f"{result.images_per_second:,.0f} img/s")
-    table.add_row("device", result.device)
-    table.add_row("run directory", result.run_dir)
+        table.add_row("diverged at step", str(result["diverged_at_step"]))
+    if result is not None:
+        table.add_row("steps", f"{result['steps']}/{result['total_steps']}")
+        table.add_row("train time", f"{result['train_seconds']:.1f} s")
+        table.add_row("throughput", f"{result['images_per_second']:,.0f} img/s")
+        table.add_row("device", result["device"])
+    table.add_row("cell directory", row.run_dir or "-")
     console.out.print(table)
 
 
+def output_folder(spec: GridSpec) -> Path:
+    """``runs/train/<id>``: the cell's id for one cell, else a hash of the cells' ids."""
+    import hashlib
+
+    from resablate.grid.cell import CELL_ID_LENGTH
+
+    ids = sorted(cell.cell_id for cell in spec.cells())
+    name = ids[0] if len(ids) == 1 else hashlib.sha256(",".join(ids).encode()).hexdigest()
+    return Path("runs") / "train" / name[:CELL_ID_LENGTH]
+
+
 def train(
-    arch: Annotated[str, typer.Option("--arch", help="Architecture, e.g. resnet50.")],
-    data: Annotated[
-        str, typer.Option("--data", help="Dataset folder, or 'demo' for the embedded demo data.")
-    ] = "demo",
-    recipe: Annotated[
-        str | None,
-        typer.Option(
-            "--recipe", help="cifake, food or demo (default: demo for --data demo, else cifake)."
-        ),
-    ] = None,
+    ctx: typer.Context,
+    arch: TrainArchOption,
+    residual: TrainResidualOption = None,
+    residual_alpha: ResidualAlphaOption = None,
+    weights: TrainWeightsOption = None,
+    freeze: FreezeOption = None,
+    seeds: SeedsOption = None,
     source: SourceOption = Source.torchvision,
-    no_residual: Annotated[
-        bool, typer.Option("--no-residual", help="Remove the residual connections.")
-    ] = False,
-    stages: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--stages", help="With --no-residual: only these stages (conv4_x,conv5_x or layer3)."
-        ),
-    ] = None,
-    alpha: Annotated[
-        float, typer.Option("--alpha", help="With --no-residual: keep alpha × shortcut (0 = drop).")
-    ] = 0.0,
-    weights: Annotated[
-        str, typer.Option("--weights", help="none, imagenet, demo or a state-dict file.")
-    ] = "none",
-    freeze: Annotated[
-        str, typer.Option("--freeze", help="none, conv1, conv1-2, conv1-3, conv1-4 or all.")
-    ] = "none",
-    bn: Annotated[
-        BnPolicy, typer.Option("--bn", help="BatchNorm of frozen stages.")
-    ] = BnPolicy.frozen,
-    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of all randomness.")] = 0,
-    out: Annotated[
-        Path | None,
-        typer.Option("--out", help="Run directory (default: runs/train/<cell id>)."),
-    ] = None,
-    device: Annotated[Device, typer.Option("--device", help="Where to train.")] = Device.auto,
-    resume: Annotated[
-        bool, typer.Option("--resume/--no-resume", help="Continue from the newest checkpoint.")
-    ] = True,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="Override: epochs.")] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help="Override: peak learning rate.")] = None,
-    batch_size: Annotated[
-        int | None, typer.Option("--batch-size", help="Override: images per micro-batch.")
-    ] = None,
-    grad_accum: Annotated[
-        int | None, typer.Option("--grad-accum", help="Override: micro-batches per step.")
-    ] = None,
-    max_steps: Annotated[
-        int | None, typer.Option("--max-steps", help="Override: cap on optimiser steps.")
-    ] = None,
-    image_size: Annotated[
-        int | None, typer.Option("--image-size", help="Override: input side in pixels.")
-    ] = None,
-    storage_size: Annotated[
-        int | None,
-        typer.Option(
-            "--storage-size",
-            help="Override: side in pixels each image is resized to once, when decoded "
-            "(needed when the images differ in size).",
-        ),
-    ] = None,
-    amp: Annotated[
-        Amp | None,
-        typer.Option("--amp", help="Override: autocast dtype (auto: bf16 on CUDA, fp32 on CPU)."),
-    ] = None,
-    compile_model: Annotated[
-        bool | None, typer.Option("--compile/--no-compile", help="Override: torch.compile.")
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    data: DataOption = "demo",
+    recipe: RecipeOption = None,
+    settings: SettingsOption = None,
+    epochs: EpochsOption = None,
+    lr: LrOption = None,
+    batch_size: BatchSizeOption = None,
+    grad_accum: GradAccumOption = None,
+    max_steps: MaxStepsOption = None,
+    image_size: ImageSizeOption = None,
+    storage_size: StorageSizeOption = None,
+    amp: AmpOption = None,
+    compile_model: CompileOption = None,
+    bn: BnOption = BnPolicy.frozen,
+    out: TrainOutOption = None,
+    device: DeviceOption = "auto",
+    resume: Annotated[bool | None, typer.Option("--resume/--no-resume", hidden=True)] = None,
+    as_json: JsonOption = False,
+    keep_checkpoints: KeepCheckpointsOption = False,
 ) -> None:
-    """Train and evaluate one model: surgery, freezing, recipe, metrics.
+    """Train and evaluate one cell (or a few: several values of an axis): surgery, freezing,
+    recipe, metrics.
+
+    A one-cell grid: the same options, the same path and the same output directory as
+    [bold]resablate grid[/] (OUT/store.sqlite, results.csv, OUT/cells/<cell id>/); a rerun
+    resumes.
 
     Example: [bold]resablate train --arch resnet18 --data demo --recipe demo[/]
     """
-    from resablate.grid.cell import Cell
-    from resablate.grid.job import run_cell
+    from resablate.grid.runner import run_grid
 
-    overrides = {
-        "epochs": epochs,
-        "lr": lr,
-        "batch_size": batch_size,
-        "grad_accum": grad_accum,
-        "max_steps": max_steps,
-        "image_size": image_size,
-        "storage_size": storage_size,
-        "amp": amp.value if amp is not None else None,
-        "compile": compile_model,
-    }
-    cell = Cell(
-        arch=arch,
-        source=source.value,
-        residual=residual_plan(no_residual, stages),
-        residual_alpha=alpha,
-        weights=weights,
-        freeze=freeze,
-        bn=bn.value,
-        recipe=recipe or ("demo" if data == "demo" else "cifake"),
-        overrides=tuple((k, v) for k, v in overrides.items() if v is not None),
-        seed=seed,
-        data=data,
-    )
-    run_dir = out if out is not None else Path("runs") / "train" / cell.cell_id
-    renderer = ProgressRenderer(plain=as_json or not console.err.is_terminal, summary=not as_json)
-    result = run_cell(cell, run_dir, device=device.value, callback=renderer, resume=resume)
+    if resume is not None:
+        flag = "--resume" if resume else "--no-resume"
+        console.err.print(RESUME_RETIRED.format(flag=flag), highlight=False, markup=False)
+    spec = cell_spec(ctx.params, TRAIN_DEFAULTS, depths=(), archs=tuple(arch))
+    folder = out if out is not None else output_folder(spec)
+    view = TrainView(plain=as_json or not console.err.is_terminal, summary=not as_json)
+    try:
+        summary = run_grid(
+            spec,
+            folder,
+            device=device_of(ctx.params),
+            callback=view,
+            keep_checkpoints=keep_checkpoints,
+        )
+    finally:
+        view.close()
     if as_json:
-        console.print_json(result.to_dict())
+        console.print_json(summary.to_dict())
     else:
-        render_result(result)
+        for row in summary.cells:
+            if row.status in ("done", "diverged"):
+                render_result(row)
+        console.out.print(f"grid directory: {summary.out_dir}", highlight=False, markup=False)
+    problems = [row for row in summary.cells if row.status in ("failed", "skipped")]
+    for row in problems:
+        console.err.print(
+            f"error: cell {row.cell_id} {row.status}: {row.reason}", highlight=False, markup=False
+        )
+    if problems:
+        raise typer.Exit(EXIT_BAD_INPUT)
 
 
 def register(app: typer.Typer) -> None:
     """Add ``resablate train`` to the application."""
-    app.command("train")(train)
+    app.command("train", cls=AxisCommand)(train)

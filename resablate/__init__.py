@@ -4,6 +4,11 @@ The core is importable on its own and cheaply::
 
     from resablate import build_model, drop_residual, freeze, count
 
+and so is the workflow: ``train`` (one configuration), ``GridSpec`` and ``run_grid`` (a study,
+resumable, into a results store), ``build_report`` (its tables and statistics)::
+
+    from resablate import GridSpec, build_report, run_grid, train
+
 Names are resolved lazily (PEP 562), so ``import resablate`` loads neither torch nor the
 training stack until one of them is used.
 """
@@ -13,7 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from resablate._version import __version__
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
@@ -37,17 +42,23 @@ _EXPORTS: dict[str, str] = {
     "count": "resablate.counting",
     "Counts": "resablate.counting",
     "lesion": "resablate.diagnostics.lesion",
+    "GridSpec": "resablate.grid.spec",
+    "run_grid": "resablate.grid.runner",
+    "train": "resablate.grid.runner",
+    "build_report": "resablate.report.build",
     "ResablateError": "resablate.errors",
 }
 
 __all__ = [
     "Counts",
     "FreezeReport",
+    "GridSpec",
     "ResablateError",
     "SurgeryReport",
     "__version__",
     "apply_residual_state",
     "build_model",
+    "build_report",
     "count",
     "drop_residual",
     "freeze",
@@ -60,7 +71,9 @@ __all__ = [
     "residual_blocks",
     "residual_state",
     "restore_residual",
+    "run_grid",
     "scale_residual",
+    "train",
     "trainable_parameters",
     "unfreeze",
 ]
@@ -78,6 +91,9 @@ if TYPE_CHECKING:
         trainable_parameters,
         unfreeze,
     )
+    from resablate.grid.runner import run_grid, train
+    from resablate.grid.spec import GridSpec
+    from resablate.report.build import build_report
     from resablate.surgery import (
         SurgeryReport,
         apply_residual_state,

@@ -65,6 +65,7 @@ class PackedBatchNorm2d(nn.BatchNorm2d):
     """
 
     held: Tensor | None
+    _held_channels: Tensor
     group_batches_tracked: Tensor
 
     def __init__(
@@ -81,6 +82,20 @@ class PackedBatchNorm2d(nn.BatchNorm2d):
         self.register_buffer(GROUP_COUNTER, counter)
         self.held = None
 
+    def hold(self, groups: Tensor) -> None:
+        """Hold ``groups`` (bool ``[K]``) too; the masks live on the layer's device (no copy in
+        the forward pass)."""
+        groups = groups.to(self.group_batches_tracked.device, dtype=torch.bool)
+        self.held = groups if self.held is None else self.held | groups
+        self._held_channels = self.held.repeat_interleave(self.num_features // self.pack_size)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> PackedBatchNorm2d:
+        """Move (or cast) the masks with the layer's buffers."""
+        super()._apply(fn, recurse)
+        if self.held is not None:
+            self.held, self._held_channels = fn(self.held), fn(self._held_channels)
+        return self
+
     def forward(self, x: Tensor) -> Tensor:
         updates = self.training and self.track_running_stats
         held = self.held
@@ -93,11 +108,11 @@ class PackedBatchNorm2d(nn.BatchNorm2d):
         assert mean is not None and var is not None
         keep_mean, keep_var = mean.clone(), var.clone()
         out = super().forward(x)
-        channels = held.to(mean.device).repeat_interleave(self.num_features // self.pack_size)
+        channels = self._held_channels
         # New tensors, not in-place copies: autograd saved the updated ones for the backward.
         self.running_mean = torch.where(channels, keep_mean, mean)
         self.running_var = torch.where(channels, keep_var, var)
-        self.group_batches_tracked.add_((~held).to(self.group_batches_tracked))
+        self.group_batches_tracked.add_((~held).long())
         return out
 
 
@@ -136,14 +151,15 @@ class PackedLinear(nn.Module):
 class PackedBlock(nn.Module):
     """Mixin placed before the upstream block class: ``act(main(x) + alpha_k * shortcut(x))``.
 
-    ``pack_alpha`` (float ``[K]``, a non-persistent buffer) is each group's shortcut weight. When
-    every group's alpha is 0 the shortcut is not run (as in a standalone dropped block); when
-    every group's is 1 it is added unscaled.
+    ``pack_alphas`` are the groups' shortcut weights; ``pack_scale`` (``[1, K * C, 1, 1]``, a
+    non-persistent buffer) spreads them over each group's output channels, cast to the shortcut's
+    dtype (a bf16 block stays bf16). When every group's alpha is 0 the shortcut is not run (as in
+    a standalone dropped block); when every group's is 1 it is added unscaled.
     """
 
     upstream_block: ClassVar[type[nn.Module]]
     adapter: ClassVar[BlockAdapter]
-    pack_alpha: Tensor
+    pack_scale: Tensor
     pack_alphas: tuple[float, ...]
 
     def forward(self, x: Tensor) -> Tensor:
@@ -155,8 +171,7 @@ class PackedBlock(nn.Module):
             if all(a == 1.0 for a in alphas):
                 out = out + shortcut
             else:
-                scale = self.pack_alpha.repeat_interleave(out.shape[1] // len(alphas))
-                out = out + scale.view(1, -1, 1, 1) * shortcut
+                out = out + self.pack_scale.to(shortcut.dtype) * shortcut
         return adapter.act(self, out)
 
 
@@ -325,13 +340,17 @@ def _set_module(root: nn.Module, path: str, module: nn.Module) -> None:
 def _pack_block(block: nn.Module, alphas: tuple[float, ...]) -> None:
     block.__class__ = _BLOCKS[unwire(block)]
     block.pack_alphas = alphas  # type: ignore[assignment]
-    device = next(block.parameters()).device
-    block.register_buffer("pack_alpha", torch.tensor(alphas, device=device), persistent=False)
+    last_norm = block.get_submodule("bn3" if isinstance(block, Bottleneck) else "bn2")
+    channels = last_norm.num_features // len(alphas)  # type: ignore[operator]
+    scale = torch.tensor(alphas, device=next(block.parameters()).device)
+    block.register_buffer(
+        "pack_scale", scale.repeat_interleave(channels).view(1, -1, 1, 1), persistent=False
+    )
     if 0.0 in alphas and any(alphas):
         dropped = torch.tensor([a == 0.0 for a in alphas])
         for module in _shortcut_modules(block):
             if isinstance(module, PackedBatchNorm2d):
-                module.held = dropped
+                module.hold(dropped)
 
 
 def _shortcut_modules(block: nn.Module) -> list[nn.Module]:
@@ -443,10 +462,9 @@ def hold_groups(model: nn.Module, groups: Tensor) -> None:
     k = pack_size(model)
     if groups.shape != (k,):
         raise ConfigError(f"hold_groups needs a bool mask of {k} groups, got {tuple(groups.shape)}")
-    groups = groups.cpu().bool()
     for module in model.modules():
         if isinstance(module, PackedBatchNorm2d):
-            module.held = groups if module.held is None else module.held | groups
+            module.hold(groups)
 
 
 def pack_inputs(batches: Sequence[Tensor]) -> Tensor:
@@ -457,3 +475,32 @@ def pack_inputs(batches: Sequence[Tensor]) -> Tensor:
 def split_outputs(logits: Tensor, k: int) -> Tensor:
     """A packed model's logits ``[B, K * classes]`` -> ``[K, B, classes]`` (a view)."""
     return logits.unflatten(1, (k, -1)).transpose(0, 1)
+
+
+class PackedGroups:
+    """A packed model's groups as the engine trains them (``resablate.engine.groups.ModelGroups``).
+
+    Attributes:
+        model: The packed model.
+        size: K.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.size = pack_size(model)
+
+    def join(self, images: Tensor) -> Tensor:
+        """``[K * B, C, H, W]`` (group-major) -> the packed input ``[B, K * C, H, W]``."""
+        return images.unflatten(0, (self.size, -1)).transpose(0, 1).flatten(1, 2)
+
+    def split(self, logits: Tensor) -> Tensor:
+        return split_outputs(logits, self.size)
+
+    def idle(self) -> dict[str, Tensor]:
+        return idle_groups(self.model)
+
+    def hold(self, groups: Tensor) -> None:
+        hold_groups(self.model, groups)
+
+    def states(self) -> list[dict[str, Tensor]]:
+        return unfuse(self.model)

@@ -1,13 +1,17 @@
 """Where resablate keeps files that outlive one run (the decode cache and weights), and the
 check every output folder passes before any work starts.
 
-The cache root is ``$RESABLATE_CACHE`` when set, else the user cache folder
-(``~/.cache/resablate`` on Linux).
+The cache root is ``$RESABLATE_CACHE`` when set, else the user cache folder: on Linux and other
+Unix systems ``$XDG_CACHE_HOME/resablate`` (``~/.cache/resablate`` when that is unset or blank, as
+the XDG Base Directory specification says), on macOS ``~/Library/Caches/resablate``, on Windows
+``%LOCALAPPDATA%\\resablate\\Cache``: the folders ``platformdirs.user_cache_dir("resablate",
+appauthor=False)`` names, without depending on it.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from resablate.errors import ConfigError
@@ -18,9 +22,13 @@ def cache_root() -> Path:
     env = os.environ.get("RESABLATE_CACHE")
     if env:
         return Path(env).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("resablate", appauthor=False))
+    if sys.platform == "win32":
+        local = os.environ.get("LOCALAPPDATA", "").strip()
+        return Path(local or Path.home() / "AppData" / "Local") / "resablate" / "Cache"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "resablate"
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "resablate"
 
 
 def cache_dir(*parts: str) -> Path:

@@ -24,6 +24,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
@@ -36,6 +37,42 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("linear", "constant")
 TRAIN_TRANSFORMS = ("random_resized_crop", "resize")
 AMP_MODES = ("auto", "bf16", "fp16", "none")
+
+
+class CompileMode(StrEnum):
+    """How the engine compiles the model: ``off`` (eager) or a ``torch.compile`` mode.
+
+    ``reduce-overhead`` replays CUDA graphs (a step's shapes are fixed within a run), which pays
+    for small, launch-bound models and images; ``max-autotune`` also times Triton kernels at
+    the first step. A mode is truthy when it compiles.
+    """
+
+    OFF = "off"
+    DEFAULT = "default"
+    REDUCE_OVERHEAD = "reduce-overhead"
+    MAX_AUTOTUNE = "max-autotune"
+
+    def __bool__(self) -> bool:
+        return self is not CompileMode.OFF
+
+    @classmethod
+    def parse(cls, value: Any, field: str = "compile") -> CompileMode:
+        """A mode from its name, or from a flag (``true`` = ``default``, ``false`` = ``off``,
+        as recipes before the modes wrote it).
+
+        Raises:
+            ConfigError: Anything else; the message names ``field`` and the legal values.
+        """
+        if isinstance(value, bool):
+            return cls.DEFAULT if value else cls.OFF
+        try:
+            return cls(value)
+        except ValueError:
+            legal = ", ".join(mode.value for mode in cls)
+            raise ConfigError(
+                f"recipe field {field}={value!r} is not valid; use {legal} (or true/false)",
+                field=field,
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -73,14 +110,17 @@ class Recipe:
             (``"bf16"`` on the CPU is CPU bf16 autocast).
         channels_last: NHWC memory format: ``None`` = on for CUDA, off on the CPU; ``True`` or
             ``False`` applies on any device.
-        compile: Wrap the model in ``torch.compile`` (after surgery and freezing), on any device.
+        compile: :class:`CompileMode`: ``"off"`` or the ``torch.compile`` mode the model is
+            wrapped in after surgery and freezing (``"default"``, ``"reduce-overhead"``,
+            ``"max-autotune"``), on any device; ``True``/``False`` mean ``"default"``/``"off"``.
         tf32: On CUDA, let float32 matmuls and cuDNN convolutions use TF32 tensor cores (about
             10 mantissa bits, see ``docs/training.md``); no effect on the CPU.
         cudnn_benchmark: On CUDA, let cuDNN time its convolution algorithms on the first batch
             of each shape (input shapes are fixed within a run); no effect on the CPU.
         deterministic: Deterministic algorithms (``torch.use_deterministic_algorithms`` with
-            ``warn_only``, cuDNN deterministic, no cuDNN autotuning, ``CUBLAS_WORKSPACE_CONFIG``
-            set on CUDA); see ``docs/training.md`` for what is then bitwise.
+            ``warn_only``, cuDNN deterministic, no cuDNN autotuning; cuBLAS's deterministic
+            workspace is set when the engine is imported); see ``docs/training.md`` for what is
+            then bitwise.
         positive: Index of the positive class for precision/recall/F1.
     """
 
@@ -109,13 +149,15 @@ class Recipe:
     eval_batch_size: int = 256
     amp: str = "auto"
     channels_last: bool | None = None
-    compile: bool = False
+    compile: CompileMode = CompileMode.OFF
     tf32: bool = True
     cudnn_benchmark: bool = True
     deterministic: bool = False
     positive: int = 1
 
     def __post_init__(self) -> None:
+        # A compile mode may be written as a flag (true/false) too: parsed before the type check.
+        object.__setattr__(self, "compile", CompileMode.parse(self.compile))
         for f in dataclasses.fields(self):
             _check_type(f.name, getattr(self, f.name), _FIELD_TYPES[f.name])
         for name in ("betas", "crop_scale", "mean", "std"):

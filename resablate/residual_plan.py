@@ -153,6 +153,10 @@ class ResidualPlan:
         return scale_residual(model, self.alpha, self.stages)
 
 
+#: The plan that alters nothing (a cell's default).
+PLAN_ON = ResidualPlan((), 1.0)
+
+
 def split_plans(text: str) -> list[str]:
     """Split a comma-separated list of plans; a stage list (``"off:conv4_x,conv5_x"``) is one."""
     if text.strip().lower().startswith(RESIDUAL_OFF + _STAGE_LIST):

@@ -7,9 +7,8 @@ engine writes ``recipe.json``, ``history.jsonl``, ``predictions.csv``, ``model.s
 lesion studies and CKA comparisons add ``gradflow.jsonl``, ``lesion.json``/``.png`` and
 ``cka-<run>.json``/``.png``. Every write is atomic (:mod:`resablate.atomic`).
 
-:meth:`RunDir.rebuild_model` turns a finished run back into its trained model with its ablation:
-the architecture of ``cell.json``, the weights of ``model.safetensors`` (loaded strictly: surgery
-never changes state-dict keys) and the residual plan re-applied.
+:func:`resablate.trained.rebuild_model` turns a finished run back into its trained model (kept
+apart so that what writes run directories, the engine, imports no model code).
 """
 
 from __future__ import annotations
@@ -246,44 +245,6 @@ class RunDir:
     def read_cka(self) -> list[dict[str, Any]]:
         """The saved CKA comparisons (``cka-*.json``), sorted by file name."""
         return [self._read_json(path, "CKA comparison") for path in self.cka_files()]
-
-    # ----------------------------------------------------------------------------- the model
-
-    def rebuild_model(self) -> nn.Module:
-        """The run's trained model with its ablation, on the CPU in eval mode.
-
-        Builds the architecture of ``cell.json`` with the classifier size of
-        ``model.safetensors``, loads the weights and re-applies the cell's residual plan.
-
-        Raises:
-            ConfigError: Not a run directory, no final weights (unfinished or diverged), or
-                weights without the architecture's classifier.
-            WeightsError: ``model.safetensors`` does not fit the cell's architecture.
-        """
-        from resablate.families import get_family
-        from resablate.residual_plan import ResidualPlan
-        from resablate.weights import build_model, load_state_dict_file
-
-        cell = self.read_cell()
-        if not self.has_weights:
-            raise ConfigError(
-                f"run {self.path} has no {WEIGHTS_FILE}: it has not finished or it diverged"
-            )
-        state = load_state_dict_file(self.weights_file)
-        source = cell.get("source", "torchvision")
-        head = get_family(cell["arch"], source).head
-        if f"{head}.weight" not in state:
-            raise ConfigError(
-                f"{self.weights_file} has no {head}.weight: not a {cell['arch']} state dict"
-            )
-        model = build_model(
-            cell["arch"],
-            weights=self.weights_file,
-            num_classes=int(state[f"{head}.weight"].shape[0]),
-            source=source,
-        )
-        ResidualPlan.parse(cell.get("residual", "on"), cell.get("residual_alpha", 0.0)).apply(model)
-        return model.eval()
 
     # ----------------------------------------------------------------------------- helpers
 

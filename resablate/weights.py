@@ -365,11 +365,11 @@ def fetch_weights(arch: str, source: str = "torchvision") -> Path:
         _download(family)
     except Exception as exc:  # no network, proxy, HTTP error: all mean "not available here"
         reason = " ".join(str(exc).split())[:160]
-        src = "" if family.source == "torchvision" else f" --source {family.source}"
+        src = "" if family.source == "torchvision" else f" (model source {family.source})"
         raise WeightsUnavailableError(
             f"ImageNet weights {family.imagenet} for {family.arch} are not cached at {path} and "
             f"could not be downloaded ({type(exc).__name__}: {reason}); run "
-            f"`resablate weights fetch {family.arch}{src}` on a connected machine and copy the "
+            f"`resablate weights fetch {family.arch}`{src} on a connected machine and copy the "
             "file there, or pass a weights file path"
         ) from None
     path = _cached_path(family)

@@ -63,7 +63,7 @@ def tiny_grid_args(data: Path, out: Path, max_steps: int = 3) -> list[str]:
     init, the demo recipe at 16 px, batch 4, ``max_steps`` steps, on the CPU."""
     return [
         "grid",
-        *("--depths", "18", "--residual", "on", "off", "--pretrained", "none"),
+        *("--depths", "18", "--residual", "on", "off", "--weights", "none"),
         *("--data", str(data), "--recipe", "demo", "--max-steps", str(max_steps)),
         *("--image-size", "16", "--batch-size", "4", "--device", "cpu", "--out", str(out)),
     ]
@@ -71,7 +71,7 @@ def tiny_grid_args(data: Path, out: Path, max_steps: int = 3) -> list[str]:
 
 def imagenet_standins(archs: tuple[str, ...]) -> None:
     """Write seeded stand-ins for the ImageNet weights into the (test) torch hub cache, so that
-    ``--pretrained imagenet`` runs offline through the real loading path."""
+    ``--weights imagenet`` runs offline through the real loading path."""
     import torchvision
 
     from resablate.families import get_family

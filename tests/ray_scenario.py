@@ -112,7 +112,7 @@ def main(work: Path, data: Path) -> dict[str, object]:
     broken = work / "broken.pth"  # a cell with these weights raises: failed at once, no retry
     broken.write_bytes(b"not a weights file")
     args = [
-        *("grid", "--depths", "18", "--residual", "on", "--pretrained", "none", str(broken)),
+        *("grid", "--depths", "18", "--residual", "on", "--weights", "none", str(broken)),
         *("--data", str(data), "--recipe", "demo", "--max-steps", "60", "--image-size", "16"),
         *("--batch-size", "4", "--set", "checkpoint_every=5", "--set", "eval_every=20"),
         *("--executor", "ray", "--ray-address", ADDRESS, "--out", str(out)),

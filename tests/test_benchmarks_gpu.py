@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +75,18 @@ def test_acceptance_sync_check_passes_on_the_gpu(tmp_path: Path) -> None:
     check = _load().check_no_sync(tmp_path)
     assert check.ok, check.detail
     assert check.detail == "8 steps under set_sync_debug_mode('error'), status done"
+
+
+def test_without_cuda_out_gets_a_json_saying_so(tmp_path: Path) -> None:
+    # From another folder and without PYTHONPATH: the script finds the working tree itself.
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--no-pytest", "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+        env={"CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "out" / "acceptance.json").read_text())
+    assert report == {"cuda": False, "checks": []}

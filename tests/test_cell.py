@@ -1,4 +1,5 @@
-"""run_cell: one cell end to end on the demo data, its run directory and its result."""
+"""The cell value (canonical form, pinned ids, round trip) and run_cell: one cell end to end on
+the demo data, its run directory and its result."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from test_engine_devices import CPU_EXECUTION
 
 import resablate.demo_weights as demo_weights
-from resablate.errors import WeightsError
+from resablate.errors import ConfigError, WeightsError
 from resablate.grid.cell import Cell
 from resablate.grid.job import CellPrepared, run_cell
 from resablate.weights import build_model, save_state_dict_file, weights_sha256
@@ -20,15 +21,74 @@ FAST = (("max_steps", 2), ("batch_size", 16), ("eval_batch_size", 160))
 
 
 def _cell(**kw) -> Cell:
-    return Cell(arch="resnet18", recipe="demo", overrides=FAST, data="demo", **kw)
+    return Cell.from_dict(dict(arch="resnet18", recipe="demo", overrides=FAST, data="demo", **kw))
+
+
+# Results stores on users' disks are keyed by these ids: the canonical config (and so the id) of
+# an existing cell must never change. Recorded before the cell's parts became typed values.
+PINNED = [
+    ({"arch": "resnet18"}, "70f191ce2194"),
+    ({"arch": "resnet50", "residual": "off", "weights": "imagenet", "seed": 3}, "b98c199ec8df"),
+    (
+        {
+            "arch": "resnet50",
+            "residual": "off:conv4_x,conv5_x",
+            "residual_alpha": 0.5,
+            "weights": "DEMO",
+            "freeze": "conv1-2",
+            "bn": "train",
+        },
+        "3b6afeb6e0d1",
+    ),
+    (
+        {
+            "arch": "resnet34",
+            "source": "timm",
+            "residual": "on",
+            "residual_alpha": 0.25,
+            "weights": "/weights/r34.pt",
+            "data": "/data/cifake",
+            "overrides": {"image_size": 32, "epochs": 2, "lr": 0.01},
+        },
+        "9d222cc1d8ba",
+    ),
+    (
+        {"arch": "alexnet", "freeze": "all", "seed": 7, "overrides": {"batch_size": 16}},
+        "f8b2e19b94c4",
+    ),
+]
+
+
+@pytest.mark.parametrize(("config", "cell_id"), PINNED)
+def test_cell_ids_are_pinned(config: dict, cell_id: str) -> None:
+    assert Cell.from_dict(config).cell_id == cell_id
+
+
+def test_canonical_config_is_pinned() -> None:
+    config, _ = PINNED[3]
+    assert json.dumps(Cell.from_dict(config).to_dict(), sort_keys=True) == (
+        '{"arch": "resnet34", "bn": "frozen", "data": "/data/cifake", "freeze": "none", '
+        '"overrides": {"epochs": 2, "image_size": 32, "lr": 0.01}, "recipe": "cifake", '
+        '"residual": "on", "residual_alpha": 1.0, "seed": 0, "source": "timm", '
+        '"weights": "/weights/r34.pt"}'
+    )
+
+
+def test_unknown_cell_field_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="unknown cell field"):
+        Cell.from_dict({"arch": "resnet18", "depth": 18})
 
 
 @pytest.mark.slow
 def test_run_cell_writes_the_run_directory(tmp_path: Path) -> None:
     events: list[object] = []
     steps: list[int] = []
-    hooks = [lambda info: steps.append(info.step)]
-    result = run_cell(_cell(), tmp_path, callback=events.append, on_step=hooks)
+
+    def hook_for(run_dir: str) -> object:
+        assert run_dir == str(tmp_path)
+        return lambda info: steps.append(info.step)
+
+    result = run_cell(_cell(), tmp_path, callback=events.append, step_hooks=[hook_for])
     assert result.status == "done" and result.steps == 2 and result.total_steps == 2
     assert steps == [1, 2]  # the per-step hooks reached the engine
     assert sorted(p.name for p in tmp_path.iterdir()) == [

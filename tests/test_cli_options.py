@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from typer.main import get_command
 
-from resablate.choices import BN_POLICIES, LESION_METRICS, SOURCES
+from resablate.choices import BN_POLICIES, LESION_METRICS, METRICS, METRICS_SHOWN, SOURCES
 from resablate.errors import ConfigError
-from resablate.grid.spec import OVERRIDE_FIELDS
-from resablate.grid.table import METRICS_SHOWN, TABLE_METRICS
 from resablate_cli.app import app
+from resablate_cli.cells import OVERRIDE_FIELDS
 from resablate_cli.options import BnPolicy, LesionMetric, Metric, Source, flag, split_values
+from resablate_cli.vocabulary import renew_spellings
 
 
 def test_choices_are_the_library_constants() -> None:
@@ -21,13 +22,60 @@ def test_choices_are_the_library_constants() -> None:
     assert tuple(BnPolicy) == BN_POLICIES
     assert tuple(LesionMetric) == LESION_METRICS
     assert tuple(Metric) == METRICS_SHOWN == ("f1", "accuracy", "precision", "recall", "loss")
-    assert sorted(METRICS_SHOWN) == sorted(TABLE_METRICS)
+    assert sorted(METRICS_SHOWN) == sorted(METRICS)
 
 
-def test_grid_exposes_every_override_field_as_an_option() -> None:
-    grid = get_command(app).commands["grid"]  # type: ignore[attr-defined]
-    options = {p.name for p in grid.params}
-    assert set(OVERRIDE_FIELDS) <= options
+CELL_OPTIONS = {
+    "--arch",
+    "--residual",
+    "--residual-alpha",
+    "--weights",
+    "--freeze",
+    "--bn",
+    "--seeds",
+    "--source",
+    "--recipe",
+    "--data",
+    "--set",
+    "--out",
+    "--device",
+    "--json",
+    "--epochs",
+    "--lr",
+    "--batch-size",
+    "--grad-accum",
+    "--max-steps",
+    "--image-size",
+    "--storage-size",
+    "--amp",
+    "--compile",
+}
+
+
+def _options(command: str) -> dict[str, Any]:
+    params = get_command(app).commands[command].params  # type: ignore[attr-defined]
+    return {opt: p for p in params for opt in p.opts}
+
+
+def _help(command: str, option: str) -> Any:
+    """The option's line in ``resablate COMMAND --help``: flags, type, help and default."""
+    cmd = get_command(app).commands[command]  # type: ignore[attr-defined]
+    return _options(command)[option].get_help_record(cmd.context_class(cmd))
+
+
+@pytest.mark.parametrize("command", ["train", "grid"])
+def test_train_and_grid_share_the_cell_options(command: str) -> None:
+    options = _options(command)
+    assert set(options) >= CELL_OPTIONS
+    assert set(OVERRIDE_FIELDS) <= {p.name for p in options.values()}
+
+
+def test_the_shared_options_are_spelled_and_typed_alike() -> None:
+    for name in CELL_OPTIONS - {"--arch", "--residual", "--weights", "--out"}:
+        assert _help("train", name) == _help("grid", name), name
+    train, grid = _options("train"), _options("grid")
+    for name in ("--arch", "--residual", "--weights"):
+        assert train[name].multiple and grid[name].multiple
 
 
 @pytest.mark.parametrize(
@@ -35,20 +83,46 @@ def test_grid_exposes_every_override_field_as_an_option() -> None:
     [
         ("depths", "--depths"),
         ("residual_alpha", "--residual-alpha"),
-        ("resume", "--no-resume"),
+        ("archs", "--arch"),
         ("out_dir", "--out"),
         ("storage_size", "--storage-size"),
+        ("weights", "--weights"),
+        ("seeds", "--seeds"),
     ],
 )
 def test_flag_of_a_library_field(field: str, expected: str) -> None:
     assert flag(field) == expected
 
 
-def test_grid_words_some_fields_its_own_way() -> None:
-    assert flag("weights", "grid") == "--pretrained" and flag("weights", "lesion") == "--weights"
-    assert flag("family", "grid") == "--arch"
-    assert flag("storage_size", "grid") == "--set storage_size=N"
-    assert flag("out_dir", "grid") == "--out"
+@pytest.mark.parametrize(
+    ("old", "new", "warning"),
+    [
+        (["--pretrained", "imagenet", "none"], ["--weights", "imagenet", "none"], "--pretrained"),
+        (["--seed=3"], ["--seeds=3"], "--seed"),
+        (["--alpha", "0.5"], ["--residual-alpha", "0.5"], "--alpha"),
+        (["--no-residual"], ["--residual", "off"], "--no-residual"),
+        (
+            ["--no-residual", "--stages", "conv4_x", "--stages", "conv5_x", "--json"],
+            ["--residual", "off:conv4_x,conv5_x", "--json"],
+            "--no-residual --stages conv4_x,conv5_x",
+        ),
+    ],
+)
+def test_old_spellings_become_the_new_ones_with_one_warning(
+    old: list[str], new: list[str], warning: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert renew_spellings(old) == new
+    replacement = " ".join(new[:2]) if warning.startswith("--no-residual") else new[0]
+    replacement = replacement.partition("=")[0]
+    assert capsys.readouterr().err == (
+        f"warning: {warning} is deprecated; use {replacement} (the old spelling goes in the next "
+        "release)\n"
+    )
+
+
+def test_stages_need_no_residual() -> None:
+    with pytest.raises(ConfigError, match=r"^--stages only applies together with --no-residual;"):
+        renew_spellings(["--stages", "conv4_x"])
 
 
 def test_split_values() -> None:

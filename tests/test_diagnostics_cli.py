@@ -40,7 +40,7 @@ def _make_images(root: Path) -> Path:
 
 def _make_run(folder: Path, data: Path, *, residual: str) -> Path:
     """A finished run directory as run_cell writes it (cell.json + model.safetensors)."""
-    cell = Cell(arch="resnet18", residual=residual, recipe="demo", data=str(data))
+    cell = Cell.from_dict(dict(arch="resnet18", residual=residual, recipe="demo", data=str(data)))
     torch.manual_seed(0)
     model = build_model("resnet18", num_classes=2)
     if residual == "off":
@@ -115,6 +115,43 @@ def test_lesion_errors_are_one_line(runs: tuple[Path, Path], tmp_path: Path) -> 
     result = runner.invoke(app, ["lesion", "--arch", "alexnet", "--data", data])
     assert result.exit_code == 2
     assert "alexnet has no residual connections" in _text(result)
+
+
+def _make_grid(folder: Path, runs: tuple[Path, ...]) -> Path:
+    """A grid directory (what ``resablate train`` writes) whose cells are copies of ``runs``."""
+    import shutil
+
+    from resablate.grid.runner import cell_run_dir
+    from resablate.grid.store import ResultStore
+
+    cells = [Cell.from_dict(json.loads((run / "cell.json").read_text())) for run in runs]
+    dirs = {cell.cell_id: str(cell_run_dir(folder, cell.cell_id)) for cell in cells}
+    with ResultStore(folder) as store:
+        store.sync_cells(cells, run_dirs=dirs)
+    for cell, run in zip(cells, runs, strict=True):
+        shutil.copytree(run, dirs[cell.cell_id])
+    return folder
+
+
+def test_diagnostics_take_a_one_cell_grid_directory(
+    runs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    on = _make_grid(tmp_path / "on", runs[:1])
+    (cell,) = (on / "cells").iterdir()
+    result = runner.invoke(app, ["lesion", str(on), "--blocks", "layer4.1"])
+    assert result.exit_code == 0, result.output
+    assert "lesion study of resnet18 · weights none · seed 0: 8 images" in _text(result)
+    assert (cell / "lesion.json").is_file()  # kept in the cell's run directory
+    result = runner.invoke(app, ["compare-features", str(on), str(on), "--images", "4"])
+    assert result.exit_code == 0, result.output
+    assert (cell / f"cka-{cell.name}.json").is_file()
+    both = _make_grid(tmp_path / "both", runs)
+    result = runner.invoke(app, ["lesion", str(both)])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"error: {both} is a grid directory of 2 cells, not one run; name one cell's run "
+        f"directory, {both / 'cells'}/<cell id>\n"
+    )
 
 
 def test_compare_features(runs: tuple[Path, Path], tmp_path: Path) -> None:

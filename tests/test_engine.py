@@ -205,7 +205,7 @@ def test_checkpoint_loads_weights_only(tmp_path: Path) -> None:
     path, state = latest.path, latest.state
     assert path.name == "step-00000015.pt"
     assert (state["step"], state["epoch"], state["position"], state["micro_step"]) == (15, 2, 9, 0)
-    assert set(state) >= {"model", "optimizer", "scheduler", "scaler", "rng_cpu", "history"}
+    assert set(state) >= {"model", "optimizer", "scheduler", "scaler", "rng_cpu", "histories"}
 
 
 def test_gradient_accumulation_matches_one_large_batch(tmp_path: Path) -> None:
@@ -308,7 +308,9 @@ def test_too_few_images_is_a_data_error(tmp_path: Path) -> None:
 
 def test_resume_under_another_recipe_refused(tmp_path: Path) -> None:
     run_tiny(tmp_path, recipe=RECIPE.replace(epochs=1))
-    with pytest.raises(ConfigError, match="written by a run with another recipe or seed"):
+    with pytest.raises(
+        ConfigError, match="written by a run with another recipe, seed or pack of cells"
+    ):
         run_tiny(tmp_path, recipe=RECIPE.replace(epochs=2))
     result = run_tiny(tmp_path, recipe=RECIPE.replace(epochs=2), resume=False)
     assert (result.status, result.resumed_from_step) == ("done", 0)
@@ -338,6 +340,21 @@ def test_resume_after_interruption_is_exact(tmp_path: Path, deterministic: None)
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "cut" / "checkpoints")] == [6, 4]
     resumed = run_tiny(tmp_path / "cut")
     assert resumed.resumed_from_step == 6  # mid-epoch: epoch 1, micro-batch 2
+    _assert_same_run(tmp_path / "whole", tmp_path / "cut")
+
+
+def test_a_checkpoint_of_a_run_of_one_from_before_packs_resumes(
+    tmp_path: Path, deterministic: None
+) -> None:
+    _whole_and_cut_at_7(tmp_path)
+    path = ckpt.checkpoint_path(tmp_path / "cut" / "checkpoints", 6)
+    state = torch.load(path, weights_only=True)
+    (state["seed"],), (state["history"],) = state.pop("seeds"), state.pop("histories")
+    del state["diverged"]
+    state["running"]["loss"] = state["running"]["loss"][0]
+    state["running"]["correct"] = state["running"]["correct"][0]
+    ckpt.save_checkpoint(tmp_path / "cut" / "checkpoints", 6, state)
+    assert run_tiny(tmp_path / "cut").resumed_from_step == 6
     _assert_same_run(tmp_path / "whole", tmp_path / "cut")
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from resablate.engine.execution import (
     CUBLAS_WORKSPACE_CONFIG,
     Execution,
     backend_settings,
+    compile_model,
     resolve_execution,
 )
 from resablate.engine.loop import _Session, device_rng_state, set_device_rng_state, train
@@ -77,7 +80,7 @@ CPU_EXECUTION = {
     "gpu_count": 0,
     "amp": "none",
     "channels_last": False,
-    "compile": False,
+    "compile": "off",
     "tf32": False,
     "cudnn_benchmark": False,
     "deterministic": False,
@@ -86,7 +89,7 @@ CPU_EXECUTION = {
 CUDA_POLICY = {
     "amp": "bf16",
     "channels_last": True,
-    "compile": False,
+    "compile": "off",
     "tf32": True,
     "cudnn_benchmark": True,
     "deterministic": False,
@@ -183,6 +186,30 @@ def test_skipped_fp16_steps_do_not_warn_about_the_scheduler(
     assert result.execution.amp == "fp16"
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert not [w for w in caught if "lr_scheduler" in str(w.message)]
+
+
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead", "max-autotune"])
+def test_the_recipes_compile_mode_reaches_torch_compile(
+    monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    calls: list[tuple[nn.Module, dict]] = []
+
+    def spy(model: nn.Module, **kwargs: object) -> nn.Module:
+        calls.append((model, kwargs))
+        return nn.Identity()
+
+    monkeypatch.setattr(torch, "compile", spy)
+    model = tiny_model()
+    execution = resolve_execution(RECIPE.replace(compile=mode), CPU)
+    assert execution.compile == mode
+    assert isinstance(compile_model(model, execution), nn.Identity)
+    assert calls == [(model, {"mode": mode})]
+    off = resolve_execution(RECIPE, CPU)
+    assert compile_model(model, off) is model and len(calls) == 1
+    summary = "cpu · fp32 · compile" + ("" if mode == "default" else f" {mode}")
+    assert execution.summary() == summary and off.summary() == "cpu · fp32"
+    # a record written before the modes (compile: true/false) reads back as a mode
+    assert Execution(**{**off.to_dict(), "compile": True}).compile == "default"
 
 
 @pytest.mark.slow
@@ -311,21 +338,47 @@ def test_backend_settings_apply_and_restore() -> None:
     )
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
     before = (matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark, cudnn.deterministic)
-    env_before = os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
-    try:
-        with backend_settings(execution):
-            assert (matmul.allow_tf32, cudnn.allow_tf32) == (True, True)
-            assert (cudnn.benchmark, cudnn.deterministic) == (False, True)
-            assert torch.are_deterministic_algorithms_enabled()
-            assert torch.is_deterministic_algorithms_warn_only_enabled()
-            assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == CUBLAS_WORKSPACE_CONFIG == ":4096:8"
-        after = (matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark, cudnn.deterministic)
-        assert after == before
-        assert not torch.are_deterministic_algorithms_enabled()
-        assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
-    finally:
-        if env_before is not None:
-            os.environ["CUBLAS_WORKSPACE_CONFIG"] = env_before
+    with backend_settings(execution):
+        assert (matmul.allow_tf32, cudnn.allow_tf32) == (True, True)
+        assert (cudnn.benchmark, cudnn.deterministic) == (False, True)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+    after = (matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark, cudnn.deterministic)
+    assert after == before
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+# A fresh interpreter: what importing the engine (the grid's probe and every run import it before
+# any CUDA work) leaves in the environment, and whether CUDA was initialised by then.
+_CUBLAS_PROBE = """
+import importlib, json, os, sys
+importlib.import_module(sys.argv[1])
+import torch
+print(json.dumps([os.environ.get("CUBLAS_WORKSPACE_CONFIG"), torch.cuda.is_initialized()]))
+"""
+
+
+@pytest.mark.parametrize("module", ["resablate.engine.execution", "resablate.engine"])
+@pytest.mark.parametrize("preset", [None, ":16:8"])
+def test_cublas_workspace_is_set_at_import_before_cuda_starts(
+    module: str, preset: str | None
+) -> None:
+    # cuBLAS reads the variable once, when its first handle is created: it must be in the
+    # environment before any CUDA work, and a user's own value wins.
+    env = {k: v for k, v in os.environ.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
+    if preset is not None:
+        env["CUBLAS_WORKSPACE_CONFIG"] = preset
+    done = subprocess.run(
+        [sys.executable, "-c", _CUBLAS_PROBE, module],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+        timeout=120,
+    )
+    value, cuda_started = json.loads(done.stdout.strip().splitlines()[-1])
+    assert value == (preset or CUBLAS_WORKSPACE_CONFIG) and CUBLAS_WORKSPACE_CONFIG == ":4096:8"
+    assert cuda_started is False
 
 
 def test_deterministic_recipe_on_the_cpu(tmp_path: Path) -> None:
@@ -516,12 +569,43 @@ def test_gpu_host_split_through_the_prefetcher(
     assert state["precision"] == "cuda fp16" and state["scaler"]["scale"] > 0
 
 
+def aten_ops(module: nn.Module, x: torch.Tensor) -> list[str]:
+    """The ATen operators a forward and backward pass of ``module`` on ``x`` dispatch."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Recorder(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Recorder() as recorder:
+        module(x).sum().backward()
+    return recorder.ops
+
+
+def test_global_average_pooling_is_a_mean_without_the_nondeterministic_kernel() -> None:
+    # AdaptiveAvgPool2d is on PyTorch's list of CUDA backwards without a deterministic kernel, but
+    # to a 1 x 1 output (every ResNet's pooling before its head, the tiny model's) ATen computes
+    # it as a mean over H and W before choosing a device kernel: its backward is an expand.
+    x = torch.randn(2, 8, 5, 5, requires_grad=True)
+    ops = aten_ops(nn.AdaptiveAvgPool2d(1), x)
+    assert ops[0] == "aten.mean.dim" and not [op for op in ops if "adaptive" in op]
+    assert "aten._adaptive_avg_pool2d_backward.default" in aten_ops(nn.AdaptiveAvgPool2d(2), x)
+
+
 @pytest.mark.gpu
-def test_gpu_deterministic_mode_trains_through_adaptive_pooling(tmp_path: Path) -> None:
-    # AdaptiveAvgPool2d has no deterministic CUDA backward: it warns instead of raising.
-    with pytest.warns(UserWarning, match="adaptive_avg_pool2d_backward_cuda"):
-        recipe = RECIPE.replace(deterministic=True, max_steps=2)
+def test_gpu_deterministic_mode_trains_without_a_nondeterminism_warning(tmp_path: Path) -> None:
+    # Nothing in the step lacks a deterministic CUDA kernel (the global pooling is a mean, see
+    # above), so warn_only has nothing to warn about.
+    recipe = RECIPE.replace(deterministic=True, max_steps=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         result = run(tmp_path, recipe, train_data=decoded(TinySource(48, 0)), device="cuda")
+    assert [str(w.message) for w in caught if "deterministic" in str(w.message)] == []
     assert result.status == "done"
     assert (result.execution.deterministic, result.execution.cudnn_benchmark) == (True, False)
     assert not torch.are_deterministic_algorithms_enabled()

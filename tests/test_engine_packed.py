@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -13,10 +14,11 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
 from resablate.engine import events
-from resablate.engine.loop import train
-from resablate.engine.packed import masked_update, train_pack
+from resablate.engine.checkpoint import CHECKPOINT_DIR
+from resablate.engine.loop import masked_update, train, train_groups
 from resablate.errors import ConfigError
-from resablate.packing import fuse
+from resablate.freezing import frozen_fingerprint
+from resablate.packing import PackedGroups, fuse
 from resablate.recipes import get_recipe
 from resablate.weights import load_state_dict_file, save_state_dict_file
 
@@ -40,10 +42,15 @@ UPDATE_RTOL, WEIGHT_ATOL = 1e-3, 5e-4
 TRAIN, TEST = TinySource(24, 0), TinySource(12, 1)
 
 
-def flip64(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """A float64 transform with a random flip per image drawn from the batch's generator."""
+def flip64(
+    images: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator]
+) -> torch.Tensor:
+    """A float64 transform with a random flip per image drawn from the batch's generator (each
+    group's chunk from its own, for a pack)."""
+    generators = generator if isinstance(generator, Sequence) else [generator]
     x = images.double() / 255
-    flip = torch.rand(len(x), generator=generator, device=x.device) < 0.5
+    n = len(x) // len(generators)
+    flip = torch.cat([torch.rand(n, generator=g, device=x.device) < 0.5 for g in generators])
     return torch.where(flip[:, None, None, None], x.flip(-1), x) - 0.5
 
 
@@ -97,6 +104,7 @@ def _separate(folder: Path, plan: str, *, dtype=torch.float64, poisoned=None, re
                 seed=seed,
                 callback=callback,
                 transforms=F64 if dtype == torch.float64 else None,
+                fingerprint=None if plan == "none" else frozen_fingerprint,
             )
         )
     return models, results
@@ -108,15 +116,17 @@ def _packed(
     packed = fuse(_models(folder, plan, dtype))
     if poisoned is not None:
         kw["callback"] = _poison(1, lambda: packed.fc.weight[2 * poisoned : 2 * poisoned + 2])
-    results = train_pack(
+    results = train_groups(
         packed,
+        PackedGroups(packed),
         TRAIN,
         TEST,
         recipe or RECIPE,
-        pack_dir=folder / name,
+        checkpoint_dir=folder / name / CHECKPOINT_DIR,
         run_dirs=[folder / name / f"cell-{g}" for g in range(len(CELLS))],
         seeds=SEEDS,
         transforms=F64 if dtype == torch.float64 else None,
+        fingerprint=None if plan == "none" else frozen_fingerprint,
         **kw,
     )
     return packed, results
@@ -236,14 +246,17 @@ def test_masked_update_leaves_held_groups_as_a_separate_run_would() -> None:
     assert torch.equal(state["exp_avg"][0], alone_opt.state[alone]["exp_avg"][0])
 
 
-def test_train_pack_refuses_what_it_cannot_train_alike(tmp_path: Path) -> None:
+def test_a_pack_refuses_what_it_cannot_train_alike(tmp_path: Path) -> None:
     packed = fuse(_models(tmp_path, "none", torch.float32))
+    groups = PackedGroups(packed)
+    where = {"checkpoint_dir": tmp_path / CHECKPOINT_DIR, "seeds": SEEDS}
     with pytest.raises(
         ConfigError, match="a pack of 3 needs 3 run directories and seeds, got 2 and 3"
     ):
-        train_pack(packed, TRAIN, TEST, RECIPE, pack_dir=tmp_path, run_dirs=["a", "b"], seeds=SEEDS)
+        train_groups(packed, groups, TRAIN, TEST, RECIPE, run_dirs=["a", "b"], **where)
+    dirs = ["a", "b", "c"]
     fp16 = RECIPE.replace(amp="fp16")
     with pytest.raises(ConfigError, match="fp16 autocast, whose single loss scale"):
-        train_pack(
-            packed, TRAIN, TEST, fp16, pack_dir=tmp_path, run_dirs=["a", "b", "c"], seeds=SEEDS
-        )
+        train_groups(packed, groups, TRAIN, TEST, fp16, run_dirs=dirs, **where)
+    with pytest.raises(ConfigError, match="step hooks see one model's gradients"):
+        train_groups(packed, groups, TRAIN, TEST, RECIPE, run_dirs=dirs, on_step=[print], **where)

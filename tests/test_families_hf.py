@@ -204,7 +204,7 @@ def test_imagenet_weights_from_the_hugging_face_cache(
         "models--microsoft--resnet-18/snapshots/<revision>/model.safetensors and could not be "
         "downloaded ("
     )
-    assert "run `resablate weights fetch resnet18 --source hf` on a connected machine" in message
+    assert "run `resablate weights fetch resnet18` (model source hf) on a connected" in message
     torch.manual_seed(8)
     official = build_model("resnet18", source="hf", num_classes=1000).state_dict()
     published = {k: v for k, v in official.items() if not k.endswith("num_batches_tracked")}

@@ -20,7 +20,8 @@ from resablate.grid.spec import GridSpec
 from resablate.grid.store import ResultStore
 from resablate.grid.summary import GridSummary
 from resablate_cli.app import app
-from resablate_cli.grid import expand_multi_values, parse_settings
+from resablate_cli.cells import parse_settings
+from resablate_cli.vocabulary import expand_multi_values
 
 
 def _flat(text: str) -> str:
@@ -33,7 +34,13 @@ def test_help_shows_the_axes_with_examples() -> None:
     text = _flat(result.output)
     for piece in (
         "--depths",
-        "ResNet depths: 18 34 50 101 152. [default: 18 50 101 152]",
+        "Depths of the family: 18 34 50 101 152. [default: 18 50 101 152 unless --arch names "
+        "the architectures]",
+        "--family",
+        "Architectures, e.g. resnet18 resnet50 vgg16 (several values or repeated). After the "
+        "depths'.",
+        "--weights",
+        "[default: imagenet none]",
         "--residual-alpha",
         "off:conv4_x,conv5_x",
         "--freeze",
@@ -91,14 +98,19 @@ def test_several_values_after_one_flag() -> None:
             "(--freeze)",
         ),
         (
-            ["--pretrained", "/no/such.pth"],
+            ["--weights", "/no/such.pth"],
             "error: weights file /no/such.pth does not exist;",
-            ".pth/.pt/.safetensors file (--pretrained)",
+            ".pth/.pt/.safetensors file (--weights)",
         ),
         (
             ["--residual", "off:conv7_x"],
             "error: unknown stage 'conv7_x'; stages: conv1,",
-            "layer3, layer4",
+            "layer3, layer4 (--residual)",
+        ),
+        (
+            ["--arch", "resnet18", "resnet77"],
+            "error: unknown architecture 'resnet77';",
+            "(--arch)",
         ),
         (
             ["--data", "/no/such/data"],
@@ -178,6 +190,27 @@ def test_bad_values_are_one_line_exit_2_and_write_nothing(
     assert not out.exists()
 
 
+def test_old_spellings_warn_and_mean_the_new_flags(tmp_path: Path) -> None:
+    args = ["grid", "--arch", "resnet", "--depths", "77", "--pretrained", "none"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    lines = result.stderr.splitlines()
+    assert lines[:2] == [
+        "warning: --pretrained is deprecated; use --weights (the old spelling goes in the next "
+        "release)",
+        "warning: --arch resnet (a family) is deprecated; use --family resnet (the old spelling "
+        "goes in the next release)",
+    ]
+    assert lines[2].startswith("error: depth 77: unknown architecture 'resnet77';")
+    assert len(lines) == 3 and not (tmp_path / "out").exists()
+
+
+def test_debug_after_the_command(tmp_path: Path) -> None:
+    args = ["grid", "--depths", "77", "--out", str(tmp_path / "out"), "--debug"]
+    result = CliRunner().invoke(app, args)
+    assert isinstance(result.exception, ConfigError) and result.exception.field == "depths"
+
+
 @pytest.mark.slow
 def test_dry_run_lists_pending_cells_with_counts_and_writes_nothing(tmp_path: Path) -> None:
     data = write_tiny_dataset(tmp_path / "data")
@@ -245,7 +278,7 @@ def test_grid_on_the_hugging_face_resnets_offline(
         )
     with ResultStore.open(tmp_path / "runs" / "grid") as store:
         rows = store.cells()
-    assert {(r.arch, r.source, r.status) for r in rows} == {
+    assert {(r.cell.arch, r.cell.source, r.status) for r in rows} == {
         ("resnet18", "hf", "done"),
         ("resnet50", "hf", "done"),
     }
@@ -259,7 +292,7 @@ def test_grid_on_the_hugging_face_resnets_offline(
 
 def _summary_of(tmp_path: Path, behaviour: dict[tuple[str, str], Any]) -> GridSummary:
     spec = GridSpec(depths=(18, 34), residual=("on", "off"), weights=("none",))
-    return run_grid(spec, tmp_path / "ran", cell_runner=Recorder(behaviour), device="cpu")
+    return run_grid(spec, tmp_path / "ran", job_runner=Recorder(behaviour), device="cpu")
 
 
 @pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
@@ -331,7 +364,7 @@ def test_a_skipped_unreadable_checkpoint_is_named_in_the_output_result_and_store
 ) -> None:
     data = write_tiny_dataset(tmp_path / "data")
     out = tmp_path / "out"
-    args = tiny_grid_args(data, out, max_steps=2)
+    args = [*tiny_grid_args(data, out, max_steps=2), "--keep-checkpoints"]
     args.remove("off")  # one cell: residual on
     with one_thread():
         assert CliRunner().invoke(app, args).exit_code == 0

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from resablate.errors import ConfigError
 from resablate.grid import executors
 from resablate.grid.executors import WORKERS_EXITED, LocalExecutor, _worker_main
+from resablate.grid.job import Job
 from resablate.grid.plan import _probe
 from resablate.recipes import get_recipe
 from resablate_cli.app import app
@@ -131,8 +132,8 @@ class _Cell:
         self.cell_id = cell_id
 
 
-def _job(cell_id: str) -> executors.CellJob:
-    return executors.CellJob(cell=_Cell(cell_id), run_dir=cell_id)  # type: ignore[arg-type]
+def _job(cell_id: str) -> Job:
+    return Job.single(_Cell(cell_id), cell_id)  # type: ignore[arg-type]
 
 
 class _AutocastProbe(nn.Module):

@@ -148,7 +148,7 @@ def _grid_command(data: Path, out: Path) -> list[str]:
         "grid",
         "--depths",
         "18",
-        "--pretrained",
+        "--weights",
         "imagenet",
         "none",
         "--data",

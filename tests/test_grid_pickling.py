@@ -14,9 +14,8 @@ from typing import Any
 from grid_helpers import one_thread, write_tiny_dataset
 
 from resablate.data.layouts import scan
-from resablate.grid.executors import CellJob, execute_cell, execute_pack
-from resablate.grid.job import CellPrepared, run_cell
-from resablate.grid.packs import PackJob
+from resablate.grid.executors import execute_job
+from resablate.grid.job import CellPrepared, Job, run_job
 from resablate.grid.spec import GridSpec
 
 TINY = (("max_steps", 1), ("image_size", 16), ("batch_size", 4), ("checkpoint_every", 1))
@@ -40,10 +39,10 @@ def test_what_a_worker_sends_and_receives_pickles(tmp_path: Path) -> None:
         recipe="demo",
         overrides=TINY,
     )
-    job = CellJob(spec.cells()[0], str(tmp_path / "run"))
+    job = Job.single(spec.cells()[0], tmp_path / "run")
     events: list[Any] = []
     with one_thread():
-        outcome = execute_cell(job, run_cell, device="cpu", callback=events.append)
+        (outcome,) = execute_job(job, run_job, device="cpu", on_event=lambda _, e: events.append(e))
     assert outcome.status == "done"
     assert isinstance(events[0], CellPrepared)
     for message in (job, outcome, *events):
@@ -62,10 +61,10 @@ def test_what_a_pack_worker_sends_and_receives_pickles(tmp_path: Path) -> None:
         overrides=TINY,
     )
     cells = tuple(spec.cells())
-    job = PackJob(cells, tuple(str(tmp_path / c.cell_id) for c in cells), str(tmp_path / "packs"))
+    job = Job(cells, tuple(str(tmp_path / c.cell_id) for c in cells), str(tmp_path / "packs"))
     events: list[tuple[str, Any]] = []
     with one_thread():
-        outcomes = execute_pack(job, device="cpu", on_event=lambda *e: events.append(e))
+        outcomes = execute_job(job, run_job, device="cpu", on_event=lambda *e: events.append(e))
     assert [o.status for o in outcomes] == ["done", "done"]
     assert [e[0] for e in events if isinstance(e[1], CellPrepared)] == [c.cell_id for c in cells]
     for message in (job, outcomes, *events):

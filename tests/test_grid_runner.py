@@ -1,4 +1,4 @@
-"""The grid driver with injected cell runners: resume, failure isolation, interrupts, lock."""
+"""The grid driver with injected job runners: resume, failure isolation, interrupts, lock."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from grid_helpers import write_tiny_dataset
 from resablate.errors import DataError, StoreError, StoreLockedError, WeightsUnavailableError
 from resablate.grid.cell import Cell
 from resablate.grid.events import CellFinished, CellStarted, GridStarted
-from resablate.grid.executors import CellJob, execute_cell, one_line
+from resablate.grid.executors import execute_job, one_line
+from resablate.grid.job import Job
 from resablate.grid.lock import RunLock
 from resablate.grid.plan import plan_grid
 from resablate.grid.runner import INTERRUPTED, run_grid
@@ -57,18 +58,19 @@ class FakeResult:
 
 
 class Recorder:
-    """A cell runner that records its calls and answers from a table keyed by (arch, residual)."""
+    """A job runner that records its calls and answers from a table keyed by (arch, residual)."""
 
     def __init__(self, behaviour: dict[tuple[str, str], Any] | None = None) -> None:
         self.calls: list[tuple[str, bool]] = []
         self.behaviour = behaviour or {}
 
-    def __call__(
-        self, cell: Cell, run_dir: str, *, device: str, callback: Any, resume: bool
-    ) -> Any:
+    def __call__(self, job: Job, *, device: str, callback: Any, resume: bool) -> list[Any]:
+        return [self.run(cell, device=device, resume=resume) for cell in job.cells]
+
+    def run(self, cell: Cell, *, device: str, resume: bool) -> Any:
         self.calls.append((cell.cell_id, resume))
         assert device == "cpu"
-        action = self.behaviour.get((cell.arch, cell.residual))
+        action = self.behaviour.get((cell.arch, cell.residual.text))
         if isinstance(action, BaseException):
             raise action
         if action == "diverged":
@@ -78,19 +80,19 @@ class Recorder:
 
 def _statuses(out: Path) -> dict[tuple[str, str], tuple[str, str | None]]:
     with ResultStore.open(out) as store:
-        return {(r.arch, r.residual): (r.status, r.reason) for r in store.cells()}
+        return {(r.cell.arch, r.cell.residual.text): (r.status, r.reason) for r in store.cells()}
 
 
 def test_every_cell_is_stored_pending_before_the_first_one_runs(tmp_path: Path) -> None:
     seen: list[dict[str, int]] = []
 
-    def runner(cell: Cell, run_dir: str, **kwargs: Any) -> FakeResult:
+    def runner(job: Job, **kwargs: Any) -> list[FakeResult]:
         with ResultStore.open(tmp_path) as store:
             seen.append(store.status_counts())
-        return FakeResult("done", 0.5)
+        return [FakeResult("done", 0.5)]
 
     events: list[Any] = []
-    summary = run_grid(SPEC, tmp_path, cell_runner=runner, device="cpu", callback=events.append)
+    summary = run_grid(SPEC, tmp_path, job_runner=runner, device="cpu", callback=events.append)
     assert seen[0]["pending"] == 3 and seen[0]["running"] == 1
     assert summary.counts["done"] == 4 and summary.complete
     assert isinstance(events[0], GridStarted) and len(events[0].to_run) == 4
@@ -106,7 +108,7 @@ def test_failure_isolation_and_reasons(tmp_path: Path) -> None:
             ("resnet34", "off"): "diverged",
         }
     )
-    summary = run_grid(SPEC, tmp_path, cell_runner=runner, device="cpu")
+    summary = run_grid(SPEC, tmp_path, job_runner=runner, device="cpu")
     assert _statuses(tmp_path) == {
         ("resnet18", "on"): ("done", None),
         ("resnet18", "off"): ("failed", "ValueError: bad thing happened"),
@@ -126,21 +128,21 @@ def test_failure_isolation_and_reasons(tmp_path: Path) -> None:
 
     # Rerun: done and diverged stay, skipped is tried again, failed only with retry_failed.
     runner.calls.clear()
-    run_grid(SPEC, tmp_path, cell_runner=runner, device="cpu")
+    run_grid(SPEC, tmp_path, job_runner=runner, device="cpu")
     ids = [c.cell_id for c in SPEC.cells()]
     assert runner.calls == [(ids[2], True)]
     runner.calls.clear()
-    run_grid(SPEC, tmp_path, cell_runner=runner, device="cpu", retry_failed=True)
+    run_grid(SPEC, tmp_path, job_runner=runner, device="cpu", retry_failed=True)
     assert runner.calls == [(ids[1], True), (ids[2], True)]
     with ResultStore.open(tmp_path) as store:
         assert [r.attempts for r in store.cells()] == [1, 2, 3, 1]
 
 
 def test_out_of_memory_is_named() -> None:
-    def oom(cell: Cell, run_dir: str, **kwargs: Any) -> None:
+    def oom(job: Job, **kwargs: Any) -> None:
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    outcome = execute_cell(CellJob(Cell(arch="resnet18"), "/nowhere"), oom, device="cpu")
+    (outcome,) = execute_job(Job.single(Cell(arch="resnet18"), "/nowhere"), oom, device="cpu")
     assert (outcome.status, outcome.reason) == (
         "failed",
         "out of memory: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB",
@@ -151,7 +153,7 @@ def test_out_of_memory_is_named() -> None:
 def test_interrupt_puts_the_cell_back_to_pending_and_a_rerun_finishes(tmp_path: Path) -> None:
     runner = Recorder({("resnet34", "on"): KeyboardInterrupt()})
     with pytest.raises(KeyboardInterrupt):
-        run_grid(SPEC, tmp_path, cell_runner=runner, device="cpu")
+        run_grid(SPEC, tmp_path, job_runner=runner, device="cpu")
     assert _statuses(tmp_path) == {
         ("resnet18", "on"): ("done", None),
         ("resnet18", "off"): ("done", None),
@@ -161,7 +163,7 @@ def test_interrupt_puts_the_cell_back_to_pending_and_a_rerun_finishes(tmp_path: 
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
     assert [r["status"] for r in rows] == ["done", "done", "pending", "pending"]
     runner = Recorder()
-    summary = run_grid(SPEC, tmp_path, cell_runner=runner, device="cpu")
+    summary = run_grid(SPEC, tmp_path, job_runner=runner, device="cpu")
     assert (
         len(runner.calls) == 2
         and summary.complete
@@ -170,14 +172,14 @@ def test_interrupt_puts_the_cell_back_to_pending_and_a_rerun_finishes(tmp_path: 
 
 
 def test_changing_the_spec_adds_cells_and_leaves_finished_ones(tmp_path: Path) -> None:
-    run_grid(SPEC, tmp_path, cell_runner=Recorder(), device="cpu")
+    run_grid(SPEC, tmp_path, job_runner=Recorder(), device="cpu")
     bigger = GridSpec(depths=(18, 34), residual=("on", "off"), weights=("none",), seeds=(0, 1))
     runner = Recorder()
-    summary = run_grid(bigger, tmp_path, cell_runner=runner, device="cpu")
+    summary = run_grid(bigger, tmp_path, job_runner=runner, device="cpu")
     assert len(runner.calls) == 4 and len(summary.cells) == 8
     smaller = GridSpec(depths=(18,), residual=("on",), weights=("none",))
     runner = Recorder()
-    summary = run_grid(smaller, tmp_path, cell_runner=runner, device="cpu")
+    summary = run_grid(smaller, tmp_path, job_runner=runner, device="cpu")
     assert runner.calls == [] and [r.status for r in summary.cells] == ["done"]
     with ResultStore.open(tmp_path) as store:
         assert len(store.cells(include_dropped=True)) == 8
@@ -198,7 +200,7 @@ def test_second_lock_names_the_holder(tmp_path: Path) -> None:
         )
         assert info.value.field == "out_dir"
         with pytest.raises(StoreLockedError):
-            run_grid(SPEC, tmp_path, cell_runner=Recorder(), device="cpu")
+            run_grid(SPEC, tmp_path, job_runner=Recorder(), device="cpu")
     RunLock(tmp_path).acquire()  # released: free again
 
 
@@ -256,7 +258,7 @@ def test_started_events_name_the_device(tmp_path: Path) -> None:
     run_grid(
         GridSpec(depths=(18,), residual=("on",), weights=("none",)),
         tmp_path,
-        cell_runner=Recorder(),
+        job_runner=Recorder(),
         device="cpu",
         callback=events.append,
     )
@@ -267,12 +269,12 @@ def test_started_events_name_the_device(tmp_path: Path) -> None:
 
 
 def test_sigterm_is_handled_like_ctrl_c(tmp_path: Path) -> None:
-    def terminated(cell: Cell, run_dir: str, **kwargs: Any) -> None:
+    def terminated(job: Job, **kwargs: Any) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
     previous = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt):
-        run_grid(SPEC, tmp_path, cell_runner=terminated, device="cpu")
+        run_grid(SPEC, tmp_path, job_runner=terminated, device="cpu")
     assert signal.getsignal(signal.SIGTERM) == previous
     first = SPEC.cells()[0].cell_id
     with ResultStore.open(tmp_path) as store:
@@ -287,12 +289,12 @@ def test_a_lock_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
 
 
 class Fingerprinting(Recorder):
-    """Records, as run_cell does, the fingerprint of the dataset the cell trained on."""
+    """Records, as run_job does, the fingerprint of the dataset each cell trained on."""
 
-    def __call__(self, cell: Cell, run_dir: str, **kwargs: Any) -> Any:
+    def run(self, cell: Cell, **kwargs: Any) -> Any:
         from resablate.data import scan
 
-        result = super().__call__(cell, run_dir, **kwargs)
+        result = super().run(cell, **kwargs)
         environment = {"dataset_fingerprint": scan(cell.data).fingerprint}
         return dataclasses.replace(result, environment=environment)
 
@@ -301,14 +303,14 @@ def test_a_dataset_changed_under_the_same_path_is_refused_on_resume(tmp_path: Pa
     data = write_tiny_dataset(tmp_path / "data", per_class=2)
     spec = GridSpec(depths=(18,), residual=("on", "off"), weights=("none",), data=str(data))
     out = tmp_path / "out"
-    run_grid(spec, out, cell_runner=Fingerprinting({("resnet18", "off"): "diverged"}))
-    run_grid(spec, out, cell_runner=Fingerprinting())  # the same data: resumes
+    run_grid(spec, out, job_runner=Fingerprinting({("resnet18", "off"): "diverged"}), device="cpu")
+    run_grid(spec, out, job_runner=Fingerprinting(), device="cpu")  # the same data: resumes
     before = (out / "results.csv").read_text()
     (data / "train" / "REAL" / "000.png").write_bytes(
         (data / "train" / "REAL" / "001.png").read_bytes()
     )
     with pytest.raises(DataError) as info:
-        run_grid(spec, out, cell_runner=Fingerprinting())
+        run_grid(spec, out, job_runner=Fingerprinting(), device="cpu")
     first = spec.cells()[0].cell_id
     message = str(info.value)
     assert message.startswith(f"the dataset {data} changed since cell {first} was trained on it (")
@@ -327,7 +329,7 @@ def test_a_dry_run_reads_the_statuses_and_writes_nothing(tmp_path: Path) -> None
     spec = GridSpec(depths=(18,), residual=("on", "off"), weights=("none",))
     assert [c.status for c in plan_grid(spec, out, probe_steps=0).cells] == ["pending"] * 2
     assert not out.exists()
-    run_grid(spec, out, cell_runner=Recorder({("resnet18", "off"): ValueError("x")}))
+    run_grid(spec, out, job_runner=Recorder({("resnet18", "off"): ValueError("x")}), device="cpu")
     files = sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir())
     plan = plan_grid(spec, out, probe_steps=0)
     assert [c.status for c in plan.cells] == ["done", "failed"]

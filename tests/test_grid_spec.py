@@ -8,13 +8,14 @@ import pytest
 
 from resablate.errors import ConfigError, DataNotFoundError
 from resablate.grid.cell import Cell
+from resablate.grid.results import final_rows
 from resablate.grid.spec import GridSpec
 from resablate.grid.store import ResultStore
 from resablate.grid.table import results_table
 
 
 def _axes(cells: list[Cell]) -> list[tuple[str, str, float, str]]:
-    return [(c.arch, c.residual, c.residual_alpha, c.weights) for c in cells]
+    return [(c.arch, c.residual.text, c.residual.alpha, c.weights.text) for c in cells]
 
 
 def test_defaults_are_the_cifake_study_on_demo_data() -> None:
@@ -38,7 +39,7 @@ def test_defaults_are_the_cifake_study_on_demo_data() -> None:
 
 def test_real_data_keeps_imagenet_and_uses_the_cifake_recipe(tmp_path: Path) -> None:
     spec = GridSpec(depths=(50,), data=str(tmp_path))
-    assert [c.weights for c in spec.cells()] == ["imagenet", "none", "imagenet", "none"]
+    assert [c.weights.text for c in spec.cells()] == ["imagenet", "none", "imagenet", "none"]
     assert spec.recipe == "cifake" and spec.notes == ()
     assert spec.cells()[0].data == str(tmp_path.resolve())
 
@@ -51,7 +52,7 @@ def test_alpha_axis_replaces_off_and_stage_sets() -> None:
         weights=("none",),
         seeds=(0, 1),
     )
-    assert [(c.residual, c.residual_alpha, c.seed) for c in spec.cells()] == [
+    assert [(c.residual.text, c.residual.alpha, c.seed) for c in spec.cells()] == [
         ("on", 1.0, 0),
         ("on", 1.0, 1),
         ("off:layer4", 0.5, 0),
@@ -63,7 +64,7 @@ def test_alpha_axis_replaces_off_and_stage_sets() -> None:
 
 def test_baselines_skip_the_residual_axis() -> None:
     spec = GridSpec(depths=(18,), baselines=("vgg16",), weights=("none",), freeze=("none", "conv1"))
-    assert [(c.arch, c.residual, c.freeze) for c in spec.cells()] == [
+    assert [(c.arch, c.residual.text, c.freeze) for c in spec.cells()] == [
         ("resnet18", "on", "none"),
         ("resnet18", "on", "conv1"),
         ("resnet18", "off", "none"),
@@ -73,11 +74,26 @@ def test_baselines_skip_the_residual_axis() -> None:
     ]
 
 
+def test_architectures_named_in_full_follow_the_depths() -> None:
+    spec = GridSpec(depths=(18,), archs=("resnet50", "vgg16"), weights=("none",))
+    assert [(c.arch, c.residual.text) for c in spec.cells()] == [
+        ("resnet18", "on"),
+        ("resnet18", "off"),
+        ("resnet50", "on"),
+        ("resnet50", "off"),
+        ("vgg16", "on"),
+    ]
+    assert spec.notes == ("the residual axis skips vgg16 (no residual blocks): trained as built",)
+    one = GridSpec(depths=(), archs=("resnet18",), residual=("on",), weights=("none",))
+    assert [c.arch for c in one.cells()] == ["resnet18"] and one.notes == ()
+    assert GridSpec.from_dict(one.to_dict()) == one
+
+
 def test_round_trip_and_unknown_keys() -> None:
     spec = GridSpec(depths=(18, 50), overrides=(("max_steps", 3), ("image_size", 32)))
     assert GridSpec.from_dict(spec.to_dict()) == spec
     assert spec.to_dict()["overrides"] == {"image_size": 32, "max_steps": 3}
-    legal = r"keys: baselines, bn, data, depths, family, "
+    legal = r"keys: archs, baselines, bn, data, depths, family, "
     with pytest.raises(ConfigError, match=r"^unknown grid spec key\(s\): depth; " + legal):
         GridSpec.from_dict({"depth": [18]})
 
@@ -106,7 +122,18 @@ def test_round_trip_and_unknown_keys() -> None:
             "imagenet, demo or a path to a .pth/.pt/.safetensors file",
             "weights",
         ),
-        ({"residual": ("off:conv9_x",)}, "unknown stage 'conv9_x'; stages: conv1, conv2_x", None),
+        (
+            {"residual": ("off:conv9_x",)},
+            "unknown stage 'conv9_x'; stages: conv1, conv2_x",
+            "residual",
+        ),
+        ({"archs": ("resnet77",), "depths": ()}, "unknown architecture 'resnet77'", "archs"),
+        ({"seeds": (-1,)}, "seed -1 is not a non-negative integer", "seeds"),
+        (
+            {"depths": ()},
+            "the grid names no architecture; give depths or architectures",
+            None,
+        ),
         ({"residual_alpha": (2.0,)}, "residual alpha 2 is outside [0, 1]", "residual_alpha"),
         ({"seeds": ()}, "grid axis seeds is empty; give at least one value", None),
         (
@@ -139,7 +166,7 @@ def test_results_table_has_the_papers_shape(tmp_path: Path) -> None:
     with ResultStore(tmp_path) as store:
         store.sync_cells(cells, run_dirs={c.cell_id: str(tmp_path) for c in cells})
         for index, cell in enumerate(cells):
-            if cell.arch == "resnet50" and cell.residual == "off":
+            if cell.arch == "resnet50" and cell.residual.text == "off":
                 store.record_result(cell.cell_id, "diverged", reason="nan")
                 continue
             store.record_result(
@@ -148,7 +175,7 @@ def test_results_table_has_the_papers_shape(tmp_path: Path) -> None:
                 metrics={"f1": index / 100},
                 values={"params": 11_689_512 if cell.arch == "resnet18" else 25_557_032},
             )
-        table = results_table(store.cells(), "f1")
+        table = results_table(final_rows(store.cells()), "f1")
     assert [c.label for c in table.columns] == [
         "residual on · weights none",
         "residual on · weights demo",

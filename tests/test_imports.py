@@ -1,4 +1,5 @@
-"""The core imports cheaply: no CLI, no rendering, no timm, no training stack."""
+"""The core imports cheaply: no CLI, no rendering, no timm, no training stack, no fvcore or
+platformdirs (neither is a runtime dependency)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ FORBIDDEN = (
     "matplotlib",
     "timm",
     "fvcore",
+    "platformdirs",
     "resablate.engine",
     "resablate.data",
     "resablate.grid",
@@ -23,7 +25,8 @@ FORBIDDEN = (
 # One subprocess (torch is imported once): import times, then what surgery on a torchvision and
 # on a timm model pulls in.
 _PROBE = """
-import json, sys, time
+import json, os, sys, time
+os.environ.pop("RESABLATE_CACHE", None)
 def loaded():
     return sorted({m for m in sys.modules for f in FORBIDDEN if m == f or m.startswith(f + ".")})
 start = time.perf_counter()
@@ -32,7 +35,9 @@ bare = time.perf_counter() - start
 torch_on_bare = "torch" in sys.modules
 start = time.perf_counter()
 from resablate import build_model, count, drop_residual, freeze
+from resablate.paths import cache_root
 core = time.perf_counter() - start
+cache_root()  # the user cache folder, found without platformdirs
 after_import = loaded()
 import torch
 with torch.device("meta"):

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 import torch
-from sklearn import metrics as skm
 
+from resablate.choices import CLASSIFICATION_METRICS, METRICS, METRICS_SHOWN
 from resablate.errors import ConfigError
-from resablate.metrics import classification_metrics, confusion_matrix
+from resablate.grid.store import RESULT_COLUMNS
+from resablate.metrics import Metrics, classification_metrics, confusion_matrix
+
+# scikit-learn is the reference; without it (a bare GPU machine) this module skips.
+skm = pytest.importorskip("sklearn.metrics", reason="scikit-learn is not installed")
 
 Y_TRUE = [0, 0, 1, 1, 1, 0, 1, 0, 1, 1, 0, 0]
 Y_PRED = [0, 1, 1, 1, 0, 0, 1, 0, 0, 1, 1, 0]
@@ -82,3 +88,10 @@ def test_bad_inputs_raise_config_error() -> None:
         classification_metrics([0, 2], [0, 1], num_classes=2)
     with pytest.raises(ConfigError, match="positive class 2"):
         classification_metrics([0, 1], [0, 1], num_classes=2, positive=2)
+
+
+def test_the_metric_names_are_the_metrics_fields_and_the_store_columns() -> None:
+    assert tuple(f.name for f in fields(Metrics))[:4] == CLASSIFICATION_METRICS
+    assert METRICS == ("accuracy", "precision", "recall", "f1", "loss")
+    assert set(METRICS) <= set(RESULT_COLUMNS)
+    assert METRICS_SHOWN[0] == "f1" and sorted(METRICS_SHOWN) == sorted(METRICS)

@@ -127,8 +127,9 @@ def test_diagnostic_outputs_are_checked_before_any_work(tmp_path: Path, command:
         )
 
 
+@pytest.mark.parametrize("command", ["grid", "train"])
 def test_an_empty_or_too_long_out_or_data_is_one_line_before_any_work(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
 ) -> None:
     data = write_tiny_dataset(tmp_path / "data", per_class=2)
     _no_work(monkeypatch)
@@ -143,9 +144,9 @@ def test_an_empty_or_too_long_out_or_data_is_one_line_before_any_work(
         ),
         (["--data", ""], "error: the dataset folder is an empty path; name a folder (--data)"),
     ):
-        for dry_run in ([], ["--dry-run"]):
-            grid = [*tiny_grid_args(data, tmp_path / "out"), *args, *dry_run]
-            result = CliRunner().invoke(app, grid, env={"COLUMNS": "200"})
+        for dry_run in ([], ["--dry-run"]) if command == "grid" else ([],):
+            given = [*_commands(data, tmp_path / "out")[command], *args, *dry_run]
+            result = CliRunner().invoke(app, given, env={"COLUMNS": "200"})
             assert result.exit_code == 2, result.output
             assert message in " ".join(result.stderr.split())
             assert "Traceback" not in result.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tomllib
@@ -25,3 +26,18 @@ def test_cli_is_installed_as_resablate_cli_not_bare_cli() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
     assert out.stdout.split() == ["True", "None"]
+
+
+def _requirement_names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower() for r in requirements}
+
+
+def test_runtime_dependencies_are_what_the_library_imports() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = _requirement_names(project["dependencies"])
+    # paths.py finds the user cache folder itself; only tests and benchmarks run fvcore.
+    assert not runtime & {"platformdirs", "fvcore"}
+    assert "fvcore" in _requirement_names(project["optional-dependencies"]["dev"])
+    sources = [*(ROOT / "resablate").rglob("*.py"), *(ROOT / "cli").rglob("*.py")]
+    imports = re.compile(r"^\s*(?:import|from)\s+(fvcore|platformdirs)\b", re.MULTILINE)
+    assert [str(p) for p in sources if imports.search(p.read_text())] == []

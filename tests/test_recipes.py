@@ -102,3 +102,36 @@ def test_round_trip_and_frozen() -> None:
     with pytest.raises(AttributeError):
         r.lr = 1.0  # type: ignore[misc]
     assert hash(r) == hash(Recipe.from_dict(r.to_dict()))
+
+
+@pytest.mark.parametrize(
+    ("value", "mode"),
+    [
+        ("off", "off"),
+        ("default", "default"),
+        ("reduce-overhead", "reduce-overhead"),
+        ("max-autotune", "max-autotune"),
+        (True, "default"),  # recipes written before the modes
+        (False, "off"),
+    ],
+)
+def test_compile_takes_a_mode_or_a_flag(value: object, mode: str) -> None:
+    recipe = get_recipe("demo", compile=value)
+    assert recipe.compile == mode and bool(recipe.compile) is (mode != "off")
+    assert Recipe.from_dict(recipe.to_dict()) == recipe
+    assert recipe.to_dict()["compile"] == mode
+
+
+def test_compile_from_the_grid_command_line_and_a_bad_mode() -> None:
+    from resablate_cli.cells import parse_settings
+
+    settings = parse_settings(["compile=reduce-overhead"])
+    assert get_recipe("demo", **settings).compile == "reduce-overhead"
+    assert get_recipe("demo", **parse_settings(["compile=true"])).compile == "default"
+    with pytest.raises(ConfigError) as caught:
+        get_recipe("demo", compile="fast")
+    assert caught.value.field == "compile"
+    assert str(caught.value) == (
+        "recipe field compile='fast' is not valid; use off, default, reduce-overhead, "
+        "max-autotune (or true/false)"
+    )

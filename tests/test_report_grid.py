@@ -16,6 +16,7 @@ from resablate.report.build import build_report
 from resablate.report.figure_data import FEATURE_STAGES, cell_recipe, stage_activations
 from resablate.report.output import write_report
 from resablate.run_dir import RunDir
+from resablate.trained import rebuild_model
 from resablate.weights import load_state_dict_file
 
 pytestmark = pytest.mark.slow
@@ -89,10 +90,10 @@ def test_rebuilt_model_has_the_cells_residual_plan(tiny_grid: Path) -> None:
     from resablate.surgery import residual_state
 
     report = build_report(tiny_grid)
-    on, off = sorted(report.cells, key=lambda r: r.residual != "on")
-    assert (on.residual, off.residual) == ("on", "off")
-    model_on = RunDir(str(on.run_dir)).rebuild_model()
-    model_off = RunDir(str(off.run_dir)).rebuild_model()
+    on, off = sorted(report.cells, key=lambda r: r.cell.residual.text != "on")
+    assert (on.cell.residual.text, off.cell.residual.text) == ("on", "off")
+    model_on = rebuild_model(RunDir(str(on.run_dir)))
+    model_off = rebuild_model(RunDir(str(off.run_dir)))
     assert not model_on.training and model_on.fc.out_features == 2
     alphas_off = {b["alpha"] for b in residual_state(model_off).values()}
     assert alphas_off == {0.0}

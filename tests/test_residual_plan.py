@@ -123,7 +123,7 @@ PINNED_CELL_IDS = [
 
 @pytest.mark.parametrize(("config", "cell_id"), PINNED_CELL_IDS)
 def test_cell_ids_are_pinned(config: dict, cell_id: str) -> None:
-    assert Cell(**config).cell_id == cell_id
+    assert Cell.from_dict(config).cell_id == cell_id
 
 
 def test_demo_grid_cell_ids_are_pinned() -> None:

@@ -27,6 +27,7 @@ from resablate.run_dir import (
     RunDir,
 )
 from resablate.surgery import residual_state
+from resablate.trained import rebuild_model
 from resablate.weights import build_model
 
 RUN_FILES = (
@@ -64,7 +65,9 @@ def test_each_run_file_name_is_spelled_in_one_module() -> None:
 
 def test_writers_and_readers_round_trip(tmp_path: Path) -> None:
     run = RunDir(tmp_path / "run")
-    cell = Cell(arch="resnet18", residual="off:conv5_x", recipe="demo", overrides=(("lr", 0.5),))
+    cell = Cell.from_dict(
+        dict(arch="resnet18", residual="off:conv5_x", recipe="demo", overrides=(("lr", 0.5),))
+    )
     run.write_cell(cell.to_dict())
     assert Cell.from_dict(run.read_cell()) == cell
     assert run.read_recipe() == get_recipe("demo", lr=0.5)  # no recipe.json: from the cell
@@ -99,14 +102,14 @@ def test_writers_and_readers_round_trip(tmp_path: Path) -> None:
 
 def test_rebuild_model_has_the_weights_and_the_ablation(tmp_path: Path) -> None:
     run = RunDir(tmp_path)
-    cell = Cell(arch="resnet18", residual="off:conv5_x", residual_alpha=0.5)
+    cell = Cell.from_dict(dict(arch="resnet18", residual="off:conv5_x", residual_alpha=0.5))
     run.write_cell(cell.to_dict())
     with pytest.raises(ConfigError, match=f"has no {WEIGHTS_FILE}: it has not finished"):
-        run.rebuild_model()
+        rebuild_model(run)
     torch.manual_seed(0)
     trained = build_model("resnet18", num_classes=3)
     run.write_weights(trained)
-    model = run.rebuild_model()
+    model = rebuild_model(run)
     assert not model.training and model.fc.out_features == 3
     assert all(torch.equal(v, trained.state_dict()[k]) for k, v in model.state_dict().items())
     state = residual_state(model)
@@ -115,7 +118,7 @@ def test_rebuild_model_has_the_weights_and_the_ablation(tmp_path: Path) -> None:
 
 def test_not_a_run_directory(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=f"is not a run directory: it has no {CELL_FILE}"):
-        RunDir(tmp_path).rebuild_model()
+        rebuild_model(RunDir(tmp_path))
     (tmp_path / CELL_FILE).write_text("{oops")
     with pytest.raises(ConfigError, match="is not a valid cell"):
         RunDir(tmp_path).read_cell()

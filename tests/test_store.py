@@ -24,9 +24,9 @@ from resablate.grid.store import (
 )
 
 CELLS = [
-    Cell(arch="resnet18", residual="on", weights="demo"),
-    Cell(arch="resnet18", residual="off", weights="none"),
-    Cell(arch="vgg16", weights="none"),
+    Cell.from_dict(dict(arch="resnet18", residual="on", weights="demo")),
+    Cell.from_dict(dict(arch="resnet18", residual="off", weights="none")),
+    Cell.from_dict(dict(arch="vgg16", weights="none")),
 ]
 
 
@@ -64,12 +64,12 @@ def test_new_cells_are_pending_in_grid_order_with_columns(store: ResultStore) ->
     rows = store.cells()
     assert [r.cell_id for r in rows] == [c.cell_id for c in CELLS]
     assert [r.status for r in rows] == ["pending"] * 3
-    assert [(r.arch, r.depth, r.residual, r.weights) for r in rows] == [
+    assert [(r.cell.arch, r.depth, r.cell.residual.text, r.cell.weights.text) for r in rows] == [
         ("resnet18", 18, "on", "demo"),
         ("resnet18", 18, "off", "none"),
         ("vgg16", None, "on", "none"),
     ]
-    assert Cell.from_dict(rows[1].config) == CELLS[1]
+    assert rows[1].cell == CELLS[1]
     assert store.status_counts() == {
         "pending": 3,
         "running": 0,
@@ -125,7 +125,7 @@ def test_changing_the_grid_keeps_finished_cells_and_drops_others_from_the_table(
     store: ResultStore, tmp_path: Path
 ) -> None:
     _finish(store, CELLS[0], 0.8)
-    new = [CELLS[0], Cell(arch="resnet50", weights="none")]
+    new = [CELLS[0], Cell.from_dict(dict(arch="resnet50", weights="none"))]
     assert store.sync_cells(new, run_dirs=_run_dirs(tmp_path, new)) == 1
     assert [(r.cell_id, r.status) for r in store.cells()] == [
         (CELLS[0].cell_id, "done"),
@@ -255,7 +255,8 @@ _READ = """
 import sys
 from resablate.grid.store import ResultStore
 with ResultStore.open(sys.argv[1]) as store:
-    print(store.integrity_check(), [r.status for r in store.cells()], store.status_counts()["done"])
+    statuses = [str(r.status) for r in store.cells()]
+    print(store.integrity_check(), statuses, store.status_counts()["done"])
 """
 
 

@@ -58,7 +58,10 @@ def test_alone_and_packed_runs_give_the_recorded_results(
         summary = run_grid(spec, tmp_path, pack=pack)
     with ResultStore.open(tmp_path) as store:
         for row, recorded in zip(summary.cells, RECORDED[pack], strict=True):
-            assert (row.residual, row.seed) == (recorded["residual"], recorded["seed"])
+            assert (row.cell.residual.text, row.cell.seed) == (
+                recorded["residual"],
+                recorded["seed"],
+            )
             for name in ("status", "steps", "accuracy", "precision", "recall", "f1"):
                 assert getattr(row, name) == recorded[name], name
             assert row.loss == _close(recorded["loss"])

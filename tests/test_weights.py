@@ -173,7 +173,7 @@ def test_timm_imagenet_weights_from_the_hugging_face_cache(
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
-    with pytest.raises(WeightsUnavailableError, match="--source timm"):
+    with pytest.raises(WeightsUnavailableError, match=r"\(model source timm\)"):
         build_model("resnet18", source="timm", weights="imagenet")  # HF_HUB_OFFLINE=1
     torch.manual_seed(8)
     official = build_model("resnet18", source="timm", num_classes=1000).state_dict()

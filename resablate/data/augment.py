@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,11 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 CROPS: tuple[str, ...] = ("random_resized_crop", "resize")
 
 _ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 boxes before its fallback
+
+Generators = torch.Generator | Sequence[torch.Generator] | None
+"""The randomness of one batch: one generator, or one per equal chunk of the batch (the K groups
+of a packed model, each chunk drawn as that generator alone would draw it), or ``None`` (torch's
+global generator)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,6 +67,14 @@ class CropParams:
             width=torch.full((n,), width, dtype=torch.long, device=device),
             flip=torch.zeros(n, dtype=torch.bool, device=device),
         )
+
+    @classmethod
+    def cat(cls, parts: Sequence[CropParams]) -> CropParams:
+        """The geometry of the batches of ``parts`` one after the other."""
+        return cls(*(torch.cat([getattr(p, name) for p in parts]) for name in _CROP_FIELDS))
+
+
+_CROP_FIELDS = ("top", "left", "height", "width", "flip")
 
 
 def random_resized_crop_params(
@@ -214,13 +228,24 @@ class BatchTransform:
             std=tuple(recipe.std),  # type: ignore[attr-defined]
         )
 
-    def sample_params(
-        self, n: int, height: int, width: int, generator: torch.Generator | None
-    ) -> CropParams:
+    def sample_params(self, n: int, height: int, width: int, generator: Generators) -> CropParams:
         """The geometry of the next batch of ``n`` images of size ``height`` × ``width``.
 
-        Eval mode (and ``crop="resize"`` without flip) draws nothing from ``generator``.
+        Eval mode (and ``crop="resize"`` without flip) draws nothing from ``generator``. With K
+        generators, ``n`` splits into K equal chunks, chunk ``k`` drawn from generator ``k``.
         """
+        if isinstance(generator, Sequence):
+            k = len(generator)
+            if k == 0 or n % k:
+                raise ConfigError(f"a batch of {n} images does not split among {k} generators")
+            return CropParams.cat(
+                [self._sample_params(n // k, height, width, g) for g in generator]
+            )
+        return self._sample_params(n, height, width, generator)
+
+    def _sample_params(
+        self, n: int, height: int, width: int, generator: torch.Generator | None
+    ) -> CropParams:
         device = generator.device if generator is not None else torch.device("cpu")
         if not self.train:
             return CropParams.full(n, height, width, device)
@@ -286,7 +311,7 @@ class BatchTransform:
     def __call__(
         self,
         images: torch.Tensor,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         *,
         out: torch.Tensor | None = None,
     ) -> torch.Tensor:
@@ -294,9 +319,10 @@ class BatchTransform:
 
         Args:
             images: uint8 tensor [B, 3, H, W] (RGB), on any device.
-            generator: Source of randomness in train mode; its device is where the boxes are
-                drawn (a CPU generator works for CUDA images). The same generator state gives
-                the same output. ``None`` uses torch's global generator.
+            generator: Source of randomness in train mode (:data:`Generators`); its device is
+                where the boxes are drawn (a CPU generator works for CUDA images). The same
+                generator state gives the same output; K generators give what K calls on the
+                K chunks would. ``None`` uses torch's global generator.
             out: Optional contiguous float32 tensor [B, 3, S, S] on ``images.device`` to write
                 the result into; a new one when ``None``.
 
@@ -381,9 +407,7 @@ class RecyclingTransform:
         self._buffers: list[torch.Tensor | None] = [None] * slots
         self._next = 0
 
-    def __call__(
-        self, images: torch.Tensor, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, generator: Generators = None) -> torch.Tensor:
         """As :meth:`BatchTransform.__call__`, into the next buffer of the ring."""
         n, size = images.shape[0], self.transform.output_size
         slot = self._next

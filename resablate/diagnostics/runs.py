@@ -1,8 +1,10 @@
 """Inputs of the diagnostics: a finished run's model, a freshly built model, a split's images.
 
 A finished run directory (``docs/architecture.md``, "Run directory") holds ``cell.json`` (the
-cell's config) and ``model.safetensors`` (its final weights). :func:`load_run` rebuilds the
-trained model with its residual plan (:meth:`resablate.run_dir.RunDir.rebuild_model`).
+cell's config) and ``model.safetensors`` (its final weights); a grid directory of one cell (what
+``resablate train`` writes) stands for its cell's run directory (:func:`run_directory`).
+:func:`load_run` rebuilds the trained model with its residual plan
+(:func:`resablate.trained.rebuild_model`).
 :func:`eval_images` turns a dataset split into the normalised float tensor the model was
 evaluated on (the recipe's eval transform).
 """
@@ -21,6 +23,7 @@ from resablate.grid.cell import Cell
 from resablate.grid.job import dataset_root
 from resablate.recipes import Recipe, get_recipe
 from resablate.run_dir import RunDir
+from resablate.trained import rebuild_model
 
 
 @dataclass(frozen=True)
@@ -79,21 +82,46 @@ class EvalImages:
     fingerprint: str
 
 
+def run_directory(path: str | os.PathLike[str]) -> Path:
+    """The run directory ``path`` stands for: itself, or the one cell's of a grid directory.
+
+    Raises:
+        ConfigError: ``path`` is a grid directory of several cells (the message names where
+            their run directories are).
+        StoreError: The grid directory's store cannot be read.
+    """
+    from resablate.grid.runner import CELLS_FOLDER, cell_run_dir
+    from resablate.grid.store import STORE_FILENAME, ResultStore
+
+    folder = Path(path).expanduser()
+    if RunDir(folder).cell_file.is_file() or not (folder / STORE_FILENAME).is_file():
+        return folder
+    with ResultStore.open(folder) as store:
+        ids = [row.cell_id for row in store.cells()]
+    if len(ids) != 1:
+        raise ConfigError(
+            f"{folder} is a grid directory of {len(ids)} cells, not one run; name one cell's "
+            f"run directory, {folder / CELLS_FOLDER}/<cell id>"
+        )
+    return cell_run_dir(folder, ids[0])
+
+
 def load_run(run_dir: str | os.PathLike[str]) -> LoadedRun:
-    """Rebuild the model of a finished run directory (``cell.json`` + ``model.safetensors``).
+    """Rebuild the model of a finished run directory (``cell.json`` + ``model.safetensors``), or
+    of a one-cell grid directory's cell.
 
     Raises:
         ConfigError: The folder is not a run directory, or the run has no final weights
             (unfinished or diverged).
         WeightsError: ``model.safetensors`` does not fit the cell's architecture.
     """
-    run = RunDir(run_dir)
+    run = RunDir(run_directory(run_dir))
     config = run.read_cell()
     try:
         cell = Cell.from_dict(config)
     except TypeError as exc:
         raise ConfigError(f"{run.cell_file} is not a valid cell: {exc}") from None
-    model = run.rebuild_model()
+    model = rebuild_model(run)
     result = run.read_result() or {}
     fingerprint = (result.get("environment") or {}).get("dataset_fingerprint")
     return LoadedRun(

@@ -1,9 +1,11 @@
-"""One training/evaluation run of one model on one dataset with one recipe.
+"""Training and evaluation of K >= 1 groups of one model on one dataset with one recipe.
 
 ``train(model, train_data, eval_data, recipe, run_dir=..., seed=...)`` returns a
-:class:`TrainResult`; progress arrives as events (:mod:`resablate.engine.events`) through a
-callback. The engine knows nothing about ablations: surgery and freezing happen before it sees the
-model.
+:class:`TrainResult`; ``train_groups(model, groups, ...)`` trains the K groups of a packed model as
+K runs in the same session. Progress arrives as events (:mod:`resablate.engine.events`) through a
+callback. The engine knows nothing about ablations: surgery, freezing and packing happen before it
+sees the model, and what it checks (a frozen fingerprint) is handed in (an import-linter contract
+keeps it so).
 """
 
 from resablate.engine.data import ImageSource, Transform
@@ -16,7 +18,8 @@ from resablate.engine.events import (
     TrainFinished,
     TrainStarted,
 )
-from resablate.engine.loop import StepHook, StepInfo, train
+from resablate.engine.groups import ModelGroups, OneModel
+from resablate.engine.loop import StepHook, StepInfo, train, train_groups
 from resablate.engine.results import EvalRecord, EvalResult, TrainResult
 from resablate.engine.seeding import epoch_order, stream_generator, stream_seed
 
@@ -26,6 +29,8 @@ __all__ = [
     "EvalResult",
     "Evaluated",
     "ImageSource",
+    "ModelGroups",
+    "OneModel",
     "StepHook",
     "StepInfo",
     "StepProgress",
@@ -39,4 +44,5 @@ __all__ = [
     "stream_generator",
     "stream_seed",
     "train",
+    "train_groups",
 ]

@@ -30,14 +30,22 @@ class ImageSource(Protocol):
     def __len__(self) -> int: ...
 
     def get_batch(self, indices: torch.Tensor) -> torch.Tensor:
-        """uint8 images ``[B, 3, S, S]`` of the samples ``indices`` (int64, CPU)."""
+        """uint8 images ``[B, 3, S, S]`` of the samples ``indices`` (int64, on the CPU or where the
+        split is held)."""
         ...
 
 
 class Transform(Protocol):
-    """uint8 ``[B, 3, S, S]`` → normalised float ``[B, 3, H, W]`` on the images' device."""
+    """uint8 ``[B, 3, S, S]`` → normalised float ``[B, 3, H, W]`` on the images' device.
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor: ...
+    ``generator`` is one generator, or K of them for a batch of K groups' equal chunks (a packed
+    session, one call per micro-batch): chunk ``k`` must come out as a call on it alone with
+    generator ``k`` would give.
+    """
+
+    def __call__(
+        self, images: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator]
+    ) -> torch.Tensor: ...
 
 
 def to_device(source: ImageSource, device: torch.device) -> ImageSource:

@@ -147,7 +147,7 @@ def driver_environment() -> dict[str, Any]:
     import torch
     import torchvision
 
-    from resablate import __version__
+    from resablate._version import __version__
 
     return {
         "resablate": __version__,

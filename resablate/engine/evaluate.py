@@ -1,15 +1,15 @@
-"""Evaluation of a model on one split: loss, metrics and per-sample predictions."""
+"""Evaluation of a model (or its K groups) on one split: loss, metrics, per-sample predictions."""
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from resablate.engine.data import ImageSource, Transform
+from resablate.engine.groups import ModelGroups, OneModel, replicate
 from resablate.engine.results import EvalResult
 from resablate.metrics import classification_metrics
 
@@ -45,11 +45,11 @@ def evaluate(
         autocast: Autocast context to run the forward pass in (``None`` = fp32).
         channels_last: Feed NHWC inputs.
     """
-    (result,) = _evaluate_groups(
+    (result,) = evaluate_groups(
         model,
+        OneModel(model),
         data,
         transform,
-        groups=0,
         split=split,
         num_classes=num_classes,
         positive=positive,
@@ -61,28 +61,12 @@ def evaluate(
     return result
 
 
-def evaluate_pack(
-    model: nn.Module, data: ImageSource, transform: Transform, **options: Any
-) -> list[EvalResult]:
-    """Evaluate every group of a packed model (:mod:`resablate.packing`) on ``data``.
-
-    One packed forward pass per batch: the batch is fed to all K groups at once and the packed
-    logits are split into each group's. ``options``: the keyword arguments of :func:`evaluate`.
-
-    Returns:
-        One result per group, in group order.
-    """
-    from resablate.packing import pack_size
-
-    return _evaluate_groups(model, data, transform, groups=pack_size(model), **options)
-
-
-def _evaluate_groups(
+def evaluate_groups(
     model: nn.Module,
+    groups: ModelGroups,
     data: ImageSource,
     transform: Transform,
     *,
-    groups: int,
     split: str,
     num_classes: int,
     positive: int,
@@ -91,29 +75,37 @@ def _evaluate_groups(
     autocast: contextlib.AbstractContextManager | None = None,
     channels_last: bool = False,
 ) -> list[EvalResult]:
-    """:func:`evaluate` (``groups=0``: a plain model) or :func:`evaluate_pack` (K groups)."""
+    """Evaluate every group of ``model`` on ``data``: one forward pass per batch feeds the batch
+    to all K groups (:func:`~resablate.engine.groups.replicate`). Arguments as :func:`evaluate`.
+
+    Indices are made where the split's images are and the labels moved to ``device`` once, so a
+    batch copies nothing between host and device; predictions come back once, at the end.
+
+    Returns:
+        One result per group, in group order.
+    """
     was_training = model.training
     model.eval()
     generator = torch.Generator(device=device)
     generator.manual_seed(0)
-    k = max(1, groups)
+    k = groups.size
     total_loss = torch.zeros(k, dtype=torch.float64, device=device)
     preds, probs = [], []
-    labels = data.labels
+    data_device = getattr(data, "device", torch.device("cpu"))
+    labels = data.labels.to(device)
     try:
         with torch.no_grad():
             for start in range(0, len(data), batch_size):
-                idx = torch.arange(start, min(start + batch_size, len(data)))
+                stop = min(start + batch_size, len(data))
+                idx = torch.arange(start, stop, device=data_device)
                 x = transform(data.get_batch(idx).to(device, non_blocking=True), generator)
-                if groups:
-                    x = x.repeat(1, groups, 1, 1)
+                x = replicate(groups, x)
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                y = labels[idx.to(labels.device)].to(device, non_blocking=True)
+                y = labels[start:stop]
                 with autocast if autocast is not None else contextlib.nullcontext():
-                    logits = model(x)
-                # [K, B, classes]; each group's loss as a plain model's evaluation computes it.
-                logits = logits.float().unflatten(1, (k, -1)).transpose(0, 1)
+                    logits = groups.split(model(x).float())  # [K, B, classes]
+                # Each group's loss as a plain model's evaluation computes it.
                 total_loss += torch.stack(
                     [F.cross_entropy(out, y, reduction="sum") for out in logits]
                 ).double()

@@ -16,14 +16,21 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
+from torch import nn
 
-from resablate.recipes import Recipe
+from resablate.recipes import CompileMode, Recipe
 
 CUBLAS_WORKSPACE_CONFIG = ":4096:8"
-"""cuBLAS workspace setting that makes its kernels deterministic (set when ``deterministic``)."""
+"""cuBLAS workspace setting that makes its kernels deterministic (8 buffers of 4 MiB per stream).
+
+Set in the environment when the engine is imported, unless the user set one: cuBLAS reads it once,
+when the process's first cuBLAS handle is created, so setting it when a deterministic run starts
+(after an earlier run, a probe or the user's own code has used the GPU) has no effect.
+"""
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -38,7 +45,9 @@ class Execution:
         gpu_count: CUDA devices visible to the process (0 on the CPU).
         amp: Autocast dtype: ``"bf16"``, ``"fp16"`` (with a GradScaler) or ``"none"`` (fp32).
         channels_last: Model and inputs in NHWC memory format.
-        compile: The model ran under ``torch.compile``.
+        compile: The ``torch.compile`` mode the model ran under, ``"off"`` for eager
+            (:class:`~resablate.recipes.CompileMode`; ``True``/``False`` from older records
+            read as ``"default"``/``"off"``).
         tf32: float32 matmuls and cuDNN convolutions may use TF32 (always ``False`` on the CPU).
         cudnn_benchmark: cuDNN autotuning on (always ``False`` on the CPU).
         deterministic: Deterministic algorithms were requested (by the recipe or already on in the
@@ -50,10 +59,13 @@ class Execution:
     gpu_count: int
     amp: str
     channels_last: bool
-    compile: bool
+    compile: CompileMode
     tf32: bool
     cudnn_benchmark: bool
     deterministic: bool
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "compile", CompileMode.parse(self.compile))
 
     @property
     def device_type(self) -> str:
@@ -85,7 +97,10 @@ class Execution:
             name
             for name, on in (
                 ("channels_last", self.channels_last),
-                ("compile", self.compile),
+                (
+                    "compile" if self.compile is CompileMode.DEFAULT else f"compile {self.compile}",
+                    bool(self.compile),
+                ),
                 ("tf32", self.tf32),
                 ("cudnn.benchmark", self.cudnn_benchmark),
                 ("deterministic", self.deterministic),
@@ -95,8 +110,18 @@ class Execution:
         return " · ".join([where, "fp32" if self.amp == "none" else self.amp, *flags])
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready plain types."""
-        return asdict(self)
+        """JSON-ready plain types (the compile mode as its name: checkpoints load with
+        ``weights_only=True``, which refuses any class)."""
+        return {**asdict(self), "compile": self.compile.value}
+
+
+def compile_model(model: nn.Module, execution: Execution) -> nn.Module:
+    """``model`` wrapped in ``torch.compile`` with the execution's mode, or ``model`` itself when
+    compilation is off (the wrapper shares the model's parameters; nothing is compiled before
+    its first call)."""
+    if not execution.compile:
+        return model
+    return cast(nn.Module, torch.compile(model, mode=execution.compile.value))
 
 
 def device_name(device: torch.device) -> str:
@@ -133,8 +158,8 @@ def backend_settings(execution: Execution) -> Iterator[None]:
     On CUDA: TF32 for matmuls and cuDNN, ``cudnn.benchmark``, ``cudnn.deterministic``. With
     ``deterministic``: ``torch.use_deterministic_algorithms(True, warn_only=True)`` (an operation
     without a deterministic CUDA kernel warns instead of raising; ``docs/training.md`` lists
-    them) and ``CUBLAS_WORKSPACE_CONFIG`` when unset. Deterministic mode already on in the
-    process is left on.
+    them); cuBLAS's deterministic workspace is set at import (:data:`CUBLAS_WORKSPACE_CONFIG`).
+    Deterministic mode already on in the process is left on.
     """
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
     saved = (
@@ -144,7 +169,6 @@ def backend_settings(execution: Execution) -> Iterator[None]:
         cudnn.deterministic,
         torch.are_deterministic_algorithms_enabled(),
         torch.is_deterministic_algorithms_warn_only_enabled(),
-        os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
     )
     enable = execution.deterministic and not saved[4]
     try:
@@ -153,12 +177,9 @@ def backend_settings(execution: Execution) -> Iterator[None]:
             cudnn.benchmark = execution.cudnn_benchmark
             cudnn.deterministic = execution.deterministic
         if enable:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
             torch.use_deterministic_algorithms(True, warn_only=True)
         yield
     finally:
         matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark, cudnn.deterministic = saved[:4]
         if enable:
             torch.use_deterministic_algorithms(saved[4], warn_only=saved[5])
-            if saved[6] is None:
-                os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)

@@ -1,8 +1,13 @@
-"""The training loop: one model, one dataset, one recipe. It knows nothing about ablations.
+"""The training loop: K >= 1 groups of one model, one dataset, one recipe.
 
-Writes only into ``run_dir`` (layout in ``docs/architecture.md``): ``recipe.json``,
-``checkpoints/``, ``history.jsonl``, and at the end ``predictions.csv``, ``model.safetensors`` and
-``train.json``.
+One model alone is a pack of one (:class:`~resablate.engine.groups.OneModel`); a packed model comes
+with its own :class:`~resablate.engine.groups.ModelGroups`. The loop knows nothing about ablations:
+surgery, freezing and packing happen before it sees the model, and what it must check (a frozen
+fingerprint) is handed in.
+
+Writes into each group's run directory (layout in ``docs/architecture.md``): ``recipe.json``,
+``history.jsonl``, and at the end ``predictions.csv``, ``model.safetensors`` and ``train.json``;
+checkpoints into the session's checkpoint folder (``run_dir/checkpoints`` for :func:`train`).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +31,7 @@ from torch import nn
 from resablate.atomic import sweep_stale
 from resablate.engine import checkpoint as ckpt
 from resablate.engine.data import ImageSource, Transform, is_resident, place_sources
-from resablate.engine.evaluate import evaluate
+from resablate.engine.evaluate import evaluate_groups
 from resablate.engine.events import (
     CheckpointSaved,
     Evaluated,
@@ -35,7 +40,8 @@ from resablate.engine.events import (
     TrainFinished,
     TrainStarted,
 )
-from resablate.engine.execution import backend_settings, resolve_execution
+from resablate.engine.execution import backend_settings, compile_model, resolve_execution
+from resablate.engine.groups import ModelGroups, OneModel
 from resablate.engine.memory import keep_freed_memory
 from resablate.engine.optim import build_optimizer
 from resablate.engine.prefetch import Prefetcher
@@ -125,44 +131,101 @@ def set_device_rng_state(device: torch.device, state: torch.Tensor | None) -> No
         torch.cuda.set_rng_state(state, device)
 
 
-def _frozen_fingerprint(model: nn.Module) -> dict[str, str] | None:
-    """Fingerprint of the frozen parameters and BN statistics (``None`` when nothing is frozen)."""
-    if all(p.requires_grad for p in model.parameters()):
-        return None
-    from resablate.freezing import frozen_fingerprint
+def masked_update(
+    optimizer: torch.optim.Optimizer,
+    update: Callable[[], None],
+    held: Mapping[nn.Parameter, torch.Tensor],
+) -> None:
+    """Run ``update()`` but leave the held groups' slices of parameters and optimiser state as
+    they were.
 
-    return frozen_fingerprint(model)
+    Args:
+        optimizer: The optimiser ``update`` steps.
+        update: Applies the update (``optimizer.step()``, or a GradScaler's step).
+        held: Parameter (dim 0 = K groups) -> bool ``[K]`` on its device: the groups whose
+            slice must not change. Only these parameters are copied; parameters without a
+            gradient are skipped (the optimiser does not touch them either). State tensors
+            shaped like the parameter (AdamW's moments, SGD's momentum) are restored with it; a
+            state created by this update is zero in the held slices.
+    """
+    saved = []
+    with torch.no_grad():
+        for param, groups in held.items():
+            if param.grad is None:
+                continue
+            state = optimizer.state.get(param, {})
+            moments = {
+                name: value.clone()
+                for name, value in state.items()
+                if torch.is_tensor(value) and value.shape == param.shape
+            }
+            saved.append((param, groups, param.detach().clone(), moments))
+    update()
+    with torch.no_grad():
+        for param, groups, before, moments in saved:
+            keep = groups.view(-1, 1)
+            _put_back(param.detach(), before, keep)
+            for name, value in optimizer.state[param].items():
+                if torch.is_tensor(value) and value.shape == param.shape:
+                    _put_back(value, moments.get(name, torch.zeros_like(value)), keep)
+
+
+def _put_back(tensor: torch.Tensor, before: torch.Tensor, keep: torch.Tensor) -> None:
+    rows = tensor.view(keep.shape[0], -1)
+    rows.copy_(torch.where(keep, before.view_as(rows), rows))
+
+
+Fingerprint = Callable[[nn.Module], Mapping[str, str]]
+"""What must not change in training, as name -> digest (e.g.
+:func:`resablate.freezing.frozen_fingerprint`): taken before and after, compared."""
 
 
 class _Session:
-    """Mutable state of one call to :func:`train` (kept out of the public API)."""
+    """Mutable state of one training session: K >= 1 groups of one model (kept out of the API).
+
+    Each group follows exactly the run its model alone would give, up to float re-association:
+
+    - it reads the split in its own seed's order with its own augmentation stream; micro-batch
+      ``b`` reads rows ``b * K * B ..`` of the epoch's interleaved order (group 0's B rows, then
+      group 1's, ...), augmented in one call with the K groups' generators;
+    - the loss is the sum of the groups' mean losses, so each group's gradient is its own;
+    - the optimiser and schedule are the recipe's and act element-wise, so on each group's slice
+      as in a separate run. What a separate run would not touch is put back after the update
+      (:func:`masked_update`): the slices the groups leave idle (:meth:`ModelGroups.idle`), and
+      every slice of a group that diverged once the host has seen it;
+    - a non-finite loss marks that group ``diverged`` at its step; the group stops (its running
+      statistics held) and the others go on. The session ends ``diverged`` when every group has.
+    """
 
     def __init__(
         self,
         model: nn.Module,
+        groups: ModelGroups,
         train_data: ImageSource,
         evals: Mapping[str, ImageSource],
         recipe: Recipe,
         *,
-        run_dir: Path,
-        seed: int,
+        checkpoint_dir: Path,
+        run_dirs: Sequence[Path],
+        seeds: Sequence[int],
         device: torch.device,
         callback: Callable[[TrainEvent], None] | None,
         on_step: Sequence[StepHook],
         transforms: tuple[Transform, Transform],
     ) -> None:
         self.model = model
+        self.groups = groups
+        self.k = k = groups.size
         self.recipe = recipe
-        self.run_dir = run_dir
-        self.ckpt_dir = run_dir / ckpt.CHECKPOINT_DIR
-        self.seed = seed
-        self.device = device
+        self.run_dirs = tuple(run_dirs)
+        self.ckpt_dir = checkpoint_dir
+        self.seeds = tuple(seeds)
         self.callback = callback
         self.on_step = tuple(on_step)
         self.train_tf, self.eval_tf = transforms
         self.plan = StepPlan.of(len(train_data), recipe)
-        # Rows of the training split one micro-batch reads (K batches for a pack).
-        self.rows = recipe.batch_size
+        # Rows of the epoch's order one micro-batch reads: K groups' batches.
+        self.rows = k * recipe.batch_size
         self.execution = resolve_execution(recipe, device)
         self.device = device = torch.device(self.execution.device)
         self.cuda = device.type == "cuda"
@@ -187,7 +250,15 @@ class _Session:
         self.optimizer = build_optimizer(params, recipe)
         self.scheduler = build_scheduler(self.optimizer, recipe, self.plan.total_steps)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == "fp16")
-        self.forward = cast(nn.Module, torch.compile(model)) if recipe.compile else model
+        self.forward = compile_model(model, self.execution)
+        # The idle slices, moved to the device once: masking them costs no transfer.
+        named = dict(model.named_parameters())
+        self.idle = {
+            named[name]: mask.to(device)
+            for name, mask in groups.idle().items()
+            if named[name].requires_grad
+        }
+        self.held = self.idle
         # This epoch's order on the CPU, where the data's indices live and on the labels'
         # device: moved once per epoch, so a step copies no index to the device.
         self.order_epoch = -1
@@ -196,16 +267,17 @@ class _Session:
         self.epoch = 0
         self.position = 0
         self.step = 0
-        self.history: list[EvalRecord] = []
+        self.histories: list[list[EvalRecord]] = [[] for _ in range(k)]
+        self.diverged: list[int | None] = [None] * k
         self.train_seconds = 0.0
         self.images_seen = 0
         self.resumed_from = 0
         self.skipped_checkpoints: tuple[str, ...] = ()
-        # Running training loss/accuracy since the last train record (device tensors).
-        self.run_loss = torch.zeros((), dtype=torch.float64, device=device)
-        self.run_correct = torch.zeros((), dtype=torch.int64, device=device)
+        # Running training loss/accuracy per group since the last train record (on the device).
+        self.run_loss = torch.zeros(k, dtype=torch.float64, device=device)
+        self.run_correct = torch.zeros(k, dtype=torch.int64, device=device)
         self.run_images = 0
-        # Per-step losses not yet checked for finiteness: (step, loss tensor).
+        # Per-step losses [K] not yet checked for finiteness: (step, losses).
         self.pending: list[tuple[int, torch.Tensor]] = []
         self.lr_used = self.lr
 
@@ -226,13 +298,17 @@ class _Session:
     def epochs_done(self) -> float:
         return self.step / max(1, self.plan.steps_per_epoch)
 
+    def alive(self) -> list[int]:
+        """Groups that have not diverged (as far as the host has checked)."""
+        return [g for g in range(self.k) if self.diverged[g] is None]
+
     # --- checkpoints ---------------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
         return {
             "format": CHECKPOINT_FORMAT,
             "recipe_sha256": recipe_fingerprint(self.recipe),
-            "seed": self.seed,
+            "seeds": list(self.seeds),
             "total_steps": self.plan.total_steps,
             "epoch": self.epoch,
             "position": self.position,
@@ -246,7 +322,8 @@ class _Session:
             "execution": self.execution.to_dict(),
             "rng_cpu": torch.get_rng_state(),
             "rng_device": device_rng_state(self.device),
-            "history": [r.to_dict() for r in self.history],
+            "histories": [[r.to_dict() for r in h] for h in self.histories],
+            "diverged": [-1 if s is None else s for s in self.diverged],
             "train_seconds": self.train_seconds,
             "images_seen": self.images_seen,
             "lr_used": self.lr_used,
@@ -258,12 +335,15 @@ class _Session:
         }
 
     def restore(self, path: Path, state: dict[str, Any]) -> None:
-        if state.get("recipe_sha256") != recipe_fingerprint(self.recipe) or (
-            state.get("seed") != self.seed
+        # A run of one before packs shared this format: ``seed`` and ``history``, no group lists.
+        seeds = state.get("seeds", [state.get("seed")])
+        if state.get("recipe_sha256") != recipe_fingerprint(self.recipe) or seeds != list(
+            self.seeds
         ):
             raise ConfigError(
-                f"{path} was written by a run with another recipe or seed; resume with the same "
-                "settings, or start over without resuming, or use another output folder",
+                f"{path} was written by a run with another recipe, seed or pack of cells; resume "
+                "with the same settings, or start over without resuming, or use another output "
+                "folder",
                 field="resume",
             )
         saved = state.get("precision", "an unrecorded device and precision")
@@ -282,7 +362,8 @@ class _Session:
         torch.set_rng_state(state["rng_cpu"])
         set_device_rng_state(self.device, state["rng_device"])
         self.epoch, self.position, self.step = state["epoch"], state["position"], state["step"]
-        self.history = [EvalRecord.from_dict(r) for r in state["history"]]
+        histories = state.get("histories", [state.get("history", [])])
+        self.histories = [[EvalRecord.from_dict(r) for r in h] for h in histories]
         self.train_seconds = float(state["train_seconds"])
         self.images_seen = int(state["images_seen"])
         self.lr_used = float(state["lr_used"])
@@ -291,6 +372,8 @@ class _Session:
         self.run_correct.copy_(running["correct"])
         self.run_images = int(running["images"])
         self.resumed_from = self.step
+        diverged = [None if s < 0 else int(s) for s in state.get("diverged", [-1] * self.k)]
+        self.stop_groups([g for g, s in enumerate(diverged) if s is not None], diverged)
 
     def save(self) -> None:
         path = ckpt.save_checkpoint(self.ckpt_dir, self.step, self.state())
@@ -299,10 +382,15 @@ class _Session:
     # --- evaluation ----------------------------------------------------------------------------
 
     def write_history(self) -> None:
-        RunDir(self.run_dir).write_history(r.to_dict() for r in self.history)
+        for run_dir, history in zip(self.run_dirs, self.histories, strict=True):
+            RunDir(run_dir).write_history(r.to_dict() for r in history)
+
+    def record(self, group: int, record: EvalRecord) -> None:
+        self.histories[group].append(record)
+        self.emit(Evaluated(record, group=group if self.k > 1 else None))
 
     def train_record(self, loss_sum: float, correct: int) -> EvalRecord:
-        """The running training record over the ``run_images`` images since the last one."""
+        """A group's running training record over the ``run_images`` images since the last."""
         return EvalRecord(
             step=self.step,
             epoch=self.epochs_done(),
@@ -332,57 +420,89 @@ class _Session:
             n=m.n,
         )
 
-    def eval_options(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`~resablate.engine.evaluate.evaluate` for this run."""
-        return {
-            "num_classes": self.num_classes,
-            "positive": self.recipe.positive,
-            "batch_size": self.recipe.eval_batch_size,
-            "device": self.device,
-            "autocast": self.autocast(),
-            "channels_last": self.channels_last,
-        }
-
     def record_train(self) -> None:
         if self.run_images == 0:
             return
-        record = self.train_record(float(self.run_loss.item()), int(self.run_correct.item()))
+        losses, correct = self.run_loss.cpu().tolist(), self.run_correct.cpu().tolist()
+        for g in self.alive():
+            self.record(g, self.train_record(losses[g], correct[g]))
         self.run_loss.zero_()
         self.run_correct.zero_()
         self.run_images = 0
-        self.history.append(record)
-        self.emit(Evaluated(record))
 
-    def evaluate_all(self) -> EvalResult | None:
-        """Evaluate every eval split, append the records; return the last split's result."""
+    def evaluate_all(self) -> list[EvalResult] | None:
+        """Evaluate every eval split (one pass per batch for all groups), append the records;
+        return the last split's result per group."""
         self.record_train()
-        result = None
+        results = None
         for name, data in self.evals.items():
-            result = evaluate(self.forward, data, self.eval_tf, split=name, **self.eval_options())
-            record = self.eval_record(result)
-            self.history.append(record)
-            self.emit(Evaluated(record))
+            results = evaluate_groups(
+                self.forward,
+                self.groups,
+                data,
+                self.eval_tf,
+                split=name,
+                num_classes=self.num_classes,
+                positive=self.recipe.positive,
+                batch_size=self.recipe.eval_batch_size,
+                device=self.device,
+                autocast=self.autocast(),
+                channels_last=self.channels_last,
+            )
+            for g in self.alive():
+                self.record(g, self.eval_record(results[g]))
         self.write_history()
-        return result
+        return results
 
     # --- training ------------------------------------------------------------------------------
 
+    def stop_groups(self, stopped: Sequence[int], steps: Sequence[int | None]) -> None:
+        """Mark ``stopped`` groups diverged (at ``steps[g]``): hold their running statistics and,
+        from the next update on, every slice of theirs."""
+        if not stopped:
+            return
+        for g in stopped:
+            self.diverged[g] = steps[g]
+        mask = torch.tensor([s is not None for s in self.diverged])
+        self.groups.hold(mask)
+        mask = mask.to(self.device)
+        if self.k > 1:
+            self.held = {
+                p: mask | self.idle[p] if p in self.idle else mask
+                for group in self.optimizer.param_groups
+                for p in group["params"]
+            }
+
     def check_losses(self) -> tuple[int | None, float]:
-        """Read the pending step losses back (one transfer) and clear the queue.
+        """Read the pending step losses back (one transfer), stop the groups whose loss turned
+        non-finite and clear the queue.
 
         Returns:
-            The step of the first non-finite loss (``None`` if all are finite) and their mean.
+            The step at which the last group diverged when every group has (else ``None``), and
+            the mean loss of the groups still training.
         """
         losses = torch.stack([loss for _, loss in self.pending]).float().cpu()
         steps = [s for s, _ in self.pending]
         self.pending = []
-        bad = (~torch.isfinite(losses)).nonzero()
-        return (steps[int(bad[0])] if bad.numel() else None), float(losses.mean())
+        first: list[int | None] = [None] * self.k
+        for g in self.alive():
+            bad = (~torch.isfinite(losses[:, g])).nonzero()
+            if bad.numel():
+                first[g] = steps[int(bad[0])]
+        self.stop_groups([g for g in range(self.k) if first[g] is not None], first)
+        alive = self.alive()
+        if not alive:
+            return max(s for s in self.diverged if s is not None), math.nan
+        return None, float(losses[:, alive].mean())
 
     def epoch_indices(self) -> torch.Tensor:
-        """This epoch's training order (int64, CPU): micro-batch ``b`` reads rows
-        ``b * rows .. (b + 1) * rows`` of it."""
-        return epoch_order(self.seed, self.epoch, self.plan.n)
+        """This epoch's training order (int64, CPU): the K groups' orders interleaved by
+        micro-batch, so micro-batch ``b`` reads rows ``b * rows .. (b + 1) * rows``."""
+        if self.k == 1:
+            return epoch_order(self.seeds[0], self.epoch, self.plan.n)
+        bs, micro = self.recipe.batch_size, self.plan.micro_per_epoch
+        orders = [epoch_order(seed, self.epoch, self.plan.n)[: micro * bs] for seed in self.seeds]
+        return torch.stack(orders).view(self.k, micro, bs).transpose(0, 1).reshape(-1)
 
     def set_epoch_order(self) -> None:
         """Draw this epoch's order and move it where it is used (once per epoch)."""
@@ -396,7 +516,7 @@ class _Session:
             self.prefetcher.request((self.epoch, b), self.order_cpu[b * bs : (b + 1) * bs])
 
     def batch_images(self, b: int) -> torch.Tensor:
-        """uint8 images of micro-batch ``b`` of the epoch, on the device."""
+        """uint8 images of micro-batch ``b`` of the epoch (every group's), on the device."""
         bs = self.rows
         if self.prefetcher is None:
             return self.train_data.get_batch(self.order_data[b * bs : (b + 1) * bs])
@@ -406,34 +526,48 @@ class _Session:
             self.prefetcher.request((self.epoch, b + 1), following)
         return images
 
+    def augment(self, images: torch.Tensor, b: int) -> torch.Tensor:
+        """Micro-batch ``b``'s images, each group's chunk with its own augmentation stream."""
+        generators = [
+            stream_generator(seed, "augment", self.epoch, b, device=self.device)
+            for seed in self.seeds
+        ]
+        return self.train_tf(images, generators[0] if self.k == 1 else generators)
+
     def micro_batch(self, b: int, scale: float) -> torch.Tensor:
-        bs = self.rows
-        images = self.batch_images(b)
-        generator = stream_generator(self.seed, "augment", self.epoch, b, device=self.device)
-        x = self.train_tf(images, generator)
+        """Forward and backward micro-batch ``b`` of every group; the groups' mean losses [K]."""
+        rows, k = self.rows, self.k
+        x = self.groups.join(self.augment(self.batch_images(b), b))
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        y = self.train_labels[self.order_labels[b * bs : (b + 1) * bs]]
+        y = self.train_labels[self.order_labels[b * rows : (b + 1) * rows]].view(k, -1)
         with self.autocast():
-            logits = self.forward(x)
-        loss = F.cross_entropy(logits.float(), y)
-        self.scaler.scale(loss * scale).backward()
-        loss = loss.detach()
-        self.run_loss += loss.double() * len(y)
-        self.run_correct += (logits.detach().argmax(dim=1) == y).sum()
-        self.run_images += len(y)
-        return loss
+            logits = self.groups.split(self.forward(x).float())
+        # Each group's loss exactly as a separate run computes it.
+        losses = torch.stack(
+            [F.cross_entropy(out, target) for out, target in zip(logits, y, strict=True)]
+        )
+        self.scaler.scale(losses.sum() * scale).backward()
+        losses = losses.detach()
+        self.run_loss += losses.double() * y.shape[1]
+        self.run_correct += (logits.detach().argmax(dim=2) == y).sum(dim=1)
+        self.run_images += y.shape[1]
+        return losses
 
     def optimiser_step(self) -> torch.Tensor:
-        """Accumulate the micro-batches of one step and apply it (no host synchronisation)."""
+        """Accumulate the micro-batches of one step and apply it (no host synchronisation);
+        the step's losses, one per group."""
         group = self.plan.group(self.position, self.recipe.grad_accum)
         loss = torch.stack([self.micro_batch(b, 1.0 / len(group)) for b in group]).mean(0)
         if self.on_step:
             self.scaler.unscale_(self.optimizer)
-            info = StepInfo(model=self.model, step=self.step + 1, epoch=self.epoch, loss=loss)
+            info = StepInfo(model=self.model, step=self.step + 1, epoch=self.epoch, loss=loss[0])
             for hook in self.on_step:
                 hook(info)
-        self.apply_update(loss)
+        if self.held:
+            masked_update(self.optimizer, self.apply_update, self.held)
+        else:
+            self.apply_update()
         self.optimizer.zero_grad(set_to_none=True)
         self.lr_used = self.lr
         if self.scaler.is_enabled():
@@ -449,8 +583,8 @@ class _Session:
         self.images_seen += len(group) * self.recipe.batch_size
         return loss
 
-    def apply_update(self, loss: torch.Tensor) -> None:
-        """Apply the accumulated gradients (through the GradScaler); ``loss`` is the step's."""
+    def apply_update(self) -> None:
+        """Apply the accumulated gradients (through the GradScaler)."""
         self.scaler.step(self.optimizer)
         self.scaler.update()
 
@@ -537,49 +671,6 @@ def prepare_run(
     return evals, device
 
 
-def start_session(session: _Session, *, resume: bool, run_dirs: Sequence[Path]) -> None:
-    """Resume ``session`` from its newest checkpoint (or clear them with ``resume=False``), write
-    the recipe into every run directory and emit :class:`TrainStarted`."""
-    found = ckpt.load_latest(session.ckpt_dir) if resume else None
-    if found is not None:
-        session.skipped_checkpoints = found.skipped
-    if found is not None and found.path is not None and found.state is not None:
-        session.restore(found.path, found.state)
-    elif not resume:
-        ckpt.clear_checkpoints(session.ckpt_dir)
-    for run_dir in run_dirs:
-        RunDir(run_dir).write_recipe(session.recipe)
-    session.emit(
-        TrainStarted(
-            total_steps=session.plan.total_steps,
-            start_step=session.step,
-            steps_per_epoch=session.plan.steps_per_epoch,
-            images_per_step=session.recipe.images_per_step,
-            device=session.execution.device_name,
-            amp=session.amp,
-            skipped_checkpoints=session.skipped_checkpoints,
-            ran_on=session.execution.summary(),
-        )
-    )
-
-
-def run_session(session: _Session) -> tuple[str, int | None, Any]:
-    """Train under the run's backend settings, then evaluate when done.
-
-    Returns:
-        ``(status, diverged_at_step, final)``: ``final`` is what ``session.evaluate_all()``
-        returns (``None`` when the run diverged).
-    """
-    try:
-        with backend_settings(session.execution):
-            status, diverged_at = session.run()
-            final = session.evaluate_all() if status == "done" else None
-    finally:
-        if session.prefetcher is not None:
-            session.prefetcher.close()
-    return status, diverged_at, final
-
-
 def frozen_check(before: dict[str, str] | None, after: dict[str, str] | None) -> str:
     """``"passed"``/``"failed"`` comparing frozen fingerprints, ``"not applicable"`` without."""
     if not before:
@@ -587,30 +678,30 @@ def frozen_check(before: dict[str, str] | None, after: dict[str, str] | None) ->
     return "passed" if after == before else "failed"
 
 
-def finish_run(
-    files: RunDir,
+def _finish_group(
     session: _Session,
+    g: int,
     *,
-    status: str,
-    steps: int,
     final: EvalResult | None,
-    history: Sequence[EvalRecord],
-    diverged_at: int | None,
     frozen: str,
     weights: nn.Module | Mapping[str, torch.Tensor],
 ) -> TrainResult:
-    """Write a finished run's files and return its :class:`TrainResult`.
+    """Write group ``g``'s run directory and return its :class:`TrainResult`.
 
-    A ``done`` run gets ``predictions.csv`` and ``model.safetensors`` (``weights``: the model or
-    its state dict), a diverged one its history; both get ``train.json``.
+    A ``done`` group gets ``predictions.csv`` and ``model.safetensors`` (``weights``: its model
+    or state dict), a diverged one its history; both get ``train.json``.
     """
+    files = RunDir(session.run_dirs[g])
+    diverged_at = session.diverged[g]
+    history = session.histories[g]
+    steps = session.step if diverged_at is None else diverged_at
     if final is not None:
         files.write_predictions(final.labels, final.preds, final.probs, final.paths)
         files.write_weights(weights)
     else:
         files.write_history(r.to_dict() for r in history)
     result = TrainResult(
-        status=status,
+        status="done" if diverged_at is None else "diverged",
         steps=steps,
         total_steps=session.plan.total_steps,
         epochs=steps / max(1, session.plan.steps_per_epoch),
@@ -646,15 +737,17 @@ def train(
     callback: Callable[[TrainEvent], None] | None = None,
     on_step: Sequence[StepHook] = (),
     transforms: tuple[Transform, Transform] | None = None,
+    fingerprint: Fingerprint | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train_data`` with ``recipe``; evaluate on ``eval_data``.
 
-    The model is trained in place (its frozen parts, if any, are left out of the optimiser and
-    checked afterwards). Randomness comes from ``seed`` through named streams (data order per
-    epoch, augmentation per micro-batch), so a resumed run continues exactly where the checkpoint
-    was taken. On CUDA the recipe's autocast mode and channels_last apply; CPU runs train in fp32
-    and keep freed memory in the process (:func:`resablate.engine.memory.keep_freed_memory`).
-    A non-finite fp32 training loss ends the run with status ``"diverged"`` (no exception).
+    The model is trained in place (its frozen parts, if any, are left out of the optimiser).
+    Randomness comes from ``seed`` through named streams (data order per epoch, augmentation per
+    micro-batch), so a resumed run continues exactly where the checkpoint was taken. On CUDA the
+    recipe's autocast mode and channels_last apply; CPU runs train in fp32 and keep freed memory
+    in the process (:func:`resablate.engine.memory.keep_freed_memory`). A non-finite fp32
+    training loss ends the run with status ``"diverged"`` (no exception). This is
+    :func:`train_groups` with one group.
 
     Args:
         model: The model, already built, surgered and frozen.
@@ -662,8 +755,8 @@ def train(
         eval_data: The split evaluated every ``recipe.eval_every`` steps and at the end, or a
             mapping ``{split name: split}`` (all evaluated; the last one is the final result).
         recipe: The training recipe.
-        run_dir: Folder of the run (created); see the run directory layout in
-            ``docs/architecture.md``.
+        run_dir: Folder of the run (created), its checkpoints in ``run_dir/checkpoints``; see
+            the run directory layout in ``docs/architecture.md``.
         seed: Seed of the data order, augmentation and dropout streams.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
         resume: Continue from the newest checkpoint in ``run_dir`` if there is one; ``False``
@@ -674,6 +767,9 @@ def train(
             applied (e.g. gradient-norm logging).
         transforms: ``(train, eval)`` batch transforms; default: the data package's
             ``BatchTransform`` built from the recipe, in a ``RecyclingTransform``.
+        fingerprint: What must not change (e.g. :func:`resablate.freezing.frozen_fingerprint`
+            of a frozen model), compared before and after: ``frozen_check`` is ``"passed"`` or
+            ``"failed"``; ``None`` (or an empty fingerprint) gives ``"not applicable"``.
 
     Returns:
         The run's :class:`TrainResult`.
@@ -683,38 +779,154 @@ def train(
         ConfigError: Nothing to train, or the checkpoint in ``run_dir`` belongs to another
             recipe or seed.
     """
-    run_dir = Path(run_dir)
+    (result,) = train_groups(
+        model,
+        OneModel(model),
+        train_data,
+        eval_data,
+        recipe,
+        checkpoint_dir=Path(run_dir) / ckpt.CHECKPOINT_DIR,
+        run_dirs=[run_dir],
+        seeds=[seed],
+        device=device,
+        resume=resume,
+        callback=callback,
+        on_step=on_step,
+        transforms=transforms,
+        fingerprint=fingerprint,
+    )
+    return result
+
+
+def train_groups(
+    model: nn.Module,
+    groups: ModelGroups,
+    train_data: ImageSource,
+    eval_data: ImageSource | Mapping[str, ImageSource],
+    recipe: Recipe,
+    *,
+    checkpoint_dir: str | Path,
+    run_dirs: Sequence[str | Path],
+    seeds: Sequence[int],
+    device: str | torch.device = "cpu",
+    resume: bool = True,
+    callback: Callable[[TrainEvent], None] | None = None,
+    on_step: Sequence[StepHook] = (),
+    transforms: tuple[Transform, Transform] | None = None,
+    fingerprint: Fingerprint | None = None,
+) -> list[TrainResult]:
+    """Train the K groups of ``model`` as K separate runs, in one session (see :class:`_Session`).
+
+    A packed model (:mod:`resablate.packing`) comes with its :class:`ModelGroups`; a plain model
+    is :class:`OneModel` (what :func:`train` does). fp16 autocast is refused for K > 1: one
+    GradScaler would let one group's overflow skip every group's step.
+
+    Args:
+        model: The model, trained in place.
+        groups: How its K groups take inputs and give outputs.
+        train_data: The training split, shared by the groups (each reads it in its own order).
+        eval_data: As for :func:`train`.
+        recipe: The recipe of every group.
+        checkpoint_dir: Folder of the session's checkpoints (created).
+        run_dirs: Each group's run directory (created), in group order.
+        seeds: Each group's seed (data order and augmentation streams), in group order; the
+            dropout stream follows group 0's.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
+        resume: Continue from the newest checkpoint; ``False`` starts over.
+        callback: Receives the engine's events; with K > 1,
+            :class:`~resablate.engine.events.Evaluated` carries the group.
+        on_step: As for :func:`train`; only with K = 1 (a hook sees one model's gradients).
+        transforms: ``(train, eval)`` batch transforms (:class:`~resablate.engine.data.Transform`).
+        fingerprint: As for :func:`train`, of the whole model.
+
+    Returns:
+        One :class:`TrainResult` per group, in group order; a diverged group's status is
+        ``"diverged"`` with its own step.
+
+    Raises:
+        ConfigError: ``run_dirs`` or ``seeds`` do not match K, step hooks or fp16 with K > 1,
+            nothing to train, or a checkpoint of another recipe, seed or pack.
+        DataError: The training split has fewer images than one batch.
+    """
+    k = groups.size
+    if len(run_dirs) != k or len(seeds) != k:
+        raise ConfigError(
+            f"a pack of {k} needs {k} run directories and seeds, got {len(run_dirs)} and "
+            f"{len(seeds)}"
+        )
     evals, device = prepare_run(train_data, eval_data, recipe, device)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    sweep_stale(run_dir)
-    frozen_before = _frozen_fingerprint(model)
+    if k > 1 and on_step:
+        raise ConfigError("step hooks see one model's gradients; train the cells unpacked")
+    if k > 1 and resolve_execution(recipe, device).amp == "fp16":
+        raise ConfigError(
+            f"recipe {recipe.name!r} trains with fp16 autocast, whose single loss scale would let "
+            "one packed cell's overflow skip every cell's step; use amp bf16 or train the "
+            "cells unpacked",
+            field="pack",
+        )
+    checkpoint_dir = Path(checkpoint_dir)
+    dirs = [Path(d) for d in run_dirs]
+    for folder in dict.fromkeys([*dirs, checkpoint_dir.parent]):
+        folder.mkdir(parents=True, exist_ok=True)
+        sweep_stale(folder)
+    before = dict(fingerprint(model)) if fingerprint is not None else None
     session = _Session(
         model,
+        groups,
         train_data,
         evals,
         recipe,
-        run_dir=run_dir,
-        seed=seed,
+        checkpoint_dir=checkpoint_dir,
+        run_dirs=dirs,
+        seeds=seeds,
         device=device,
         callback=callback,
         on_step=on_step,
         transforms=transforms or _default_transforms(recipe),
     )
-    torch.manual_seed(stream_seed(seed, "dropout"))
-    start_session(session, resume=resume, run_dirs=[run_dir])
-    status, diverged_at, final = run_session(session)
-    result = finish_run(
-        RunDir(run_dir),
-        session,
-        status=status,
-        steps=session.step,
-        final=final,
-        history=session.history,
-        diverged_at=diverged_at,
-        frozen=frozen_check(frozen_before, _frozen_fingerprint(model)),
-        weights=model,
-    )
+    torch.manual_seed(stream_seed(seeds[0], "dropout"))
+    found = ckpt.load_latest(checkpoint_dir) if resume else None
+    if found is not None:
+        session.skipped_checkpoints = found.skipped
+    if found is not None and found.path is not None and found.state is not None:
+        session.restore(found.path, found.state)
+    elif not resume:
+        ckpt.clear_checkpoints(checkpoint_dir)
+    for run_dir in dirs:
+        RunDir(run_dir).write_recipe(recipe)
     session.emit(
-        TrainFinished(status=status, steps=session.step, train_seconds=result.train_seconds)
+        TrainStarted(
+            total_steps=session.plan.total_steps,
+            start_step=session.step,
+            steps_per_epoch=session.plan.steps_per_epoch,
+            images_per_step=recipe.images_per_step,
+            device=session.execution.device_name,
+            amp=session.amp,
+            skipped_checkpoints=session.skipped_checkpoints,
+            ran_on=session.execution.summary(),
+        )
     )
-    return result
+    try:
+        with backend_settings(session.execution):
+            status, _ = session.run()
+            finals = session.evaluate_all() if status == "done" else None
+    finally:
+        if session.prefetcher is not None:
+            session.prefetcher.close()
+    after = dict(fingerprint(model)) if fingerprint is not None else None
+    frozen = frozen_check(before, after)
+    states = groups.states()
+    results = [
+        _finish_group(
+            session,
+            g,
+            final=finals[g] if finals is not None and session.diverged[g] is None else None,
+            frozen=frozen,
+            weights=states[g],
+        )
+        for g in range(k)
+    ]
+    session.emit(
+        TrainFinished(status=status, steps=session.step, train_seconds=session.train_seconds)
+    )
+    return results

@@ -52,4 +52,25 @@ class CellFinished:
     row: CellRow
 
 
+@dataclass(frozen=True)
+class DemoWeightsPretraining:
+    """A cell needs demo weights that are not built yet: they are being pre-trained on the proxy
+    task (once per architecture, on the CPU; the file is cached at ``path``). Arrives as a cell's
+    :class:`CellProgress` event."""
+
+    arch: str
+    source: str
+    path: str
+
+
+@dataclass(frozen=True)
+class DemoWeightsReady:
+    """The demo weights of ``arch`` were pre-trained in ``seconds`` (wall time) into ``path``."""
+
+    arch: str
+    source: str
+    path: str
+    seconds: float
+
+
 GridEvent = GridStarted | CellStarted | CellProgress | CellFinished

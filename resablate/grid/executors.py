@@ -9,7 +9,8 @@ Executors never touch the store. ``prepare(out_dir)`` runs first (the Ray execut
 cluster and checks its storage there) and returns notes for the user; then ``run`` calls the
 driver's hooks: ``on_start(job, device)`` when a cell starts (or is submitted),
 ``on_event(cell_id, event)`` for the engine's progress events (from every executor, Ray tasks
-included) and ``on_done(outcome)`` with a plain, picklable :class:`CellOutcome`. The run
+included) and ``on_done(outcomes)`` once per job with its cells' plain, picklable
+:class:`CellOutcome` values (recorded together: a pack's cells all, or none). The run
 directories must be reachable by every worker (shared storage for a Ray cluster, checked by
 ``prepare``): workers write checkpoints and artefacts there, the driver records their paths.
 """
@@ -27,15 +28,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from resablate.atomic import write_text
+from resablate.choices import CellStatus
 from resablate.errors import ConfigError, WeightsUnavailableError
-from resablate.grid.cell import Cell
-from resablate.grid.packs import PackJob
+from resablate.grid.job import Job
 
 if TYPE_CHECKING:
-    from resablate.engine import StepHook
+    from resablate.grid.job import CellResult
 
-CellRunner = Callable[..., Any]
-"""``cell_runner(cell, run_dir, *, device, callback, resume) -> CellResult`` (``run_cell``)."""
+JobRunner = Callable[..., "list[CellResult | Exception]"]
+"""``job_runner(job, *, device, callback, resume) -> [CellResult | Exception per cell]``
+(:func:`resablate.grid.job.run_job`; tests stand in their own)."""
 
 EXECUTORS = ("local", "ray")
 WORKERS_EXITED = (
@@ -43,27 +45,7 @@ WORKERS_EXITED = (
     "module again, so a script that runs a grid with several workers must call it under "
     '`if __name__ == "__main__":` (or run one worker)'
 )
-StepHookFactory = Callable[[str], "StepHook"]
-"""Builds one run's engine step hook from its run directory, in the worker that runs the cell
-(picklable: it crosses process boundaries in the job). A hook with a ``close()`` method is closed
-when the cell ends, however it ends (e.g. gradient-norm logging writing its file)."""
 RAY_HINT = "the ray executor needs Ray, which is not installed: pip install 'resablate[ray]'"
-
-
-@dataclass(frozen=True)
-class CellJob:
-    """A cell to run, with its run directory (a path string, reachable by the workers).
-
-    Attributes:
-        cell: The cell.
-        run_dir: Its run directory.
-        step_hooks: Per-run step hooks for the engine, built in the worker from ``run_dir`` (e.g.
-            gradient-norm logging). A run option: not part of the cell id.
-    """
-
-    cell: Cell
-    run_dir: str
-    step_hooks: tuple[StepHookFactory, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -106,48 +88,49 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-Job = CellJob | PackJob
-"""What an executor runs: one cell, or a pack of cells trained as one packed model."""
-
-
-def job_cells(job: Job) -> tuple[Cell, ...]:
-    """The cells of a job."""
-    return job.cells if isinstance(job, PackJob) else (job.cell,)
-
-
 def _failure(exc: Exception) -> tuple[str, str]:
     """``(status, reason)`` of a cell whose run raised ``exc``."""
     if isinstance(exc, WeightsUnavailableError):
-        return "skipped", str(exc)
+        return CellStatus.SKIPPED, str(exc)
     summary = one_line(exc)
     if _out_of_memory(exc) and not summary.lower().startswith("out of memory"):
         summary = f"out of memory: {summary}"
-    return "failed", summary
+    return CellStatus.FAILED, summary
 
 
 def _outcome(cell_id: str, result: Any, device: str) -> CellOutcome:
     status = str(result.status)
-    reason = None if status == "done" else getattr(result, "reason", None)
+    reason = None if status == CellStatus.DONE else getattr(result, "reason", None)
     return CellOutcome(cell_id, status, reason, result, device)
 
 
-def execute_pack(
-    job: PackJob,
+def execute_job(
+    job: Job,
+    job_runner: JobRunner,
     *,
     device: str | None = None,
     on_event: Callable[[str, Any], None] | None = None,
 ) -> list[CellOutcome]:
-    """Train a pack (:func:`resablate.grid.job.run_pack`) and classify each cell's outcome.
+    """Run a job and classify each cell's outcome; never raises for a failing cell.
 
-    Failure isolation as :func:`execute_cell`, per cell: a cell whose weights do not fit or
-    cannot be had is ``failed`` or ``skipped`` alone (the others pack without it), a cell that
-    diverges inside the pack is ``diverged`` alone; when the pack itself raises, each of its
-    cells gets that ``failed`` outcome. ``on_event(cell_id, event)`` receives each cell's events:
-    ``CellPrepared`` and the ``Evaluated`` records of its group go to that cell, the pack's other
-    engine events to every cell of the pack.
+    Failure isolation, per cell: an exception becomes ``failed`` with its one-line summary
+    (out-of-memory errors say so), :class:`~resablate.errors.WeightsUnavailableError` becomes
+    ``skipped`` with its message; a cell whose preparation fails in a pack fails alone (the others
+    pack without it), a cell that diverges is ``diverged`` alone; when the job itself raises,
+    each of its cells gets that outcome. ``KeyboardInterrupt`` (and ``SystemExit``) propagate:
+    the grid stops.
+
+    Args:
+        job: The cells and their run directories.
+        job_runner: Trains the job (:func:`resablate.grid.job.run_job`), resuming from its
+            newest complete checkpoint when there is one.
+        device: Device to run on; :func:`default_device` when ``None``.
+        on_event: ``on_event(cell_id, event)``: each cell's ``CellPrepared`` and the
+            ``Evaluated`` records of its group go to that cell, the other engine events to every
+            cell of the job.
     """
     from resablate.engine.events import Evaluated
-    from resablate.grid.job import CellPrepared, run_pack
+    from resablate.grid.job import CellPrepared
 
     device = device or default_device()
     ids = [cell.cell_id for cell in job.cells]
@@ -164,7 +147,7 @@ def execute_pack(
                 on_event(cell_id, event)
 
     try:
-        results = run_pack(job.cells, job.run_dirs, job.packs_dir, device=device, callback=route)
+        results = job_runner(job, device=device, callback=route, resume=True)
     except Exception as exc:
         results = [exc] * len(ids)
     outcomes = []
@@ -177,73 +160,16 @@ def execute_pack(
     return outcomes
 
 
-def execute_job(
-    job: Job,
-    cell_runner: CellRunner,
-    *,
-    device: str | None = None,
-    on_event: Callable[[str, Any], None] | None = None,
-) -> list[CellOutcome]:
-    """Run a job (:func:`execute_cell` or :func:`execute_pack`); one outcome per cell."""
-    if isinstance(job, PackJob):
-        return execute_pack(job, device=device, on_event=on_event)
-    callback = None if on_event is None else functools.partial(on_event, job.cell.cell_id)
-    return [execute_cell(job, cell_runner, device=device, callback=callback)]
-
-
-def execute_cell(
-    job: CellJob,
-    cell_runner: CellRunner,
-    *,
-    device: str | None = None,
-    callback: Callable[[Any], None] | None = None,
-) -> CellOutcome:
-    """Run one cell and classify the outcome; never raises for a failing cell.
-
-    Failure isolation: an exception becomes ``failed`` with its one-line summary (out-of-memory
-    errors say so), :class:`~resablate.errors.WeightsUnavailableError` becomes ``skipped`` with
-    its message. ``KeyboardInterrupt`` (and ``SystemExit``) propagate: the grid stops.
-
-    Args:
-        job: The cell and its run directory.
-        cell_runner: Runs the cell (``run_cell``); resumes from the run directory's newest
-            complete checkpoint when there is one.
-        device: Device to run on; :func:`default_device` when ``None``.
-        callback: Receives the engine's progress events.
-
-    The job's step-hook factories are called here (in the worker) with the run directory; the
-    hooks go to the cell runner as ``on_step`` and those with a ``close()`` method are closed
-    when the cell ends, however it ends.
-    """
-    device = device or default_device()
-    cell_id = job.cell.cell_id
-    step_hooks = [factory(job.run_dir) for factory in job.step_hooks]
-    hooks: dict[str, Any] = {"on_step": step_hooks} if step_hooks else {}
-    try:
-        result = cell_runner(
-            job.cell, job.run_dir, device=device, callback=callback, resume=True, **hooks
-        )
-    except Exception as exc:
-        status, reason = _failure(exc)
-        return CellOutcome(cell_id, status, reason, None, device)
-    finally:
-        for hook in step_hooks:
-            close = getattr(hook, "close", None)
-            if callable(close):
-                close()
-    return _outcome(cell_id, result, device)
-
-
 StartHook = Callable[[Job, str], None]
 EventHook = Callable[[str, Any], None]
-DoneHook = Callable[[CellOutcome], None]
+DoneHook = Callable[[Sequence[CellOutcome]], None]
 
 
 class LocalExecutor:
     """Runs cells on this machine.
 
     Args:
-        cell_runner: Runs one cell (must be importable by name when ``workers > 1``).
+        job_runner: Trains one job (must be importable by name when ``workers > 1``).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` (``None`` = :func:`default_device`); checked
             here, before anything runs.
         workers: Worker processes; ``None`` = one per visible GPU when there are several, else
@@ -263,7 +189,7 @@ class LocalExecutor:
     name = "local"
 
     def __init__(
-        self, cell_runner: CellRunner, *, device: str | None = None, workers: int | None = None
+        self, job_runner: JobRunner, *, device: str | None = None, workers: int | None = None
     ) -> None:
         import torch
 
@@ -276,7 +202,7 @@ class LocalExecutor:
             workers = gpus if gpus > 1 and device is None else 1
         if workers < 1:
             raise ConfigError(f"workers={workers} must be at least 1")
-        self.cell_runner = cell_runner
+        self.job_runner = job_runner
         self.device = device
         self.workers = workers
         spread = device in (None, "cuda") and gpus > 0
@@ -297,8 +223,7 @@ class LocalExecutor:
             device = self.device or default_device()
             for job in jobs:
                 on_start(job, device)
-                for outcome in execute_job(job, self.cell_runner, device=device, on_event=on_event):
-                    on_done(outcome)
+                on_done(execute_job(job, self.job_runner, device=device, on_event=on_event))
             return
         self._run_workers(jobs, on_start, on_event, on_done)
 
@@ -313,7 +238,7 @@ class LocalExecutor:
         processes = []
         for index, device in enumerate(self.worker_devices[: len(jobs)]):
             tasks.put(None)  # one stop marker per worker
-            args = (index, self.cell_runner, device, self.worker_threads, tasks, messages)
+            args = (index, self.job_runner, device, self.worker_threads, tasks, messages)
             process = context.Process(target=_worker_main, args=args, daemon=True)
             process.start()
             processes.append(process)
@@ -336,8 +261,7 @@ class LocalExecutor:
                 else:
                     current[index] = None
                     remaining -= 1
-                    for outcome in payload:
-                        on_done(outcome)
+                    on_done(payload)
         finally:
             for process in processes:
                 if process.is_alive():
@@ -355,14 +279,18 @@ class LocalExecutor:
                 current[index] = None
                 device = self.worker_devices[index]
                 reason = f"worker process on {device} died (exit code {process.exitcode})"
-                for cell in job_cells(job):
-                    on_done(CellOutcome(cell.cell_id, "failed", reason, None, device))
+                on_done(
+                    [
+                        CellOutcome(cell.cell_id, CellStatus.FAILED, reason, None, device)
+                        for cell in job.cells
+                    ]
+                )
                 reaped += 1
         return reaped
 
 
 def _worker_main(
-    index: int, cell_runner: CellRunner, device: str, threads: int, tasks: Any, messages: Any
+    index: int, job_runner: JobRunner, device: str, threads: int, tasks: Any, messages: Any
 ) -> None:
     """A local worker: use ``threads`` CPU threads, make ``device`` current, run queued cells on
     it until the stop marker."""
@@ -375,7 +303,7 @@ def _worker_main(
         number, job = task
         messages.put(("start", index, number, device))
         forward = functools.partial(_put_event, messages, index)
-        outcomes = execute_job(job, cell_runner, device=device, on_event=forward)
+        outcomes = execute_job(job, job_runner, device=device, on_event=forward)
         messages.put(("done", index, number, outcomes))
 
 
@@ -391,7 +319,7 @@ that raises is never retried: it is ``failed`` at once."""
 _SHARED_MARKER = ".resablate-shared-"
 
 
-def _execute_on(job: Job, cell_runner: CellRunner, device: str, relay: Any) -> list[CellOutcome]:
+def _execute_on(job: Job, job_runner: JobRunner, device: str, relay: Any) -> list[CellOutcome]:
     """:func:`execute_job` as a Ray task: progress events go to the driver through ``relay``."""
     from resablate.grid.job import CellPrepared
 
@@ -399,7 +327,7 @@ def _execute_on(job: Job, cell_runner: CellRunner, device: str, relay: Any) -> l
         if not isinstance(event, CellPrepared):  # the dataset scan is large; the display needs
             relay.put.remote(cell_id, event)  # only the engine's events
 
-    return execute_job(job, cell_runner, device=device, on_event=forward)
+    return execute_job(job, job_runner, device=device, on_event=forward)
 
 
 def _read_marker(path: str) -> str | None:
@@ -443,7 +371,7 @@ class RayExecutor:
     are not checked.
 
     Args:
-        cell_runner: Runs one cell (importable by the Ray workers).
+        job_runner: Trains one job (importable by the Ray workers).
         address: A Ray cluster to join (``ray.init(address=...)``); ``None`` starts a local Ray.
         workers: CPUs of the local Ray (``None`` = all of this machine's).
     """
@@ -451,13 +379,13 @@ class RayExecutor:
     name = "ray"
 
     def __init__(
-        self, cell_runner: CellRunner, *, address: str | None = None, workers: int | None = None
+        self, job_runner: JobRunner, *, address: str | None = None, workers: int | None = None
     ) -> None:
         try:
             import ray  # noqa: F401
         except ImportError:
             raise ConfigError(RAY_HINT) from None
-        self.cell_runner = cell_runner
+        self.job_runner = job_runner
         self.address = address
         self.workers = workers
         self._started_here = False
@@ -572,7 +500,7 @@ class RayExecutor:
                 while waiting and len(running) < slots:
                     job = waiting.pop(0)
                     on_start(job, device)
-                    running[task.remote(job, self.cell_runner, device, relay)] = job
+                    running[task.remote(job, self.job_runner, device, relay)] = job
                 ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
                 for cell_id, event in ray.get(relay.take.remote()):
                     on_event(cell_id, event)
@@ -588,11 +516,10 @@ class RayExecutor:
                         f"{type(exc).__name__}: {first}".rstrip(": ")
                     )
                     outcomes = [
-                        CellOutcome(cell.cell_id, "failed", reason, None, device)
-                        for cell in job_cells(job)
+                        CellOutcome(cell.cell_id, CellStatus.FAILED, reason, None, device)
+                        for cell in job.cells
                     ]
-                for outcome in outcomes:
-                    on_done(outcome)
+                on_done(outcomes)
         finally:
             for ref in running:
                 ray.cancel(ref, force=True)
@@ -601,19 +528,19 @@ class RayExecutor:
 
 def make_executor(
     executor: str,
-    cell_runner: CellRunner,
+    job_runner: JobRunner,
     *,
     device: str | None,
     workers: int | None,
     ray_address: str | None,
 ) -> LocalExecutor | RayExecutor:
-    """The executor called ``executor`` (one of :data:`EXECUTORS`) running ``cell_runner``.
+    """The executor called ``executor`` (one of :data:`EXECUTORS`) running ``job_runner``.
 
     Raises:
         ConfigError: Unknown executor name.
     """
     if executor == "local":
-        return LocalExecutor(cell_runner, device=device, workers=workers)
+        return LocalExecutor(job_runner, device=device, workers=workers)
     if executor == "ray":
-        return RayExecutor(cell_runner, address=ray_address, workers=workers)
+        return RayExecutor(job_runner, address=ray_address, workers=workers)
     raise ConfigError(f"unknown executor {executor!r}; executors: {', '.join(EXECUTORS)}")

@@ -15,9 +15,9 @@ cells one at a time (``benchmarks/packing.py``, ``docs/performance.md``).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from resablate.errors import ConfigError
@@ -35,25 +35,6 @@ ones (much slower at the stem and on 1×1 feature maps)."""
 AUTO_PACK_CUDA = 16
 """K of ``--pack auto`` on a GPU (HFTA's regime: one small model leaves a GPU mostly idle, and K of
 them fill it); not measured by this project yet (no GPU has been lent to it)."""
-# Floats of activations kept for the backward pass per input value (pixel x channel) of a ResNet:
-# a deliberately generous estimate for the memory bound of ``auto``, not a measurement.
-_ACTIVATION_FLOATS_PER_INPUT = 200
-
-
-@dataclass(frozen=True)
-class PackJob:
-    """Cells to train as one packed model (plain data; crosses process boundaries).
-
-    Attributes:
-        cells: The cells, in group order.
-        run_dirs: Their run directories.
-        packs_dir: The grid's packs folder (``OUT/packs``); the pack's checkpoints go to
-            ``packs_dir/<pack id>``.
-    """
-
-    cells: tuple[Cell, ...]
-    run_dirs: tuple[str, ...]
-    packs_dir: str
 
 
 def parse_pack(value: str | int) -> str | int:
@@ -81,16 +62,58 @@ def packable(cell: Cell) -> bool:
 
 
 def cell_memory_bytes(cell: Cell) -> int:
-    """Estimated training memory of one cell in bytes (fp32): weights, gradients and two
-    optimiser moments (16 bytes per parameter of the family's model with its 1000-class head)
-    plus the activations of one micro-batch."""
+    """Estimated training memory of one cell on a GPU in bytes: weights, gradients and two
+    optimiser moments (16 bytes per parameter of the family's model with its 1000-class head;
+    2 more under 16-bit autocast, its copies of the weights) plus the activations one micro-batch
+    keeps for its backward pass (:func:`activation_bytes_per_image`, in the precision the
+    recipe's ``amp`` gives on CUDA)."""
     from resablate.families import get_family
-    from resablate.recipes import get_recipe
 
-    recipe = get_recipe(cell.recipe, **dict(cell.overrides))
-    pixels = 3 * recipe.image_size**2 * recipe.batch_size
+    recipe = cell.effective_recipe
+    half = recipe.amp != "none"  # "auto" is bf16 on CUDA; fp16 keeps as many bytes
     params = get_family(cell.arch, cell.source).params
-    return 16 * params + 4 * _ACTIVATION_FLOATS_PER_INPUT * pixels
+    dtype = "bfloat16" if half else "float32"
+    per_image = activation_bytes_per_image(cell.arch, cell.source, recipe.image_size, dtype)
+    return (18 if half else 16) * params + per_image * recipe.batch_size
+
+
+@functools.lru_cache(maxsize=64)
+def activation_bytes_per_image(arch: str, source: str, image_size: int, dtype: str) -> int:
+    """Bytes of the tensors a training forward pass keeps for backward, per image (measured).
+
+    The model (unaltered, 2-class head, train mode, weights and inputs in ``dtype``) runs one
+    forward pass of 2 images of ``image_size`` px on the meta device, so nothing is computed or
+    allocated, under :func:`torch.autograd.graph.saved_tensors_hooks`; the bytes of the distinct
+    tensors saved for backward, parameters and buffers left out (they are counted per parameter),
+    are halved. Cached per (architecture, source, image size, dtype).
+
+    Args:
+        arch: A registered architecture.
+        source: Its model source (``"torchvision"``, ``"timm"``, ``"hf"``).
+        image_size: Side of the (square) input in pixels.
+        dtype: A torch dtype's name, e.g. ``"float32"`` or ``"bfloat16"``.
+    """
+    import torch
+
+    from resablate.weights import build_model
+
+    with torch.device("meta"):
+        model = build_model(arch, num_classes=2, source=source)
+    torch_dtype = getattr(torch, dtype)
+    model = model.to(dtype=torch_dtype).train()
+    states = {id(t) for t in (*model.parameters(), *model.buffers())}
+    saved: dict[int, torch.Tensor] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        if id(tensor) not in states:
+            saved[id(tensor)] = tensor  # held, so that no other tensor reuses its id
+        return tensor
+
+    # Two images: BatchNorm in train mode refuses one value per channel (1 x 1 maps).
+    images = torch.zeros(2, 3, image_size, image_size, device="meta", dtype=torch_dtype)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(images)
+    return sum(t.numel() * t.element_size() for t in saved.values()) // 2
 
 
 def free_memory_bytes(device: str) -> int:
@@ -128,6 +151,9 @@ def plan_packs(cells: Sequence[Cell], pack: str | int, *, device: str) -> list[t
         by_key.setdefault(key, []).append(cell)
     groups: list[tuple[Cell, ...]] = []
     for members in by_key.values():
+        if len(members) == 1:
+            groups.append((members[0],))
+            continue
         size = auto_pack_size(members[0], device) if pack == "auto" else int(pack)
         groups.extend(tuple(members[i : i + size]) for i in range(0, len(members), size))
     position = {cell.cell_id: i for i, cell in enumerate(cells)}

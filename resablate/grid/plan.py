@@ -17,12 +17,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from resablate.choices import CellStatus
 from resablate.grid.cell import Cell
 from resablate.grid.job import apply_ablation
 from resablate.grid.runner import check_data, check_fingerprint, check_run_options
 from resablate.grid.spec import GridSpec
 from resablate.grid.store import STORE_FILENAME, ResultStore, check_store_file
-from resablate.recipes import Recipe, get_recipe
+from resablate.recipes import Recipe
 
 if TYPE_CHECKING:
     from resablate.data import DatasetScan
@@ -46,7 +47,7 @@ class PlannedCell:
 
     cell_id: str
     label: str
-    status: str
+    status: CellStatus
     params: int
     active_params: int
     flops: int
@@ -76,7 +77,7 @@ class GridPlan:
     @property
     def estimated_seconds(self) -> float | None:
         """Estimated training time of the cells that would run (not ``done``/``diverged``)."""
-        todo = [c for c in self.cells if c.status not in ("done", "diverged")]
+        todo = [c for c in self.cells if c.status not in (CellStatus.DONE, CellStatus.DIVERGED)]
         if any(c.estimated_seconds is None for c in todo):
             return None
         return sum(c.estimated_seconds or 0.0 for c in todo)
@@ -192,7 +193,7 @@ def _probe(model: Any, recipe: Recipe, num_classes: int, device: Any, steps: int
     return statistics.median(times)
 
 
-def _stored_statuses(spec: GridSpec, out_dir: Path, dataset: DatasetScan) -> dict[str, str]:
+def _stored_statuses(spec: GridSpec, out_dir: Path, dataset: DatasetScan) -> dict[str, CellStatus]:
     """The statuses an earlier run left in ``out_dir``'s store (read-only; none without one),
     after the checks the run would make: an empty store, a dataset changed since."""
     check_store_file(out_dir)
@@ -250,9 +251,9 @@ def plan_grid(
     measured: dict[tuple[Any, ...], tuple[Any, float | None]] = {}
     planned = []
     for cell in spec.cells():
-        recipe = get_recipe(cell.recipe, **dict(cell.overrides))
+        recipe = cell.effective_recipe
         key = (
-            *(cell.arch, cell.source, cell.residual, cell.residual_alpha, cell.freeze, cell.bn),
+            *(cell.arch, cell.source, cell.residual, cell.freeze, cell.bn),
             *(recipe.image_size, recipe.batch_size, recipe.grad_accum, recipe.optimizer),
         )
         if key not in measured:
@@ -268,7 +269,7 @@ def plan_grid(
             PlannedCell(
                 cell_id=cell.cell_id,
                 label=cell.label,
-                status=statuses.get(cell.cell_id, "pending"),
+                status=statuses.get(cell.cell_id, CellStatus.PENDING),
                 params=counts.params,
                 active_params=counts.active_params,
                 flops=counts.flops,

@@ -21,36 +21,24 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+import shutil
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from resablate.atomic import sweep_stale
+from resablate.choices import DEFAULT_METRIC, FINISHED_STATUSES, METRICS, CellStatus
 from resablate.errors import ConfigError, DataError
 from resablate.grid.cell import Cell
 from resablate.grid.events import CellFinished, CellProgress, CellStarted, GridEvent, GridStarted
-from resablate.grid.executors import (
-    CellJob,
-    CellOutcome,
-    CellRunner,
-    Job,
-    StepHookFactory,
-    default_device,
-    job_cells,
-    make_executor,
-)
-from resablate.grid.job import dataset_root
+from resablate.grid.executors import CellOutcome, JobRunner, default_device, make_executor
+from resablate.grid.job import Job, StepHookFactory, dataset_root
 from resablate.grid.lock import RunLock
-from resablate.grid.packs import PackJob, packs_dir, parse_pack, plan_packs
+from resablate.grid.packs import packs_dir, parse_pack, plan_packs
+from resablate.grid.results import final_rows
 from resablate.grid.signals import sigterm_as_interrupt, uninterruptible
 from resablate.grid.spec import GridSpec
-from resablate.grid.store import (
-    FINISHED_STATUSES,
-    METRIC_COLUMNS,
-    CellRow,
-    ResultStore,
-    check_store_file,
-)
+from resablate.grid.store import CellRow, ResultStore, check_store_file
 from resablate.grid.summary import GridSummary
 from resablate.grid.table import results_table
 from resablate.paths import output_dir
@@ -62,7 +50,6 @@ if TYPE_CHECKING:
 
 CELLS_FOLDER = "cells"
 INTERRUPTED = "interrupted; a rerun resumes it from its last checkpoint"
-CUSTOM_RUNNER_PACKS = "packs train with run_pack; a custom cell_runner runs each cell alone"
 GRADFLOW_PACKS = (
     "gradient-norm logging (step hooks) runs each cell alone, its hooks see one model; use pack "
     "off or auto with it"
@@ -71,7 +58,9 @@ GRADFLOW_PACKS = (
 
 def select_cells(rows: Sequence[CellRow], *, retry_failed: bool = False) -> list[str]:
     """Ids of the cells a run starts, in grid order (the resume policy in this module's doc)."""
-    wanted = {"pending", "running", "skipped"} | ({"failed"} if retry_failed else set())
+    wanted = {CellStatus.PENDING, CellStatus.RUNNING, CellStatus.SKIPPED}
+    if retry_failed:
+        wanted.add(CellStatus.FAILED)
     return [row.cell_id for row in rows if row.status in wanted]
 
 
@@ -82,10 +71,11 @@ def cell_run_dir(out_dir: str | os.PathLike[str], cell_id: str) -> Path:
 
 def _record(store: ResultStore, outcome: CellOutcome, base_env: dict[str, Any]) -> None:
     """Write one outcome to the store (one transaction)."""
+    status = CellStatus(outcome.status)
     if outcome.result is None:
         store.record_result(
             outcome.cell_id,
-            outcome.status,
+            status,
             reason=outcome.reason,
             values={"device": outcome.device},
         )
@@ -96,9 +86,9 @@ def _record(store: ResultStore, outcome: CellOutcome, base_env: dict[str, Any]) 
     run_dir = Path(data.get("run_dir") or store.cell(outcome.cell_id).run_dir or "")
     store.record_result(
         outcome.cell_id,
-        outcome.status,
+        status,
         reason=outcome.reason,
-        metrics={name: metrics.get(name) for name in METRIC_COLUMNS},
+        metrics={name: metrics.get(name) for name in METRICS},
         values={
             "params": data.get("params"),
             "active_params": data.get("active_params"),
@@ -116,6 +106,23 @@ def _record(store: ResultStore, outcome: CellOutcome, base_env: dict[str, Any]) 
     )
 
 
+def release_checkpoints(outcomes: Sequence[CellOutcome], packs: Path) -> None:
+    """Delete the checkpoints of recorded cells that are finished for good (``done`` or
+    ``diverged``): their run directories keep the final model and results, and the folder of a
+    pack (in ``packs``) goes once its cells are recorded. Failed cells keep theirs, to resume."""
+    from resablate.engine.checkpoint import CHECKPOINT_DIR
+
+    for outcome in outcomes:
+        if outcome.result is None or outcome.status not in (CellStatus.DONE, CellStatus.DIVERGED):
+            continue
+        data = outcome.result.to_dict()
+        if data.get("run_dir"):
+            shutil.rmtree(Path(data["run_dir"]) / CHECKPOINT_DIR, ignore_errors=True)
+        pack = (data.get("environment") or {}).get("pack")
+        if pack:
+            shutil.rmtree(packs / pack["id"], ignore_errors=True)
+
+
 def _jobs(
     cells: Sequence[Cell],
     out_dir: str | os.PathLike[str],
@@ -128,10 +135,8 @@ def _jobs(
     jobs: list[Job] = []
     for group in plan_packs(cells, pack, device=device or default_device()):
         dirs = tuple(str(cell_run_dir(out_dir, cell.cell_id)) for cell in group)
-        if len(group) == 1:
-            jobs.append(CellJob(group[0], dirs[0], step_hooks=tuple(step_hooks)))
-        else:
-            jobs.append(PackJob(group, dirs, str(packs_dir(out_dir))))
+        hooks = tuple(step_hooks) if len(group) == 1 else ()
+        jobs.append(Job(tuple(group), dirs, str(packs_dir(out_dir)), hooks))
     return jobs
 
 
@@ -170,7 +175,7 @@ def check_fingerprint(rows: Sequence[CellRow], data: str, dataset: DatasetScan) 
     """
     for row in rows:
         recorded = row.environment.get("dataset_fingerprint")
-        finished = row.status in FINISHED_STATUSES and row.data == data
+        finished = row.status in FINISHED_STATUSES and row.cell.data == data
         if finished and recorded and recorded != dataset.fingerprint:
             raise DataError(
                 f"the dataset {dataset.root} changed since cell {row.cell_id} was trained on it "
@@ -217,14 +222,15 @@ def run_grid(
     *,
     executor: str = "local",
     retry_failed: bool = False,
-    metric: str = "f1",
+    metric: str = DEFAULT_METRIC,
     callback: Callable[[GridEvent], None] | None = None,
-    cell_runner: CellRunner | None = None,
+    job_runner: JobRunner | None = None,
     device: str | None = None,
     workers: int | None = None,
     ray_address: str | None = None,
     step_hooks: Sequence[StepHookFactory] = (),
     pack: str | int = "auto",
+    keep_checkpoints: bool = False,
 ) -> GridSummary:
     """Run a grid in ``out_dir``, resuming whatever an earlier run left unfinished.
 
@@ -236,7 +242,8 @@ def run_grid(
         retry_failed: Run ``failed`` cells again.
         metric: The metric of the summary's table.
         callback: Receives :data:`GridEvent` values (the CLI draws from them).
-        cell_runner: Runs one cell; ``resablate.grid.job.run_cell`` by default.
+        job_runner: Trains one job (a cell, or a pack of cells); ``resablate.grid.job.run_job``
+            by default (a test seam).
         device: Device for the local executor (``None`` = CUDA when visible, else CPU).
         workers: Local worker processes (default: one per visible GPU) or local Ray CPUs.
         ray_address: A Ray cluster to join (executor ``ray``).
@@ -245,9 +252,12 @@ def run_grid(
             ``--log-gradflow`` passes). A run option: cell ids do not change.
         pack: ``"auto"`` (pack the cells that can share a packed model where packing pays, K
             bounded as :mod:`resablate.grid.packs` says: on a GPU, not on a CPU), ``"off"`` or a
-            pack size K. With step hooks or a custom ``cell_runner``, ``auto`` runs every cell
-            alone and a K > 1 is refused. A run option: cell ids, the store and ``results.csv``
+            pack size K. With step hooks, ``auto`` runs every cell alone and a K > 1 is
+            refused. A run option: cell ids, the store and ``results.csv``
             do not change; each result's environment names its pack.
+        keep_checkpoints: Keep every checkpoint; by default a cell finished for good (``done``
+            or ``diverged``) keeps only its final model and results, and a pack's checkpoints go
+            once all its cells are recorded (a failed cell keeps its checkpoints to resume).
 
     Returns:
         The grid's state when the run ended.
@@ -261,16 +271,16 @@ def run_grid(
             trained on it.
     """
     mode = check_run_options(pack, workers)
-    if (step_hooks or cell_runner is not None) and mode != "off":
+    if step_hooks and mode != "off":
         if mode != "auto":
-            raise ConfigError(GRADFLOW_PACKS if step_hooks else CUSTOM_RUNNER_PACKS, field="pack")
+            raise ConfigError(GRADFLOW_PACKS, field="pack")
         mode = "off"
-    if cell_runner is None:
-        from resablate.grid.job import run_cell
+    if job_runner is None:
+        from resablate.grid.job import run_job
 
-        cell_runner = run_cell
+        job_runner = run_job
     runner = make_executor(
-        executor, cell_runner, device=device, workers=workers, ray_address=ray_address
+        executor, job_runner, device=device, workers=workers, ray_address=ray_address
     )
     from resablate.engine.environment import driver_environment
 
@@ -282,13 +292,13 @@ def run_grid(
         notes = (*spec.notes, *runner.prepare(out_dir))
         emit(GridStarted(str(out_dir), tuple(rows), tuple(to_run), notes))
         wanted = set(to_run)
-        cells = [Cell.from_dict(row.config) for row in rows if row.cell_id in wanted]
+        cells = [row.cell for row in rows if row.cell_id in wanted]
         jobs = _jobs(cells, out_dir, mode, device=device, step_hooks=step_hooks)
         in_flight: set[str] = set()
         started: list[str] = []
 
         def on_start(job: Job, on_device: str) -> None:
-            for cell in job_cells(job):
+            for cell in job.cells:
                 store.mark_running(cell.cell_id, device=on_device)
                 in_flight.add(cell.cell_id)
                 started.append(cell.cell_id)
@@ -297,12 +307,17 @@ def run_grid(
         def on_event(cell_id: str, event: Any) -> None:
             emit(CellProgress(cell_id, event))
 
-        def on_done(outcome: CellOutcome) -> None:
+        def on_done(outcomes: Sequence[CellOutcome]) -> None:
             with uninterruptible():
-                _record(store, outcome, base_env)
-                in_flight.discard(outcome.cell_id)
+                with store.together():  # a pack's cells: all recorded, or none
+                    for outcome in outcomes:
+                        _record(store, outcome, base_env)
+                in_flight.difference_update(o.cell_id for o in outcomes)
                 store.write_mirrors()
-            emit(CellFinished(outcome.cell_id, outcome.status, store.cell(outcome.cell_id)))
+                if not keep_checkpoints:
+                    release_checkpoints(outcomes, packs_dir(out_dir))
+            for outcome in outcomes:
+                emit(CellFinished(outcome.cell_id, outcome.status, store.cell(outcome.cell_id)))
 
         try:
             with sigterm_as_interrupt():
@@ -310,7 +325,7 @@ def run_grid(
         except KeyboardInterrupt:
             with uninterruptible():
                 for cell_id in sorted(in_flight):
-                    store.set_status(cell_id, "pending", INTERRUPTED)
+                    store.set_status(cell_id, CellStatus.PENDING, INTERRUPTED)
                 store.write_mirrors()
             raise
         final = store.cells()
@@ -319,6 +334,54 @@ def run_grid(
             cells=tuple(final),
             ran=tuple(started),
             counts=store.status_counts(),
-            table=results_table(final, metric),
+            table=results_table(final_rows(final), metric),
             notes=notes,
         )
+
+
+def train(
+    arch: str,
+    out_dir: str | os.PathLike[str],
+    *,
+    residual: str = "on",
+    residual_alpha: float | None = None,
+    weights: str = "none",
+    freeze: str = "none",
+    seed: int = 0,
+    data: str = "demo",
+    recipe: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    source: str = "torchvision",
+    bn: str = "frozen",
+    device: str | None = None,
+    callback: Callable[[GridEvent], None] | None = None,
+    keep_checkpoints: bool = False,
+) -> CellRow:
+    """Train one configuration: a grid of one cell in ``out_dir`` (what ``resablate train`` does).
+
+    The same store, run directory, resume and checks as :func:`run_grid`; a rerun keeps the
+    finished cell. Arguments name one value of each :class:`~resablate.grid.spec.GridSpec` axis
+    (``overrides``: recipe fields by name).
+
+    Returns:
+        The cell's stored row (``status``, metrics, counts, ``run_dir``).
+    """
+    spec = GridSpec(
+        depths=(),
+        archs=(arch,),
+        residual=(residual,),
+        residual_alpha=None if residual_alpha is None else (residual_alpha,),
+        weights=(weights,),
+        freeze=(freeze,),
+        seeds=(seed,),
+        data=data,
+        recipe=recipe,
+        overrides=tuple((overrides or {}).items()),
+        source=source,
+        bn=bn,
+    )
+    summary = run_grid(
+        spec, out_dir, device=device, callback=callback, keep_checkpoints=keep_checkpoints
+    )
+    (row,) = summary.cells
+    return row

@@ -14,16 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from resablate.errors import ConfigError, DataNotFoundError
-from resablate.grid.cell import Cell
-from resablate.residual_plan import ResidualPlan
+from resablate.grid.cell import DEMO_DATA, Cell
+from resablate.residual_plan import PLAN_ON, ResidualPlan
+from resablate.weights_choice import NAMED_WEIGHTS, WeightsChoice, WeightsKind
 
-DEMO_DATA = "demo"
-#: Weights specs that name no file.
-NAMED_WEIGHTS = ("none", "imagenet", "demo")
 #: Spec keys of earlier releases -> their names now.
 _RENAMED = {"arch": "family", "pretrained": "weights"}
-#: Recipe fields the CLI exposes as overrides (the library accepts any recipe field).
-OVERRIDE_FIELDS = ("epochs", "max_steps", "image_size", "batch_size", "lr")
+#: The axes that hold several values (tuples), in the order cells expand them.
+_AXES = ("depths", "archs", "residual", "weights", "freeze", "seeds", "baselines")
 
 
 def _unique(values: Any) -> tuple[Any, ...]:
@@ -41,7 +39,11 @@ class GridSpec:
         family: The residual family, e.g. ``"resnet"``; each depth names the architecture
             ``f"{family}{depth}"`` (a cell's ``arch``, e.g. ``"resnet50"``).
         source: ``"torchvision"`` or ``"timm"``.
-        depths: Depths of the family (18, 34, 50, 101, 152 for ResNets).
+        depths: Depths of the family (18, 34, 50, 101, 152 for ResNets); may be empty when
+            ``archs`` or ``baselines`` name the architectures.
+        archs: Architectures named in full (e.g. ``"resnet50"``, ``"vgg16"``), after the depths'.
+            Those with residual blocks take the residual axis; the others run as built (a note
+            says so), as the baselines do.
         residual: Residual plans: ``"on"``, ``"off"`` or a stage set ``"off:conv4_x,conv5_x"``.
         residual_alpha: Shortcut scales for the plans that alter stages (1 = residual on,
             0 = off); ``None`` = the plans' own meaning (off = alpha 0).
@@ -61,6 +63,7 @@ class GridSpec:
     family: str = "resnet"
     source: str = "torchvision"
     depths: tuple[int, ...] = (18, 50, 101, 152)
+    archs: tuple[str, ...] = ()
     residual: tuple[str, ...] = ("on", "off")
     residual_alpha: tuple[float, ...] | None = None
     weights: tuple[str, ...] = ("imagenet", "none")
@@ -74,7 +77,7 @@ class GridSpec:
 
     def __post_init__(self) -> None:
         values: dict[str, Any] = {"family": self.family.strip().lower()}
-        for name in ("depths", "residual", "weights", "freeze", "seeds", "baselines"):
+        for name in _AXES:
             values[name] = _unique(getattr(self, name))
         if self.residual_alpha is not None:
             values["residual_alpha"] = _unique(float(a) for a in self.residual_alpha)
@@ -100,7 +103,9 @@ class GridSpec:
         from resablate.freezing import FREEZE_PLANS
         from resablate.recipes import get_recipe
 
-        for name in ("depths", "residual", "weights", "freeze", "seeds"):
+        if not (self.depths or self.archs or self.baselines):
+            raise ConfigError("the grid names no architecture; give depths or architectures")
+        for name in ("residual", "weights", "freeze", "seeds"):
             if not getattr(self, name):
                 raise ConfigError(f"grid axis {name} is empty; give at least one value")
         if self.residual_alpha is not None:
@@ -118,7 +123,8 @@ class GridSpec:
                     field="freeze",
                 )
         for weights in self.weights:
-            if weights.lower() not in NAMED_WEIGHTS and not Path(weights).expanduser().is_file():
+            path = WeightsChoice.parse(weights).path
+            if path is not None and not path.is_file():
                 raise ConfigError(
                     f"weights file {weights} does not exist; use "
                     f"{', '.join(NAMED_WEIGHTS)} or a path to a .pth/.pt/.safetensors file",
@@ -127,13 +133,17 @@ class GridSpec:
         for depth in self.depths:
             if isinstance(depth, bool) or not isinstance(depth, int):
                 raise ConfigError(f"depth {depth!r} is not an integer", field="depths")
+        for seed in self.seeds:
+            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+                raise ConfigError(f"seed {seed!r} is not a non-negative integer", field="seeds")
         get_recipe(str(self.recipe), **dict(self.overrides))
         self.cells()  # builds every cell: validates architectures, stages and seeds
 
     # ----------------------------------------------------------------------------- expansion
 
     def architectures(self) -> tuple[tuple[str, str, bool], ...]:
-        """``(arch, source, residual_axis_applies)`` for the depths, then the baselines."""
+        """``(arch, source, residual_axis_applies)`` for the depths, the architectures named in
+        full, then the baselines."""
         from resablate.families import get_family
 
         archs: list[tuple[str, str, bool]] = []
@@ -142,6 +152,12 @@ class GridSpec:
                 family = get_family(f"{self.family}{depth}", self.source)
             except ConfigError as exc:
                 raise ConfigError(f"depth {depth}: {exc}", field="depths") from None
+            archs.append((family.arch, family.source, family.residual))
+        for name in self.archs:
+            try:
+                family = get_family(name, self.source)
+            except ConfigError as exc:
+                raise ConfigError(str(exc), field="archs") from None
             archs.append((family.arch, family.source, family.residual))
         for name in self.baselines:
             try:
@@ -157,18 +173,23 @@ class GridSpec:
         """The residual axis as plans (each alpha replaces the plans' 0 when given)."""
         plans: list[ResidualPlan] = []
         for text in self.residual:
-            plan = ResidualPlan.parse(text)
+            try:
+                plan = ResidualPlan.parse(text)
+            except ConfigError as exc:
+                raise ConfigError(str(exc), field="residual") from None
             if plan.is_on or self.residual_alpha is None:
                 plans.append(plan)
             else:
                 plans.extend(ResidualPlan.parse(text, alpha) for alpha in self.residual_alpha)
         return tuple(plans)
 
-    def weights_for_cells(self) -> tuple[str, ...]:
+    def weights_for_cells(self) -> tuple[WeightsChoice, ...]:
         """The pretrained axis as the cells see it (``imagenet`` → ``demo`` on demo data)."""
-        if self.data != DEMO_DATA:
-            return self.weights
-        return _unique("demo" if w.lower() == "imagenet" else w for w in self.weights)
+        choices = [WeightsChoice.parse(w) for w in self.weights]
+        if self.data == DEMO_DATA:
+            demo = WeightsChoice(WeightsKind.DEMO)
+            choices = [demo if c.kind == WeightsKind.IMAGENET else c for c in choices]
+        return _unique(choices)
 
     @property
     def notes(self) -> tuple[str, ...]:
@@ -179,6 +200,15 @@ class GridSpec:
                 "demo data: the pretrained axis uses the demo weights instead of ImageNet's, so "
                 "the whole grid runs offline"
             )
+        if self.residual != ("on",):
+            from resablate.families import get_family
+
+            plain = [name for name in self.archs if not get_family(name, self.source).residual]
+            if plain:
+                notes.append(
+                    f"the residual axis skips {', '.join(plain)} (no residual blocks): "
+                    "trained as built"
+                )
         return tuple(notes)
 
     def cells(self) -> list[Cell]:
@@ -189,7 +219,7 @@ class GridSpec:
         overrides = self.overrides
         cells: dict[str, Cell] = {}
         for arch, source, residual_axis in self.architectures():
-            plans = self.residual_plans() if residual_axis else (ResidualPlan.parse("on"),)
+            plans = self.residual_plans() if residual_axis else (PLAN_ON,)
             for plan in plans:
                 for weights in self.weights_for_cells():
                     for plan_name in self.freeze:
@@ -197,8 +227,7 @@ class GridSpec:
                             cell = Cell(
                                 arch=arch,
                                 source=source,
-                                residual=plan.text,
-                                residual_alpha=plan.alpha,
+                                residual=plan,
                                 weights=weights,
                                 freeze=plan_name,
                                 bn=self.bn,
@@ -236,7 +265,7 @@ class GridSpec:
                 f"unknown grid spec key(s): {', '.join(unknown)}; keys: {', '.join(sorted(known))}"
             )
         values = dict(data)
-        for name in ("depths", "residual", "weights", "freeze", "seeds", "baselines"):
+        for name in _AXES:
             if name in values:
                 values[name] = tuple(values[name])
         if values.get("residual_alpha") is not None:

@@ -26,14 +26,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from resablate.atomic import write_text
+from resablate.choices import FINISHED_STATUSES, METRICS, CellStatus
 from resablate.errors import StoreError
-from resablate.residual_plan import ResidualPlan
-
-if TYPE_CHECKING:
-    from resablate.grid.cell import Cell
+from resablate.grid.cell import Cell
 
 STORE_FILENAME = "store.sqlite"
 CSV_FILENAME = "results.csv"
@@ -44,10 +42,8 @@ BUSY_TIMEOUT_MS = 30_000
 #: Free space below which a failed write is taken for a full disk (SQLite writes whole pages).
 _FULL_DISK_BYTES = 1 << 20
 
-#: Every status a cell can have.
-STATUSES = ("pending", "running", "done", "failed", "diverged", "skipped")
-#: Statuses of a cell whose run is over (it produced a result or a reason).
-FINISHED_STATUSES = ("done", "failed", "diverged", "skipped")
+_STATUSES = tuple(CellStatus)
+_STATUS_LIST = ",".join(f"'{status}'" for status in CellStatus)
 
 #: File-system types on which SQLite's locks cannot be trusted (``/proc/mounts`` names).
 NETWORK_FILESYSTEMS = frozenset(
@@ -101,10 +97,7 @@ RESULT_COLUMNS = (
     "device",
 )
 
-#: Metric columns of a cell and of an evaluation record.
-METRIC_COLUMNS = ("accuracy", "precision", "recall", "f1", "loss")
-
-_SCHEMA = """
+_SCHEMA = f"""
 CREATE TABLE grid (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     spec TEXT NOT NULL,
@@ -126,8 +119,8 @@ CREATE TABLE cells (
     data TEXT NOT NULL,
     in_grid INTEGER NOT NULL DEFAULT 1,
     position INTEGER,
-    status TEXT NOT NULL DEFAULT 'pending'
-        CHECK (status IN ('pending','running','done','failed','diverged','skipped')),
+    status TEXT NOT NULL DEFAULT '{CellStatus.PENDING}'
+        CHECK (status IN ({_STATUS_LIST})),
     reason TEXT,
     accuracy REAL,
     precision REAL,
@@ -162,7 +155,7 @@ CREATE TABLE evaluations (
     recall REAL,
     f1 REAL,
     loss REAL,
-    extra TEXT NOT NULL DEFAULT '{}',
+    extra TEXT NOT NULL DEFAULT '{{}}',
     PRIMARY KEY (cell_id, seq)
 );
 CREATE TABLE predictions (
@@ -218,16 +211,18 @@ def network_filesystem(path: str | os.PathLike[str], mounts: str | None = None) 
 class CellRow:
     """One cell as the store holds it.
 
+    The cell is parsed once, when the row is read, from the stored canonical config; the store's
+    columns that repeat its fields (``arch`` ... ``data``, the weights in the column
+    ``pretrained``, the studies' word) are for SQL and ``results.csv`` readers.
+
     Attributes:
         cell_id: The cell's id (hash of its canonical config).
-        config: The canonical config (``Cell.to_dict()``); ``Cell.from_dict(config)`` rebuilds it.
+        cell: The cell.
         depth: The ResNet depth, ``None`` for non-ResNet baselines.
-        weights: The weights spec (``none``, ``imagenet``, ``demo`` or a path); stored, and
-            written to ``results.csv``, in the column ``pretrained`` (the studies' word).
         in_grid: Whether the cell belongs to the grid spec last run in this store (cells that a
             changed spec dropped stay in the store with ``in_grid`` false).
         position: The cell's index in that grid (``None`` when not in it).
-        status: One of :data:`STATUSES`; ``reason`` says why for failed/diverged/skipped.
+        status: The cell's status; ``reason`` says why for failed/diverged/skipped.
         accuracy: Test metrics of the final evaluation (fractions in [0, 1]); ``loss`` is the mean
             cross-entropy in nats. ``None`` until the cell has a result.
         params: Parameter counts; ``flops`` in fvcore's convention (one multiply-add = one flop)
@@ -243,20 +238,11 @@ class CellRow:
     """
 
     cell_id: str
-    config: dict[str, Any]
-    arch: str
-    source: str
+    cell: Cell
     depth: int | None
-    residual: str
-    residual_alpha: float
-    weights: str
-    freeze: str
-    recipe: str
-    seed: int
-    data: str
     in_grid: bool
     position: int | None
-    status: str
+    status: CellStatus
     reason: str | None
     accuracy: float | None
     precision: float | None
@@ -279,18 +265,14 @@ class CellRow:
     updated_at: str
     skipped_checkpoints: tuple[str, ...] = ()
 
-    @property
-    def residual_plan(self) -> ResidualPlan:
-        """The cell's residual plan (``residual`` with its ``residual_alpha``)."""
-        return ResidualPlan.parse(self.residual, self.residual_alpha)
-
     def to_dict(self) -> dict[str, Any]:
-        """All fields as JSON-ready plain types."""
-        return asdict(self)
+        """All fields as JSON-ready plain types (``cell`` as ``Cell.to_dict()``)."""
+        return {**_row_values(self), "cell": self.cell.to_dict()}
 
     def result_record(self) -> dict[str, Any]:
         """The row of ``results.csv`` / ``results.jsonl`` (:data:`RESULT_COLUMNS`)."""
-        return {name: getattr(self, _FIELD_OF_COLUMN.get(name, name)) for name in RESULT_COLUMNS}
+        values = {**self.cell.to_dict(), **_row_values(self), "pretrained": self.cell.weights.text}
+        return {name: values[name] for name in RESULT_COLUMNS}
 
 
 @dataclass(frozen=True)
@@ -347,10 +329,12 @@ class PredictionRow:
 
 
 _CELL_ROW_FIELDS = tuple(f.name for f in fields(CellRow))
-# Stored columns whose CellRow field has another name.
-_FIELD_OF_COLUMN = {"pretrained": "weights"}
-_COLUMN_OF_FIELD = {field: column for column, field in _FIELD_OF_COLUMN.items()}
-_EVAL_FIELDS = ("step", "epoch", "split", *METRIC_COLUMNS)
+_EVAL_FIELDS = ("step", "epoch", "split", *METRICS)
+
+
+def _row_values(row: CellRow) -> dict[str, Any]:
+    """The row's fields but the cell, by name."""
+    return {name: getattr(row, name) for name in _CELL_ROW_FIELDS if name != "cell"}
 
 
 def check_store_file(folder: str | os.PathLike[str]) -> None:
@@ -391,12 +375,12 @@ def _store_error(path: Path, exc: sqlite3.DatabaseError, what: str) -> StoreErro
 
 def _cell_row(row: sqlite3.Row) -> CellRow:
     stored = set(row.keys())  # a store of format 1, read in place, lacks later columns
-    columns = {name: _COLUMN_OF_FIELD.get(name, name) for name in _CELL_ROW_FIELDS}
-    values = {name: row[column] for name, column in columns.items() if column in stored}
-    values["config"] = json.loads(row["config"])
+    values = {name: row[name] for name in _CELL_ROW_FIELDS if name != "cell" and name in stored}
+    values["cell"] = Cell.from_dict(json.loads(row["config"]))
     values["environment"] = json.loads(row["environment"] or "{}")
     values["skipped_checkpoints"] = tuple(json.loads(values.get("skipped_checkpoints") or "[]"))
     values["in_grid"] = bool(row["in_grid"])
+    values["status"] = CellStatus(row["status"])
     return CellRow(**values)
 
 
@@ -485,8 +469,9 @@ class ResultStore:
             target = target / STORE_FILENAME
         self.path = target
         self.readonly = readonly
+        self._together = False
         if readonly and not target.is_file():
-            raise StoreError(f"no results store at {target} (run `resablate grid --out ...` first)")
+            raise StoreError(f"no results store at {target} (run a grid into that folder first)")
         if not readonly:
             fs_type = network_filesystem(target.parent)
             if fs_type:
@@ -549,10 +534,24 @@ class ResultStore:
         return version == 0
 
     @contextlib.contextmanager
+    def together(self) -> Iterator[None]:
+        """Make every write inside the block one transaction: all of them are kept, or none (a
+        pack's cells are recorded so)."""
+        with self._write():
+            self._together = True
+            try:
+                yield
+            finally:
+                self._together = False
+
+    @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         if self.readonly:
             raise StoreError(f"{self.path} is open read-only")
         conn = self._conn
+        if self._together:  # inside together(): its transaction
+            yield conn
+            return
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -622,9 +621,9 @@ class ResultStore:
                         cell.arch,
                         cell.source,
                         depths[(cell.arch, cell.source)],
-                        cell.residual,
-                        cell.residual_alpha,
-                        cell.weights,
+                        cell.residual.text,
+                        cell.residual.alpha,
+                        cell.weights.text,
                         cell.freeze,
                         cell.recipe,
                         cell.seed,
@@ -650,14 +649,14 @@ class ResultStore:
     def mark_running(self, cell_id: str, *, device: str | None = None) -> None:
         """Mark a cell started: status ``running``, one more attempt, ``started_at`` now."""
         with self._write() as conn:
-            self._update(conn, cell_id, status="running", reason=None, device=device)
+            self._update(conn, cell_id, status=CellStatus.RUNNING, reason=None, device=device)
             conn.execute(
                 "UPDATE cells SET attempts = attempts + 1, started_at = ?, finished_at = NULL "
                 "WHERE cell_id = ?",
                 (_now(), cell_id),
             )
 
-    def set_status(self, cell_id: str, status: str, reason: str | None = None) -> None:
+    def set_status(self, cell_id: str, status: CellStatus, reason: str | None = None) -> None:
         """Set a cell's status and reason (without metrics; see :meth:`record_result`)."""
         with self._write() as conn:
             self._update(conn, cell_id, status=status, reason=reason)
@@ -665,7 +664,7 @@ class ResultStore:
     def record_result(
         self,
         cell_id: str,
-        status: str,
+        status: CellStatus,
         *,
         reason: str | None = None,
         metrics: Mapping[str, float | None] | None = None,
@@ -679,13 +678,13 @@ class ResultStore:
 
         Args:
             cell_id: The cell.
-            status: One of :data:`FINISHED_STATUSES`.
+            status: A finished status (:data:`~resablate.choices.FINISHED_STATUSES`).
             reason: Why the cell failed, diverged or was skipped.
-            metrics: Final test metrics by name (:data:`METRIC_COLUMNS`).
+            metrics: Final test metrics by name (:data:`METRICS`).
             values: Further cell columns: ``params``, ``active_params``, ``flops``, ``steps``,
                 ``train_seconds``, ``images_per_second``, ``device``, ``run_dir``.
             environment: Versions, device, git revision, fingerprints (JSON-ready).
-            evaluations: The evaluation history in order; keys :data:`METRIC_COLUMNS`, ``step``,
+            evaluations: The evaluation history in order; keys :data:`METRICS`, ``step``,
                 ``epoch``, ``split``; other keys are kept in ``extra``.
             predictions: Per test sample: ``index``, ``path``, ``label``, ``pred``, ``prob``.
             skipped_checkpoints: ``"<file>: <why>"`` of each checkpoint the run passed over.
@@ -696,7 +695,7 @@ class ResultStore:
         unknown = sorted(set(columns) - set(_CELL_ROW_FIELDS))
         if unknown:
             raise ValueError(f"unknown cell columns: {', '.join(unknown)}")
-        for name in METRIC_COLUMNS:
+        for name in METRICS:
             columns[name] = None if metrics is None else metrics.get(name)
         if environment is not None:
             columns["environment"] = json.dumps(dict(environment), sort_keys=True, default=str)
@@ -736,8 +735,8 @@ class ResultStore:
 
     @staticmethod
     def _update(conn: sqlite3.Connection, cell_id: str, **columns: Any) -> None:
-        if "status" in columns and columns["status"] not in STATUSES:
-            raise ValueError(f"status {columns['status']!r} is not one of {STATUSES}")
+        if "status" in columns and columns["status"] not in _STATUSES:
+            raise ValueError(f"status {columns['status']!r} is not one of {_STATUSES}")
         columns["updated_at"] = _now()
         assignments = ", ".join(f"{name} = ?" for name in columns)
         cursor = conn.execute(
@@ -773,7 +772,9 @@ class ResultStore:
         row = self._conn.execute("SELECT spec FROM grid WHERE id = 1").fetchone()
         return None if row is None else json.loads(row["spec"])
 
-    def cells(self, status: str | None = None, *, include_dropped: bool = False) -> list[CellRow]:
+    def cells(
+        self, status: CellStatus | None = None, *, include_dropped: bool = False
+    ) -> list[CellRow]:
         """Cells of the current grid in grid order (optionally only those with ``status``).
 
         Args:
@@ -781,8 +782,8 @@ class ResultStore:
             include_dropped: Also return cells an earlier spec had and the current one dropped
                 (after the current grid's cells, by id).
         """
-        if status is not None and status not in STATUSES:
-            raise StoreError(f"unknown cell status {status!r}; legal: {', '.join(STATUSES)}")
+        if status is not None and status not in _STATUSES:
+            raise StoreError(f"unknown cell status {status!r}; legal: {', '.join(_STATUSES)}")
         query = "SELECT * FROM cells WHERE (? IS NULL OR status = ?)"
         if not include_dropped:
             query += " AND in_grid = 1"
@@ -821,14 +822,14 @@ class ResultStore:
             for r in rows
         ]
 
-    def status_counts(self) -> dict[str, int]:
+    def status_counts(self) -> dict[CellStatus, int]:
         """How many cells of the current grid have each status (every status present)."""
-        counts = dict.fromkeys(STATUSES, 0)
+        counts = dict.fromkeys(CellStatus, 0)
         rows = self._conn.execute(
             "SELECT status, count(*) AS n FROM cells WHERE in_grid = 1 GROUP BY status"
         )
         for row in rows:
-            counts[row["status"]] = row["n"]
+            counts[CellStatus(row["status"])] = row["n"]
         return counts
 
     def integrity_check(self) -> str:

@@ -10,12 +10,10 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from resablate.grid.cell import Cell
+from resablate.choices import DEFAULT_METRIC, PROBLEM_STATUSES, CellStatus
+from resablate.grid.results import final_rows
 from resablate.grid.store import CellRow, ResultStore
 from resablate.grid.table import ResultsTable, results_table
-
-#: Statuses of a finished cell that has no result: a grid with any of them is not a success.
-NOT_DONE_STATUSES = ("failed", "diverged", "skipped")
 
 
 @dataclass(frozen=True)
@@ -34,19 +32,20 @@ class GridSummary:
     out_dir: str
     cells: tuple[CellRow, ...]
     ran: tuple[str, ...]
-    counts: dict[str, int]
+    counts: dict[CellStatus, int]
     table: ResultsTable
     notes: tuple[str, ...] = ()
 
     @property
     def not_done(self) -> tuple[CellRow, ...]:
-        """The cells whose run ended without a result: failed, diverged or skipped."""
-        return tuple(row for row in self.cells if row.status in NOT_DONE_STATUSES)
+        """The cells whose run ended without a result (:data:`PROBLEM_STATUSES`: failed,
+        diverged or skipped): a grid with any of them is not a success."""
+        return tuple(row for row in self.cells if row.status in PROBLEM_STATUSES)
 
     @property
     def complete(self) -> bool:
         """True when no cell is pending or running."""
-        return self.counts["pending"] == 0 and self.counts["running"] == 0
+        return self.counts[CellStatus.PENDING] == 0 and self.counts[CellStatus.RUNNING] == 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: counts, ran, the cells' result records and the table."""
@@ -68,7 +67,7 @@ class GridSummary:
         )
         parts: list[Any] = [self.table]
         for row in self.not_done:
-            parts.append(Text(f"{row.status}: {row.cell_id} {_label(row)}: {row.reason}"))
+            parts.append(Text(f"{row.status}: {row.cell_id} {row.cell.label}: {row.reason}"))
         parts.append(
             Text(f"{len(self.cells)} cells: {counts} · ran {len(self.ran)} now · {self.out_dir}")
         )
@@ -81,11 +80,7 @@ def _ids(rows: tuple[CellRow, ...], status: str) -> str:
     return f" ({', '.join(ids)})" if ids else ""
 
 
-def _label(row: CellRow) -> str:
-    return Cell.from_dict(row.config).label
-
-
-def grid_status(out_dir: str | os.PathLike[str], *, metric: str = "f1") -> GridSummary:
+def grid_status(out_dir: str | os.PathLike[str], *, metric: str = DEFAULT_METRIC) -> GridSummary:
     """The state of the grid stored in ``out_dir`` (read-only; safe while a grid runs)."""
     with ResultStore.open(out_dir) as store:
         rows = store.cells()
@@ -94,5 +89,5 @@ def grid_status(out_dir: str | os.PathLike[str], *, metric: str = "f1") -> GridS
             cells=tuple(rows),
             ran=(),
             counts=store.status_counts(),
-            table=results_table(rows, metric),
+            table=results_table(final_rows(rows), metric),
         )

@@ -1,14 +1,20 @@
-"""Build a report from a grid's run directory: its tables, spec, environment and problems."""
+"""Build a report from a grid's run directory: its tables, spec, environment and problems.
+
+The store is read once (:func:`resablate.grid.results.read_results`); the tables, the figures
+(:mod:`resablate.report.figure_data`) and the statistics are views of what was read.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from resablate.errors import ConfigError
+from resablate.choices import CellStatus
+from resablate.errors import ConfigError, DataError
+from resablate.grid.results import GridResults, read_results
 from resablate.report.published import STUDIES, PublishedStudy, published
 from resablate.report.tables import (
     METRICS,
@@ -25,7 +31,7 @@ from resablate.report.tables import (
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-    from resablate.grid.store import CellRow, PredictionRow, ResultStore
+    from resablate.grid.store import CellRow, ResultStore
 
 
 @dataclass(frozen=True)
@@ -33,32 +39,49 @@ class Report:
     """Everything a report shows except the figures (see :mod:`resablate.report.output`).
 
     Attributes:
-        out_dir: The grid's run directory.
-        store_path: The results store read.
+        results: What was read from the store: the tidy table, histories and predictions.
         metric: The metric of the ablation table.
         compare: The published study compared with, if any.
         ablation: CIFAKE-shaped table (``None`` when no unfrozen cell exists).
         freeze: Food-5K-shaped table (``None`` when the grid froze nothing).
         models: Size, cost, metrics and speed per configuration.
         problems: Cells without a result, with reasons.
-        status_counts: Cells of the grid by status.
-        spec: The grid spec as stored (``None`` for a store without one).
         environment: Environment fields shared by every finished cell (versions, device, ...).
-        cells: Every cell row of the current grid, in grid order.
     """
 
-    out_dir: Path
-    store_path: Path
+    results: GridResults
     metric: str
     compare: str | None
     ablation: PivotTable | None
     freeze: PivotTable | None
     models: ModelTable
     problems: ProblemTable
-    status_counts: dict[str, int]
-    spec: dict[str, Any] | None
     environment: dict[str, Any]
-    cells: tuple[CellRow, ...]
+
+    @property
+    def store_path(self) -> Path:
+        """The results store read."""
+        return self.results.path
+
+    @property
+    def out_dir(self) -> Path:
+        """The grid's run directory."""
+        return self.results.path.parent
+
+    @property
+    def cells(self) -> tuple[CellRow, ...]:
+        """Every cell row of the current grid, in grid order."""
+        return self.results.cells
+
+    @property
+    def status_counts(self) -> dict[CellStatus, int]:
+        """Cells of the grid by status."""
+        return dict(self.results.status_counts)
+
+    @property
+    def spec(self) -> dict[str, Any] | None:
+        """The grid spec as stored (``None`` for a store without one)."""
+        return self.results.spec
 
     @property
     def published(self) -> PublishedStudy | None:
@@ -73,7 +96,7 @@ class Report:
     @property
     def summary(self) -> str:
         """``"12 cells: 10 done, 1 failed, 1 pending"``."""
-        order = sorted(self.status_counts, key=lambda status: status != "done")
+        order = sorted(self.status_counts, key=lambda status: status != CellStatus.DONE)
         parts = [f"{self.status_counts[s]} {s}" for s in order if self.status_counts[s]]
         return f"{sum(self.status_counts.values())} cells: {', '.join(parts) or 'none'}"
 
@@ -108,9 +131,9 @@ class Report:
         return Group(*parts)
 
 
-def common_environment(rows: list[CellRow]) -> dict[str, Any]:
+def common_environment(rows: Sequence[CellRow]) -> dict[str, Any]:
     """Environment fields with the same value in every finished cell (the rest vary per cell)."""
-    envs = [r.environment for r in rows if r.status == "done" and r.environment]
+    envs = [r.environment for r in rows if r.status == CellStatus.DONE and r.environment]
     if not envs:
         return {}
     keys = set(envs[0]).intersection(*envs[1:])
@@ -128,14 +151,50 @@ def open_store(out_dir: str | os.PathLike[str]) -> ResultStore:
     target = folder / STORE_FILENAME if folder.is_dir() else folder
     if not target.is_file():
         raise StoreError(
-            f"no results store in {folder} (expected {STORE_FILENAME}; run `resablate grid "
-            f"--out {folder}` first)"
+            f"no results store in {folder} (expected {STORE_FILENAME}; run a grid into that "
+            "folder first)"
         )
     return ResultStore.open(target)
 
 
+#: How many characters of a dataset fingerprint a message shows.
+FINGERPRINT_SHOWN = 12
+
+
+def check_one_dataset(results: GridResults) -> None:
+    """Refuse finished cells of the same dataset path that trained on different contents.
+
+    A dataset's files can change under the same path between runs of a grid; its cells then
+    differ in their recorded ``dataset_fingerprint`` and must not be pooled or compared.
+
+    Raises:
+        DataError: Naming the dataset path and, per fingerprint, its cells.
+    """
+    by_data: dict[str, dict[str, list[str]]] = {}
+    for row in results.final:
+        if row.done and row.dataset_fingerprint is not None:
+            found = by_data.setdefault(row.cell.data, {})
+            found.setdefault(row.dataset_fingerprint, []).append(row.cell_row.cell_id)
+    for data, found in by_data.items():
+        if len(found) > 1:
+            parts = [
+                f"{fingerprint[:FINGERPRINT_SHOWN]} (cells {', '.join(cells)})"
+                for fingerprint, cells in found.items()
+            ]
+            raise DataError(
+                f"the cells of dataset {data} trained on different contents (dataset "
+                f"fingerprints {'; '.join(parts)}): the report does not pool them; rerun the "
+                "cells on one version of the data, or allow_mixed_data to report them anyway",
+                field="allow_mixed_data",
+            )
+
+
 def build_report(
-    out_dir: str | os.PathLike[str], *, metric: str = "f1", compare: str | None = None
+    out_dir: str | os.PathLike[str],
+    *,
+    metric: str = "f1",
+    compare: str | None = None,
+    allow_mixed_data: bool = False,
 ) -> Report:
     """Read a grid's store and build its tables.
 
@@ -144,35 +203,31 @@ def build_report(
         metric: The ablation table's metric: one of :data:`resablate.report.tables.METRICS`.
         compare: ``"cifake"`` or ``"food5k"`` to place that study's published numbers beside the
             measured ones.
+        allow_mixed_data: Report cells of one dataset path whose recorded dataset fingerprints
+            differ (refused by default: :func:`check_one_dataset`).
 
     Raises:
         ConfigError: Unknown metric or study.
+        DataError: Cells of one dataset path trained on different contents (unless allowed).
         StoreError: No store, not a store, or a store from a newer format.
     """
     if metric not in METRICS:
         raise ConfigError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
     if compare is not None and compare not in STUDIES:
         raise ConfigError(f"unknown study {compare!r}; published studies: {', '.join(STUDIES)}")
-    study = None if compare is None else published(compare)
     with open_store(out_dir) as store:
-        rows = store.cells()
-
-        @cache
-        def predictions(cell_id: str) -> tuple[PredictionRow, ...]:
-            return tuple(store.predictions(cell_id))
-
-        report = Report(
-            out_dir=store.path.parent,
-            store_path=store.path,
-            metric=metric,
-            compare=compare,
-            ablation=ablation_table(rows, predictions, metric=metric, published=study),
-            freeze=freeze_table(rows, predictions, published=study),
-            models=model_table(rows, published=study),
-            problems=problem_table(rows),
-            status_counts=store.status_counts(),
-            spec=store.spec(),
-            environment=common_environment(rows),
-            cells=tuple(rows),
-        )
-    return report
+        results = read_results(store)
+    if not allow_mixed_data:
+        check_one_dataset(results)
+    study = None if compare is None else published(compare)
+    final = results.final
+    return Report(
+        results=results,
+        metric=metric,
+        compare=compare,
+        ablation=ablation_table(final, results.predictions, metric=metric, published=study),
+        freeze=freeze_table(final, results.predictions, published=study),
+        models=model_table(final, published=study),
+        problems=problem_table(final),
+        environment=common_environment(results.cells),
+    )

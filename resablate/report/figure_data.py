@@ -1,6 +1,8 @@
-"""The report's figures, gathered from a grid's store and its cells' run directories.
+"""The report's figures, gathered from what the report read and its cells' run directories.
 
-This module turns stored results into the plain data :mod:`resablate.report.figures` draws:
+This module turns the report's results (read once from the store by
+:func:`resablate.report.build.build_report`; the store is not opened again here) into the plain
+data :mod:`resablate.report.figures` draws:
 evaluation histories, the recipe's learning-rate schedule (the engine's own schedule function),
 confusion matrices and misclassified images from the per-sample predictions, feature maps of
 models rebuilt from their run directories, and the ablation table's values against depth.
@@ -13,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from resablate.choices import CellStatus
 from resablate.report.document import FigureSection
 from resablate.report.figures import (
     FigureFile,
@@ -29,6 +32,7 @@ from resablate.report.figures import (
 from resablate.report.tables import Group, group_cells, row_label
 from resablate.residual_plan import PLAN_FIELDS, RESIDUAL_OFF
 from resablate.run_dir import RunDir
+from resablate.trained import rebuild_model
 
 if TYPE_CHECKING:
     import numpy as np
@@ -38,6 +42,7 @@ if TYPE_CHECKING:
     from resablate.recipes import Recipe
     from resablate.report.build import Report
     from resablate.report.stats import MeanInterval
+    from resablate.report.tables import Predictions
 
 #: Stages whose outputs the feature-map figure shows (the stem and the first two stages).
 FEATURE_STAGES = ("conv1", "conv2_x", "conv3_x")
@@ -75,7 +80,7 @@ def history_records(evaluations: Sequence[EvaluationRow]) -> list[dict[str, Any]
 def cell_recipe(row: CellRow) -> Recipe:
     """The effective recipe of a cell: its run directory's ``recipe.json``, else rebuilt from the
     recipe name and overrides in its config."""
-    return RunDir(row.run_dir or "").read_recipe(row.config)
+    return RunDir(row.run_dir or "").read_recipe(row.cell.to_dict())
 
 
 def learning_rates(recipe: Recipe, total_steps: int) -> list[float]:
@@ -136,7 +141,7 @@ def stage_activations(
 
     from resablate.families import get_family
 
-    family = get_family(row.arch, row.source)
+    family = get_family(row.cell.arch, row.cell.source)
     pixels = torch.from_numpy(image.copy()).permute(2, 0, 1).float().div(255.0).unsqueeze(0)
     pixels = functional.interpolate(
         pixels, size=(recipe.image_size, recipe.image_size), mode="bilinear", antialias=True
@@ -166,19 +171,23 @@ def _feature_pairs(report: Report) -> list[tuple[CellRow, CellRow]]:
     weights, seed and everything else, both with a saved model."""
 
     def ready(row: CellRow) -> bool:
-        return row.status == "done" and bool(row.run_dir) and RunDir(str(row.run_dir)).has_weights
+        return (
+            row.status == CellStatus.DONE
+            and bool(row.run_dir)
+            and RunDir(str(row.run_dir)).has_weights
+        )
 
-    on = {_but_residual(r): r for r in report.cells if r.residual_plan.is_on and ready(r)}
+    on = {_but_residual(r): r for r in report.cells if r.cell.residual.is_on and ready(r)}
     pairs: dict[tuple[str, str], tuple[CellRow, CellRow]] = {}
     for row in report.cells:
-        if row.residual_plan.text == RESIDUAL_OFF and ready(row) and _but_residual(row) in on:
-            pairs.setdefault((row.arch, row.source), (on[_but_residual(row)], row))
+        if row.cell.residual.text == RESIDUAL_OFF and ready(row) and _but_residual(row) in on:
+            pairs.setdefault((row.cell.arch, row.cell.source), (on[_but_residual(row)], row))
     return list(pairs.values())
 
 
 def _but_residual(row: CellRow) -> str:
     """A cell's config without its residual plan: cells that differ only there share it."""
-    rest = {k: v for k, v in row.config.items() if k not in PLAN_FIELDS}
+    rest = {k: v for k, v in row.cell.to_dict().items() if k not in PLAN_FIELDS}
     return json.dumps(rest, sort_keys=True)
 
 
@@ -193,8 +202,8 @@ def gradflow_figures(done: Sequence[CellRow], target: Path) -> list[FigureFile]:
     figures: list[FigureFile] = []
     for index, members in enumerate(groups.values()):
         first = members[0][0]
-        panels = {row.residual_plan.title: records for row, records in members}
-        title = _cell_title(first) if len(members) == 1 else row_label(first)
+        panels = {row.cell.residual.title: records for row, records in members}
+        title = first.cell.label if len(members) == 1 else row_label(first)
         figures.append(
             gradflow_figure(
                 panels,
@@ -213,7 +222,7 @@ def lesion_figures(done: Sequence[CellRow], target: Path) -> list[FigureFile]:
         study = RunDir(row.run_dir).read_lesion() if row.run_dir else None
         if study is not None:
             by_k = study["by_k"]
-            series[_cell_title(row)] = [
+            series[row.cell.label] = [
                 (int(p["k"]), float(p["accuracy_mean"]), float(p["accuracy_std"])) for p in by_k
             ]
     if not series:
@@ -273,8 +282,6 @@ def report_figures(
         feature_maps: Rebuild models from their run directories for the feature-map figure.
         gallery_size: Most misclassified images shown per configuration.
     """
-    from resablate.report.build import open_store
-
     target = Path(folder)
     series = _depth_series(report)
     depth = (
@@ -282,22 +289,23 @@ def report_figures(
         if any(len(points) > 1 for points in series.values())
         else []
     )
-    done = [r for r in report.cells if r.status == "done"]
-    groups = [g for g in group_cells(done) if g.done]
-    with open_store(report.store_path) as store:
-        curves = []
-        for row in done:
-            history = history_records(store.evaluations(row.cell_id))
-            if history:
-                curves.append(
-                    curves_figure(
-                        history,
-                        target / f"curves-{row.cell_id}.png",
-                        metric=report.metric if report.metric != "loss" else "f1",
-                        title=_cell_title(row),
-                    )
+    results = report.results
+    finished = [r for r in results.final if r.done]
+    done = [r.cell_row for r in finished]
+    groups = group_cells(finished)
+    curves = []
+    for row in done:
+        history = history_records(results.histories[row.cell_id])
+        if history:
+            curves.append(
+                curves_figure(
+                    history,
+                    target / f"curves-{row.cell_id}.png",
+                    metric=report.metric if report.metric != "loss" else "f1",
+                    title=row.cell.label,
                 )
-        predictions = {r.cell_id: store.predictions(r.cell_id) for r in done}
+            )
+    predictions = results.predictions
     confusions, galleries = _prediction_figures(groups, predictions, target, gallery_size)
     maps = _feature_map_figures(report, predictions, target) if feature_maps else []
     candidates = [
@@ -363,12 +371,6 @@ def report_figures(
     return [FigureSection(title, text, tuple(figs)) for title, text, figs in candidates if figs]
 
 
-def _cell_title(row: CellRow) -> str:
-    from resablate.grid.cell import Cell
-
-    return Cell.from_dict(row.config).label
-
-
 def _schedule_figures(done: Sequence[CellRow], target: Path) -> list[FigureFile]:
     figures: list[FigureFile] = []
     seen: set[tuple[str, int]] = set()
@@ -392,18 +394,18 @@ def _schedule_figures(done: Sequence[CellRow], target: Path) -> list[FigureFile]
 
 def _prediction_figures(
     groups: Sequence[Group],
-    predictions: dict[str, list[PredictionRow]],
+    predictions: Predictions,
     target: Path,
     gallery_size: int,
 ) -> tuple[list[FigureFile], list[FigureFile]]:
     confusions, galleries = [], []
     for index, group in enumerate(groups):
-        pooled = [p for r in group.done for p in predictions[r.cell_id]]
+        pooled = [p for r in group.done for p in predictions[r.cell_row.cell_id]]
         if not pooled:
             continue
         classes = class_names(pooled)
-        first = group.done[0]
-        config = _cell_title(first).rsplit(" · seed ", 1)[0]
+        first = group.done[0].cell_row
+        config = first.cell.label.rsplit(" · seed ", 1)[0]
         seeds = len(group.done)
         confusions.append(
             confusion_figure(
@@ -417,27 +419,27 @@ def _prediction_figures(
         if not samples and any(p.pred != p.label for p in predictions[first.cell_id]):
             continue  # mistakes exist but their image files are gone: nothing honest to show
         galleries.append(
-            gallery_figure(samples, target / f"misclassified-{index}.png", title=_cell_title(first))
+            gallery_figure(samples, target / f"misclassified-{index}.png", title=first.cell.label)
         )
     return confusions, galleries
 
 
 def _feature_map_figures(
-    report: Report, predictions: dict[str, list[PredictionRow]], target: Path
+    report: Report, predictions: Predictions, target: Path
 ) -> list[FigureFile]:
     from resablate.data.images import decode_image
 
     figures: list[FigureFile] = []
     for on, off in _feature_pairs(report):
-        preds = predictions.get(on.cell_id) or []
+        preds = predictions.get(on.cell_id, ())
         path = next((p.path for p in preds if p.path and Path(p.path).is_file()), None)
         if path is None:
             continue
         image = decode_image(path)
         recipe = cell_recipe(on)
         maps = {
-            f"residual {row.residual_plan.text}": stage_activations(
-                RunDir(str(row.run_dir)).rebuild_model(), image, recipe, row
+            f"residual {row.cell.residual.text}": stage_activations(
+                rebuild_model(RunDir(str(row.run_dir))), image, recipe, row
             )
             for row in (on, off)
         }

@@ -1,4 +1,5 @@
-"""Write a report to disk: Markdown + figures, one self-contained HTML page, CSV or JSON.
+"""Write a report to disk: Markdown + figures, one self-contained HTML page, CSV, JSON, or the
+paper tables alone as LaTeX or Markdown.
 
 Every file is written atomically (``resablate.atomic``): a reader sees the previous report or the
 new one, never half of one.
@@ -21,14 +22,32 @@ from resablate.paths import output_dir
 from resablate.report.document import report_document
 from resablate.report.html import render_html
 from resablate.report.markdown import render_markdown
+from resablate.report.paper import latex_tables, markdown_tables
 
 if TYPE_CHECKING:
     from resablate.report.build import Report
     from resablate.report.tables import Tabular
 
 #: Formats written to files (``table`` is the terminal rendering, done by the CLI).
-FILE_FORMATS = ("md", "html", "csv", "json")
+FILE_FORMATS = ("md", "html", "csv", "json", "latex", "markdown")
+#: Every format of a report: the terminal's and the files'.
+FORMATS = ("table", *FILE_FORMATS)
 FIGURES_FOLDER = "figures"
+# The formats that write the paper tables alone: their file name and renderer.
+_PAPER_FILES = {"latex": ("tables.tex", latex_tables), "markdown": ("tables.md", markdown_tables)}
+
+
+def check_format(fmt: str, legal: tuple[str, ...] = FORMATS) -> str:
+    """``fmt`` when it is one of ``legal`` (by default :data:`FORMATS`).
+
+    Raises:
+        ConfigError: Unknown format (naming the legal ones).
+    """
+    if fmt not in legal:
+        raise ConfigError(
+            f"unknown report format {fmt!r}; choose one of {', '.join(legal)}", field="format"
+        )
+    return fmt
 
 
 @dataclass(frozen=True)
@@ -83,7 +102,7 @@ def csv_tables(report: Report) -> dict[str, str]:
 
 
 def default_output(report: Report, fmt: str) -> Path:
-    """Where a format goes without ``--out``: ``OUT_DIR/report/`` (JSON: ``report.json`` there)."""
+    """Where a format goes without an ``out``: ``OUT_DIR/report/`` (JSON: ``report.json`` there)."""
     folder = report.out_dir / "report"
     return folder / "report.json" if fmt == "json" else folder
 
@@ -102,8 +121,10 @@ def write_report(
         report: From :func:`resablate.report.build.build_report`.
         fmt: ``"md"`` (``report.md`` + ``figures/`` in the folder ``out``), ``"html"``
             (``report.html`` in the folder ``out``, or ``out`` itself when it ends in ``.html``),
-            ``"csv"`` (one ``<table>.csv`` per table in the folder ``out``) or ``"json"``
-            (the file ``out``).
+            ``"csv"`` (one ``<table>.csv`` per table in the folder ``out``), ``"json"``
+            (the file ``out``), ``"latex"`` / ``"markdown"`` (the paper tables alone:
+            ``tables.tex`` / ``tables.md`` in the folder ``out``, or ``out`` itself when it ends
+            in ``.tex`` / ``.md``).
         out: Destination; :func:`default_output` when ``None``.
         figures: Draw the figures (md and html).
         feature_maps: Include the feature-map figure (rebuilds models from their run dirs).
@@ -112,10 +133,12 @@ def write_report(
         ConfigError: Unknown format; a destination that is (below) a file or cannot be written,
             checked before anything is drawn.
     """
-    if fmt not in FILE_FORMATS:
-        raise ConfigError(f"unknown report format {fmt!r}; choose one of {', '.join(FILE_FORMATS)}")
+    check_format(fmt, FILE_FORMATS)
     target = Path(out).expanduser() if out is not None else default_output(report, fmt)
-    in_file = fmt == "json" or (fmt == "html" and target.suffix == ".html")
+    paper = _PAPER_FILES.get(fmt)
+    # html and the paper tables take a folder or a file with their suffix; json a file.
+    suffix = ".html" if fmt == "html" else None if paper is None else Path(paper[0]).suffix
+    in_file = fmt == "json" or target.suffix == suffix
     try:
         output_dir(target.parent if in_file else target, "report folder")
     except ConfigError as exc:
@@ -125,6 +148,11 @@ def write_report(
     if fmt == "json":
         write_text(target, json.dumps(report.to_dict(), indent=2, default=str) + "\n")
         return WrittenReport(target, (target,), 0)
+    if paper is not None:
+        file_name, render = paper
+        page = target if in_file else target / file_name
+        write_text(page, render(report))
+        return WrittenReport(page, (page,), 0)
     if fmt == "csv":
         files = []
         for name, text in csv_tables(report).items():

@@ -203,3 +203,76 @@ def paired_mcnemar(
     return McNemarResult(
         total_b, total_c, mcnemar_p_value(total_b, total_c), total_n, tuple(per_seed)
     )
+
+
+@dataclass(frozen=True)
+class SeedPairedTest:
+    """Paired t-test over seeds: a cell's metric against its reference's, seed by seed.
+
+    Attributes:
+        differences: ``(seed, cell − reference)`` for each seed both finished, by seed.
+        mean_difference: Mean of the differences.
+        t: The t statistic ``mean / (s / √n)`` (``s`` with ``ddof=1``; infinite when every
+            difference is the same non-zero value, 0 when all are zero).
+        p_value: Two-sided p-value with ``n − 1`` degrees of freedom.
+        p_holm: ``p_value`` after Holm's step-down correction over the tests of one table
+            (``None`` until corrected).
+    """
+
+    differences: tuple[tuple[int, float], ...]
+    mean_difference: float
+    t: float
+    p_value: float
+    p_holm: float | None = None
+
+    @property
+    def n(self) -> int:
+        """Seeds paired."""
+        return len(self.differences)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready fields."""
+        return {
+            "differences": [{"seed": s, "difference": d} for s, d in self.differences],
+            "mean_difference": self.mean_difference,
+            "t": self.t,
+            "p_value": self.p_value,
+            "p_holm": self.p_holm,
+        }
+
+
+def seed_paired_t(differences: Iterable[tuple[int, float]]) -> SeedPairedTest | None:
+    """Student's paired t-test of per-seed differences (``None`` with fewer than two seeds).
+
+    ``t = mean(d) / (sd(d) / √n)``, two-sided ``p = 2 · P[T_{n-1} ≥ |t|]``; it equals
+    ``scipy.stats.ttest_rel(cell, reference).pvalue``.
+    """
+    data = tuple(sorted((int(s), float(d)) for s, d in differences))
+    n = len(data)
+    if n < 2:
+        return None
+    values = [d for _, d in data]
+    mean = math.fsum(values) / n
+    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+    if sd == 0.0:
+        t = 0.0 if mean == 0.0 else math.copysign(math.inf, mean)
+        return SeedPairedTest(data, mean, t, 1.0 if mean == 0.0 else 0.0)
+    from scipy.stats import t as student_t
+
+    t = mean / (sd / math.sqrt(n))
+    return SeedPairedTest(data, mean, t, float(2.0 * student_t.sf(abs(t), df=n - 1)))
+
+
+def holm(p_values: Sequence[float]) -> tuple[float, ...]:
+    """Holm's step-down adjusted p-values, in the order given.
+
+    The k-th smallest of m p-values becomes ``max_{j ≤ k} min(1, (m − j + 1) · p_(j))``; reject
+    where the adjusted value is below the level (family-wise error controlled at that level).
+    """
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted = [0.0] * len(p_values)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+        adjusted[index] = running
+    return tuple(adjusted)

@@ -21,18 +21,34 @@ seeds both groups finished (:func:`resablate.report.stats.paired_mcnemar`).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from resablate.choices import FREEZE_PLANS
-from resablate.grid.table import METRICS_SHOWN, TableColumn, arch_label, results_table
-from resablate.report.stats import McNemarResult, MeanInterval, paired_mcnemar, t_interval
-from resablate.residual_plan import PLAN_FIELDS, RESIDUAL_ON
+from resablate.choices import FREEZE_PLANS, METRICS_SHOWN, CellStatus
+from resablate.grid.table import (
+    TableColumn,
+    arch_label,
+    pivot,
+    results_pivot,
+    row_labels,
+)
+from resablate.report.stats import (
+    McNemarResult,
+    MeanInterval,
+    SeedPairedTest,
+    holm,
+    paired_mcnemar,
+    seed_paired_t,
+    t_interval,
+)
+from resablate.residual_plan import PLAN_FIELDS, PLAN_ON
+from resablate.weights_choice import WeightsKind
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
+    from resablate.grid.results import ResultRow
     from resablate.grid.store import CellRow, PredictionRow
     from resablate.report.published import PublishedStudy, PublishedValue
 
@@ -42,34 +58,35 @@ EMPTY = "—"
 # a table is appended to the row (or column) label so that different groups never share a slot.
 _LAID_OUT = frozenset({"arch", *PLAN_FIELDS, "weights", "freeze", "seed"})
 
-PredictionsFn = Callable[[str], Sequence["PredictionRow"]]
+#: Each finished cell's per-sample test predictions, by cell id.
+Predictions = Mapping[str, Sequence["PredictionRow"]]
 
 
 @dataclass(frozen=True)
 class Group:
-    """The cells of one configuration that differ only in their seed."""
+    """The final results of one configuration's cells, which differ only in their seed."""
 
     key: str
-    rows: tuple[CellRow, ...]
+    rows: tuple[ResultRow, ...]
 
     @property
-    def first(self) -> CellRow:
+    def first(self) -> ResultRow:
         """The cell with the lowest seed (any cell describes the group's configuration)."""
         return self.rows[0]
 
     @property
-    def done(self) -> tuple[CellRow, ...]:
+    def done(self) -> tuple[ResultRow, ...]:
         """The finished (``done``) cells, by seed."""
-        return tuple(r for r in self.rows if r.status == "done")
+        return tuple(r for r in self.rows if r.done)
 
     def interval(self, metric: str) -> MeanInterval | None:
         """Mean and t-interval of ``metric`` over the finished seeds (``None`` if none)."""
-        values = [getattr(r, metric) for r in self.done if getattr(r, metric) is not None]
+        values = [v for r in self.done if (v := r.metric(metric)) is not None]
         return t_interval(values) if values else None
 
     def status_note(self) -> str:
         """``""`` when every seed finished, else e.g. ``"1 of 3 seeds missing (pending)"``."""
-        missing = [r for r in self.rows if r.status != "done"]
+        missing = [r.cell_row for r in self.rows if not r.done]
         if not missing:
             return ""
         statuses = ", ".join(sorted({r.status for r in missing}))
@@ -79,32 +96,38 @@ class Group:
         return f"{len(missing)} of {total} seeds missing ({statuses})"
 
 
-def group_key(row: CellRow, *, drop: Iterable[str] = ("seed",)) -> str:
-    """The canonical config of a cell without ``drop`` fields, as a sortable string."""
-    skip = set(drop)
-    return json.dumps({k: v for k, v in row.config.items() if k not in skip}, sort_keys=True)
+def group_key(row: ResultRow) -> str:
+    """The canonical config of a cell without its seed, as a sortable string."""
+    config = row.cell.to_dict()
+    return json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True)
 
 
-def group_cells(rows: Iterable[CellRow]) -> list[Group]:
-    """Group cells that differ only in their seed (groups in first-seen order, cells by seed)."""
-    groups: dict[str, list[CellRow]] = {}
-    for row in rows:
-        groups.setdefault(group_key(row), []).append(row)
-    return [Group(k, tuple(sorted(v, key=lambda r: r.seed))) for k, v in groups.items()]
+def _seed(row: ResultRow) -> int:
+    return row.cell.seed
 
 
-def _extras(rows: Sequence[CellRow]) -> list[str]:
+def _sorted_group(key: str, rows: Iterable[ResultRow]) -> Group:
+    return Group(key, tuple(sorted(rows, key=_seed)))
+
+
+def group_cells(rows: Sequence[ResultRow]) -> list[Group]:
+    """Group cells that differ only in their seed (groups in first-seen order, cells by seed):
+    the pivot's rows by configuration."""
+    layout = pivot(rows, group_key, lambda _: None)
+    return [_sorted_group(key, layout.by_row[key]) for key in layout.rows]
+
+
+def _extras(rows: Sequence[ResultRow]) -> list[str]:
     """Config fields (other than the laid-out ones) whose value differs between ``rows``."""
-    names = sorted({k for r in rows for k in r.config} - _LAID_OUT)
-    return [
-        n for n in names if len({json.dumps(r.config.get(n), sort_keys=True) for r in rows}) > 1
-    ]
+    configs = [r.cell.to_dict() for r in rows]
+    names = sorted({k for config in configs for k in config} - _LAID_OUT)
+    return [n for n in names if len({json.dumps(c.get(n), sort_keys=True) for c in configs}) > 1]
 
 
 def _extra_label(row: CellRow, extras: Sequence[str]) -> str:
     parts = []
     for name in extras:
-        value = row.config.get(name)
+        value = row.cell.to_dict().get(name)
         text = json.dumps(value, sort_keys=True) if isinstance(value, dict) else str(value)
         parts.append(f"{name} {text}")
     return " · ".join(parts)
@@ -116,28 +139,46 @@ def row_label(row: CellRow, extras: Sequence[str] = ()) -> str:
     return f"{arch_label(row)} · {extra}" if extra else arch_label(row)
 
 
-def _column(row: CellRow) -> TableColumn:
-    return TableColumn(row.residual, row.residual_alpha, row.weights)
-
-
-def paired_test(group: Group, reference: Group, predictions: PredictionsFn) -> McNemarResult | None:
+def paired_test(group: Group, reference: Group, predictions: Predictions) -> McNemarResult | None:
     """McNemar's exact test of ``group`` against ``reference``, pooled over common seeds.
 
     Only seeds finished in both groups whose predictions cover the same test images (same
     indices and labels, in order) enter the test; ``None`` when no seed qualifies.
     """
-    ref_by_seed = {r.seed: r for r in reference.done}
+    ref_by_seed = {r.cell.seed: r.cell_row for r in reference.done}
     pairs = []
-    for row in group.done:
-        ref = ref_by_seed.get(row.seed)
+    for row in (r.cell_row for r in group.done):
+        ref = ref_by_seed.get(row.cell.seed)
         if ref is None:
             continue
-        mine, theirs = predictions(row.cell_id), predictions(ref.cell_id)
+        mine, theirs = predictions.get(row.cell_id, ()), predictions.get(ref.cell_id, ())
         if not mine or [(p.index, p.label) for p in mine] != [(p.index, p.label) for p in theirs]:
             continue
         labels = [p.label for p in mine]
-        pairs.append((row.seed, labels, [p.pred for p in theirs], [p.pred for p in mine]))
+        pairs.append((row.cell.seed, labels, [p.pred for p in theirs], [p.pred for p in mine]))
     return paired_mcnemar(pairs) if pairs else None
+
+
+def seed_test(group: Group, reference: Group, metric: str) -> SeedPairedTest | None:
+    """The paired t-test of ``metric`` over the seeds both groups finished (uncorrected)."""
+    ref_by_seed = {r.cell.seed: r.metric(metric) for r in reference.done}
+    differences = [
+        (r.cell.seed, mine - theirs)
+        for r in group.done
+        if (mine := r.metric(metric)) is not None
+        and (theirs := ref_by_seed.get(r.cell.seed)) is not None
+    ]
+    return seed_paired_t(differences)
+
+
+def holm_corrected(entries: Sequence[Entry]) -> tuple[Entry, ...]:
+    """``entries`` with their seed-level tests Holm-corrected together (one family per table)."""
+    tested = [(i, e.seed_test) for i, e in enumerate(entries) if e.seed_test is not None]
+    adjusted = holm([test.p_value for _, test in tested])
+    fixed = list(entries)
+    for (i, test), p_holm in zip(tested, adjusted, strict=True):
+        fixed[i] = replace(entries[i], seed_test=replace(test, p_holm=p_holm))
+    return tuple(fixed)
 
 
 def format_p(p_value: float) -> str:
@@ -154,6 +195,8 @@ class Entry:
         column: Column label.
         value: Mean and interval over finished seeds; ``None`` when no seed finished.
         test: The paired test against the reference (``None`` for a reference or no pairs).
+        seed_test: The seed-level paired t-test of the metric against the reference, Holm-
+            corrected over the table (``None`` for a reference or fewer than two paired seeds).
         reference: Label of the reference the test compares with (``None`` for a reference).
         published: The published number for this slot (``None`` when not compared/reported).
         note: Missing seeds and their status, e.g. ``"pending"``; ``""`` when complete.
@@ -164,6 +207,7 @@ class Entry:
     column: str
     value: MeanInterval | None
     test: McNemarResult | None
+    seed_test: SeedPairedTest | None
     reference: str | None
     published: PublishedValue | None
     note: str
@@ -174,6 +218,9 @@ class Entry:
         lines = [self.value.format(digits) if self.value is not None else EMPTY]
         if self.test is not None:
             lines.append(f"{format_p(self.test.p_value)} vs {self.reference}")
+        if self.seed_test is not None and self.seed_test.p_holm is not None:
+            holm_p = format_p(self.seed_test.p_holm).replace("p", "Holm p", 1)
+            lines.append(f"seeds: Δ {self.seed_test.mean_difference:+.{digits}f}, {holm_p}")
         if self.note:
             lines.append(f"({self.note})")
         return "\n".join(lines)
@@ -196,6 +243,9 @@ class Entry:
             "published_table": None if self.published is None else self.published.table,
             "note": self.note,
             "cell_ids": list(self.cell_ids),
+            "seed_difference": None if self.seed_test is None else self.seed_test.mean_difference,
+            "seed_p_value": None if self.seed_test is None else self.seed_test.p_value,
+            "seed_p_holm": None if self.seed_test is None else self.seed_test.p_holm,
         }
 
 
@@ -315,6 +365,9 @@ def _stat_notes(metric: str) -> tuple[str, ...]:
         "p: McNemar's exact test (two-sided binomial on the discordant pairs) against the "
         "reference on the same test images; discordant counts b, c summed over the seeds both "
         "cells finished (pooled), one test on the totals.",
+        f"seeds: Δ = mean over the seeds both cells finished of {metric} minus the "
+        "reference's; Holm p: Student's paired t-test of those differences (n − 1 degrees of "
+        "freedom, two or more seeds), Holm-corrected over the table's tests.",
     )
 
 
@@ -334,37 +387,38 @@ def _entry(
     metric: str,
     reference: tuple[str, Group] | None,
     published: PublishedValue | None,
-    predictions: PredictionsFn,
+    predictions: Predictions,
 ) -> Entry:
     return Entry(
         row=row,
         column=column,
         value=group.interval(metric),
         test=None if reference is None else paired_test(group, reference[1], predictions),
+        seed_test=None if reference is None else seed_test(group, reference[1], metric),
         reference=None if reference is None else reference[0],
         published=published,
         note=group.status_note(),
-        cell_ids=tuple(r.cell_id for r in group.rows),
+        cell_ids=tuple(r.cell_row.cell_id for r in group.rows),
     )
 
 
 def _lookup(study: PublishedStudy | None, metric: str, row: CellRow) -> PublishedValue | None:
-    plan = row.residual_plan
+    plan = row.cell.residual
     # The studies kept or removed every shortcut: a partial plan or a scaled one was not reported.
     if study is None or not (plan.is_on or (plan.every_stage and plan.alpha == 0.0)):
         return None
     return study.lookup(
         metric,
-        arch=row.arch,
+        arch=row.cell.arch,
         residual=plan.text,
-        pretrained=row.weights != "none",
-        freeze=row.freeze,
+        pretrained=row.cell.weights.kind != WeightsKind.NONE,
+        freeze=row.cell.freeze,
     )
 
 
 def ablation_table(
-    cells: Sequence[CellRow],
-    predictions: PredictionsFn,
+    cells: Sequence[ResultRow],
+    predictions: Predictions,
     *,
     metric: str = "f1",
     published: PublishedStudy | None = None,
@@ -372,42 +426,43 @@ def ablation_table(
     """CIFAKE's table: rows architecture (by depth), columns residual × weights, values ``metric``.
 
     The layout (rows, columns, which cells fill a slot) is the grid's own
-    :func:`resablate.grid.table.results_table`; this adds the interval over seeds, the paired test
+    :func:`resablate.grid.table.results_pivot`; this adds the interval over seeds, the paired test
     of each ablated slot against the slot with the residual connections on and the same weights
     in the same row, and the published numbers.
 
     Args:
-        cells: The grid's cells; those with a freeze plan other than ``none`` are left out.
-        predictions: ``cell_id -> per-sample predictions`` (for the paired tests).
+        cells: The cells' final (``test``) rows; those with a freeze plan other than ``none``
+            are left out.
+        predictions: Per-sample test predictions by cell id (for the paired tests).
         metric: One of :data:`METRICS`.
         published: The study whose numbers are placed beside the measured ones.
 
     Returns:
         The table, or ``None`` when no cell qualifies.
     """
-    chosen = [c for c in cells if c.freeze == "none"]
+    chosen = [c for c in cells if c.cell.freeze == "none"]
     if not chosen:
         return None
-    by_id = {c.cell_id: c for c in chosen}
-    layout = results_table(chosen, metric)
+    layout = results_pivot(chosen)
+    labels = row_labels(layout)
     entries = []
-    for table_row in layout.rows:
+    for key, label in zip(layout.rows, labels, strict=True):
         slots = {
-            column: Group(column.label, tuple(sorted((by_id[i] for i in e.cell_ids), key=_seed)))
-            for column, e in zip(layout.columns, table_row.entries, strict=True)
-            if e.cell_ids
+            column: _sorted_group(column.label, layout.slot(key, column))
+            for column in layout.columns
+            if layout.slot(key, column)
         }
         for column, group in slots.items():
-            ref_column = TableColumn(RESIDUAL_ON, 1.0, column.weights)
-            ref = slots.get(ref_column) if not column.plan.is_on else None
+            ref_column = TableColumn(PLAN_ON, column.weights)
+            ref = slots.get(ref_column) if not column.residual.is_on else None
             entries.append(
                 _entry(
-                    table_row.label,
+                    label,
                     column.label,
                     group,
                     metric,
                     None if ref is None else (ref_column.label, ref),
-                    _lookup(published, metric, group.first),
+                    _lookup(published, metric, group.first.cell_row),
                     predictions,
                 )
             )
@@ -416,22 +471,22 @@ def ablation_table(
         title=f"Ablation: {metric} by depth × residual × pretrained (CIFAKE Table 7 shape)",
         metric=metric,
         row_header="model",
-        rows=tuple(r.label for r in layout.rows),
+        rows=labels,
         columns=tuple(c.label for c in layout.columns),
-        entries=tuple(entries),
+        entries=holm_corrected(entries),
         compare=None if published is None else published.study,
         notes=_stat_notes(metric) + _published_notes(published),
-        depths=tuple(r.depth for r in layout.rows),
+        depths=tuple(layout.by_row[key][0].cell_row.depth for key in layout.rows),
     )
 
 
-def _seed(row: CellRow) -> int:
-    return row.seed
+def _plan_order(plan: str) -> tuple[int, str]:
+    return (FREEZE_PLANS.index(plan) if plan in FREEZE_PLANS else len(FREEZE_PLANS), plan)
 
 
 def freeze_table(
-    cells: Sequence[CellRow],
-    predictions: PredictionsFn,
+    cells: Sequence[ResultRow],
+    predictions: Predictions,
     *,
     published: PublishedStudy | None = None,
 ) -> PivotTable | None:
@@ -444,28 +499,28 @@ def freeze_table(
     Returns:
         The table, or ``None`` when the grid froze nothing.
     """
-    chosen = [c for c in cells if c.residual_plan.is_on]
-    if not any(c.freeze != "none" for c in chosen):
+    chosen = [c for c in cells if c.cell.residual.is_on]
+    if not any(c.cell.freeze != "none" for c in chosen):
         return None
     extras = sorted({*_extras(chosen), *(["weights"] if _varies(chosen, "weights") else [])})
-    groups = group_cells(chosen)
-    by_slot = {(row_label(g.first, extras), g.first.freeze): g for g in groups}
-    plans = sorted(
-        {g.first.freeze for g in groups},
-        key=lambda p: (FREEZE_PLANS.index(p) if p in FREEZE_PLANS else len(FREEZE_PLANS), p),
+    layout = pivot(
+        chosen,
+        lambda r: r.cell.freeze,
+        lambda r: (r.cell_row.depth or 0, row_label(r.cell_row, extras)),
+        row_order=_plan_order,
+        column_order=lambda column: column,
     )
-    columns = sorted({(g.first.depth or 0, row_label(g.first, extras)) for g in groups})
     entries = []
-    for (column, plan), group in by_slot.items():
-        ref = by_slot.get((column, "none")) if plan != "none" else None
+    for (plan, column), rows in layout.slots.items():
+        ref = layout.slot("none", column) if plan != "none" else ()
         entries.append(
             _entry(
                 plan,
-                column,
-                group,
+                column[1],
+                _sorted_group(column[1], rows),
                 "accuracy",
-                None if ref is None else ("freeze none", ref),
-                _lookup(published, "accuracy", group.first),
+                ("freeze none", _sorted_group(column[1], ref)) if ref else None,
+                _lookup(published, "accuracy", rows[0].cell_row),
                 predictions,
             )
         )
@@ -474,16 +529,16 @@ def freeze_table(
         title="Freezing: accuracy by freeze plan × architecture (Food-5K Table 1 shape)",
         metric="accuracy",
         row_header="freeze plan",
-        rows=tuple(plans),
-        columns=tuple(label for _, label in columns),
-        entries=tuple(entries),
+        rows=layout.rows,
+        columns=tuple(label for _, label in layout.columns),
+        entries=holm_corrected(entries),
         compare=None if published is None else published.study,
         notes=_stat_notes("accuracy") + _published_notes(published),
     )
 
 
-def _varies(rows: Sequence[CellRow], name: str) -> bool:
-    return len({r.config.get(name) for r in rows}) > 1
+def _varies(rows: Sequence[ResultRow], name: str) -> bool:
+    return len({r.cell.to_dict().get(name) for r in rows}) > 1
 
 
 def _mean(values: Iterable[float | int | None]) -> float | None:
@@ -508,6 +563,11 @@ class ModelRecord:
         ran_on: What the finished seeds ran with (device, GPU count, autocast dtype, memory
             format, compile, TF32, cudnn.benchmark), e.g. ``"cpu · fp32"``; distinct settings
             joined by ``"; "``; ``None`` when nothing finished or it was not recorded.
+        weights_used: The initial weights the finished seeds really loaded: the weights spec
+            with the first 12 hex digits of the file's SHA-256 as recorded in the result's
+            environment (``"demo · sha256 1a2b3c4d5e6f"``), ``"none · random init"``, or
+            ``"… · not recorded"``; distinct ones joined by ``"; "``; ``None`` when nothing
+            finished.
         published: Published numbers for this configuration, by metric (and ``params_m``, the
             published parameter count in millions).
         cell_ids: The group's cells, by seed.
@@ -524,6 +584,7 @@ class ModelRecord:
     train_seconds: float | None
     images_per_second: float | None
     ran_on: str | None = None
+    weights_used: str | None = None
     published: Mapping[str, PublishedValue] = field(default_factory=dict)
     cell_ids: tuple[str, ...] = ()
 
@@ -545,6 +606,7 @@ class ModelRecord:
         record["train_seconds"] = self.train_seconds
         record["images_per_second"] = self.images_per_second
         record["ran_on"] = self.ran_on
+        record["weights_used"] = self.weights_used
         for name, pub in self.published.items():
             record[f"published_{name}"] = pub.value
         record["cell_ids"] = list(self.cell_ids)
@@ -571,7 +633,8 @@ class ModelTable:
     def header(self) -> list[str]:
         """Column names as displayed."""
         names = ["model", "scenario", "freeze", "seeds", "params", "active params", "GFLOPs"]
-        names += ["loss", "F1", "precision", "recall", "accuracy", "train s", "images/s", "ran on"]
+        names += ["loss", "F1", "precision", "recall", "accuracy", "train s", "images/s"]
+        names += ["ran on", "weights used"]
         if self.compare:
             names.append(f"{self.compare} published")
         return names
@@ -594,7 +657,7 @@ class ModelTable:
             line.append(_fmt_float(rec.gflops, ".3f"))
             line += [metric_text(n) for n in ("loss", "f1", "precision", "recall", "accuracy")]
             line += [_fmt_float(rec.train_seconds, ".1f"), _fmt_float(rec.images_per_second, ".0f")]
-            line.append(rec.ran_on or EMPTY)
+            line += [rec.ran_on or EMPTY, rec.weights_used or EMPTY]
             if self.compare:
                 pub = ", ".join(f"{k} {v.value:.4g} ({v.table})" for k, v in rec.published.items())
                 line.append(pub or EMPTY)
@@ -606,16 +669,16 @@ class ModelTable:
         return [{"table": "models", **r.to_dict()} for r in self.rows]
 
     def __rich__(self) -> RenderableType:
-        # Fifteen columns do not fit a terminal: show size/cost/speed and metrics as two tables,
+        # Sixteen columns do not fit a terminal: show size/cost/speed and metrics as two tables,
         # each keyed by the configuration in one column.
         from rich.console import Group as RichGroup
         from rich.table import Table
         from rich.text import Text
 
         header, rows = self.header(), self.display_rows()
-        # seeds, params, active params, GFLOPs, train s, images/s, ran on
-        cost = [3, 4, 5, 6, 12, 13, 14]
-        metrics = list(range(7, 12)) + ([15] if self.compare else [])
+        # seeds, params, active params, GFLOPs, train s, images/s, ran on, weights used
+        cost = [3, 4, 5, 6, 12, 13, 14, 15]
+        metrics = list(range(7, 12)) + ([16] if self.compare else [])
         parts: list[Any] = []
         for title, picked in (("size, cost, speed", cost), ("test metrics", metrics)):
             grid = Table(title=f"Models: {title}", show_lines=True, title_justify="left")
@@ -637,16 +700,32 @@ class ModelTable:
         }
 
 
-def _ran_on(rows: Sequence[CellRow]) -> str | None:
+def _weights_used(rows: Sequence[ResultRow]) -> str | None:
+    """What the finished ``rows`` loaded, from the weights hash each result recorded."""
+    used = []
+    for row in rows:
+        sha = row.weights_sha256
+        if sha is not None:
+            used.append(f"{row.cell.weights.text} · sha256 {sha[:12]}")
+        elif row.cell.weights.kind == WeightsKind.NONE:
+            used.append("none · random init")
+        else:
+            used.append(f"{row.cell.weights.text} · not recorded")
+    return "; ".join(dict.fromkeys(used)) or None
+
+
+def _ran_on(rows: Sequence[ResultRow]) -> str | None:
     """The distinct execution summaries of ``rows`` (see :meth:`Execution.summary`)."""
     from resablate.engine.execution import Execution
 
-    found = [r.environment.get("execution") for r in rows]
+    found = [r.cell_row.environment.get("execution") for r in rows]
     summaries = dict.fromkeys(Execution(**e).summary() for e in found if e)
     return "; ".join(summaries) or None
 
 
-def model_table(cells: Sequence[CellRow], *, published: PublishedStudy | None = None) -> ModelTable:
+def model_table(
+    cells: Sequence[ResultRow], *, published: PublishedStudy | None = None
+) -> ModelTable:
     """Parameters, active parameters, GFLOPs, test metrics, time and throughput per group.
 
     Groups (cells differing only in seed) appear in grid order.
@@ -654,15 +733,15 @@ def model_table(cells: Sequence[CellRow], *, published: PublishedStudy | None = 
     extras = _extras(cells)
     records = []
     for group in group_cells(cells):
-        first, done = group.first, group.done
+        first, done = group.first.cell_row, [r.cell_row for r in group.done]
         found = {name: _lookup(published, name, first) for name in (*METRICS, "params_m")}
         pubs = {name: value for name, value in found.items() if value is not None}
-        flops = _mean(r.flops for r in group.rows)
+        flops = _mean(r.cell_row.flops for r in group.rows)
         records.append(
             ModelRecord(
                 model=row_label(first, extras),
-                scenario=_column(first).label,
-                freeze=first.freeze,
+                scenario=TableColumn.of(group.first).label,
+                freeze=first.cell.freeze,
                 seeds=f"{len(done)}/{len(group.rows)}",
                 params=first.params,
                 active_params=first.active_params,
@@ -670,9 +749,10 @@ def model_table(cells: Sequence[CellRow], *, published: PublishedStudy | None = 
                 metrics={name: group.interval(name) for name in METRICS},
                 train_seconds=_mean(r.train_seconds for r in done),
                 images_per_second=_mean(r.images_per_second for r in done),
-                ran_on=_ran_on(done),
+                ran_on=_ran_on(group.done),
+                weights_used=_weights_used(group.done),
                 published=pubs,
-                cell_ids=tuple(r.cell_id for r in group.rows),
+                cell_ids=tuple(r.cell_row.cell_id for r in group.rows),
             )
         )
     notes = (
@@ -681,7 +761,9 @@ def model_table(cells: Sequence[CellRow], *, published: PublishedStudy | None = 
         "inactive).",
         "loss, F1, precision, recall, accuracy: final test evaluation, mean ± 95 % t-interval "
         "half-width over finished seeds; train s and images/s: means over finished seeds; "
-        "ran on: device (GPU index and count), autocast dtype and the flags that were on.",
+        "ran on: device (GPU index and count), autocast dtype and the flags that were on; "
+        "weights used: the initial weights file the seeds loaded, by the SHA-256 their results "
+        "recorded (first 12 hex digits).",
         *_published_notes(published),
     )
     return ModelTable(
@@ -740,24 +822,22 @@ class ProblemTable:
 
 
 _MISSING_REASON = {
-    "pending": "not run yet (grid not finished)",
-    "running": "running, or interrupted while running (rerun the grid to resume)",
+    CellStatus.PENDING: "not run yet (grid not finished)",
+    CellStatus.RUNNING: "running, or interrupted while running (rerun the grid to resume)",
 }
 
 
-def problem_table(cells: Sequence[CellRow]) -> ProblemTable:
+def problem_table(cells: Sequence[ResultRow]) -> ProblemTable:
     """Every cell whose status is not ``done``, with its reason (or why it is missing)."""
-    from resablate.grid.cell import Cell
-
     problems = tuple(
         CellProblem(
             cell_id=row.cell_id,
-            label=Cell.from_dict(row.config).label,
+            label=row.cell.label,
             status=row.status,
             reason=row.reason or _MISSING_REASON.get(row.status, "no reason recorded"),
         )
-        for row in cells
-        if row.status != "done"
+        for row in (r.cell_row for r in cells)
+        if row.status != CellStatus.DONE
     )
     return ProblemTable(
         title="Cells without a result (failed, diverged, skipped, missing)",
