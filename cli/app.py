@@ -8,12 +8,13 @@ from typing import Annotated
 import typer
 
 from resablate import __version__
-from resablate_cli.errors import DEBUG, ResablateGroup
+from resablate_cli.errors import DEBUG, EXIT_CODES_HELP, ResablateGroup
 
 app = typer.Typer(
     cls=ResablateGroup,
     name="resablate",
     help="Ablation studies of CNN architectures: does this part of the network matter?",
+    epilog=EXIT_CODES_HELP,
     no_args_is_help=True,
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,

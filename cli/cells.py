@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from enum import Enum, StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from resablate_cli.options import BnPolicy
+from resablate_cli.options import BnPolicy, folder
 
 if TYPE_CHECKING:
     from resablate.grid.spec import GridSpec
@@ -74,6 +75,21 @@ DataOption = Annotated[
         "--data",
         "Dataset folder, parquet file(s) or Hugging Face datasets folder (PATH::image=COL,"
         "label=COL names the columns), or 'demo' for the embedded demo data (offline).",
+    ),
+]
+# An empty --out is refused (``Path("")`` would be the working directory); --data '' is refused
+# by the grid spec, which names the folder of every command.
+GridOutOption = Annotated[
+    Path,
+    _option("--out", "Run directory: store, results.csv, one folder per cell.", parser=folder),
+]
+TrainOutOption = Annotated[
+    Path | None,
+    _option(
+        "--out",
+        "Grid directory of the run: store, results.csv, cells/<cell id>/.",
+        "runs/train/<cell id>",
+        parser=folder,
     ),
 ]
 SettingsOption = Annotated[

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import sys
 from typing import Any
 
 import click
@@ -27,6 +30,28 @@ _FRAMEWORK_EXCEPTIONS: tuple[type[BaseException], ...] = (
 )
 
 
+#: Exit statuses of every command (``resablate --help`` and the docs list them).
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_BAD_INPUT = 2  # ResablateError.exit_code
+EXIT_CELLS_NOT_DONE = 3
+EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE, the status a shell reports for a Unix tool on `| head`
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES_HELP = (
+    f"Exit codes: {EXIT_OK} success (a grid: every cell done); {EXIT_INTERNAL} internal error "
+    f"(a bug: rerun with --debug and report it); {EXIT_BAD_INPUT} bad input or environment "
+    f"(one line says what and where); {EXIT_CELLS_NOT_DONE} a grid ran but some cells failed, "
+    f"diverged or were skipped (the summary names them); {EXIT_INTERRUPTED} interrupted "
+    f"(Ctrl-C, SIGTERM); {EXIT_PIPE_CLOSED} the output pipe closed (`| head`), quietly."
+)
+
+# OSErrors about the user's machine rather than resablate: one line naming the file, exit 2.
+_ENVIRONMENT_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.EROFS, errno.EACCES}
+)
+
+
 def debug_enabled(ctx: Any) -> bool:
     """True when ``--debug`` was given (or ``RESABLATE_DEBUG=1`` is set)."""
     if os.environ.get("RESABLATE_DEBUG") == "1":
@@ -38,9 +63,11 @@ def debug_enabled(ctx: Any) -> bool:
 class ResablateGroup(TyperGroup):
     """The root group: turns exceptions into one line on stderr and an exit code.
 
-    ``ResablateError`` (bad input) exits with its ``exit_code`` (2); anything else is a bug and
-    exits 1 with its type and message; Ctrl-C exits 130. ``--debug`` (before or after the
-    command) re-raises instead.
+    ``ResablateError`` (bad input) exits with its ``exit_code`` (2), and so does an
+    ``OSError`` about the machine (a full disk, a name too long, no permission); anything else
+    is a bug and exits 1 with its type and message; Ctrl-C exits 130; a closed output pipe
+    (``| head``) ends quietly with 141. ``--debug`` (before or after the command) re-raises
+    instead.
     """
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
@@ -68,10 +95,21 @@ class ResablateGroup(TyperGroup):
             if debug_enabled(ctx):
                 raise
             err.print("interrupted")
-            raise typer.Exit(130) from None
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except BrokenPipeError:
+            # The reader left (`| head`): stop quietly, and keep Python's final flush of the
+            # unwritten output from failing again on the closed pipe.
+            with contextlib.suppress(OSError, ValueError):  # no real stdout (tests)
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(EXIT_PIPE_CLOSED) from None
         except Exception as exc:
             if debug_enabled(ctx):
                 raise
+            if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS:
+                where = f": {exc.filename}" if exc.filename else ""
+                message = (exc.strerror or str(exc)).lower()
+                err.print(f"[bold red]error:[/] {message}{where}", markup=True, highlight=False)
+                raise typer.Exit(EXIT_BAD_INPUT) from None
             message = " ".join(str(exc).split())
             err.print(
                 f"[bold red]internal error:[/] {type(exc).__name__}: {escape(message)} "
@@ -79,4 +117,4 @@ class ResablateGroup(TyperGroup):
                 markup=True,
                 highlight=False,
             )
-            raise typer.Exit(1) from None
+            raise typer.Exit(EXIT_INTERNAL) from None

@@ -22,6 +22,7 @@ from resablate_cli.cells import (
     FreezeOption,
     GradAccumOption,
     GridArchOption,
+    GridOutOption,
     GridResidualOption,
     GridWeightsOption,
     ImageSizeOption,
@@ -38,10 +39,12 @@ from resablate_cli.cells import (
     cell_spec,
     device_of,
 )
+from resablate_cli.errors import EXIT_CELLS_NOT_DONE, EXIT_CODES_HELP
 from resablate_cli.options import BnPolicy, Metric, Source, SourceOption, show
 from resablate_cli.vocabulary import AxisCommand, deprecated
 
-EXAMPLES = """
+EXAMPLES = (
+    """
 Examples:
 
   resablate grid --depths 18 50 --data demo --out runs/demo
@@ -68,7 +71,10 @@ Axes (the grid is their product; baselines skip the residual axis):
 The same cell options as resablate train; recipe fields: the named flags or --set FIELD=VALUE.
 Rerunning the same command with the same --out resumes: done cells are kept, interrupted ones
 continue from their last checkpoint, failed ones rerun with --retry-failed.
+
 """
+    + EXIT_CODES_HELP
+)
 
 
 def split_families(archs: list[str], source: str) -> tuple[str | None, list[str]]:
@@ -153,6 +159,8 @@ class GridView:
             inner = event.event
             self.steps[event.cell_id] = (inner.start_step, inner.start_step, inner.total_steps)
             self.update(event.cell_id, progress=f"{inner.start_step}/{inner.total_steps}")
+            for skipped in inner.skipped_checkpoints:  # shown above a live table too
+                self.note(f"warning: {event.cell_id} checkpoint skipped: {skipped}")
             if inner.start_step:
                 self.line(
                     f"resume   {event.cell_id} at step {inner.start_step}/{inner.total_steps} "
@@ -347,9 +355,7 @@ def grid(
     amp: AmpOption = None,
     compile_model: CompileOption = None,
     bn: BnOption = BnPolicy.frozen,
-    out: Annotated[
-        Path, typer.Option(help="Run directory: store, results.csv, one folder per cell.")
-    ] = Path("runs/grid"),
+    out: GridOutOption = Path("runs/grid"),
     device: DeviceOption = "auto",
     executor: Annotated[Executor, typer.Option(help="Where cells run.")] = Executor.local,
     ray_address: Annotated[
@@ -388,8 +394,8 @@ def grid(
         bool,
         typer.Option(
             "--dry-run",
-            help="Store the cells and print them with params, FLOPs and a time estimate; "
-            "train nothing.",
+            help="Print the cells with their status, params, FLOPs and a time estimate; "
+            "train and write nothing.",
         ),
     ] = False,
     metric: Annotated[Metric, typer.Option(help="Metric of the results table.")] = Metric.f1,
@@ -416,7 +422,7 @@ def grid(
         from resablate.grid.plan import plan_grid
 
         console.err.print("probing: a few training steps of each distinct model…", highlight=False)
-        plan = plan_grid(spec, out, device=device_of(ctx.params))
+        plan = plan_grid(spec, out, device=device_of(ctx.params), pack=pack, workers=workers)
         show(plan, as_json=json_output)
         return
 
@@ -453,6 +459,8 @@ def grid(
         view.close()
     if not quiet or json_output:
         show(summary, as_json=json_output)
+    if summary.not_done:
+        raise typer.Exit(EXIT_CELLS_NOT_DONE)
 
 
 def register(app: typer.Typer) -> None:

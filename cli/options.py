@@ -40,13 +40,21 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.
 
 # Library fields whose command-line flag is not ``--`` + the field with dashes (one spelling in
 # every command).
-_FLAGS = {"out_dir": "--out", "archs": "--arch"}
+_FLAGS = {"out_dir": "--out", "archs": "--arch", "seed": "--seeds"}
 
 
 def flag(field: str) -> str:
     """The command-line flag of a library argument or config field (``residual_alpha`` →
     ``--residual-alpha``; ``archs`` → ``--arch``; ``out_dir`` → ``--out``)."""
     return _FLAGS.get(field, "--" + field.replace("_", "-"))
+
+
+def folder(text: str | Path) -> Path:
+    """Parse a folder option (``parser=folder``; Typer passes the default as it is): an empty
+    value is refused, not read as the working directory (``Path("")`` is ``.``)."""
+    if not str(text).strip():
+        raise typer.BadParameter("an empty path names no folder; give one, e.g. runs/study")
+    return Path(text)
 
 
 def split_values(values: list[str] | None) -> list[str]:

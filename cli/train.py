@@ -30,11 +30,13 @@ from resablate_cli.cells import (
     SettingsOption,
     StorageSizeOption,
     TrainArchOption,
+    TrainOutOption,
     TrainResidualOption,
     TrainWeightsOption,
     cell_spec,
     device_of,
 )
+from resablate_cli.errors import EXIT_BAD_INPUT
 from resablate_cli.options import BnPolicy, Source, SourceOption
 from resablate_cli.vocabulary import AxisCommand
 
@@ -270,14 +272,7 @@ def train(
     amp: AmpOption = None,
     compile_model: CompileOption = None,
     bn: BnOption = BnPolicy.frozen,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            "--out",
-            help="Grid directory of the run: store, results.csv, cells/<cell id>/. "
-            "\\[default: runs/train/<cell id>]",
-        ),
-    ] = None,
+    out: TrainOutOption = None,
     device: DeviceOption = "auto",
     resume: Annotated[bool | None, typer.Option("--resume/--no-resume", hidden=True)] = None,
     as_json: JsonOption = False,
@@ -323,7 +318,7 @@ def train(
             f"error: cell {row.cell_id} {row.status}: {row.reason}", highlight=False, markup=False
         )
     if problems:
-        raise typer.Exit(2)
+        raise typer.Exit(EXIT_BAD_INPUT)
 
 
 def register(app: typer.Typer) -> None:

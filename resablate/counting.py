@@ -59,7 +59,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from resablate.errors import ConfigError
 from resablate.families import stage_map
-from resablate.model_spec import parse_model
+from resablate.model_spec import FACTORY, ModelSpec, parse_model
 
 HEAD_STAGE = "head"
 
@@ -685,5 +685,23 @@ def count_architectures(
         raise ConfigError("name at least one architecture to count")
     size = _checked_size(input_size)
     specs = [parse_model(arch, source) for arch in archs]
-    rows = [(spec.arch, spec.source, count(spec.build_on_meta(), size)) for spec in specs]
+    rows = [(spec.arch, spec.source, _count_spec(spec, size)) for spec in specs]
     return ArchitectureCounts(input_size=size, rows=tuple(rows))
+
+
+def _count_spec(spec: ModelSpec, size: tuple[int, ...]) -> Counts:
+    """Count one parsed model; a user factory's model whose forward fails on one image batch
+    (a module that is no image model) is a ``ConfigError`` naming the factory."""
+    model = spec.build_on_meta()
+    if spec.source != FACTORY:
+        return count(model, size)
+    try:
+        return count(model, size)
+    except ConfigError:
+        raise
+    except Exception as exc:  # the user's forward: say which model failed, keep the cause
+        shape = "×".join(map(str, (1, *size)))
+        raise ConfigError(
+            f"model factory {spec.arch} built a {type(model).__name__} whose forward fails on "
+            f"a {shape} image batch: {type(exc).__name__}: {exc}"
+        ) from exc

@@ -65,9 +65,8 @@ class ModelSpec:
             return self.builder()
         try:
             model = self.builder()
-        except Exception as exc:  # the user's code: say which factory failed, keep the cause
-            message = f"model factory {self.arch} failed: {type(exc).__name__}: {exc}"
-            raise ConfigError(message) from exc
+        except (Exception, SystemExit) as exc:  # the user's code: say which factory failed
+            raise ConfigError(f"model factory {self.arch} failed: {_failure(exc)}") from exc
         if not isinstance(model, nn.Module):
             raise ConfigError(
                 f"model factory {self.arch} returned {type(model).__name__}, not an nn.Module"
@@ -152,8 +151,8 @@ def _factory(module_name: str, attribute: str) -> ModelSpec:
         raise ConfigError(f"model factory {text!r} must read package.module:callable")
     try:
         target: object = importlib.import_module(module_name)
-    except ImportError as exc:
-        message = f"cannot import module {module_name!r} of model factory {text}: {exc}"
+    except (Exception, SystemExit) as exc:  # the user's module: missing, broken, or it exits
+        message = f"cannot import module {module_name!r} of model factory {text}: {_failure(exc)}"
         raise ConfigError(message) from exc
     for part in attribute.split("."):
         if not hasattr(target, part):
@@ -162,3 +161,13 @@ def _factory(module_name: str, attribute: str) -> ModelSpec:
     if not callable(target):
         raise ConfigError(f"model factory {text} is a {type(target).__name__}, not callable")
     return ModelSpec(arch=text, source=FACTORY, family=None, builder=target)
+
+
+def _failure(exc: BaseException) -> str:
+    """What went wrong in the user's code, in one line (a ``sys.exit`` says so: it would
+    otherwise end the command without a word)."""
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({exc.code!r})"
+    if isinstance(exc, ImportError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"

@@ -52,23 +52,54 @@ def output_dir(path: str | os.PathLike[str], what: str = "output folder") -> Pat
         The folder.
 
     Raises:
-        ConfigError: ``path`` is a file, lies below a file, or its nearest existing folder
-            cannot be written (read-only file system, no permission); the message names the
-            folder and the cause.
+        ConfigError: ``path`` is empty, is a file, lies below a file, has a name longer than
+            the file system allows, or its nearest existing folder cannot be written (read-only
+            file system, no permission); the message names the folder and the cause.
     """
+    if not os.fspath(path).strip():
+        raise ConfigError(f"{what} is an empty path; name a folder (e.g. runs/study)")
     folder = Path(path).expanduser()
-    existing = next(p for p in (folder, *folder.parents) if p.exists() or p.is_symlink())
+    existing = next(p for p in (folder, *folder.parents) if _exists(p))
     if not existing.is_dir():
         if existing == folder:
             kind = "a file" if existing.is_file() else "a broken link or a special file"
             raise ConfigError(f"{what} {folder} is {kind}, not a folder")
         raise ConfigError(f"{what} {folder} cannot be created: {existing} is not a folder")
+    _check_name_lengths(folder, existing, what)
     # access(2) reports a read-only file system (EROFS) even to root.
     if not os.access(existing, os.W_OK | os.X_OK):
         reason = "read-only file system" if _read_only_mount(existing) else "permission denied"
         verb = "write to" if existing == folder else "create"
         raise ConfigError(f"cannot {verb} {what} {folder}: {reason}")
     return folder
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists() or path.is_symlink()
+    except OSError:  # a name too long to look up does not exist (and is named just after)
+        return False
+
+
+def _check_name_lengths(folder: Path, existing: Path, what: str) -> None:
+    """Refuse names that the file system in ``existing`` cannot hold (``ENAMETOOLONG``)."""
+    name_max = os.pathconf(existing, "PC_NAME_MAX")
+    parent = existing
+    for part in folder.relative_to(existing).parts:
+        size = len(os.fsencode(part))
+        if size > name_max:
+            raise ConfigError(
+                f"{what} {parent / (part[:16] + '…')} cannot be created: its name is {size} "
+                f"bytes long, longer than the {name_max} bytes the file system allows"
+            )
+        parent /= part
+    path_max = os.pathconf(existing, "PC_PATH_MAX")
+    size = len(os.fsencode(folder.absolute()))
+    if size >= path_max:
+        raise ConfigError(
+            f"{what} {folder} cannot be created: its path is {size} bytes long, the file "
+            f"system allows less than {path_max}"
+        )
 
 
 def _read_only_mount(folder: Path) -> bool:

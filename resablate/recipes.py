@@ -20,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -154,6 +156,10 @@ class Recipe:
     positive: int = 1
 
     def __post_init__(self) -> None:
+        # A compile mode may be written as a flag (true/false) too: parsed before the type check.
+        object.__setattr__(self, "compile", CompileMode.parse(self.compile))
+        for f in dataclasses.fields(self):
+            _check_type(f.name, getattr(self, f.name), _FIELD_TYPES[f.name])
         for name in ("betas", "crop_scale", "mean", "std"):
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
         _choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -165,13 +171,6 @@ class Recipe:
         for name in ("max_steps", "storage_size", "eval_every", "checkpoint_every"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
-        object.__setattr__(self, "compile", CompileMode.parse(self.compile))
-        for name in ("tf32", "cudnn_benchmark", "deterministic"):
-            _flag(name, getattr(self, name))
-        if self.channels_last is not None:
-            _flag("channels_last", self.channels_last)
-        if isinstance(self.positive, bool) or not isinstance(self.positive, int):
-            raise ConfigError(f"recipe field positive={self.positive!r} must be a class index")
         if self.positive < 0:
             raise ConfigError(f"recipe field positive={self.positive} must be >= 0")
         for name in ("lr", "warmup_fraction", "momentum", "weight_decay", "eps"):
@@ -189,14 +188,28 @@ class Recipe:
         if self.momentum < 0 or self.weight_decay < 0 or self.eps <= 0:
             raise ConfigError("recipe fields momentum and weight_decay must be >= 0, eps > 0")
         lo, hi = self.crop_scale
-        if len(self.crop_scale) != 2 or not 0.0 < lo <= hi <= 1.0:
+        if not 0.0 < lo <= hi <= 1.0:
             raise ConfigError(f"recipe field crop_scale={self.crop_scale} needs 0 < lo <= hi <= 1")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ConfigError("recipe fields mean and std need three values each, std > 0")
+        if not all(0.0 <= beta < 1.0 for beta in self.betas):
+            raise ConfigError(f"recipe field betas={self.betas} needs each value in [0, 1)")
+        if min(self.std) <= 0:
+            raise ConfigError(f"recipe field std={self.std} must be > 0")
         if self.storage_size is not None and self.storage_size < self.image_size:
             raise ConfigError(
                 f"recipe storage_size={self.storage_size} is smaller than image_size="
                 f"{self.image_size}; store at least at the training size"
+            )
+
+    def check_classes(self, num_classes: int) -> None:
+        """Check the recipe against a dataset of ``num_classes`` classes (``positive`` names one).
+
+        Raises:
+            ConfigError: ``positive`` is not a class index of the dataset.
+        """
+        if self.positive >= num_classes:
+            raise ConfigError(
+                f"recipe field positive={self.positive} is not a class of the dataset "
+                f"({num_classes} classes: 0..{num_classes - 1})"
             )
 
     def replace(self, **overrides: Any) -> Recipe:
@@ -220,18 +233,51 @@ class Recipe:
         return cls(**dict(data))
 
 
+_FIELD_TYPES: Mapping[str, Any] = typing.get_type_hints(Recipe)
+
+
+def _check_type(field: str, value: Any, annotation: Any) -> None:
+    """Refuse a value that is not of the field's declared type (before any conversion), so that
+    ``lr="abc"`` or ``mean=5`` is one line naming the field, never an error deep in training."""
+    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else ()
+    if options:
+        if value is None and type(None) in options:
+            return
+        (annotation,) = (option for option in options if option is not type(None))
+    if _is_type(value, annotation):
+        return
+    raise ConfigError(f"recipe field {field}={value!r} must be {_describe(annotation)}")
+
+
+def _is_type(value: Any, annotation: Any) -> bool:
+    if annotation is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if typing.get_origin(annotation) is tuple:
+        items = typing.get_args(annotation)
+        return (
+            isinstance(value, list | tuple)
+            and len(value) == len(items)
+            and all(_is_type(v, item) for v, item in zip(value, items, strict=True))
+        )
+    return isinstance(value, annotation)
+
+
+def _describe(annotation: Any) -> str:
+    if typing.get_origin(annotation) is tuple:
+        return f"a list of {len(typing.get_args(annotation))} numbers"
+    names = {float: "a number", int: "an integer", bool: "true or false", str: "a text"}
+    return names[annotation]
+
+
 def _choice(field: str, value: str, legal: tuple[str, ...]) -> None:
     if value not in legal:
         raise ConfigError(f"recipe field {field}={value!r} is not valid; use {', '.join(legal)}")
 
 
-def _flag(field: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(f"recipe field {field}={value!r} must be true or false")
-
-
-def _positive_int(field: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+def _positive_int(field: str, value: int) -> None:
+    if value < 1:
         raise ConfigError(f"recipe field {field}={value!r} must be a positive integer")
 
 
@@ -318,7 +364,7 @@ DEMO = Recipe(
 RECIPES: Mapping[str, Recipe] = MappingProxyType({r.name: r for r in (CIFAKE, FOOD, DEMO)})
 
 
-def get_recipe(name: str, **overrides: Any) -> Recipe:
+def get_recipe(name: str, /, **overrides: Any) -> Recipe:
     """A named recipe with optional field overrides.
 
     Args:
@@ -326,9 +372,15 @@ def get_recipe(name: str, **overrides: Any) -> Recipe:
         **overrides: Fields to change, e.g. ``epochs=1, image_size=32``.
 
     Raises:
-        ConfigError: Unknown recipe name (lists the names), unknown field (lists the fields) or an
-            invalid value.
+        ConfigError: Unknown recipe name (lists the names), unknown field (lists the fields),
+            an override of ``name`` (a recipe is chosen by name, not renamed) or an invalid value.
     """
+    if "name" in overrides:
+        raise ConfigError(
+            f"recipe field name={overrides['name']!r} cannot be overridden; choose a recipe by "
+            f"name instead ({', '.join(RECIPES)})",
+            field="recipe",
+        )
     recipe = RECIPES.get(name)
     if recipe is None:
         raise ConfigError(f"unknown recipe {name!r}; known recipes: {', '.join(RECIPES)}")

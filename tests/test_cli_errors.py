@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Annotated
 
 import pytest
@@ -10,7 +15,7 @@ from typer.testing import CliRunner
 
 from resablate.errors import DataNotFoundError
 from resablate_cli.app import app
-from resablate_cli.errors import ResablateGroup
+from resablate_cli.errors import EXIT_PIPE_CLOSED, ResablateGroup
 
 runner = CliRunner()
 
@@ -30,6 +35,14 @@ def _app() -> typer.Typer:
     def bug() -> None:
         raise KeyError("oops")
 
+    @demo.command()
+    def full_disk() -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/runs/x/results.csv")
+
+    @demo.command()
+    def other_os_error() -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO), "/dev/sdz")
+
     return demo
 
 
@@ -46,6 +59,30 @@ def test_unexpected_error_names_type_and_points_to_debug() -> None:
     assert result.stderr == (
         "internal error: KeyError: 'oops' (rerun with --debug for the traceback)\n"
     )
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_other_os_errors_are_internal() -> None:
+    result = runner.invoke(_app(), ["full-disk"])
+    assert (result.exit_code, result.stderr) == (
+        2,
+        "error: no space left on device: /runs/x/results.csv\n",
+    )
+    result = runner.invoke(_app(), ["other-os-error"])
+    assert (result.exit_code, result.stderr) == (
+        1,
+        "internal error: OSError: [Errno 5] Input/output error: '/dev/sdz' (rerun with --debug "
+        "for the traceback)\n",
+    )
+
+
+@pytest.mark.parametrize("json_flag", [[], ["--json"]], ids=["table", "json"])
+def test_a_closed_output_pipe_ends_quietly_as_unix_tools_do(json_flag: list[str]) -> None:
+    # `resablate count ... | head`, the reader gone before the first write.
+    command = [sys.executable, "-m", "resablate_cli", "count", "resnet18", *json_flag]
+    closed = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert closed.stdout is not None and closed.stderr is not None
+    closed.stdout.close()
+    assert (closed.wait(timeout=120), closed.stderr.read()) == (EXIT_PIPE_CLOSED, b"")
 
 
 def test_debug_reraises_with_the_traceback() -> None:
@@ -76,3 +113,53 @@ def test_help_of_every_command_exits_0_and_shows_an_example(command: str) -> Non
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0, result.output
     assert "resablate " + command in result.output
+
+
+_BROKEN_FACTORIES = {
+    "fails_at_import": 'raise RuntimeError("no GPU driver")\n',
+    "bad_syntax": "def make(:\n    pass\n",
+    "exits_at_import": "import sys\nsys.exit(0)\n",
+    "no_image_model": "from torch import nn\ndef make():\n    return nn.Linear(3, 2)\n",
+    "exits_in_factory": "import sys\ndef make():\n    sys.exit(3)\n",
+}
+
+
+@pytest.mark.parametrize(
+    ("module", "message"),
+    [
+        (
+            "fails_at_import",
+            "error: cannot import module 'fails_at_import' of model factory fails_at_import:make: "
+            "RuntimeError: no GPU driver",
+        ),
+        (
+            "bad_syntax",
+            "error: cannot import module 'bad_syntax' of model factory bad_syntax:make: "
+            "SyntaxError: invalid syntax (bad_syntax.py, line 1)",
+        ),
+        (
+            "exits_at_import",
+            "error: cannot import module 'exits_at_import' of model factory exits_at_import:make: "
+            "it called sys.exit(0)",
+        ),
+        (
+            "no_image_model",
+            "error: model factory no_image_model:make built a Linear whose forward fails on a "
+            "1×3×32×32 image batch: RuntimeError: ",
+        ),
+        (
+            "exits_in_factory",
+            "error: model factory exits_in_factory:make failed: it called sys.exit(3)",
+        ),
+    ],
+)
+def test_a_broken_model_factory_is_one_line_exit_2(
+    module: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / f"{module}.py").write_text(_BROKEN_FACTORIES[module])
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = runner.invoke(app, ["count", f"{module}:make", "--input-size", "32"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(message)
+    assert len(result.stderr.splitlines()) == 1
+    assert "Traceback" not in result.output

@@ -385,6 +385,7 @@ def test_a_bad_newest_checkpoint_is_skipped_and_named(
     assert len(started.skipped_checkpoints) == 1
     assert started.skipped_checkpoints[0].startswith(f"{bad}: {reason}")
     assert "\n" not in started.skipped_checkpoints[0]
+    assert resumed.skipped_checkpoints == started.skipped_checkpoints
     _assert_same_run(tmp_path / "whole", tmp_path / "cut")
 
 

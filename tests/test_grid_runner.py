@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import fcntl
 import os
 import signal
 import subprocess
@@ -12,13 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from grid_helpers import write_tiny_dataset
 
-from resablate.errors import StoreError, StoreLockedError, WeightsUnavailableError
+from resablate.errors import DataError, StoreError, StoreLockedError, WeightsUnavailableError
 from resablate.grid.cell import Cell
 from resablate.grid.events import CellFinished, CellStarted, GridStarted
 from resablate.grid.executors import execute_job, one_line
 from resablate.grid.job import Job
 from resablate.grid.lock import RunLock
+from resablate.grid.plan import plan_grid
 from resablate.grid.runner import INTERRUPTED, run_grid
 from resablate.grid.spec import GridSpec
 from resablate.grid.store import ResultStore
@@ -34,6 +38,7 @@ class FakeResult:
     status: str
     f1: float
     reason: str | None = None
+    environment: dict[str, Any] = dataclasses.field(default_factory=lambda: {"torch": "fake"})
 
     def to_dict(self) -> dict[str, Any]:
         done = self.status == "done"
@@ -48,7 +53,7 @@ class FakeResult:
             "steps": 3,
             "train_seconds": 0.1,
             "images_per_second": 10.0,
-            "environment": {"torch": "fake"},
+            "environment": self.environment,
         }
 
 
@@ -199,6 +204,41 @@ def test_second_lock_names_the_holder(tmp_path: Path) -> None:
     RunLock(tmp_path).acquire()  # released: free again
 
 
+def test_a_released_lock_leaves_no_file_and_a_refused_one_keeps_the_holders(
+    tmp_path: Path,
+) -> None:
+    with RunLock(tmp_path):
+        with pytest.raises(StoreLockedError):
+            RunLock(tmp_path).acquire()
+        assert (tmp_path / ".lock").is_file()
+    assert not (tmp_path / ".lock").exists()
+    with pytest.raises(StoreError), RunLock(tmp_path):
+        raise StoreError("a failure while the lock is held")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_lock_whose_file_was_removed_by_its_releaser_is_taken_afresh(tmp_path: Path) -> None:
+    # A waiter that opened the file before the holder removed it must not hold a void lock.
+    holder = RunLock(tmp_path)
+    holder.acquire()
+    late = RunLock(tmp_path)
+    stale = os.open(late.path, os.O_RDWR)
+    holder.release()
+    fcntl.flock(stale, fcntl.LOCK_EX | fcntl.LOCK_NB)  # succeeds: the removed file is free
+    opened = iter([stale])
+    original = late._open
+
+    def open_stale_first() -> int:
+        fd = next(opened, None)
+        return original() if fd is None else fd
+
+    late._open = open_stale_first  # type: ignore[method-assign]
+    late.acquire()
+    with pytest.raises(StoreLockedError):
+        RunLock(tmp_path).acquire()  # the lock is on the file at the path, not the removed one
+    late.release()
+
+
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path: Path) -> None:
     code = (
         "import os, sys\n"
@@ -246,3 +286,53 @@ def test_a_lock_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(StoreError) as info:
         RunLock(tmp_path / "file").acquire()
     assert str(info.value) == f"cannot lock {tmp_path / 'file' / '.lock'}: file exists"
+
+
+class Fingerprinting(Recorder):
+    """Records, as run_job does, the fingerprint of the dataset each cell trained on."""
+
+    def run(self, cell: Cell, **kwargs: Any) -> Any:
+        from resablate.data import scan
+
+        result = super().run(cell, **kwargs)
+        environment = {"dataset_fingerprint": scan(cell.data).fingerprint}
+        return dataclasses.replace(result, environment=environment)
+
+
+def test_a_dataset_changed_under_the_same_path_is_refused_on_resume(tmp_path: Path) -> None:
+    data = write_tiny_dataset(tmp_path / "data", per_class=2)
+    spec = GridSpec(depths=(18,), residual=("on", "off"), weights=("none",), data=str(data))
+    out = tmp_path / "out"
+    run_grid(spec, out, job_runner=Fingerprinting({("resnet18", "off"): "diverged"}), device="cpu")
+    run_grid(spec, out, job_runner=Fingerprinting(), device="cpu")  # the same data: resumes
+    before = (out / "results.csv").read_text()
+    (data / "train" / "REAL" / "000.png").write_bytes(
+        (data / "train" / "REAL" / "001.png").read_bytes()
+    )
+    with pytest.raises(DataError) as info:
+        run_grid(spec, out, job_runner=Fingerprinting(), device="cpu")
+    first = spec.cells()[0].cell_id
+    message = str(info.value)
+    assert message.startswith(f"the dataset {data} changed since cell {first} was trained on it (")
+    assert message.endswith(
+        "now): its results would mix with results on other data; restore the data or use "
+        "another output folder"
+    )
+    assert info.value.field == "data"
+    assert (out / "results.csv").read_text() == before
+    with pytest.raises(DataError):
+        plan_grid(spec, out, probe_steps=0)
+
+
+def test_a_dry_run_reads_the_statuses_and_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    spec = GridSpec(depths=(18,), residual=("on", "off"), weights=("none",))
+    assert [c.status for c in plan_grid(spec, out, probe_steps=0).cells] == ["pending"] * 2
+    assert not out.exists()
+    run_grid(spec, out, job_runner=Recorder({("resnet18", "off"): ValueError("x")}), device="cpu")
+    files = sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir())
+    plan = plan_grid(spec, out, probe_steps=0)
+    assert [c.status for c in plan.cells] == ["done", "failed"]
+    # Unchanged, but for the index files SQLite keeps beside a store that any reader opens.
+    after = sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir())
+    assert [f for f in after if not f[0].endswith(("-shm", "-wal"))] == files

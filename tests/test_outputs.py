@@ -125,3 +125,42 @@ def test_diagnostic_outputs_are_checked_before_any_work(tmp_path: Path, command:
             f"error: run directory {tmp_path / 'file'} is a file, not a folder "
             "(--no-save: only print the result)\n"
         )
+
+
+@pytest.mark.parametrize("command", ["grid", "train"])
+def test_an_empty_or_too_long_out_or_data_is_one_line_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    data = write_tiny_dataset(tmp_path / "data", per_class=2)
+    _no_work(monkeypatch)
+    monkeypatch.chdir(tmp_path)  # an empty path would be the working directory
+    long = tmp_path / ("a" * 300)
+    for args, message in (
+        (["--out", ""], "Invalid value for '--out': an empty path names no folder"),
+        (
+            ["--out", str(long)],
+            f"error: output folder {tmp_path / ('a' * 16)}… cannot be created: its name is 300 "
+            "bytes long, longer than the 255 bytes the file system allows",
+        ),
+        (["--data", ""], "error: the dataset folder is an empty path; name a folder (--data)"),
+    ):
+        for dry_run in ([], ["--dry-run"]) if command == "grid" else ([],):
+            given = [*_commands(data, tmp_path / "out")[command], *args, *dry_run]
+            result = CliRunner().invoke(app, given, env={"COLUMNS": "200"})
+            assert result.exit_code == 2, result.output
+            assert message in " ".join(result.stderr.split())
+            assert "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_output_dir_refuses_an_empty_path_and_names_too_long_for_the_file_system(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ConfigError, match=r"^run directory is an empty path; name a folder"):
+        output_dir("", "run directory")
+    with pytest.raises(ConfigError, match=r"^run directory .*/x/bbbbbbbbbbbbbbbb… cannot be"):
+        output_dir(tmp_path / "x" / ("b" * 256) / "c", "run directory")
+    deep = tmp_path.joinpath(*["c" * 200] * 25)
+    with pytest.raises(ConfigError, match=r"its path is \d+ bytes long, the file system allows"):
+        output_dir(deep, "run directory")
+    assert output_dir(tmp_path / ("d" * 255)) == tmp_path / ("d" * 255)

@@ -58,12 +58,41 @@ def test_unknown_recipe_lists_names() -> None:
         ({"std": (1.0, float("nan"), 1.0)}, r"^recipe field std=\(1.0, nan, 1.0\) must be finite"),
         ({"warmup_fraction": 1.0}, r"warmup_fraction=1.0 not in \[0, 1\)"),
         ({"storage_size": 16}, "storage_size=16 is smaller than image_size=32"),
-        ({"max_steps": True}, "max_steps=True must be a positive integer"),
+        ({"max_steps": True}, r"^recipe field max_steps=True must be an integer$"),
+        # values as `--set` reads them (JSON when it parses, else text), checked by field type
+        ({"lr": "abc"}, r"^recipe field lr='abc' must be a number$"),
+        ({"lr": None}, r"^recipe field lr=None must be a number$"),
+        ({"betas": 5}, r"^recipe field betas=5 must be a list of 2 numbers$"),
+        ({"betas": [1]}, r"^recipe field betas=\[1\] must be a list of 2 numbers$"),
+        ({"betas": [0.9, 1.0]}, r"^recipe field betas=\(0.9, 1.0\) needs each value in \[0, 1\)$"),
+        ({"mean": float("inf")}, r"^recipe field mean=inf must be a list of 3 numbers$"),
+        ({"mean": "abc"}, r"^recipe field mean='abc' must be a list of 3 numbers$"),
+        ({"mean": [0.5, "a", 0.5]}, r"^recipe field mean=\[0.5, 'a', 0.5\] must be a list of 3"),
+        ({"crop_scale": [0.5]}, r"^recipe field crop_scale=\[0.5\] must be a list of 2 numbers$"),
+        ({"hflip": 7}, r"^recipe field hflip=7 must be true or false$"),
+        ({"channels_last": "yes"}, r"^recipe field channels_last='yes' must be true or false$"),
+        ({"positive": 1.5}, r"^recipe field positive=1.5 must be an integer$"),
+        ({"amp": 3}, r"^recipe field amp=3 must be a text$"),
+        ({"name": "zzz"}, r"^recipe field name='zzz' cannot be overridden; choose a recipe by"),
     ],
 )
 def test_invalid_values(override: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         get_recipe("demo", **override)
+
+
+def test_optional_fields_take_none_and_lists_become_tuples() -> None:
+    r = get_recipe("demo", max_steps=None, channels_last=None, mean=[0, 0.5, 1], crop_scale=[1, 1])
+    assert (r.max_steps, r.channels_last, r.mean, r.crop_scale) == (None, None, (0, 0.5, 1), (1, 1))
+
+
+def test_the_positive_class_must_be_a_class_of_the_dataset() -> None:
+    get_recipe("demo", positive=1).check_classes(2)
+    with pytest.raises(ConfigError) as info:
+        get_recipe("demo", positive=9).check_classes(2)
+    assert str(info.value) == (
+        "recipe field positive=9 is not a class of the dataset (2 classes: 0..1)"
+    )
 
 
 def test_round_trip_and_frozen() -> None:
@@ -94,7 +123,7 @@ def test_compile_takes_a_mode_or_a_flag(value: object, mode: str) -> None:
 
 
 def test_compile_from_the_grid_command_line_and_a_bad_mode() -> None:
-    from resablate_cli.grid import parse_settings
+    from resablate_cli.cells import parse_settings
 
     settings = parse_settings(["compile=reduce-overhead"])
     assert get_recipe("demo", **settings).compile == "reduce-overhead"

@@ -19,6 +19,7 @@ from resablate.grid.store import (
     FORMAT_VERSION,
     RESULT_COLUMNS,
     ResultStore,
+    check_store_file,
     network_filesystem,
 )
 
@@ -283,3 +284,80 @@ def test_a_full_disk_is_one_line_naming_the_store(store: ResultStore) -> None:
         f"cannot write the results store {store.path}: database or disk is full"
     )
     assert store.cell(CELLS[0].cell_id).status == "running"
+
+
+def test_a_full_disk_says_so_when_the_file_system_has_no_space_left(
+    store: ResultStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("resablate.grid.store._free_bytes", lambda folder: 4096)
+    store._conn.execute("PRAGMA max_page_count = 1")
+    rows = [{"index": i, "path": f"{i}.png" * 20, "label": 0, "pred": 0} for i in range(2000)]
+    with pytest.raises(StoreError) as info:
+        store.record_result(CELLS[0].cell_id, "done", predictions=rows)
+    assert str(info.value) == f"no space left on device: {store.path}"
+
+
+def _io_error(*args: object, **kwargs: object) -> None:
+    exc = sqlite3.OperationalError("disk I/O error")
+    exc.sqlite_errorcode = sqlite3.SQLITE_IOERR_WRITE  # type: ignore[attr-defined]
+    raise exc
+
+
+@pytest.mark.parametrize(
+    ("free", "message"),
+    [
+        (0, "no space left on device: {path}"),
+        (1 << 30, "{path} is not a usable results store: disk I/O error"),
+    ],
+)
+def test_a_disk_io_error_on_a_full_disk_is_no_space_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, free: int, message: str
+) -> None:
+    monkeypatch.setattr("resablate.grid.store._connect", _io_error)
+    monkeypatch.setattr("resablate.grid.store._free_bytes", lambda folder: free)
+    with pytest.raises(StoreError) as info:
+        ResultStore(tmp_path)
+    assert str(info.value) == message.format(path=tmp_path / "store.sqlite")
+
+
+def test_an_empty_store_file_is_refused_never_started_afresh(tmp_path: Path) -> None:
+    check_store_file(tmp_path)  # no store yet: a new one may be created
+    (tmp_path / "store.sqlite").write_bytes(b"")
+    with pytest.raises(StoreError) as info:
+        check_store_file(tmp_path)
+    assert str(info.value) == (
+        f"{tmp_path / 'store.sqlite'} is empty (0 bytes), not a results store; restore it from "
+        "a copy, or remove it to start the grid afresh"
+    )
+    assert info.value.field == "out_dir"
+
+
+def test_skipped_checkpoints_are_recorded_with_the_result(store: ResultStore) -> None:
+    skipped = ("/run/checkpoints/step-00000009.pt: does not load: not a zip file",)
+    store.record_result(CELLS[0].cell_id, "done", skipped_checkpoints=skipped)
+    assert store.cell(CELLS[0].cell_id).skipped_checkpoints == skipped
+    assert store.cell(CELLS[1].cell_id).skipped_checkpoints == ()
+
+
+def _format_1(store: ResultStore) -> None:
+    """Make ``store`` a store as format 1 wrote it (before ``skipped_checkpoints``)."""
+    _finish(store, CELLS[0], 0.5)
+    store.close()
+    conn = sqlite3.connect(store.path)
+    conn.execute("ALTER TABLE cells DROP COLUMN skipped_checkpoints")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+
+
+def test_a_format_1_store_is_read_in_place_and_upgraded_by_a_writer(store: ResultStore) -> None:
+    _format_1(store)
+    with ResultStore.open(store.path) as reader:
+        row = reader.cell(CELLS[0].cell_id)
+        assert (row.status, row.f1, row.skipped_checkpoints) == ("done", 0.5, ())
+    with ResultStore(store.path) as writer:
+        assert writer.cell(CELLS[0].cell_id).f1 == 0.5
+        writer.record_result(CELLS[1].cell_id, "failed", reason="x", skipped_checkpoints=("a",))
+        assert writer.cell(CELLS[1].cell_id).skipped_checkpoints == ("a",)
+    conn = sqlite3.connect(store.path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == FORMAT_VERSION == 2

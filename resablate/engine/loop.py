@@ -272,6 +272,7 @@ class _Session:
         self.train_seconds = 0.0
         self.images_seen = 0
         self.resumed_from = 0
+        self.skipped_checkpoints: tuple[str, ...] = ()
         # Running training loss/accuracy per group since the last train record (on the device).
         self.run_loss = torch.zeros(k, dtype=torch.float64, device=device)
         self.run_correct = torch.zeros(k, dtype=torch.int64, device=device)
@@ -713,6 +714,7 @@ def _finish_group(
             f"non-finite training loss at step {diverged_at}" if diverged_at is not None else None
         ),
         resumed_from_step=session.resumed_from,
+        skipped_checkpoints=session.skipped_checkpoints,
         frozen_check=frozen,
         device=session.execution.device_name,
         amp=session.amp,
@@ -884,6 +886,8 @@ def train_groups(
     )
     torch.manual_seed(stream_seed(seeds[0], "dropout"))
     found = ckpt.load_latest(checkpoint_dir) if resume else None
+    if found is not None:
+        session.skipped_checkpoints = found.skipped
     if found is not None and found.path is not None and found.state is not None:
         session.restore(found.path, found.state)
     elif not resume:
@@ -898,7 +902,7 @@ def train_groups(
             images_per_step=recipe.images_per_step,
             device=session.execution.device_name,
             amp=session.amp,
-            skipped_checkpoints=found.skipped if found is not None else (),
+            skipped_checkpoints=session.skipped_checkpoints,
             ran_on=session.execution.summary(),
         )
     )

@@ -92,6 +92,8 @@ class TrainResult:
         diverged_at_step: 1-based optimiser step whose loss was non-finite, else ``None``.
         reason: Why the run diverged, else ``None``.
         resumed_from_step: Step of the checkpoint the run resumed from (0 = fresh start).
+        skipped_checkpoints: ``"<file>: <why>"`` of each newer checkpoint passed over on resume
+            because it does not load (``checkpoint.load_latest``), newest first.
         frozen_check: ``"passed"`` (frozen parameters and BN statistics byte-identical after
             training), ``"failed"`` or ``"not applicable"`` (nothing frozen).
         device: Device name.
@@ -115,6 +117,7 @@ class TrainResult:
     device: str
     amp: str
     execution: Execution
+    skipped_checkpoints: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready types (history as a list of records)."""

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 CELL_ID_LENGTH = 12
 DEMO_DATA = "demo"
+#: The largest seed: the store keeps seeds as SQLite integers (signed 64-bit).
+MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,9 @@ class Cell:
             legal = " or ".join(map(repr, BN_POLICIES))
             raise ConfigError(f"BatchNorm policy {self.bn!r} is not valid; use {legal}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"seed {self.seed!r} must be a non-negative integer")
+            raise ConfigError(f"seed {self.seed!r} must be a non-negative integer", field="seed")
+        if self.seed > MAX_SEED:
+            raise ConfigError(f"seed {self.seed} is larger than {MAX_SEED}", field="seed")
 
     @property
     def cell_id(self) -> str:

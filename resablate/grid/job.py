@@ -149,6 +149,8 @@ class CellResult:
         reason: Why the run diverged, else ``None``.
         frozen_check: ``"passed"``, ``"failed"`` or ``"not applicable"`` (nothing frozen).
         resumed_from_step: Step of the checkpoint the run resumed from (0 = fresh start).
+        skipped_checkpoints: ``"<file>: <why>"`` of each checkpoint passed over on resume
+            because it does not load.
         environment: Versions, device, determinism, dataset fingerprint, weights hash.
         run_dir: The run directory.
     """
@@ -170,6 +172,7 @@ class CellResult:
     reason: str | None
     frozen_check: str
     resumed_from_step: int
+    skipped_checkpoints: tuple[str, ...]
     environment: Environment
     run_dir: str
 
@@ -334,6 +337,7 @@ def _finish(
         reason=trained.reason,
         frozen_check=trained.frozen_check,
         resumed_from_step=trained.resumed_from_step,
+        skipped_checkpoints=trained.skipped_checkpoints,
         environment=dataclasses.replace(
             ready.environment,
             deterministic=trained.execution.deterministic,

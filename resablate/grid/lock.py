@@ -1,8 +1,10 @@
 """One grid process per run directory: an exclusive ``flock`` on ``OUT/.lock``.
 
 ``fcntl.flock`` locks belong to the open file and the kernel drops them when the holder exits,
-however it exits: a run killed with SIGKILL leaves no stale lock behind. The holder writes who it
-is (pid, host, start time) into the file so that a refused process can name it.
+however it exits: a run killed with SIGKILL leaves no stale lock behind (only the file, which the
+next holder takes over). The holder writes who it is (pid, host, start time) into the file so that
+a refused process can name it, and removes the file when it releases the lock, so that a finished
+or refused run leaves nothing in the folder.
 """
 
 from __future__ import annotations
@@ -28,6 +30,14 @@ def _describe_holder(text: str) -> str:
         return "another process"  # it holds the lock but has not written its name yet
 
 
+def _is_at(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is the file at ``path``."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
 class RunLock:
     """Exclusive lock on a run directory, held from :meth:`acquire` to :meth:`release`.
 
@@ -45,6 +55,23 @@ class RunLock:
     def acquire(self) -> None:
         """Take the lock or raise :class:`StoreLockedError` naming the holder (``StoreError``
         when the lock file cannot be created at all)."""
+        fd = self._open()
+        # The releasing holder removes the file: a lock taken on a file that is no longer (or
+        # no longer the one) at the path is void; take the one there now.
+        while not _is_at(fd, self.path):
+            os.close(fd)
+            fd = self._open()
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        self._fd = fd
+
+    def _open(self) -> int:
+        """Open the lock file (created if missing) and lock it, or raise naming the holder."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -62,18 +89,12 @@ class RunLock:
                 "grid to finish or choose another output folder",
                 field="out_dir",
             ) from None
-        info = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
-        self._fd = fd
+        return fd
 
     def release(self) -> None:
-        """Drop the lock (idempotent). The file stays; its content no longer matters."""
+        """Drop the lock and remove its file (idempotent)."""
         if self._fd is not None:
+            self.path.unlink(missing_ok=True)  # before unlocking: a waiter then sees it is void
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None

@@ -1,9 +1,11 @@
-"""A grid's dry run: every cell stored as pending, counted, and its training time estimated.
+"""A grid's dry run: every cell listed with its stored status, counted, and its training time
+estimated.
 
-Nothing trains. Each distinct model of the grid (architecture × residual plan × freeze plan) is
-built once with random weights (the weights spec changes neither counts nor speed), counted at
-the recipe's input size, and timed for a few training steps on random input at the recipe's
-batch size; a cell's estimate is that time per micro-batch × its planned micro-batches.
+Nothing trains and nothing is written: no store, no lock, no folder (an existing store is read
+for the cells' statuses). Each distinct model of the grid (architecture × residual plan × freeze
+plan) is built once with random weights (the weights spec changes neither counts nor speed),
+counted at the recipe's input size, and timed for a few training steps on random input at the
+recipe's batch size; a cell's estimate is that time per micro-batch × its planned micro-batches.
 """
 
 from __future__ import annotations
@@ -12,14 +14,19 @@ import os
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from resablate.choices import CellStatus
 from resablate.grid.cell import Cell
-from resablate.grid.job import apply_ablation, dataset_root
-from resablate.grid.runner import open_grid
+from resablate.grid.job import apply_ablation
+from resablate.grid.runner import check_data, check_fingerprint, check_run_options
 from resablate.grid.spec import GridSpec
+from resablate.grid.store import STORE_FILENAME, ResultStore, check_store_file
 from resablate.recipes import Recipe
+
+if TYPE_CHECKING:
+    from resablate.data import DatasetScan
 
 
 @dataclass(frozen=True)
@@ -54,7 +61,7 @@ class GridPlan:
     """The materialised grid of a dry run.
 
     Attributes:
-        out_dir: The run directory whose store now holds every cell.
+        out_dir: The run directory the grid would run in.
         cells: The cells in grid order.
         device: Device the probe ran on.
         train_images: Training images in the dataset.
@@ -186,76 +193,91 @@ def _probe(model: Any, recipe: Recipe, num_classes: int, device: Any, steps: int
     return statistics.median(times)
 
 
+def _stored_statuses(spec: GridSpec, out_dir: Path, dataset: DatasetScan) -> dict[str, CellStatus]:
+    """The statuses an earlier run left in ``out_dir``'s store (read-only; none without one),
+    after the checks the run would make: an empty store, a dataset changed since."""
+    check_store_file(out_dir)
+    if not (out_dir / STORE_FILENAME).is_file():
+        return {}
+    with ResultStore.open(out_dir) as store:
+        rows = store.cells(include_dropped=True)
+    check_fingerprint(rows, spec.data, dataset)
+    return {row.cell_id: row.status for row in rows}
+
+
 def plan_grid(
     spec: GridSpec,
     out_dir: str | os.PathLike[str],
     *,
     device: str | None = None,
     probe_steps: int = 3,
+    pack: str | int = "auto",
+    workers: int | None = None,
 ) -> GridPlan:
-    """Dry run: store every cell as pending, count each model and estimate its training time.
+    """Dry run: list every cell with its status, count each model and estimate its training
+    time. Writes nothing (no store, no lock, no folder).
 
     Args:
         spec: The grid.
-        out_dir: The run directory (locked while planning).
+        out_dir: The run directory the grid would run in (its store, if any, is only read).
         device: Device of the timing probe (``None`` = CUDA when visible, else CPU).
         probe_steps: Timed optimiser steps per distinct model; 0 skips the probe (no estimate).
+        pack: The run's ``pack`` option, checked as :func:`~resablate.grid.runner.run_grid`
+            checks it.
+        workers: The run's ``workers`` option, checked likewise.
 
     Returns:
-        The plan. The store holds every cell (pending unless an earlier run finished it) with
-        its counts.
+        The plan: each cell ``pending`` unless an earlier run in ``out_dir`` finished it.
+
+    Raises:
+        ConfigError: An invalid ``pack`` or ``workers``, an unusable ``out_dir``, or a recipe
+            that does not fit the dataset.
+        DataError: The dataset cannot be used, or changed since cells of the store were
+            trained on it.
+        StoreError: The store in ``out_dir`` is empty, foreign or newer.
     """
     from resablate.counting import count
-    from resablate.data import scan
     from resablate.engine.environment import device_name, resolve_device
     from resablate.engine.loop import StepPlan
     from resablate.paths import output_dir
 
-    output_dir(out_dir)
+    check_run_options(pack, workers)
+    out = output_dir(out_dir)
     target = resolve_device(device or "auto")
-    dataset = scan(dataset_root(spec.data))
+    dataset = check_data(spec)
+    statuses = _stored_statuses(spec, out, dataset)
     train_images = len(dataset.splits["train"])
     num_classes = len(dataset.classes)
     measured: dict[tuple[Any, ...], tuple[Any, float | None]] = {}
     planned = []
-    with open_grid(spec, out_dir) as store:
-        for row in store.cells():
-            cell = row.cell
-            recipe = cell.effective_recipe
-            key = (
-                *(cell.arch, cell.source, cell.residual, cell.freeze, cell.bn),
-                *(recipe.image_size, recipe.batch_size, recipe.grad_accum, recipe.optimizer),
+    for cell in spec.cells():
+        recipe = cell.effective_recipe
+        key = (
+            *(cell.arch, cell.source, cell.residual, cell.freeze, cell.bn),
+            *(recipe.image_size, recipe.batch_size, recipe.grad_accum, recipe.optimizer),
+        )
+        if key not in measured:
+            model = _model(cell, num_classes)
+            counts = count(model, (3, recipe.image_size, recipe.image_size))
+            per_step = (
+                _probe(model, recipe, num_classes, target, probe_steps) if probe_steps else None
             )
-            if key not in measured:
-                model = _model(cell, num_classes)
-                counts = count(model, (3, recipe.image_size, recipe.image_size))
-                per_step = (
-                    _probe(model, recipe, num_classes, target, probe_steps) if probe_steps else None
-                )
-                measured[key] = (counts, per_step)
-            counts, per_step = measured[key]
-            if row.params is None:
-                store.set_counts(
-                    row.cell_id,
-                    params=counts.params,
-                    active_params=counts.active_params,
-                    flops=counts.flops,
-                )
-            steps = StepPlan.of(train_images, recipe).total_steps
-            planned.append(
-                PlannedCell(
-                    cell_id=row.cell_id,
-                    label=cell.label,
-                    status=row.status,
-                    params=counts.params,
-                    active_params=counts.active_params,
-                    flops=counts.flops,
-                    steps=steps,
-                    seconds_per_step=per_step,
-                    estimated_seconds=None if per_step is None else steps * per_step,
-                )
+            measured[key] = (counts, per_step)
+        counts, per_step = measured[key]
+        steps = StepPlan.of(train_images, recipe).total_steps
+        planned.append(
+            PlannedCell(
+                cell_id=cell.cell_id,
+                label=cell.label,
+                status=statuses.get(cell.cell_id, CellStatus.PENDING),
+                params=counts.params,
+                active_params=counts.active_params,
+                flops=counts.flops,
+                steps=steps,
+                seconds_per_step=per_step,
+                estimated_seconds=None if per_step is None else steps * per_step,
             )
-        store.write_mirrors()
+        )
     return GridPlan(
         out_dir=str(out_dir),
         cells=tuple(planned),

@@ -24,25 +24,29 @@ import os
 import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from resablate.atomic import sweep_stale
-from resablate.choices import DEFAULT_METRIC, METRICS, CellStatus
-from resablate.errors import ConfigError
-from resablate.grid.cell import DEMO_DATA, Cell
+from resablate.choices import DEFAULT_METRIC, FINISHED_STATUSES, METRICS, CellStatus
+from resablate.errors import ConfigError, DataError
+from resablate.grid.cell import Cell
 from resablate.grid.events import CellFinished, CellProgress, CellStarted, GridEvent, GridStarted
 from resablate.grid.executors import CellOutcome, JobRunner, default_device, make_executor
-from resablate.grid.job import Job, StepHookFactory
+from resablate.grid.job import Job, StepHookFactory, dataset_root
 from resablate.grid.lock import RunLock
 from resablate.grid.packs import packs_dir, parse_pack, plan_packs
 from resablate.grid.results import final_rows
 from resablate.grid.signals import sigterm_as_interrupt, uninterruptible
 from resablate.grid.spec import GridSpec
-from resablate.grid.store import CellRow, ResultStore
+from resablate.grid.store import CellRow, ResultStore, check_store_file
 from resablate.grid.summary import GridSummary
 from resablate.grid.table import results_table
 from resablate.paths import output_dir
+from resablate.recipes import get_recipe
 from resablate.run_dir import RunDir
+
+if TYPE_CHECKING:
+    from resablate.data import DatasetScan
 
 CELLS_FOLDER = "cells"
 INTERRUPTED = "interrupted; a rerun resumes it from its last checkpoint"
@@ -98,6 +102,7 @@ def _record(store: ResultStore, outcome: CellOutcome, base_env: dict[str, Any]) 
         environment={**base_env, **(data.get("environment") or {})},
         evaluations=RunDir(run_dir).read_history(),
         predictions=RunDir(run_dir).read_predictions(),
+        skipped_checkpoints=data.get("skipped_checkpoints") or (),
     )
 
 
@@ -135,21 +140,74 @@ def _jobs(
     return jobs
 
 
-@contextlib.contextmanager
-def open_grid(spec: GridSpec, out_dir: str | os.PathLike[str]) -> Iterator[ResultStore]:
-    """Lock ``out_dir``, sweep stale temporary files, write the spec and every cell (pending).
-
-    Yields the writable store; the lock is held until the block exits.
+def check_run_options(pack: str | int, workers: int | None) -> str | int:
+    """Check the run options a dry run and a run share; returns the parsed ``pack``.
 
     Raises:
-        ConfigError: ``out_dir`` is a file, below a file, or cannot be written.
+        ConfigError: An invalid ``pack`` or a ``workers`` below 1.
+    """
+    if workers is not None and workers < 1:
+        raise ConfigError(f"workers={workers} must be at least 1", field="workers")
+    return parse_pack(pack)
+
+
+def check_data(spec: GridSpec) -> DatasetScan:
+    """Scan the grid's dataset and check the recipe against it, before anything is written.
+
+    Raises:
+        DataError: The dataset cannot be used (missing, empty, one class).
+        ConfigError: The recipe's positive class is not one of the dataset's classes.
+    """
+    from resablate.data import scan
+
+    dataset = scan(dataset_root(spec.data))
+    get_recipe(str(spec.recipe), **dict(spec.overrides)).check_classes(len(dataset.classes))
+    return dataset
+
+
+def check_fingerprint(rows: Sequence[CellRow], data: str, dataset: DatasetScan) -> None:
+    """Refuse to add results on a dataset whose contents changed since the finished cells of
+    ``rows`` were trained on it: same ``data`` (path, or ``"demo"``), another fingerprint (file
+    list, sizes, modification times).
+
+    Raises:
+        DataError: A finished cell on ``data`` recorded another fingerprint.
+    """
+    for row in rows:
+        recorded = row.environment.get("dataset_fingerprint")
+        finished = row.status in FINISHED_STATUSES and row.cell.data == data
+        if finished and recorded and recorded != dataset.fingerprint:
+            raise DataError(
+                f"the dataset {dataset.root} changed since cell {row.cell_id} was trained on it "
+                f"(fingerprint {recorded[:12]} then, {dataset.fingerprint[:12]} now): its results "
+                "would mix with results on other data; restore the data or use another output "
+                "folder",
+                field="data",
+            )
+
+
+@contextlib.contextmanager
+def open_grid(spec: GridSpec, out_dir: str | os.PathLike[str]) -> Iterator[ResultStore]:
+    """Check the data, lock ``out_dir``, sweep stale temporary files, write the spec and every
+    cell (pending).
+
+    Yields the writable store; the lock is held (and its file kept) until the block exits.
+
+    Raises:
+        ConfigError: ``out_dir`` is a file, below a file, or cannot be written; the recipe does
+            not fit the dataset.
+        DataError: The dataset cannot be used, or changed since cells of this store were
+            trained on it.
         StoreLockedError: Another process holds ``out_dir``.
-        StoreError: The store is newer, foreign, or on a network file system.
+        StoreError: The store is empty, newer, foreign, or on a network file system.
     """
     out = output_dir(out_dir)
+    dataset = check_data(spec)
     with RunLock(out):
         sweep_stale(out)
+        check_store_file(out)
         with ResultStore(out) as store:
+            check_fingerprint(store.cells(include_dropped=True), spec.data, dataset)
             cells = spec.cells()
             run_dirs = {c.cell_id: str(cell_run_dir(out, c.cell_id)) for c in cells}
             store.set_spec(spec.to_dict())
@@ -208,10 +266,11 @@ def run_grid(
         KeyboardInterrupt: On Ctrl-C or SIGTERM, after the store is written (cells in flight are
             back to ``pending``; a rerun resumes them).
         StoreLockedError: Another process runs a grid in ``out_dir``.
-        ConfigError: An invalid ``pack``, or a K > 1 with step hooks.
-        DataError: The dataset cannot be used (``resablate.data.scan``); nothing is written.
+        ConfigError: An invalid ``pack`` or ``workers``, or a K > 1 with step hooks.
+        DataError: The dataset cannot be used, or changed since cells of this store were
+            trained on it.
     """
-    mode = parse_pack(pack)
+    mode = check_run_options(pack, workers)
     if step_hooks and mode != "off":
         if mode != "auto":
             raise ConfigError(GRADFLOW_PACKS, field="pack")
@@ -227,10 +286,6 @@ def run_grid(
 
     emit = callback or (lambda event: None)
     base_env = driver_environment()
-    if spec.data != DEMO_DATA:
-        from resablate.data import scan
-
-        scan(spec.data)  # unusable data: one error before anything is written, not failed cells
     with open_grid(spec, out_dir) as store:
         rows = store.cells()
         to_run = select_cells(rows, retry_failed=retry_failed)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from resablate.data_location import DataLocation
-from resablate.errors import ConfigError
+from resablate.errors import ConfigError, DataNotFoundError
 from resablate.grid.cell import DEMO_DATA, Cell
 from resablate.residual_plan import PLAN_ON, ResidualPlan
 from resablate.weights_choice import NAMED_WEIGHTS, WeightsChoice, WeightsKind
@@ -83,6 +83,10 @@ class GridSpec:
         if self.residual_alpha is not None:
             values["residual_alpha"] = _unique(float(a) for a in self.residual_alpha)
         values["overrides"] = tuple(sorted(dict(self.overrides).items()))
+        if not self.data.strip():
+            raise DataNotFoundError(
+                "the dataset folder is an empty path; name a folder", field="data"
+            )
         if self.data != DEMO_DATA:
             values["data"] = DataLocation.parse(self.data).require_exists().text
         if self.recipe is None:

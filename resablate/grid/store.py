@@ -15,6 +15,7 @@ Only the grid driver writes; reports and other readers open the store read-only 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -22,7 +23,6 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,8 +37,10 @@ STORE_FILENAME = "store.sqlite"
 CSV_FILENAME = "results.csv"
 JSONL_FILENAME = "results.jsonl"
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 BUSY_TIMEOUT_MS = 30_000
+#: Free space below which a failed write is taken for a full disk (SQLite writes whole pages).
+_FULL_DISK_BYTES = 1 << 20
 
 _STATUSES = tuple(CellStatus)
 _STATUS_LIST = ",".join(f"'{status}'" for status in CellStatus)
@@ -134,6 +136,7 @@ CREATE TABLE cells (
     device TEXT,
     environment TEXT,
     run_dir TEXT,
+    skipped_checkpoints TEXT NOT NULL DEFAULT '[]',
     attempts INTEGER NOT NULL DEFAULT 0,
     created_at TEXT NOT NULL,
     started_at TEXT,
@@ -165,6 +168,12 @@ CREATE TABLE predictions (
     PRIMARY KEY (cell_id, idx)
 );
 """
+
+
+# What brings a store of each older format up to FORMAT_VERSION, in order.
+_MIGRATIONS = {
+    1: ("ALTER TABLE cells ADD COLUMN skipped_checkpoints TEXT NOT NULL DEFAULT '[]'",),
+}
 
 
 def _now() -> str:
@@ -222,6 +231,8 @@ class CellRow:
         train_seconds: Wall-clock training time in seconds; ``images_per_second`` the training
             throughput.
         environment: Versions, device, git revision, dataset fingerprint, weights hash.
+        skipped_checkpoints: ``"<file>: <why>"`` of each checkpoint the last run passed over on
+            resume because it does not load (empty in stores of format 1).
         attempts: How many times the cell was started.
         created_at: ISO-8601 UTC timestamps (``started_at``/``finished_at`` of the last attempt).
     """
@@ -252,6 +263,7 @@ class CellRow:
     started_at: str | None
     finished_at: str | None
     updated_at: str
+    skipped_checkpoints: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """All fields as JSON-ready plain types (``cell`` as ``Cell.to_dict()``)."""
@@ -325,10 +337,48 @@ def _row_values(row: CellRow) -> dict[str, Any]:
     return {name: getattr(row, name) for name in _CELL_ROW_FIELDS if name != "cell"}
 
 
+def check_store_file(folder: str | os.PathLike[str]) -> None:
+    """Refuse a ``store.sqlite`` in ``folder`` that exists but is empty (0 bytes): a store cut
+    to nothing, never one to start afresh (that would retrain every cell and overwrite
+    ``results.csv``). A store being created holds at least its header page once it is in WAL
+    mode, so call this under the run directory's lock, where no other process creates it (or
+    where a mistaken refusal costs nothing: a dry run).
+
+    Raises:
+        StoreError: The file exists and holds 0 bytes.
+    """
+    path = Path(folder) / STORE_FILENAME
+    if path.is_file() and path.stat().st_size == 0:
+        raise StoreError(
+            f"{path} is empty (0 bytes), not a results store; restore it from a copy, or remove "
+            "it to start the grid afresh",
+            field="out_dir",
+        )
+
+
+def _free_bytes(folder: Path) -> int:
+    """Bytes an unprivileged writer may still use in ``folder``'s file system."""
+    info = os.statvfs(folder)
+    return info.f_bavail * info.f_frsize
+
+
+def _store_error(path: Path, exc: sqlite3.DatabaseError, what: str) -> StoreError:
+    """The one-line error of a failed SQLite call: a full disk says so (SQLite reports it as
+    "database or disk is full" or as a "disk I/O error"), anything else is ``what: exc``."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary code of an extended one
+    if code in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR):
+        with contextlib.suppress(OSError):
+            if _free_bytes(path.parent) < _FULL_DISK_BYTES:
+                return StoreError(f"no space left on device: {path}")
+    return StoreError(f"{what}: {exc}")
+
+
 def _cell_row(row: sqlite3.Row) -> CellRow:
-    values = {name: row[name] for name in _CELL_ROW_FIELDS if name != "cell"}
+    stored = set(row.keys())  # a store of format 1, read in place, lacks later columns
+    values = {name: row[name] for name in _CELL_ROW_FIELDS if name != "cell" and name in stored}
     values["cell"] = Cell.from_dict(json.loads(row["config"]))
     values["environment"] = json.loads(row["environment"] or "{}")
+    values["skipped_checkpoints"] = tuple(json.loads(values.get("skipped_checkpoints") or "[]"))
     values["in_grid"] = bool(row["in_grid"])
     values["status"] = CellStatus(row["status"])
     return CellRow(**values)
@@ -435,7 +485,7 @@ class ResultStore:
             self._conn = _connect_read_only(target) if readonly else _connect(target)
             self._prepare()
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{target} is not a usable results store: {exc}") from None
+            raise _store_error(target, exc, f"{target} is not a usable results store") from None
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> ResultStore:
@@ -464,7 +514,11 @@ class ResultStore:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
+            else:
+                for older in range(version, FORMAT_VERSION):
+                    for statement in _MIGRATIONS[older]:
+                        conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
 
     def _check_version(self, version: int, tables: int) -> bool:
         """Refuse a newer or foreign store; True when the database is empty (to be created)."""
@@ -479,7 +533,7 @@ class ResultStore:
             raise StoreError(f"{self.path} is not a resablate results store")
         return version == 0
 
-    @contextmanager
+    @contextlib.contextmanager
     def together(self) -> Iterator[None]:
         """Make every write inside the block one transaction: all of them are kept, or none (a
         pack's cells are recorded so)."""
@@ -490,7 +544,7 @@ class ResultStore:
             finally:
                 self._together = False
 
-    @contextmanager
+    @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         if self.readonly:
             raise StoreError(f"{self.path} is open read-only")
@@ -508,7 +562,9 @@ class ResultStore:
                     conn.execute("ROLLBACK")
                 raise
         except sqlite3.OperationalError as exc:  # full disk, I/O error, locked past the timeout
-            raise StoreError(f"cannot write the results store {self.path}: {exc}") from None
+            raise _store_error(
+                self.path, exc, f"cannot write the results store {self.path}"
+            ) from None
 
     def close(self) -> None:
         """Close the connection (idempotent)."""
@@ -616,6 +672,7 @@ class ResultStore:
         environment: Mapping[str, Any] | None = None,
         evaluations: Sequence[Mapping[str, Any]] = (),
         predictions: Sequence[Mapping[str, Any]] = (),
+        skipped_checkpoints: Sequence[str] = (),
     ) -> None:
         """Write a finished cell: status, reason, metrics, history and predictions, atomically.
 
@@ -630,6 +687,7 @@ class ResultStore:
             evaluations: The evaluation history in order; keys :data:`METRICS`, ``step``,
                 ``epoch``, ``split``; other keys are kept in ``extra``.
             predictions: Per test sample: ``index``, ``path``, ``label``, ``pred``, ``prob``.
+            skipped_checkpoints: ``"<file>: <why>"`` of each checkpoint the run passed over.
         """
         if status not in FINISHED_STATUSES:
             raise ValueError(f"status {status!r} is not a finished status {FINISHED_STATUSES}")
@@ -641,6 +699,7 @@ class ResultStore:
             columns[name] = None if metrics is None else metrics.get(name)
         if environment is not None:
             columns["environment"] = json.dumps(dict(environment), sort_keys=True, default=str)
+        columns["skipped_checkpoints"] = json.dumps(list(skipped_checkpoints))
         eval_rows = [
             (
                 cell_id,

@@ -37,6 +37,12 @@ class GridSummary:
     notes: tuple[str, ...] = ()
 
     @property
+    def not_done(self) -> tuple[CellRow, ...]:
+        """The cells whose run ended without a result (:data:`PROBLEM_STATUSES`: failed,
+        diverged or skipped): a grid with any of them is not a success."""
+        return tuple(row for row in self.cells if row.status in PROBLEM_STATUSES)
+
+    @property
     def complete(self) -> bool:
         """True when no cell is pending or running."""
         return self.counts[CellStatus.PENDING] == 0 and self.counts[CellStatus.RUNNING] == 0
@@ -56,15 +62,22 @@ class GridSummary:
         from rich.console import Group
         from rich.text import Text
 
-        counts = ", ".join(f"{n} {status}" for status, n in self.counts.items() if n)
+        counts = ", ".join(
+            f"{n} {status}{_ids(self.not_done, status)}" for status, n in self.counts.items() if n
+        )
         parts: list[Any] = [self.table]
-        problems = [r for r in self.cells if r.status in PROBLEM_STATUSES]
-        for row in problems:
+        for row in self.not_done:
             parts.append(Text(f"{row.status}: {row.cell_id} {row.cell.label}: {row.reason}"))
         parts.append(
             Text(f"{len(self.cells)} cells: {counts} · ran {len(self.ran)} now · {self.out_dir}")
         )
         return Group(*parts)
+
+
+def _ids(rows: tuple[CellRow, ...], status: str) -> str:
+    """`` (id, id)``: the ids of ``rows`` with ``status``, or nothing."""
+    ids = [row.cell_id for row in rows if row.status == status]
+    return f" ({', '.join(ids)})" if ids else ""
 
 
 def grid_status(out_dir: str | os.PathLike[str], *, metric: str = DEFAULT_METRIC) -> GridSummary:
