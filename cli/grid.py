@@ -421,7 +421,11 @@ def grid(
     if dry_run:
         from resablate.grid.plan import plan_grid
 
-        console.err.print("probing: a few training steps of each distinct model…", highlight=False)
+        console.err.print(
+            "checking the data and each cell's weights, then timing a few training steps of "
+            "each distinct model (at most 30 s in all)…",
+            highlight=False,
+        )
         plan = plan_grid(spec, out, device=device_of(ctx.params), pack=pack, workers=workers)
         show(plan, as_json=json_output)
         return

@@ -210,7 +210,10 @@ def build_model(
     state = _resolve_state(family, weights)
     model = family.builder()
     if state is not None:
-        _load_body(model, family, state)
+        try:
+            _load_body(model, family, state)
+        except WeightsError as exc:  # name the file that does not fit
+            raise WeightsError(f"{_origin(family, weights)}: {exc}") from None
     features = head_features(model.get_submodule(family.head))
     if features is None:
         raise ConfigError(f"head {family.head} of {family.arch} is not a Linear or 1x1 conv layer")
@@ -231,6 +234,16 @@ def build_model(
         new_head.load_state_dict({"weight": head_weight, "bias": head_bias})
     _set_submodule(model, family.head, new_head)
     return model
+
+
+def _origin(family: Family, weights: str | os.PathLike[str] | None) -> str:
+    """The file a weights choice loads from (for messages)."""
+    key = str(weights).strip().lower()
+    if key == "imagenet":
+        return str(_cached_path(family))
+    if key == "demo":
+        return str(demo_weights_path(family.arch, family.source))
+    return str(weights)
 
 
 def _resolve_state(

@@ -16,7 +16,7 @@ from resablate.errors import ConfigError
 from resablate.grid import executors
 from resablate.grid.executors import WORKERS_EXITED, LocalExecutor, _worker_main
 from resablate.grid.job import Job
-from resablate.grid.plan import _probe
+from resablate.grid.plan import _seconds_per_step
 from resablate.recipes import get_recipe
 from resablate_cli.app import app
 
@@ -148,11 +148,12 @@ class _AutocastProbe(nn.Module):
         return self.fc(x.flatten(1))
 
 
-def test_time_probe_runs_like_the_engine() -> None:
+def test_time_probe_runs_the_engines_step() -> None:
     recipe = get_recipe("demo", image_size=8, batch_size=4)
     fp32 = _AutocastProbe()
-    _probe(fp32, recipe, 2, torch.device("cpu"), 1)
+    _seconds_per_step(fp32, recipe, 2, torch.device("cpu"), 1, 10.0)
     assert fp32.seen == {(False, False)}
     bf16 = _AutocastProbe()
-    _probe(bf16, recipe.replace(amp="bf16", channels_last=True), 2, torch.device("cpu"), 1)
+    bf16_recipe = recipe.replace(amp="bf16", channels_last=True)
+    _seconds_per_step(bf16, bf16_recipe, 2, torch.device("cpu"), 1, 10.0)
     assert bf16.seen == {(True, True)}

@@ -137,7 +137,10 @@ def test_nan_weights_diverge_wrong_weights_fail_and_the_rest_finish(
         ("alexnet.pth", "failed"),
     ]
     assert rows[1]["reason"].startswith("non-finite")
-    assert rows[2]["reason"].startswith("WeightsError: weights do not fit resnet18 (torchvision)")
+    alexnet = tmp_path / "alexnet.pth"
+    assert rows[2]["reason"].startswith(
+        f"WeightsError: {alexnet}: weights do not fit resnet18 (torchvision)"
+    )
 
 
 def _grid_command(data: Path, out: Path) -> list[str]:

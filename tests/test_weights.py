@@ -98,7 +98,9 @@ def test_wrong_architecture_is_one_line_naming_keys(tmp_path: Path) -> None:
         build_model("resnet18", weights=tmp_path / "r50.pth")
     message = str(info.value)
     assert "\n" not in message
-    assert message.startswith("weights do not fit resnet18 (torchvision): ")
+    assert message.startswith(
+        f"{tmp_path / 'r50.pth'}: weights do not fit resnet18 (torchvision): "
+    )
     assert "first layer1.0.conv1.weight: file (64, 64, 1, 1) vs model (64, 64, 3, 3)" in message
     assert "unexpected key(s), first layer1.0.conv3.weight" in message
 

@@ -88,7 +88,7 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _failure(exc: Exception) -> tuple[str, str]:
+def failure(exc: Exception) -> tuple[str, str]:
     """``(status, reason)`` of a cell whose run raised ``exc``."""
     if isinstance(exc, WeightsUnavailableError):
         return CellStatus.SKIPPED, str(exc)
@@ -153,7 +153,7 @@ def execute_job(
     outcomes = []
     for cell_id, result in zip(ids, results, strict=True):
         if isinstance(result, Exception):
-            status, reason = _failure(result)
+            status, reason = failure(result)
             outcomes.append(CellOutcome(cell_id, status, reason, None, device))
         else:
             outcomes.append(_outcome(cell_id, result, device))

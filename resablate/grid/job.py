@@ -230,6 +230,30 @@ def _weights_file(cell: Cell, notify: Callable[[Any], None] | None = None) -> Pa
     return cell.weights.path
 
 
+def preflight(cell: Cell, num_classes: int) -> Exception | None:
+    """What would stop the cell before it trains, found before any cell does: its weights cannot
+    be had (ImageNet weights neither cached nor downloadable, a missing file) or do not fit its
+    architecture (a file of another one). ``None`` when nothing does.
+
+    Demo weights are not built here (that is training); a file is loaded into the architecture
+    once, on the CPU.
+    """
+    from resablate.errors import ResablateError
+    from resablate.weights import build_model
+
+    try:
+        kind = cell.weights.kind
+        if kind == WeightsKind.IMAGENET:
+            _weights_file(cell)
+        elif kind == WeightsKind.FILE:
+            build_model(
+                cell.arch, weights=cell.weights.text, num_classes=num_classes, source=cell.source
+            )
+    except ResablateError as exc:
+        return exc
+    return None
+
+
 def apply_ablation(model: nn.Module, cell: Cell) -> tuple[SurgeryReport | None, FreezeReport]:
     """Apply the cell's residual plan, then its freeze plan, to ``model`` in place.
 

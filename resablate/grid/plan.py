@@ -2,10 +2,15 @@
 estimated.
 
 Nothing trains and nothing is written: no store, no lock, no folder (an existing store is read
-for the cells' statuses). Each distinct model of the grid (architecture × residual plan × freeze
-plan) is built once with random weights (the weights spec changes neither counts nor speed),
-counted at the recipe's input size, and timed for a few training steps on random input at the
-recipe's batch size; a cell's estimate is that time per micro-batch × its planned micro-batches.
+for the cells' statuses). The run's pre-flight checks run as the run runs them: the data is scanned
+and every cell's weights resolved (:func:`resablate.grid.job.preflight`), so a cell that would be
+skipped or fail says so here. Each distinct model of the grid (architecture × residual plan ×
+freeze plan) is built once with random weights (the weights spec changes neither counts nor
+speed), counted at the recipe's input size, and timed for a few of the engine's own training steps
+(:func:`resablate.engine.loop.time_steps`) within :data:`PROBE_SECONDS` for the whole grid; a
+cell's estimate is its planned steps × the median step, plus its evaluations (a forward pass per
+image, a third of a training step's time per image) and the time it took here to build and count
+its model. The probe measures the machine as loaded when it runs.
 """
 
 from __future__ import annotations
@@ -20,7 +25,12 @@ from typing import TYPE_CHECKING, Any
 from resablate.choices import CellStatus
 from resablate.grid.cell import Cell
 from resablate.grid.job import apply_ablation
-from resablate.grid.runner import check_data, check_fingerprint, check_run_options
+from resablate.grid.runner import (
+    check_data,
+    check_fingerprint,
+    check_run_options,
+    preflight_outcomes,
+)
 from resablate.grid.spec import GridSpec
 from resablate.grid.store import STORE_FILENAME, ResultStore, check_store_file
 from resablate.recipes import Recipe
@@ -36,18 +46,23 @@ class PlannedCell:
     Attributes:
         cell_id: The cell's id.
         label: Its short label.
-        status: Its status in the store (``done`` cells would not run again).
+        status: Its status in the store (``done`` cells would not run again), or the status the
+            pre-flight checks give it (``skipped``, ``failed``).
+        reason: Why it would be skipped or fail (``None`` otherwise).
         params: Parameters of the built model (head sized for the dataset's classes).
         active_params: Parameters its forward pass uses (after residual surgery).
         flops: Multiply-adds of one forward pass at batch 1 and the recipe's image size (fvcore).
         steps: Optimiser steps the recipe plans on this dataset.
         seconds_per_step: Measured seconds of one optimiser step (``None`` without a probe).
-        estimated_seconds: ``steps * seconds_per_step`` (``None`` without a probe).
+        estimated_seconds: Seconds the cell would take: its steps × ``seconds_per_step``, its
+            evaluations and building its model (``None`` without a probe; 0 when it would not
+            train).
     """
 
     cell_id: str
     label: str
     status: CellStatus
+    reason: str | None
     params: int
     active_params: int
     flops: int
@@ -73,11 +88,12 @@ class GridPlan:
     device: str
     train_images: int
     notes: tuple[str, ...]
+    probe_seconds: float = 0.0
 
     @property
     def estimated_seconds(self) -> float | None:
         """Estimated training time of the cells that would run (not ``done``/``diverged``)."""
-        todo = [c for c in self.cells if c.status not in (CellStatus.DONE, CellStatus.DIVERGED)]
+        todo = [c for c in self.cells if c.status in (CellStatus.PENDING, CellStatus.RUNNING)]
         if any(c.estimated_seconds is None for c in todo):
             return None
         return sum(c.estimated_seconds or 0.0 for c in todo)
@@ -89,6 +105,7 @@ class GridPlan:
             "device": self.device,
             "train_images": self.train_images,
             "estimated_seconds": self.estimated_seconds,
+            "probe_seconds": self.probe_seconds,
             "notes": list(self.notes),
             "cells": [asdict(c) for c in self.cells],
         }
@@ -110,7 +127,7 @@ class GridPlan:
             table.add_row(
                 c.cell_id,
                 c.label,
-                c.status,
+                c.status if c.reason is None else f"{c.status}: {c.reason}",
                 f"{c.params / 1e6:.1f}",
                 f"{c.flops / 1e9:.3f}",
                 str(c.steps),
@@ -120,7 +137,8 @@ class GridPlan:
         footer = (
             f"estimated training time on {self.device}: "
             f"{'—' if total is None else format_seconds(total)} "
-            f"({self.train_images} training images; evaluation not included) · {self.out_dir}"
+            f"({self.train_images} training images; evaluations included; probed "
+            f"{format_seconds(self.probe_seconds)}) · {self.out_dir}"
         )
         return Group(*(Text(n) for n in self.notes), table, Text(footer))
 
@@ -144,52 +162,20 @@ def _model(cell: Cell, num_classes: int) -> Any:
     return model
 
 
-def _probe(model: Any, recipe: Recipe, num_classes: int, device: Any, steps: int) -> float:
-    """Seconds per optimiser step: the median of ``steps`` timed steps after one warm-up step
-    (the median, because other work on a shared machine inflates single steps). The steps run
-    as the engine would run them on ``device``: autocast dtype, channels_last and the backend
-    flags of :func:`resablate.engine.execution.resolve_execution` (compilation aside)."""
-    import torch
-    import torch.nn.functional as F
+PROBE_SECONDS = 30.0
+"""Wall time the dry run spends timing training steps, for all the grid's distinct models."""
 
-    from resablate.engine.execution import backend_settings, resolve_execution
-    from resablate.engine.optim import build_optimizer
-    from resablate.freezing import trainable_parameters
 
-    execution = resolve_execution(recipe, device)
-    model = model.to(device).train()
-    size = recipe.image_size
-    images = torch.randn(recipe.batch_size, 3, size, size, device=device)
-    if execution.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        images = images.contiguous(memory_format=torch.channels_last)
-    params = trainable_parameters(model)
-    optimizer = build_optimizer(params, recipe) if params else None
-    labels = torch.arange(recipe.batch_size, device=device) % num_classes
+def _seconds_per_step(
+    model: Any, recipe: Recipe, num_classes: int, device: Any, steps: int, budget: float
+) -> float:
+    """The median of the engine's own timed steps (the median: other work on a shared machine
+    inflates single steps)."""
+    from resablate.engine.loop import time_steps
 
-    def micro_batch() -> None:
-        with execution.autocast():
-            logits = model(images)
-        loss = F.cross_entropy(logits.float(), labels)
-        if optimizer is not None:
-            loss.backward()
-
-    def step() -> None:
-        for _ in range(recipe.grad_accum):
-            micro_batch()
-        if optimizer is not None:
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    with backend_settings(execution):
-        step()
-        times = []
-        for _ in range(steps):
-            start = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - start)
+    times = time_steps(
+        model, recipe, num_classes=num_classes, device=device, steps=steps, budget_seconds=budget
+    )
     return statistics.median(times)
 
 
@@ -247,35 +233,55 @@ def plan_grid(
     dataset = check_data(spec)
     statuses = _stored_statuses(spec, out, dataset)
     train_images = len(dataset.splits["train"])
+    eval_images = sum(len(dataset.splits[s]) for s in ("val", "test") if s in dataset.splits)
     num_classes = len(dataset.classes)
-    measured: dict[tuple[Any, ...], tuple[Any, float | None]] = {}
+    cells = spec.cells()
+    problems = {o.cell_id: o for o in preflight_outcomes(cells, num_classes, str(target))}
+    keys = {_model_key(cell) for cell in cells if cell.cell_id not in problems}
+    budget = PROBE_SECONDS / max(1, len(keys))
+    probe_start = time.perf_counter()
+    measured: dict[tuple[Any, ...], tuple[Any, float | None, float]] = {}
     planned = []
-    for cell in spec.cells():
+    for cell in cells:
         recipe = cell.effective_recipe
-        key = (
-            *(cell.arch, cell.source, cell.residual, cell.freeze, cell.bn),
-            *(recipe.image_size, recipe.batch_size, recipe.grad_accum, recipe.optimizer),
-        )
+        key = _model_key(cell)
         if key not in measured:
+            start = time.perf_counter()
             model = _model(cell, num_classes)
             counts = count(model, (3, recipe.image_size, recipe.image_size))
-            per_step = (
-                _probe(model, recipe, num_classes, target, probe_steps) if probe_steps else None
-            )
-            measured[key] = (counts, per_step)
-        counts, per_step = measured[key]
-        steps = StepPlan.of(train_images, recipe).total_steps
+            build = time.perf_counter() - start
+            per_step = None
+            if probe_steps and cell.cell_id not in problems:
+                per_step = _seconds_per_step(
+                    model, recipe, num_classes, target, probe_steps, budget
+                )
+            measured[key] = (counts, per_step, build)
+        counts, per_step, build = measured[key]
+        plan = StepPlan.of(train_images, recipe)
+        problem = problems.get(cell.cell_id)
+        estimate = None
+        if problem is not None:
+            estimate = 0.0
+        elif per_step is not None:
+            evaluations = 1 + (plan.total_steps // recipe.eval_every if recipe.eval_every else 0)
+            per_image = per_step / (recipe.batch_size * recipe.grad_accum) / 3
+            estimate = plan.total_steps * per_step + evaluations * eval_images * per_image + build
         planned.append(
             PlannedCell(
                 cell_id=cell.cell_id,
                 label=cell.label,
-                status=statuses.get(cell.cell_id, CellStatus.PENDING),
+                status=(
+                    CellStatus(problem.status)
+                    if problem is not None
+                    else statuses.get(cell.cell_id, CellStatus.PENDING)
+                ),
+                reason=None if problem is None else problem.reason,
                 params=counts.params,
                 active_params=counts.active_params,
                 flops=counts.flops,
-                steps=steps,
+                steps=plan.total_steps,
                 seconds_per_step=per_step,
-                estimated_seconds=None if per_step is None else steps * per_step,
+                estimated_seconds=estimate,
             )
         )
     return GridPlan(
@@ -284,4 +290,14 @@ def plan_grid(
         device=device_name(target),
         train_images=train_images,
         notes=spec.notes,
+        probe_seconds=time.perf_counter() - probe_start,
+    )
+
+
+def _model_key(cell: Cell) -> tuple[Any, ...]:
+    """What a step's time depends on: the model and the recipe's step shape."""
+    recipe = cell.effective_recipe
+    return (
+        *(cell.arch, cell.source, cell.residual, cell.freeze, cell.bn),
+        *(recipe.image_size, recipe.batch_size, recipe.grad_accum, recipe.optimizer, recipe.amp),
     )

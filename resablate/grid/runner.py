@@ -106,6 +106,26 @@ def _record(store: ResultStore, outcome: CellOutcome, base_env: dict[str, Any]) 
     )
 
 
+def preflight_outcomes(cells: Sequence[Cell], num_classes: int, device: str) -> list[CellOutcome]:
+    """The cells that would stop before training (:func:`resablate.grid.job.preflight`: weights
+    that cannot be had are ``skipped``, weights that do not fit ``failed``), as outcomes to
+    record up front. Each distinct weights choice of an architecture is checked once."""
+    from resablate.grid.executors import failure
+    from resablate.grid.job import preflight
+
+    found: dict[tuple[str, str, str], Exception | None] = {}
+    outcomes = []
+    for cell in cells:
+        key = (cell.arch, cell.source, cell.weights.text)
+        if key not in found:
+            found[key] = preflight(cell, num_classes)
+        problem = found[key]
+        if problem is not None:
+            status, reason = failure(problem)
+            outcomes.append(CellOutcome(cell.cell_id, status, reason, None, device))
+    return outcomes
+
+
 def release_checkpoints(outcomes: Sequence[CellOutcome], packs: Path) -> None:
     """Delete the checkpoints of recorded cells that are finished for good (``done`` or
     ``diverged``): their run directories keep the final model and results, and the folder of a
@@ -293,6 +313,9 @@ def run_grid(
         emit(GridStarted(str(out_dir), tuple(rows), tuple(to_run), notes))
         wanted = set(to_run)
         cells = [row.cell for row in rows if row.cell_id in wanted]
+        blocked = preflight_outcomes(cells, len(check_data(spec).classes), device or "")
+        stopped = {outcome.cell_id for outcome in blocked}
+        cells = [cell for cell in cells if cell.cell_id not in stopped]
         jobs = _jobs(cells, out_dir, mode, device=device, step_hooks=step_hooks)
         in_flight: set[str] = set()
         started: list[str] = []
@@ -319,6 +342,8 @@ def run_grid(
             for outcome in outcomes:
                 emit(CellFinished(outcome.cell_id, outcome.status, store.cell(outcome.cell_id)))
 
+        if blocked:  # found before any cell trains
+            on_done(blocked)
         try:
             with sigterm_as_interrupt():
                 runner.run(jobs, on_start, on_event, on_done)
