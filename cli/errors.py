@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from resablate.errors import ResablateError
@@ -59,7 +60,10 @@ class ResablateGroup(TyperGroup):
             if debug_enabled(ctx):
                 raise
             where = f" ({flag(exc.field)})" if exc.field else ""
-            err.print(f"[bold red]error:[/] {exc}{where}", markup=True, highlight=False)
+            # The message is text, not markup: "resablate[mlflow]" keeps its brackets.
+            err.print(
+                f"[bold red]error:[/] {escape(str(exc))}{where}", markup=True, highlight=False
+            )
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             if debug_enabled(ctx):
@@ -71,7 +75,7 @@ class ResablateGroup(TyperGroup):
                 raise
             message = " ".join(str(exc).split())
             err.print(
-                f"[bold red]internal error:[/] {type(exc).__name__}: {message} "
+                f"[bold red]internal error:[/] {type(exc).__name__}: {escape(message)} "
                 "(rerun with --debug for the traceback)",
                 markup=True,
                 highlight=False,
