@@ -20,6 +20,9 @@ FREEZE_PLANS = ("none", "conv1", "conv1-2", "conv1-3", "conv1-4", "all")
 BN_POLICIES = ("frozen", "train")
 #: Metrics a lesion study measures (``resablate.diagnostics.lesion.METRICS``).
 LESION_METRICS = ("accuracy", "f1", "loss")
+#: Experiment trackers a grid can log to (``resablate.grid.tracking``); each is the optional
+#: extra of the same name (``resablate[mlflow]``) and the module that extra installs.
+TRACKERS = ("tensorboard", "mlflow", "wandb")
 
 
 class CellStatus(StrEnum):
