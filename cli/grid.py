@@ -34,8 +34,10 @@ from resablate_cli.cells import (
     SeedsOption,
     SettingsOption,
     StorageSizeOption,
+    TrackOption,
     cell_spec,
     device_of,
+    grid_tracking,
 )
 from resablate_cli.options import BnPolicy, Metric, Source, SourceOption, show
 from resablate_cli.vocabulary import AxisCommand, deprecated
@@ -287,6 +289,7 @@ def grid(
     metric: Annotated[Metric, typer.Option(help="Metric of the results table.")] = Metric.f1,
     json_output: JsonOption = False,
     keep_checkpoints: KeepCheckpointsOption = False,
+    track: TrackOption = None,
 ) -> None:
     """Run an ablation grid: architecture × residual × weights × freeze × seed (resumable).
 
@@ -312,8 +315,10 @@ def grid(
         return
 
     from resablate.diagnostics.gradflow import GradNormLogging
+    from resablate.grid.events import fan_out
     from resablate.grid.runner import run_grid
 
+    tracking = grid_tracking(ctx.params)
     view = GridView(live=console.err.is_terminal and not json_output, metric=metric.value)
     try:
         summary = run_grid(
@@ -322,7 +327,7 @@ def grid(
             executor=executor.value,
             retry_failed=retry_failed,
             metric=metric.value,
-            callback=view,
+            callback=fan_out(view, tracking),
             device=device_of(ctx.params),
             workers=workers,
             ray_address=ray_address,
@@ -340,7 +345,8 @@ def grid(
         raise  # the root group says "interrupted" and exits with 130
     finally:
         view.close()
-    show(summary, as_json=json_output)
+        tracking.close()
+    show(summary.with_warnings(*tracking.problems), as_json=json_output)
 
 
 def register(app: typer.Typer) -> None:

@@ -39,7 +39,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.
 
 # Library fields whose command-line flag is not ``--`` + the field with dashes (one spelling in
 # every command).
-_FLAGS = {"out_dir": "--out", "archs": "--arch"}
+_FLAGS = {"out_dir": "--out", "archs": "--arch", "trackers": "--track"}
 
 
 def flag(field: str) -> str:

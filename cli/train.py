@@ -29,11 +29,13 @@ from resablate_cli.cells import (
     SeedsOption,
     SettingsOption,
     StorageSizeOption,
+    TrackOption,
     TrainArchOption,
     TrainResidualOption,
     TrainWeightsOption,
     cell_spec,
     device_of,
+    grid_tracking,
 )
 from resablate_cli.options import BnPolicy, Source, SourceOption
 from resablate_cli.vocabulary import AxisCommand
@@ -282,6 +284,7 @@ def train(
     resume: Annotated[bool | None, typer.Option("--resume/--no-resume", hidden=True)] = None,
     as_json: JsonOption = False,
     keep_checkpoints: KeepCheckpointsOption = False,
+    track: TrackOption = None,
 ) -> None:
     """Train and evaluate one cell (or a few: several values of an axis): surgery, freezing,
     recipe, metrics.
@@ -292,6 +295,7 @@ def train(
 
     Example: [bold]resablate train --arch resnet18 --data demo --recipe demo[/]
     """
+    from resablate.grid.events import fan_out
     from resablate.grid.runner import run_grid
 
     if resume is not None:
@@ -299,17 +303,20 @@ def train(
         console.err.print(RESUME_RETIRED.format(flag=flag), highlight=False, markup=False)
     spec = cell_spec(ctx.params, TRAIN_DEFAULTS, depths=(), archs=tuple(arch))
     folder = out if out is not None else output_folder(spec)
+    tracking = grid_tracking(ctx.params)
     view = TrainView(plain=as_json or not console.err.is_terminal, summary=not as_json)
     try:
         summary = run_grid(
             spec,
             folder,
             device=device_of(ctx.params),
-            callback=view,
+            callback=fan_out(view, tracking),
             keep_checkpoints=keep_checkpoints,
         )
     finally:
         view.close()
+        tracking.close()
+    summary = summary.with_warnings(*tracking.problems)
     if as_json:
         console.print_json(summary.to_dict())
     else:
@@ -317,6 +324,8 @@ def train(
             if row.status in ("done", "diverged"):
                 render_result(row)
         console.out.print(f"grid directory: {summary.out_dir}", highlight=False, markup=False)
+        for line in summary.warnings:
+            console.err.print(f"warning: {line}", highlight=False, markup=False)
     problems = [row for row in summary.cells if row.status in ("failed", "skipped")]
     for row in problems:
         console.err.print(

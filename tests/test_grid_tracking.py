@@ -1,15 +1,18 @@
 """Experiment trackers, for real and offline: a two-cell grid logged to TensorBoard, MLflow and W&B
-and read back with each one's own reader."""
+and read back with each one's own reader; a failing tracker; the CLI's ``--track`` and its bad
+input."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-from grid_helpers import one_thread, write_tiny_dataset
+from grid_helpers import one_thread, tiny_grid_args, write_tiny_dataset
+from typer.testing import CliRunner
 from wandb_records import read_run
 
 from resablate.choices import TRACKERS, CellStatus
@@ -21,6 +24,7 @@ from resablate.grid.spec import GridSpec
 from resablate.grid.store import CellRow, EvaluationRow, ResultStore
 from resablate.grid.summary import GridSummary
 from resablate.grid.tracking import GridTracking, wandb_mode
+from resablate_cli.app import app
 
 METRICS = ("accuracy", "precision", "recall", "f1", "loss")
 STEPS = 3
@@ -199,3 +203,102 @@ def test_wandb_never_prompts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("NETRC", str(tmp_path / "none"))
     monkeypatch.setenv("WANDB_API_KEY", "k")
     assert wandb_mode() == "online"
+
+
+class _Broken:
+    """A tracker whose runs fail at their first log."""
+
+    def __init__(self, grid_dir: Path) -> None:
+        self.grid_dir = grid_dir
+
+    def start(self, cell: tracking.TrackedCell) -> _Broken:
+        return self
+
+    def log(self, values: object, step: int) -> None:
+        raise OSError("disk full")
+
+    def finish(self, final: object, step: int, status: str) -> None:
+        raise AssertionError("a stopped tracker is not called again")
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_a_failing_tracker_is_one_line_and_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(tracking._BACKENDS, "tensorboard", _Broken)
+    data = write_tiny_dataset(tmp_path / "data")
+    out = tmp_path / "out"
+    with one_thread():
+        result = CliRunner().invoke(
+            app,
+            [*tiny_grid_args(data, out, max_steps=1), "--track", "tensorboard"],
+            env={"COLUMNS": "200"},
+        )
+    assert result.exit_code == 0, result.output
+    with ResultStore.open(out) as store:
+        assert [row.status for row in store.cells()] == [CellStatus.DONE] * 2
+        first = store.cells()[0].cell_id
+    lines = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert lines == [
+        f"warning: tensorboard tracking stopped at cell {first}: OSError: disk full (the "
+        "grid's results are unaffected)"
+    ]
+
+
+def test_train_tracks_its_cell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    data = write_tiny_dataset(tmp_path / "data")
+    out = tmp_path / "out"
+    args = ["train", "--arch", "resnet18", "--data", str(data), "--recipe", "demo"]
+    args += ["--max-steps", "2", "--image-size", "16", "--batch-size", "4", "--device", "cpu"]
+    with one_thread():
+        result = CliRunner().invoke(app, [*args, "--out", str(out), "--track", "tensorboard"])
+    assert result.exit_code == 0, result.output
+    (cell_dir,) = (out / "tensorboard").iterdir()
+    events = EventAccumulator(str(cell_dir))
+    events.Reload()
+    assert [e.step for e in events.Scalars("step/loss")] == [1, 2]
+
+
+def test_unknown_tracker_lists_the_choices(tmp_path: Path) -> None:
+    data = write_tiny_dataset(tmp_path / "data")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app, [*tiny_grid_args(data, out), "--track", "neptune"], env={"COLUMNS": "200"}
+    )
+    assert result.exit_code == 2
+    assert "'neptune' is not one of 'tensorboard', 'mlflow', 'wandb'" in _flat(result.output)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["grid", "train"])
+def test_a_missing_extra_names_its_install_command(
+    command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # find_spec: not installed
+    data = write_tiny_dataset(tmp_path / "data")
+    out = tmp_path / "out"
+    args = tiny_grid_args(data, out)
+    if command == "train":
+        args = ["train", "--arch", "resnet18", *args[8:]]
+    result = CliRunner().invoke(app, [*args, "--track", "tensorboard", "--track", "mlflow"])
+    assert result.exit_code == 2
+    assert result.output == (
+        "error: tracker mlflow needs its optional extra: pip install 'resablate[mlflow]' "
+        "(--track)\n"
+    )
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["grid", "train"])
+def test_help_names_the_trackers_and_their_extras(command: str) -> None:
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    text = _flat(result.output)
+    assert "--track" in text
+    assert "tensorboard, mlflow or wandb" in text
+    assert "pip install 'resablate[mlflow]'" in text
