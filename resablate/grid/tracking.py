@@ -31,7 +31,7 @@ import importlib.util
 import json
 import netrc
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -168,7 +168,7 @@ class GridTracking:
         ConfigError: An unknown tracker, or one whose extra is not installed.
     """
 
-    def __init__(self, trackers: tuple[str, ...] | list[str]) -> None:
+    def __init__(self, trackers: Iterable[str]) -> None:
         self.names = tuple(dict.fromkeys(trackers))
         for name in self.names:
             check_tracker(name)
