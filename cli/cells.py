@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from resablate_cli.options import BnPolicy, folder
+from resablate.choices import TRACKERS
+from resablate_cli.options import BnPolicy, choices, folder
 
 if TYPE_CHECKING:
     from resablate.grid.spec import GridSpec
+    from resablate.grid.tracking import GridTracking
 
 
 class Amp(StrEnum):
@@ -149,6 +151,16 @@ KeepCheckpointsOption = Annotated[
         "results (a failed one keeps its checkpoints, to resume).",
     ),
 ]
+Tracker = choices("Tracker", TRACKERS, "Experiment trackers, each an optional extra.")
+TrackOption = Annotated[
+    list[Tracker] | None,
+    _option(
+        "--track",
+        "Log each cell (config, step loss, evaluations, final results) as one run of a tracker: "
+        "tensorboard, mlflow or wandb (repeatable; each an extra, e.g. pip install "
+        "'resablate\\[mlflow]'). Does not change cell ids.",
+    ),
+]
 
 #: Recipe fields with a flag of their own: command parameter -> recipe field.
 OVERRIDE_FIELDS = {
@@ -193,6 +205,14 @@ def device_of(params: Mapping[str, Any]) -> str | None:
     """The ``device`` of ``run_grid``: ``None`` for ``auto``."""
     device = str(params["device"])
     return None if device == "auto" else device
+
+
+def grid_tracking(params: Mapping[str, Any]) -> GridTracking:
+    """The command's experiment trackers (``--track``), their extras checked before anything
+    runs (a grid callback; none given: it does nothing)."""
+    from resablate.grid.tracking import GridTracking
+
+    return GridTracking([tracker.value for tracker in params["track"] or ()])
 
 
 def cell_spec(

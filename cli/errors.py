@@ -87,6 +87,7 @@ class ResablateGroup(TyperGroup):
             if debug_enabled(ctx):
                 raise
             where = f" ({flag(exc.field)})" if exc.field else ""
+            # The message is text, not markup: "resablate[mlflow]" keeps its brackets.
             err.print(
                 f"[bold red]error:[/] {escape(str(exc))}{where}", markup=True, highlight=False
             )

@@ -36,8 +36,10 @@ from resablate_cli.cells import (
     SeedsOption,
     SettingsOption,
     StorageSizeOption,
+    TrackOption,
     cell_spec,
     device_of,
+    grid_tracking,
 )
 from resablate_cli.errors import EXIT_CELLS_NOT_DONE, EXIT_CODES_HELP
 from resablate_cli.options import BnPolicy, Metric, Source, SourceOption, show
@@ -402,6 +404,7 @@ def grid(
     json_output: JsonOption = False,
     keep_checkpoints: KeepCheckpointsOption = False,
     quiet: QuietOption = False,
+    track: TrackOption = None,
 ) -> None:
     """Run an ablation grid: architecture × residual × weights × freeze × seed (resumable).
 
@@ -431,8 +434,10 @@ def grid(
         return
 
     from resablate.diagnostics.gradflow import GradNormLogging
+    from resablate.grid.events import fan_out
     from resablate.grid.runner import run_grid
 
+    tracking = grid_tracking(ctx.params)
     view = GridView(
         live=console.err.is_terminal and not json_output, metric=metric.value, quiet=quiet
     )
@@ -443,7 +448,7 @@ def grid(
             executor=executor.value,
             retry_failed=retry_failed,
             metric=metric.value,
-            callback=view,
+            callback=fan_out(view, tracking),
             device=device_of(ctx.params),
             workers=workers,
             ray_address=ray_address,
@@ -461,6 +466,8 @@ def grid(
         raise  # the root group says "interrupted" and exits with 130
     finally:
         view.close()
+        tracking.close()
+    summary = summary.with_warnings(*tracking.problems)
     if not quiet or json_output:
         show(summary, as_json=json_output)
     if summary.not_done:

@@ -40,7 +40,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.
 
 # Library fields whose command-line flag is not ``--`` + the field with dashes (one spelling in
 # every command).
-_FLAGS = {"out_dir": "--out", "archs": "--arch", "seed": "--seeds"}
+_FLAGS = {"out_dir": "--out", "archs": "--arch", "seed": "--seeds", "trackers": "--track"}
 
 
 def flag(field: str) -> str:

@@ -29,12 +29,14 @@ from resablate_cli.cells import (
     SeedsOption,
     SettingsOption,
     StorageSizeOption,
+    TrackOption,
     TrainArchOption,
     TrainOutOption,
     TrainResidualOption,
     TrainWeightsOption,
     cell_spec,
     device_of,
+    grid_tracking,
 )
 from resablate_cli.errors import EXIT_BAD_INPUT
 from resablate_cli.options import BnPolicy, Source, SourceOption
@@ -277,6 +279,7 @@ def train(
     resume: Annotated[bool | None, typer.Option("--resume/--no-resume", hidden=True)] = None,
     as_json: JsonOption = False,
     keep_checkpoints: KeepCheckpointsOption = False,
+    track: TrackOption = None,
 ) -> None:
     """Train and evaluate one cell (or a few: several values of an axis): surgery, freezing,
     recipe, metrics.
@@ -287,6 +290,7 @@ def train(
 
     Example: [bold]resablate train --arch resnet18 --data demo --recipe demo[/]
     """
+    from resablate.grid.events import fan_out
     from resablate.grid.runner import run_grid
 
     if resume is not None:
@@ -294,17 +298,20 @@ def train(
         console.err.print(RESUME_RETIRED.format(flag=flag), highlight=False, markup=False)
     spec = cell_spec(ctx.params, TRAIN_DEFAULTS, depths=(), archs=tuple(arch))
     folder = out if out is not None else output_folder(spec)
+    tracking = grid_tracking(ctx.params)
     view = TrainView(plain=as_json or not console.err.is_terminal, summary=not as_json)
     try:
         summary = run_grid(
             spec,
             folder,
             device=device_of(ctx.params),
-            callback=view,
+            callback=fan_out(view, tracking),
             keep_checkpoints=keep_checkpoints,
         )
     finally:
         view.close()
+        tracking.close()
+    summary = summary.with_warnings(*tracking.problems)
     if as_json:
         console.print_json(summary.to_dict())
     else:
@@ -312,6 +319,8 @@ def train(
             if row.status in ("done", "diverged"):
                 render_result(row)
         console.out.print(f"grid directory: {summary.out_dir}", highlight=False, markup=False)
+        for line in summary.warnings:
+            console.err.print(f"warning: {line}", highlight=False, markup=False)
     problems = [row for row in summary.cells if row.status in ("failed", "skipped")]
     for row in problems:
         console.err.print(

@@ -23,6 +23,10 @@ LESION_METRICS = ("accuracy", "f1", "loss")
 #: Public datasets ``resablate data fetch`` downloads (``resablate.data.fetch.PUBLIC``).
 PUBLIC_DATASETS = ("cifake", "food5k")
 
+#: Experiment trackers a grid can log to (``resablate.grid.tracking``); each is the optional
+#: extra of the same name (``resablate[mlflow]``) and the module that extra installs.
+TRACKERS = ("tensorboard", "mlflow", "wandb")
+
 
 class CellStatus(StrEnum):
     """The status of a grid cell, as the results store keeps it (members equal their text).

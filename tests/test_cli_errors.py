@@ -43,6 +43,10 @@ def _app() -> typer.Typer:
     def other_os_error() -> None:
         raise OSError(errno.EIO, os.strerror(errno.EIO), "/dev/sdz")
 
+    @demo.command()
+    def brackets() -> None:
+        raise DataNotFoundError("needs pip install 'resablate[hf]' and [bold]x[/bold]")
+
     return demo
 
 
@@ -51,6 +55,11 @@ def test_user_error_is_one_line_exit_2_without_traceback() -> None:
     assert result.exit_code == 2
     assert result.stderr == "error: dataset path /nowhere does not exist\n"
     assert "Traceback" not in result.output
+
+
+def test_error_text_is_not_markup() -> None:
+    result = runner.invoke(_app(), ["brackets"])
+    assert result.stderr == "error: needs pip install 'resablate[hf]' and [bold]x[/bold]\n"
 
 
 def test_unexpected_error_names_type_and_points_to_debug() -> None:

@@ -41,3 +41,14 @@ def test_runtime_dependencies_are_what_the_library_imports() -> None:
     sources = [*(ROOT / "resablate").rglob("*.py"), *(ROOT / "cli").rglob("*.py")]
     imports = re.compile(r"^\s*(?:import|from)\s+(fvcore|platformdirs)\b", re.MULTILINE)
     assert [str(p) for p in sources if imports.search(p.read_text())] == []
+
+
+def test_each_tracker_is_an_extra_of_its_name_and_in_dev() -> None:
+    from resablate.choices import TRACKERS
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    dev = set(extras["dev"])
+    for name in TRACKERS:
+        assert extras[name] and set(extras[name]) <= dev

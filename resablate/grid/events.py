@@ -6,6 +6,7 @@ progress wrapped in ``CellProgress``, and ``CellFinished`` with the row as store
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,11 +25,13 @@ class GridStarted:
 
 @dataclass(frozen=True)
 class CellStarted:
-    """A cell started (or was submitted to a cluster) on ``device``."""
+    """A cell started (or was submitted to a cluster) on ``device``, alone (``pack_size`` 1) or
+    in a pack of ``pack_size`` cells trained as one packed model."""
 
     cell_id: str
     label: str
     device: str
+    pack_size: int = 1
 
 
 @dataclass(frozen=True)
@@ -74,3 +77,14 @@ class DemoWeightsReady:
 
 
 GridEvent = GridStarted | CellStarted | CellProgress | CellFinished
+
+
+def fan_out(*callbacks: Callable[[GridEvent], object]) -> Callable[[GridEvent], None]:
+    """One grid callback that hands each event to ``callbacks``, in order (e.g. the CLI's view,
+    then :class:`~resablate.grid.tracking.GridTracking`)."""
+
+    def callback(event: GridEvent) -> None:
+        for each in callbacks:
+            each(event)
+
+    return callback

@@ -325,7 +325,7 @@ def run_grid(
                 store.mark_running(cell.cell_id, device=on_device)
                 in_flight.add(cell.cell_id)
                 started.append(cell.cell_id)
-                emit(CellStarted(cell.cell_id, cell.label, on_device))
+                emit(CellStarted(cell.cell_id, cell.label, on_device, len(job.cells)))
 
         def on_event(cell_id: str, event: Any) -> None:
             emit(CellProgress(cell_id, event))

@@ -7,7 +7,7 @@ store at any time (read-only; safe while a grid runs).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from resablate.choices import DEFAULT_METRIC, PROBLEM_STATUSES, CellStatus
@@ -27,6 +27,8 @@ class GridSummary:
         counts: Cells per status.
         table: The results table (:func:`~resablate.grid.table.results_table`).
         notes: What the spec changed from what was asked (e.g. demo weights for ImageNet's).
+        warnings: What went wrong beside the cells, one line each (e.g. an experiment tracker
+            that stopped, :attr:`resablate.grid.tracking.GridTracking.problems`).
     """
 
     out_dir: str
@@ -35,6 +37,7 @@ class GridSummary:
     counts: dict[CellStatus, int]
     table: ResultsTable
     notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
     @property
     def not_done(self) -> tuple[CellRow, ...]:
@@ -56,7 +59,12 @@ class GridSummary:
             "cells": [row.result_record() for row in self.cells],
             "table": self.table.to_dict(),
             "notes": list(self.notes),
+            "warnings": list(self.warnings),
         }
+
+    def with_warnings(self, *lines: str) -> GridSummary:
+        """This summary with ``lines`` added to its warnings."""
+        return replace(self, warnings=(*self.warnings, *lines))
 
     def __rich__(self) -> Any:
         from rich.console import Group
@@ -68,6 +76,7 @@ class GridSummary:
         parts: list[Any] = [self.table]
         for row in self.not_done:
             parts.append(Text(f"{row.status}: {row.cell_id} {row.cell.label}: {row.reason}"))
+        parts.extend(Text(f"warning: {line}") for line in self.warnings)
         parts.append(
             Text(f"{len(self.cells)} cells: {counts} · ran {len(self.ran)} now · {self.out_dir}")
         )
