@@ -34,10 +34,9 @@ from resablate_cli.cells import (
     SeedsOption,
     SettingsOption,
     StorageSizeOption,
-    cell_spec,
-    device_of,
 )
 from resablate_cli.options import BnPolicy, Metric, Source, SourceOption, show
+from resablate_cli.study import grid_study, print_study
 from resablate_cli.vocabulary import AxisCommand, deprecated
 
 EXAMPLES = """
@@ -57,9 +56,17 @@ Examples:
 
   resablate grid --depths 18 50 --data demo --log-gradflow --gradflow-every 5 --out runs/demo
 
+  resablate grid --arch mypkg.models:cifar_resnet56 --arch timm:resnetv2_50 \
+      --arch hf:microsoft/resnet-50 --weights none
+
+  resablate grid --spec study.yaml --seeds 0 1 2      (flags override the file)
+
+  resablate grid --depths 18 50 --dry-run --print-spec > study.yaml
+
 Axes (the grid is their product; baselines skip the residual axis):
 
   --depths 18 34 50 101 152 (of --family resnet) · --arch resnet18 resnext50_32x4d ...
+    (any model: timm:NAME, hf:OWNER/NAME or hf:DIR, package.module:factory)
   · --residual on | off | off:conv4_x,conv5_x · --residual-alpha 1 0.5 0
   · --weights imagenet | demo | none | PATH · --freeze none conv1 conv1-2 conv1-3 conv1-4 all
   · --seeds 0 1 2 · --baselines vgg16 efficientnet_b3 efficientnet_b4 alexnet
@@ -201,6 +208,22 @@ class GridView:
 
 def grid(
     ctx: typer.Context,
+    spec_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--spec",
+            help="Study file (YAML or JSON, docs/grid.md): axes, recipe, data, execution; the "
+            "flags given override it.",
+        ),
+    ] = None,
+    print_spec: Annotated[
+        str | None,
+        typer.Option(
+            "--print-spec",
+            metavar="[FILE]",
+            help="Write the resolved study (YAML on stdout, or into FILE) and stop.",
+        ),
+    ] = None,
     depths: Annotated[
         list[int] | None,
         typer.Option(
@@ -296,18 +319,23 @@ def grid(
     from resablate.grid.spec import GridSpec
 
     named_family, archs = split_families(arch or [], source.value)
-    spec = cell_spec(
-        ctx.params,
+    study = grid_study(
+        ctx,
+        spec_file,
         family=named_family or family,
         depths=tuple(depths or (() if archs else GridSpec.depths)),
         archs=tuple(archs),
         baselines=tuple(baselines or ()),
     )
+    if print_spec is not None:
+        print_study(study, print_spec)
+        return
+    spec, run, out = study.spec, study.execution, Path(study.execution.out)
     if dry_run:
         from resablate.grid.plan import plan_grid
 
         console.err.print("probing: a few training steps of each distinct model…", highlight=False)
-        plan = plan_grid(spec, out, device=device_of(ctx.params))
+        plan = plan_grid(spec, out, device=run.run_device)
         show(plan, as_json=json_output)
         return
 
@@ -319,16 +347,17 @@ def grid(
         summary = run_grid(
             spec,
             out,
-            executor=executor.value,
+            executor=run.executor,
             retry_failed=retry_failed,
             metric=metric.value,
             callback=view,
-            device=device_of(ctx.params),
-            workers=workers,
-            ray_address=ray_address,
+            device=run.run_device,
+            workers=run.workers,
+            ray_address=run.ray_address,
             step_hooks=[GradNormLogging(every=gradflow_every)] if log_gradflow else [],
-            pack=pack,
+            pack=run.pack,
             keep_checkpoints=keep_checkpoints,
+            execution=run.to_dict(),
         )
     except KeyboardInterrupt:
         view.close()
