@@ -135,6 +135,11 @@ def test_cells_of_any_model_carry_its_canonical_name(workdir: Path) -> None:
     assert spec.notes == (
         f"the residual axis skips {PLAIN} (no residual blocks): trained as built",
     )
+    baselines = GridSpec(depths=(), baselines=(TIMM, "vgg16"), source="timm", weights=("none",))
+    assert [(c.arch, c.source, c.residual.text) for c in baselines.cells()] == [
+        ("test_resnet", "timm", "on"),  # any model; a baseline skips the residual axis
+        ("vgg16", "torchvision", "on"),  # the registered baseline, as before
+    ]
     # Ids hash the canonical name (the families' ids are pinned in test_cell.py).
     demo = {
         c.label: c.cell_id
