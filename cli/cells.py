@@ -215,31 +215,40 @@ def grid_tracking(params: Mapping[str, Any]) -> GridTracking:
     return GridTracking([tracker.value for tracker in params["track"] or ()])
 
 
-def cell_spec(
+def cell_fields(
     params: Mapping[str, Any], defaults: Mapping[str, Any] | None = None, **fields: Any
-) -> GridSpec:
-    """The grid spec of a command's cell options.
+) -> dict[str, Any]:
+    """The grid spec fields of a command's cell options (``overrides`` as a dict).
 
     Args:
         params: The command's parameters (``ctx.params``), named as in ``train`` and ``grid``.
         defaults: The command's own defaults of the axes not given (``GridSpec``'s otherwise).
         **fields: Further spec fields (``family``, ``depths``, ``archs``, ``baselines``).
     """
-    from resablate.grid.spec import GridSpec
-
     given = {
         name: tuple(params[name])
         for name in ("residual", "weights", "freeze", "seeds")
         if params[name]
     }
     alpha = params["residual_alpha"]
-    return GridSpec(
-        source=params["source"].value,
-        residual_alpha=tuple(alpha) if alpha else None,
-        bn=params["bn"].value,
-        recipe=params["recipe"],
-        data=params["data"],
-        overrides=tuple(recipe_overrides(params).items()),
-        **{**(defaults or {}), **given},
+    return {
+        "source": params["source"].value,
+        "residual_alpha": tuple(alpha) if alpha else None,
+        "bn": params["bn"].value,
+        "recipe": params["recipe"],
+        "data": params["data"],
+        "overrides": recipe_overrides(params),
+        **(defaults or {}),
+        **given,
         **fields,
-    )
+    }
+
+
+def cell_spec(
+    params: Mapping[str, Any], defaults: Mapping[str, Any] | None = None, **fields: Any
+) -> GridSpec:
+    """The grid spec of a command's cell options (arguments as :func:`cell_fields`)."""
+    from resablate.grid.spec import GridSpec
+
+    values = cell_fields(params, defaults, **fields)
+    return GridSpec(**{**values, "overrides": tuple(values["overrides"].items())})

@@ -37,12 +37,11 @@ from resablate_cli.cells import (
     SettingsOption,
     StorageSizeOption,
     TrackOption,
-    cell_spec,
-    device_of,
     grid_tracking,
 )
 from resablate_cli.errors import EXIT_CELLS_NOT_DONE, EXIT_CODES_HELP
 from resablate_cli.options import BnPolicy, Metric, Source, SourceOption, show
+from resablate_cli.study import grid_study, print_study
 from resablate_cli.vocabulary import AxisCommand, deprecated
 
 EXAMPLES = (
@@ -63,9 +62,17 @@ Examples:
 
   resablate grid --depths 18 50 --data demo --log-gradflow --gradflow-every 5 --out runs/demo
 
+  resablate grid --arch mypkg.models:cifar_resnet56 --arch timm:resnetv2_50 \
+      --arch hf:microsoft/resnet-50 --weights none
+
+  resablate grid --spec study.yaml --seeds 0 1 2      (flags override the file)
+
+  resablate grid --depths 18 50 --dry-run --print-spec > study.yaml
+
 Axes (the grid is their product; baselines skip the residual axis):
 
   --depths 18 34 50 101 152 (of --family resnet) · --arch resnet18 resnext50_32x4d ...
+    (any model: timm:NAME, hf:OWNER/NAME or hf:DIR, package.module:factory)
   · --residual on | off | off:conv4_x,conv5_x · --residual-alpha 1 0.5 0
   · --weights imagenet | demo | none | PATH · --freeze none conv1 conv1-2 conv1-3 conv1-4 all
   · --seeds 0 1 2 · --baselines vgg16 efficientnet_b3 efficientnet_b4 alexnet
@@ -319,6 +326,22 @@ def format_seconds(seconds: float) -> str:
 
 def grid(
     ctx: typer.Context,
+    spec_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--spec",
+            help="Study file (YAML or JSON, docs/grid.md): axes, recipe, data, execution; the "
+            "flags given override it.",
+        ),
+    ] = None,
+    print_spec: Annotated[
+        str | None,
+        typer.Option(
+            "--print-spec",
+            metavar="[FILE]",
+            help="Write the resolved study (YAML on stdout, or into FILE) and stop.",
+        ),
+    ] = None,
     depths: Annotated[
         list[int] | None,
         typer.Option(
@@ -414,13 +437,18 @@ def grid(
     from resablate.grid.spec import GridSpec
 
     named_family, archs = split_families(arch or [], source.value)
-    spec = cell_spec(
-        ctx.params,
+    study = grid_study(
+        ctx,
+        spec_file,
         family=named_family or family,
         depths=tuple(depths or (() if archs else GridSpec.depths)),
         archs=tuple(archs),
         baselines=tuple(baselines or ()),
     )
+    if print_spec is not None:
+        print_study(study, print_spec)
+        return
+    spec, run, out = study.spec, study.execution, Path(study.execution.out)
     if dry_run:
         from resablate.grid.plan import plan_grid
 
@@ -429,7 +457,7 @@ def grid(
             "each distinct model (at most 30 s in all)…",
             highlight=False,
         )
-        plan = plan_grid(spec, out, device=device_of(ctx.params), pack=pack, workers=workers)
+        plan = plan_grid(spec, out, device=run.run_device, pack=run.pack, workers=run.workers)
         show(plan, as_json=json_output)
         return
 
@@ -445,16 +473,17 @@ def grid(
         summary = run_grid(
             spec,
             out,
-            executor=executor.value,
+            executor=run.executor,
             retry_failed=retry_failed,
             metric=metric.value,
             callback=fan_out(view, tracking),
-            device=device_of(ctx.params),
-            workers=workers,
-            ray_address=ray_address,
+            device=run.run_device,
+            workers=run.workers,
+            ray_address=run.ray_address,
             step_hooks=[GradNormLogging(every=gradflow_every)] if log_gradflow else [],
-            pack=pack,
+            pack=run.pack,
             keep_checkpoints=keep_checkpoints,
+            execution=run.to_dict(),
         )
     except KeyboardInterrupt:
         view.close()

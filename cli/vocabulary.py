@@ -28,6 +28,8 @@ MULTI_VALUE_OPTIONS = (
     "--seeds",
     "--baselines",
 )
+# Flags whose value may be left out -> the value they then take (``--print-spec`` = stdout).
+OPTIONAL_VALUE_OPTIONS = {"--print-spec": "-"}
 # Old spelling -> the flag it is now, with the same values.
 RENAMED = {"--pretrained": "--weights", "--seed": "--seeds", "--alpha": "--residual-alpha"}
 NO_RESIDUAL, STAGES = "--no-residual", "--stages"
@@ -136,9 +138,22 @@ def expand_multi_values(
     return result
 
 
+def fill_optional_values(
+    args: list[str], options: dict[str, str] = OPTIONAL_VALUE_OPTIONS
+) -> list[str]:
+    """Give a flag of ``options`` written without a value its implied one (``--print-spec``
+    before another flag or at the end reads ``--print-spec -``)."""
+    result: list[str] = []
+    for name, inline, values in _options(args):
+        implied = [options[name]] if name in options and inline is None and not values else []
+        result.extend(_flag(name, inline) + implied + values)
+    return result
+
+
 class AxisCommand(TyperCommand):
-    """A command whose axis options take several values after one flag and that reads the old
-    spellings (``train`` and ``grid``)."""
+    """A command whose axis options take several values after one flag, whose optional-value
+    flags may go without one, and that reads the old spellings (``train`` and ``grid``)."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, expand_multi_values(renew_spellings(list(args))))
+        renewed = fill_optional_values(renew_spellings(list(args)))
+        return super().parse_args(ctx, expand_multi_values(renewed))

@@ -376,17 +376,33 @@ def stage_map(model: nn.Module) -> Mapping[str, tuple[str, ...]]:
 
 
 def head_of(model: nn.Module) -> str:
-    """Module path of ``model``'s classifier (``"fc"`` for ResNets, else the family's head).
+    """Module path of ``model``'s classifier.
+
+    The registered family's head; else ``fc`` when it is an ``nn.Linear`` (ResNets); else the
+    module timm's ``get_classifier()`` returns; else the last ``nn.Linear`` or 1×1
+    ``nn.Conv2d`` of the module tree (a classifier comes last in the models resablate meets:
+    Hugging Face's ``classifier.1``, a CIFAR ResNet's ``linear``).
 
     Raises:
-        ConfigError: No registered family matches and the model has no ``fc``.
+        ConfigError: The model has no Linear or 1×1 conv layer to serve as its head.
     """
     family = family_of(model)
     if family is not None:
         return family.head
     if isinstance(getattr(model, "fc", None), nn.Linear):
         return "fc"
-    raise ConfigError(f"cannot find the classifier head of {type(model).__name__}")
+    heads = [(path, module) for path, module in model.named_modules() if head_features(module)]
+    get_classifier = getattr(model, "get_classifier", None)
+    classifier = get_classifier() if callable(get_classifier) else None
+    for path, module in heads:
+        if module is classifier:
+            return path
+    if not heads:
+        raise ConfigError(
+            f"cannot find the classifier head of {type(model).__name__}: no Linear or 1x1 conv "
+            "layer"
+        )
+    return heads[-1][0]
 
 
 # --- family declarations -------------------------------------------------------------------------

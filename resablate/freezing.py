@@ -130,7 +130,14 @@ StageMap = Mapping[str, Sequence[str]]
 def _stages_of(model: nn.Module, stages: StageMap | None) -> Mapping[str, tuple[str, ...]]:
     """The registry's stage map of ``model``, or the user's ``stages`` checked against it."""
     if stages is None:
-        return stage_map(model)
+        try:
+            return stage_map(model)
+        except ConfigError:
+            raise ConfigError(
+                f"{type(model).__name__} has no named stages (neither a registered architecture "
+                "nor ResNet-like): pass stages={name: module paths, in forward order}, e.g. "
+                "stages={'stem': ('conv1', 'bn1'), 'body': ('layer1',)}"
+            ) from None
     if not stages:
         raise ConfigError("a stage map needs at least one stage: name -> module paths")
     checked: dict[str, tuple[str, ...]] = {}
@@ -218,12 +225,15 @@ def freeze(
         What was frozen.
 
     Raises:
-        ConfigError: Unknown plan (the message lists the legal ones) or BN policy, or a model
-            without a stage map, or a user stage map naming a module the model lacks.
+        ConfigError: Unknown plan (the message lists the legal ones) or BN policy, a plan other
+            than ``none`` for a model without named stages and no ``stages`` (the message says
+            to pass ``stages=``), or a user stage map naming a module the model lacks.
     """
     if bn not in BN_POLICIES:
         raise ConfigError(f"unknown BatchNorm policy {bn!r}; policies: {', '.join(BN_POLICIES)}")
-    smap = _stages_of(model, stages)
+    # Plan none freezes nothing: it applies to every model, named stages or not.
+    nothing = stages is None and plan.strip().lower() == "none"
+    smap = {} if nothing else _stages_of(model, stages)
     frozen_stages = _frozen_stage_names(model, plan, smap)
     members = [stage_member(model, path) for stage in frozen_stages for path in smap[stage]]
     frozen_modules = [m for m in members if isinstance(m, nn.Module)]

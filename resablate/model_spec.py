@@ -1,15 +1,24 @@
-"""Model names as users type them: one owner for the mini-language of ``surgery`` and ``count``.
+"""Model names as users type them: the one owner of that mini-language (``surgery``, ``count``,
+``train``, ``grid``, the baselines and the diagnostics all parse names here).
 
-A model is named in one of three ways:
+A model is named in one of four ways:
 
 - ``resnet50``: a registered architecture of the chosen source (``--source``, default
   torchvision), or else any classification model of that source's library (torchvision's
   ``torchvision.models.list_models()``, timm's ``timm.list_models()``), e.g. ``vit_b_16``;
 - ``timm:convnext_tiny``, ``torchvision:vit_b_16``, ``hf:resnet50``: the same with the source
   spelled in the name (it overrides ``--source``);
+- ``hf:owner/name`` or ``hf:DIR``: a Hugging Face ``transformers`` image classifier (extra
+  ``resablate[hf]``) by hub id or local directory with ``config.json`` (``save_pretrained``'s),
+  built from its config with random weights; the id of a registered ``hf`` architecture
+  (``hf:microsoft/resnet-50``) is that architecture;
 - ``package.module:callable``: a user factory, called without arguments, returning an
   ``nn.Module`` (``mypackage.nets:cifar_resnet20``; ``callable`` may be dotted, e.g.
-  ``Net.build``).
+  ``Net.build``). The module is imported from ``sys.path``, with the working directory added
+  last, so a module next to where the command runs needs no ``PYTHONPATH``.
+
+A parsed name is canonical: :attr:`ModelSpec.arch` with :attr:`ModelSpec.source` parses back to
+the same model (``parse_model(spec.arch, spec.source)``), which is how a grid cell carries it.
 
 Registered architectures come with their stage map and head; other models are counted as they
 are (per-stage rows only where :func:`resablate.families.stage_map` recognises the layout).
@@ -21,20 +30,29 @@ where the builder allows it (:meth:`ModelSpec.build_on_meta`).
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
+import importlib.util
+import os
+import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from resablate.errors import ConfigError
-from resablate.families import SOURCES, Family, get_family
+from resablate.families import SOURCES, Family, get_family, list_families
 
 #: ``ModelSpec.source`` of a user factory.
 FACTORY = "factory"
 #: Sources whose library catalogue is offered beyond the registered architectures.
 CATALOGUE_SOURCES = ("torchvision", "timm")
+#: A Hugging Face hub id: ``owner/name``.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+HF_INSTALL = "Hugging Face models need transformers: pip install 'resablate[hf]'"
 
 
 @dataclass(frozen=True)
@@ -42,9 +60,9 @@ class ModelSpec:
     """A parsed model name: what it is and how to build it (with a 1000-class head).
 
     Attributes:
-        arch: The architecture or library model name (``"convnext_tiny"``), or
-            ``"module:callable"`` for a factory.
-        source: ``"torchvision"``, ``"timm"``, another registered source, or ``"factory"``.
+        arch: The architecture or library model name (``"convnext_tiny"``), a Hugging Face hub
+            id or absolute directory (source ``hf``), or ``"module:callable"`` for a factory.
+        source: ``"torchvision"``, ``"timm"``, ``"hf"``, or ``"factory"``.
         family: The registered family, or None for any other model.
         builder: Builds the model with random initialisation.
     """
@@ -53,6 +71,14 @@ class ModelSpec:
     source: str
     family: Family | None
     builder: Callable[[], nn.Module] = field(repr=False, compare=False)
+
+    @property
+    def name(self) -> str:
+        """The name as users type it, read back the same whatever the default source:
+        ``resnet50`` (torchvision), ``timm:resnet10t``, ``hf:/abs/dir``, ``pkg.mod:make``."""
+        if self.source in (FACTORY, "torchvision"):
+            return self.arch
+        return f"{self.source}:{self.arch}"
 
     def build(self) -> nn.Module:
         """Build the model (random initialisation, on the CPU).
@@ -95,12 +121,14 @@ def parse_model(text: str, source: str = "torchvision") -> ModelSpec:
 
     Args:
         text: ``arch``, ``source:arch`` or ``package.module:callable``.
-        source: The source of a name without one (the ``--source`` option).
+        source: The source of a name without one (the ``--source`` option); ``"factory"``
+            reads ``package.module:callable`` only.
 
     Raises:
         ConfigError: Unknown source, a name that is neither registered nor in the source's
             library (the message lists the registered architectures and close library names),
-            or a factory that does not import or is not callable.
+            a Hugging Face name that is neither a hub id nor a directory with ``config.json``
+            (or transformers missing), or a factory that does not import or is not callable.
     """
     name = text.strip()
     prefix, colon, rest = name.partition(":")
@@ -111,11 +139,45 @@ def parse_model(text: str, source: str = "torchvision") -> ModelSpec:
     try:
         family = get_family(name, source)
     except ConfigError as unknown:
+        if source == "hf":
+            return _hf_model(name, unknown)
         builder = _catalogue_builder(source, name, unknown) if source in CATALOGUE_SOURCES else None
         if builder is None:
             raise
         return ModelSpec(arch=name, source=source, family=None, builder=builder)
     return ModelSpec(arch=family.arch, source=family.source, family=family, builder=family.builder)
+
+
+def _hf_model(name: str, unknown: ConfigError) -> ModelSpec:
+    """A Hugging Face classifier by hub id or local directory (the registered one for the id of
+    a registered architecture)."""
+    for family in list_families("hf"):
+        if family.imagenet == name:
+            return ModelSpec(arch=family.arch, source="hf", family=family, builder=family.builder)
+    folder = Path(name).expanduser().resolve()
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise ConfigError(
+                f"Hugging Face model directory {folder} has no config.json (save_pretrained "
+                "writes one)"
+            )
+        arch = str(folder)
+    elif _HUB_ID.fullmatch(name):
+        arch = name
+    else:
+        raise ConfigError(
+            f"{unknown} (nor a Hugging Face hub id owner/name or a directory with config.json)"
+        ) from None
+    if importlib.util.find_spec("transformers") is None:
+        raise ConfigError(HF_INSTALL)
+    builder = functools.partial(_hf_build, arch)
+    return ModelSpec(arch=arch, source="hf", family=None, builder=builder)
+
+
+def _hf_build(name_or_dir: str) -> nn.Module:
+    from resablate.hf import build_from_config
+
+    return build_from_config(name_or_dir)
 
 
 def _catalogue_builder(
@@ -149,6 +211,8 @@ def _factory(module_name: str, attribute: str) -> ModelSpec:
     text = f"{module_name}:{attribute}"
     if not module_name or not attribute:
         raise ConfigError(f"model factory {text!r} must read package.module:callable")
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())  # last: the working directory shadows no installed module
     try:
         target: object = importlib.import_module(module_name)
     except (Exception, SystemExit) as exc:  # the user's module: missing, broken, or it exits

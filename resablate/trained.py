@@ -10,10 +10,9 @@ from __future__ import annotations
 from torch import nn
 
 from resablate.errors import ConfigError
-from resablate.families import get_family
 from resablate.residual_plan import ResidualPlan
 from resablate.run_dir import WEIGHTS_FILE, RunDir
-from resablate.weights import build_model, load_state_dict_file
+from resablate.weights import build_model, head_path, load_state_dict_file
 
 
 def rebuild_model(run: RunDir) -> nn.Module:
@@ -35,7 +34,7 @@ def rebuild_model(run: RunDir) -> nn.Module:
         )
     state = load_state_dict_file(run.weights_file)
     source = cell.get("source", "torchvision")
-    head = get_family(cell["arch"], source).head
+    head = head_path(cell["arch"], source)
     if f"{head}.weight" not in state:
         raise ConfigError(
             f"{run.weights_file} has no {head}.weight: not a {cell['arch']} state dict"

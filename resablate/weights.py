@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +23,8 @@ from torch import Tensor, nn
 
 from resablate.atomic import write_bytes, write_with
 from resablate.errors import ConfigError, WeightsError, WeightsUnavailableError
-from resablate.families import Family, get_family, head_features, list_families
+from resablate.families import Family, head_features, head_of, list_families
+from resablate.model_spec import ModelSpec, parse_model
 from resablate.paths import cache_dir
 
 STATE_DICT_SUFFIXES = (".safetensors", ".pth", ".pt")
@@ -169,9 +171,25 @@ def _unwrap(raw: Any, source: Path) -> dict[str, Tensor]:
 
 
 def demo_weights_path(arch: str, source: str = "torchvision") -> Path:
-    """Where the demo-pretrained weights of ``arch`` live (built by ``resablate demo-weights``)."""
-    family = get_family(arch, source)
-    return cache_dir("weights", "demo") / f"{family.source}-{family.arch}.safetensors"
+    """Where the demo-pretrained weights of ``arch`` live (built by ``resablate demo-weights``).
+
+    ``arch`` is any model name :func:`resablate.model_spec.parse_model` reads; the file is
+    ``<source>-<arch>.safetensors``, characters other than letters, digits, ``.``, ``-`` and
+    ``_`` of the canonical name (a factory's ``:``, a directory's ``/``) written as ``_``.
+    """
+    model = parse_model(arch, source)
+    name = re.sub(r"[^\w.-]+", "_", model.arch)
+    return cache_dir("weights", "demo") / f"{model.source}-{name}.safetensors"
+
+
+def head_path(arch: str, source: str = "torchvision") -> str:
+    """Module path of the classifier head of ``arch`` (any name ``parse_model`` reads): the
+    family's declaration, else :func:`resablate.families.head_of` of the model built on the
+    meta device."""
+    model = parse_model(arch, source)
+    if model.family is not None:
+        return model.family.head
+    return head_of(model.build_on_meta())
 
 
 def build_model(
@@ -184,46 +202,52 @@ def build_model(
     """Build ``arch`` from ``source`` with the requested weights and a ``num_classes`` head.
 
     Args:
-        arch: A registered architecture (:func:`resablate.list_architectures`).
+        arch: Any model name :func:`resablate.model_spec.parse_model` reads: a registered
+            architecture (:func:`resablate.list_architectures`), a timm or torchvision model, a
+            Hugging Face hub id or directory (``hf:...``), a ``package.module:callable`` factory.
+            A model outside the registry gets its head from :func:`resablate.families.head_of`.
         weights: None or ``"none"``: random init (the caller seeds torch); ``"imagenet"``: the
-            source's official ImageNet weights through the upstream cache; ``"demo"``: the cached
-            demo-pretrained file (:func:`demo_weights_path`); otherwise a path to a
-            ``.pth``/``.pt``/``.safetensors`` state dict.
+            source's official ImageNet weights through the upstream cache (registered
+            architectures only); ``"demo"``: the cached demo-pretrained file
+            (:func:`demo_weights_path`); otherwise a path to a ``.pth``/``.pt``/``.safetensors``
+            state dict.
         num_classes: Outputs of the classifier. The head is a fresh ``nn.Linear`` (initialised from
             the global torch RNG) unless the weights' head already has ``num_classes`` outputs.
-        source: ``"torchvision"``, ``"timm"`` or ``"hf"`` (Hugging Face ``transformers``, the
-            ``resablate[hf]`` extra; the model returns the logits tensor).
+        source: The source of a name without one: ``"torchvision"``, ``"timm"`` or ``"hf"``
+            (Hugging Face ``transformers``, the ``resablate[hf]`` extra; the model returns the
+            logits tensor).
 
     Returns:
         The model in training mode on the CPU.
 
     Raises:
-        ConfigError: Unknown architecture/source or ``num_classes`` < 1.
+        ConfigError: Unknown model/source, ``num_classes`` < 1, or a model without a head.
         WeightsError: A file that is not a state dict of this architecture (the message names the
             first mismatching keys and shapes).
         WeightsUnavailableError: ImageNet weights not cached and not downloadable (offline), or
-            demo weights not built yet.
+            not declared (a model outside the registry), or demo weights not built yet.
     """
-    family = get_family(arch, source)
+    spec = parse_model(arch, source)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive integer, not {num_classes!r}")
-    state = _resolve_state(family, weights)
-    model = family.builder()
+    state = _resolve_state(spec, weights)
+    model = spec.build()
+    head = head_of(model) if spec.family is None else spec.family.head
     if state is not None:
         try:
-            _load_body(model, family, state)
+            _load_body(model, head, f"{spec.arch} ({spec.source})", state)
         except WeightsError as exc:  # name the file that does not fit
-            raise WeightsError(f"{_origin(family, weights)}: {exc}") from None
-    features = head_features(model.get_submodule(family.head))
+            raise WeightsError(f"{_origin(spec, weights)}: {exc}") from None
+    features = head_features(model.get_submodule(head))
     if features is None:
-        raise ConfigError(f"head {family.head} of {family.arch} is not a Linear or 1x1 conv layer")
+        raise ConfigError(f"head {head} of {spec.arch} is not a Linear or 1x1 conv layer")
     new_head = (
         nn.Linear(features, num_classes)
-        if isinstance(model.get_submodule(family.head), nn.Linear)
+        if isinstance(model.get_submodule(head), nn.Linear)
         else nn.Conv2d(features, num_classes, 1)
     )
-    head_weight = None if state is None else state.get(f"{family.head}.weight")
-    head_bias = None if state is None else state.get(f"{family.head}.bias")
+    head_weight = None if state is None else state.get(f"{head}.weight")
+    head_bias = None if state is None else state.get(f"{head}.bias")
     if (
         head_weight is not None
         and head_bias is not None
@@ -232,22 +256,22 @@ def build_model(
         and tuple(head_bias.shape) == tuple(new_head.bias.shape)
     ):
         new_head.load_state_dict({"weight": head_weight, "bias": head_bias})
-    _set_submodule(model, family.head, new_head)
+    _set_submodule(model, head, new_head)
     return model
 
 
-def _origin(family: Family, weights: str | os.PathLike[str] | None) -> str:
+def _origin(spec: ModelSpec, weights: str | os.PathLike[str] | None) -> str:
     """The file a weights choice loads from (for messages)."""
     key = str(weights).strip().lower()
     if key == "imagenet":
-        return str(_cached_path(family))
+        return str(_cached_path(_registered(spec)))
     if key == "demo":
-        return str(demo_weights_path(family.arch, family.source))
+        return str(demo_weights_path(spec.arch, spec.source))
     return str(weights)
 
 
 def _resolve_state(
-    family: Family, weights: str | os.PathLike[str] | None
+    spec: ModelSpec, weights: str | os.PathLike[str] | None
 ) -> dict[str, Tensor] | None:
     if weights is None:
         return None
@@ -256,20 +280,21 @@ def _resolve_state(
         if key == "none":
             return None
         if key == "imagenet":
+            family = _registered(spec)
             return load_state_dict_file(fetch_weights(family.arch, family.source))
-        path = demo_weights_path(family.arch, family.source)
+        path = demo_weights_path(spec.arch, spec.source)
         if not path.is_file():
             raise WeightsUnavailableError(
-                f"demo weights for {family.arch} are not built yet: run "
-                f"`resablate demo-weights {family.arch}` (expected {path})"
+                f"demo weights for {spec.arch} are not built yet: run "
+                f"`resablate demo-weights {spec.name}` (expected {path})"
             )
         return load_state_dict_file(path)
     return load_state_dict_file(weights)
 
 
-def _load_body(model: nn.Module, family: Family, state: Mapping[str, Tensor]) -> None:
+def _load_body(model: nn.Module, head: str, name: str, state: Mapping[str, Tensor]) -> None:
     """Load everything but the head; WeightsError naming the first mismatches."""
-    head_keys = {f"{family.head}.weight", f"{family.head}.bias"}
+    head_keys = {f"{head}.weight", f"{head}.bias"}
     expected = {k: v for k, v in model.state_dict().items() if k not in head_keys}
     given = {k: v for k, v in state.items() if k not in head_keys}
     # BatchNorm batch counters are absent from some published checkpoints; they stay as built.
@@ -290,9 +315,7 @@ def _load_body(model: nn.Module, family: Family, state: Mapping[str, Tensor]) ->
             problems.append(
                 f"{len(unexpected)} unexpected key(s), first {', '.join(unexpected[:3])}"
             )
-        raise WeightsError(
-            f"weights do not fit {family.arch} ({family.source}): {'; '.join(problems)}"
-        )
+        raise WeightsError(f"weights do not fit {name}: {'; '.join(problems)}")
     model.load_state_dict(given, strict=False)
 
 
@@ -303,6 +326,20 @@ def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
 
 
 # --- official ImageNet weights -------------------------------------------------------------------
+
+
+def _registered(spec: ModelSpec) -> Family:
+    """The family of a model whose ImageNet weights are asked for (only families declare them).
+
+    Raises:
+        WeightsUnavailableError: A model outside the registry.
+    """
+    if spec.family is None:
+        raise WeightsUnavailableError(
+            f"ImageNet weights are declared for the registered architectures only; for "
+            f"{spec.name} pass a weights file (a state dict of the model)"
+        )
+    return spec.family
 
 
 def _imagenet_tag(family: Family) -> str:
@@ -366,11 +403,11 @@ def fetch_weights(arch: str, source: str = "torchvision") -> Path:
     """The cached file of ``arch``'s ImageNet weights, downloading it first when missing.
 
     Raises:
-        ConfigError: Unknown architecture/source.
+        ConfigError: Unknown model/source.
         WeightsUnavailableError: Not cached and the download failed (offline): the message names
-            the expected file and how to obtain it.
+            the expected file and how to obtain it; a model outside the registry (none declared).
     """
-    family = get_family(arch, source)
+    family = _registered(parse_model(arch, source))
     path = _cached_path(family)
     if path.is_file():
         return path

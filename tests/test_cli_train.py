@@ -124,7 +124,11 @@ def test_unknown_architecture_names_the_flag(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["train", "--arch", "resnet19", "--out", str(tmp_path)])
     assert result.exit_code == 2
     assert result.stderr.startswith("error: unknown architecture 'resnet19'; ResNet depths: ")
-    assert result.stderr.endswith(", vit_b_16 (--arch)\n")
+    # The one model-name resolver (model_spec): the registry, then the source's library.
+    assert result.stderr.endswith(
+        ", vit_b_16 (nor a torchvision model; close torchvision models: resnet18, resnet152, "
+        "resnet101) (--arch)\n"
+    )
 
 
 def test_debug_after_the_command_shows_the_traceback(tmp_path: Path) -> None:

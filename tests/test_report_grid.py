@@ -102,6 +102,6 @@ def test_rebuilt_model_has_the_cells_residual_plan(tiny_grid: Path) -> None:
     saved = load_state_dict_file(RunDir(str(on.run_dir)).weights_file)
     assert all(torch.equal(v, saved[k]) for k, v in model_on.state_dict().items())
     image = np.zeros((32, 32, 3), dtype=np.uint8)
-    maps = stage_activations(model_off, image, cell_recipe(off), off)
+    maps = stage_activations(model_off, image, cell_recipe(off))
     assert tuple(maps) == FEATURE_STAGES
     assert maps["conv1"].shape == (64, 8, 8) and maps["conv3_x"].shape == (128, 4, 4)

@@ -209,8 +209,26 @@ def _evaluate(
     return metrics.accuracy, metrics.f1, total_loss / images.shape[0]
 
 
-def _downsampling(model: nn.Module) -> set[str]:
-    return {name for name, block in residual_blocks(model) if block.downsample is not None}
+def _downsampling(model: nn.Module, images: Tensor) -> set[str]:
+    """Residual sites whose block's output shape differs from its input's (a projection shortcut:
+    new resolution or width), seen in one forward pass of one image; any block type."""
+    sites = residual_blocks(model)
+    changed: set[int] = set()
+
+    def hook(block: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        shape = getattr(inputs[0], "shape", None) if inputs else None
+        if isinstance(output, Tensor) and shape is not None and output.shape != shape:
+            changed.add(id(block))
+
+    blocks = {id(block): block for _, block in sites}
+    handles = [block.register_forward_hook(hook) for block in blocks.values()]
+    try:
+        with torch.no_grad():
+            model(images[:1].to(next(model.parameters()).device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name for name, block in sites if id(block) in changed}
 
 
 def lesion_study(
@@ -231,7 +249,8 @@ def lesion_study(
     afterwards (:func:`lesion`), its weights are never touched.
 
     Args:
-        model: A trained torchvision or timm ResNet (any residual wiring).
+        model: A trained model with residual blocks (any wiring): a registered ResNet, a timm
+            or Hugging Face model, a user's.
         data: ``(images, labels)``: ``[n, 3, H, W]`` normalised float images and ``[n]`` class
             indices.
         blocks: Candidate blocks (``"layer3.2"``); ``None`` = every residual block.
@@ -287,10 +306,10 @@ def lesion_study(
 
         baseline = measure([])
         entries = [measure(chosen) for chosen in sets]
+        downsampling = _downsampling(model, images)
     finally:
         for module, training in modes.items():
             module.train(training)
-    downsampling = _downsampling(model)
     return LesionResult(
         baseline=baseline,
         singles=tuple(entries[: len(candidates)]),

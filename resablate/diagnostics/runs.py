@@ -191,11 +191,12 @@ def build_for_data(
     """Build ``arch`` for a dataset of ``num_classes`` classes (eval mode).
 
     Args:
-        arch: A registered architecture.
+        arch: Any model name :func:`resablate.model_spec.parse_model` reads (a registered
+            architecture, ``timm:NAME``, ``hf:ID``/``hf:DIR``, ``package.module:factory``).
         weights: ``"none"`` (random init from ``seed``), ``"demo"`` (demo-pretrained; pre-trained
             once on the CPU when missing, which takes minutes), ``"imagenet"`` or a file path.
         num_classes: Classes of the dataset (the head is new unless the file's fits).
-        source: ``"torchvision"`` or ``"timm"``.
+        source: The source of a name without one: ``"torchvision"``, ``"timm"`` or ``"hf"``.
         seed: Seeds the random initialisation (head included).
 
     Raises:

@@ -38,8 +38,11 @@ class Cell:
     """One run of a study, in canonical form (construction validates and normalises).
 
     Attributes:
-        arch: Registered architecture, e.g. ``"resnet50"`` (see ``resablate.list_architectures``).
-        source: Model source, ``"torchvision"`` or ``"timm"``.
+        arch: The model's canonical name (:mod:`resablate.model_spec`): a registered
+            architecture (``"resnet50"``), a timm or torchvision model name, a Hugging Face hub
+            id or absolute directory, or a factory ``"package.module:callable"``.
+        source: Model source: ``"torchvision"``, ``"timm"``, ``"hf"`` or ``"factory"``;
+            ``parse_model(arch, source)`` is the cell's model.
         residual: The residual plan: which stages' shortcuts are altered, and their scale
             (0 removes them, the studies' ablation).
         weights: The initial weights: none (random init), ImageNet's, the demo weights or a file.

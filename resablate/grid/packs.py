@@ -54,10 +54,14 @@ def parse_pack(value: str | int) -> str | int:
 
 
 def packable(cell: Cell) -> bool:
-    """Whether the cell's architecture has a packed form (a torchvision ResNet)."""
+    """Whether the cell's architecture has a packed form (a registered torchvision ResNet; any
+    other model trains alone)."""
     from resablate.families import get_family
 
-    family = get_family(cell.arch, cell.source)
+    try:
+        family = get_family(cell.arch, cell.source)
+    except ConfigError:  # a model outside the registry (timm, Hugging Face, a user factory)
+        return False
     return family.source == "torchvision" and family.kind == "resnet"
 
 

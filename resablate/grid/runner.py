@@ -207,9 +207,14 @@ def check_fingerprint(rows: Sequence[CellRow], data: str, dataset: DatasetScan) 
 
 
 @contextlib.contextmanager
-def open_grid(spec: GridSpec, out_dir: str | os.PathLike[str]) -> Iterator[ResultStore]:
-    """Check the data, lock ``out_dir``, sweep stale temporary files, write the spec and every
-    cell (pending).
+def open_grid(
+    spec: GridSpec,
+    out_dir: str | os.PathLike[str],
+    execution: Mapping[str, Any] | None = None,
+) -> Iterator[ResultStore]:
+    """Check the data, lock ``out_dir``, sweep stale temporary files, write the spec (with
+    ``execution``, how the grid was asked to run, under that key: a study file's resolved form)
+    and every cell (pending).
 
     Yields the writable store; the lock is held (and its file kept) until the block exits.
 
@@ -230,7 +235,8 @@ def open_grid(spec: GridSpec, out_dir: str | os.PathLike[str]) -> Iterator[Resul
             check_fingerprint(store.cells(include_dropped=True), spec.data, dataset)
             cells = spec.cells()
             run_dirs = {c.cell_id: str(cell_run_dir(out, c.cell_id)) for c in cells}
-            store.set_spec(spec.to_dict())
+            recorded = {"execution": dict(execution)} if execution is not None else {}
+            store.set_spec({**spec.to_dict(), **recorded})
             store.sync_cells(cells, run_dirs=run_dirs)
             store.write_mirrors()
             yield store
@@ -251,6 +257,7 @@ def run_grid(
     step_hooks: Sequence[StepHookFactory] = (),
     pack: str | int = "auto",
     keep_checkpoints: bool = False,
+    execution: Mapping[str, Any] | None = None,
 ) -> GridSummary:
     """Run a grid in ``out_dir``, resuming whatever an earlier run left unfinished.
 
@@ -278,6 +285,8 @@ def run_grid(
         keep_checkpoints: Keep every checkpoint; by default a cell finished for good (``done``
             or ``diverged``) keeps only its final model and results, and a pack's checkpoints go
             once all its cells are recorded (a failed cell keeps its checkpoints to resume).
+        execution: How the grid was asked to run (``resablate.grid.study.Execution.to_dict()``),
+            recorded in the store with the spec; a record only, the arguments above decide.
 
     Returns:
         The grid's state when the run ended.
@@ -306,7 +315,7 @@ def run_grid(
 
     emit = callback or (lambda event: None)
     base_env = driver_environment()
-    with open_grid(spec, out_dir) as store:
+    with open_grid(spec, out_dir, execution) as store:
         rows = store.cells()
         to_run = select_cells(rows, retry_failed=retry_failed)
         notes = (*spec.notes, *runner.prepare(out_dir))

@@ -9,8 +9,9 @@ bad value fails in one line before anything trains. :meth:`GridSpec.cells` expan
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from resablate.data_location import DataLocation
 from resablate.errors import ConfigError, DataNotFoundError
@@ -18,14 +19,50 @@ from resablate.grid.cell import DEMO_DATA, Cell
 from resablate.residual_plan import PLAN_ON, ResidualPlan
 from resablate.weights_choice import NAMED_WEIGHTS, WeightsChoice, WeightsKind
 
+if TYPE_CHECKING:
+    from resablate.model_spec import ModelSpec
+
 #: Spec keys of earlier releases -> their names now.
 _RENAMED = {"arch": "family", "pretrained": "weights"}
 #: The axes that hold several values (tuples), in the order cells expand them.
-_AXES = ("depths", "archs", "residual", "weights", "freeze", "seeds", "baselines")
+AXES = ("depths", "archs", "residual", "weights", "freeze", "seeds", "baselines")
 
 
 def _unique(values: Any) -> tuple[Any, ...]:
     return tuple(dict.fromkeys(values))
+
+
+@functools.lru_cache(maxsize=128)
+def _has_residual_blocks(arch: str, source: str) -> bool:
+    """Whether surgery finds residual blocks in a model outside the registry (built on the meta
+    device once per process)."""
+    from resablate.model_spec import parse_model
+    from resablate.surgery import residual_blocks
+
+    return bool(residual_blocks(parse_model(arch, source).build_on_meta()))
+
+
+def takes_residual_axis(model: ModelSpec) -> bool:
+    """Whether the residual axis applies to ``model``: a family's declaration, else whether
+    surgery finds residual blocks in it (as ``resablate surgery`` does)."""
+    if model.family is not None:
+        return model.family.residual
+    return _has_residual_blocks(model.arch, model.source)
+
+
+def _baseline_model(name: str, source: str) -> ModelSpec:
+    """A baseline: the registered architecture of ``source``, else torchvision's registered one
+    (the studies' VGG16 and EfficientNet baselines beside a timm grid), else any model name."""
+    from resablate.model_spec import parse_model
+
+    model = parse_model(name, source)
+    if model.family is not None or ":" in name or source == "torchvision":
+        return model
+    try:
+        fallback = parse_model(name, "torchvision")
+    except ConfigError:
+        return model
+    return fallback if fallback.family is not None else model
 
 
 @dataclass(frozen=True)
@@ -41,9 +78,11 @@ class GridSpec:
         source: ``"torchvision"`` or ``"timm"``.
         depths: Depths of the family (18, 34, 50, 101, 152 for ResNets); may be empty when
             ``archs`` or ``baselines`` name the architectures.
-        archs: Architectures named in full (e.g. ``"resnet50"``, ``"vgg16"``), after the depths'.
-            Those with residual blocks take the residual axis; the others run as built (a note
-            says so), as the baselines do.
+        archs: Models named in full, after the depths': any name
+            :func:`resablate.model_spec.parse_model` reads (``"resnet50"``, ``"vgg16"``,
+            ``"timm:resnetv2_50"``, ``"hf:microsoft/resnet-50"``, ``"hf:DIR"``,
+            ``"mypkg.models:cifar_resnet56"``). Those in which surgery finds residual blocks take
+            the residual axis; the others run as built (a note says so), as the baselines do.
         residual: Residual plans: ``"on"``, ``"off"`` or a stage set ``"off:conv4_x,conv5_x"``.
         residual_alpha: Shortcut scales for the plans that alter stages (1 = residual on,
             0 = off); ``None`` = the plans' own meaning (off = alpha 0).
@@ -52,8 +91,8 @@ class GridSpec:
             ``"demo"`` (the offline stand-in).
         freeze: Freeze plans (``resablate.freezing.FREEZE_PLANS``).
         seeds: Seeds; every other axis is crossed with each.
-        baselines: Further architectures (e.g. ``"vgg16"``, ``"efficientnet_b3"``) crossed with
-            weights × freeze × seeds but not with the residual axis.
+        baselines: Further models (e.g. ``"vgg16"``, ``"efficientnet_b3"``, any name ``archs``
+            takes) crossed with weights × freeze × seeds but not with the residual axis.
         recipe: Recipe name; ``None`` = ``"demo"`` on the demo data, else ``"cifake"``.
         data: Dataset folder, parquet file or Hugging Face datasets folder, optionally with
             column options (``PATH::image=img,label=y``), or ``"demo"`` for the demo data.
@@ -78,7 +117,7 @@ class GridSpec:
 
     def __post_init__(self) -> None:
         values: dict[str, Any] = {"family": self.family.strip().lower()}
-        for name in _AXES:
+        for name in AXES:
             values[name] = _unique(getattr(self, name))
         if self.residual_alpha is not None:
             values["residual_alpha"] = _unique(float(a) for a in self.residual_alpha)
@@ -140,8 +179,8 @@ class GridSpec:
     # ----------------------------------------------------------------------------- expansion
 
     def architectures(self) -> tuple[tuple[str, str, bool], ...]:
-        """``(arch, source, residual_axis_applies)`` for the depths, the architectures named in
-        full, then the baselines."""
+        """``(arch, source, residual_axis_applies)`` for the depths, the models named in full,
+        then the baselines (``arch`` and ``source`` canonical: a cell's model spec)."""
         from resablate.families import get_family
 
         archs: list[tuple[str, str, bool]] = []
@@ -151,21 +190,24 @@ class GridSpec:
             except ConfigError as exc:
                 raise ConfigError(f"depth {depth}: {exc}", field="depths") from None
             archs.append((family.arch, family.source, family.residual))
-        for name in self.archs:
-            try:
-                family = get_family(name, self.source)
-            except ConfigError as exc:
-                raise ConfigError(str(exc), field="archs") from None
-            archs.append((family.arch, family.source, family.residual))
+        for model in self._models():
+            archs.append((model.arch, model.source, takes_residual_axis(model)))
         for name in self.baselines:
             try:
-                family = get_family(name, self.source)
+                model = _baseline_model(name, self.source)
             except ConfigError as exc:
-                if self.source == "torchvision":
-                    raise ConfigError(f"baseline {name}: {exc}", field="baselines") from None
-                family = get_family(name, "torchvision")
-            archs.append((family.arch, family.source, False))
+                raise ConfigError(f"baseline {name}: {exc}", field="baselines") from None
+            archs.append((model.arch, model.source, False))
         return tuple(archs)
+
+    def _models(self) -> list[ModelSpec]:
+        """The models of ``archs``, parsed."""
+        from resablate.model_spec import parse_model
+
+        try:
+            return [parse_model(name, self.source) for name in self.archs]
+        except ConfigError as exc:
+            raise ConfigError(str(exc), field="archs") from None
 
     def residual_plans(self) -> tuple[ResidualPlan, ...]:
         """The residual axis as plans (each alpha replaces the plans' 0 when given)."""
@@ -199,9 +241,7 @@ class GridSpec:
                 "the whole grid runs offline"
             )
         if self.residual != ("on",):
-            from resablate.families import get_family
-
-            plain = [name for name in self.archs if not get_family(name, self.source).residual]
+            plain = [model.name for model in self._models() if not takes_residual_axis(model)]
             if plain:
                 notes.append(
                     f"the residual axis skips {', '.join(plain)} (no residual blocks): "
@@ -263,7 +303,7 @@ class GridSpec:
                 f"unknown grid spec key(s): {', '.join(unknown)}; keys: {', '.join(sorted(known))}"
             )
         values = dict(data)
-        for name in _AXES:
+        for name in AXES:
             if name in values:
                 values[name] = tuple(values[name])
         if values.get("residual_alpha") is not None:

@@ -30,7 +30,7 @@ from typing import Any
 
 from resablate.atomic import write_text
 from resablate.choices import FINISHED_STATUSES, METRICS, CellStatus
-from resablate.errors import StoreError
+from resablate.errors import ConfigError, StoreError
 from resablate.grid.cell import Cell
 
 STORE_FILENAME = "store.sqlite"
@@ -385,9 +385,14 @@ def _cell_row(row: sqlite3.Row) -> CellRow:
 
 
 def _cell_depth(cell: Cell) -> int | None:
+    """The depth of a registered family's cell; None for other models (read without importing
+    a user's factory)."""
     from resablate.families import get_family
 
-    return get_family(cell.arch, cell.source).depth
+    try:
+        return get_family(cell.arch, cell.source).depth
+    except ConfigError:
+        return None
 
 
 def _connect(database: str | Path, *, uri: bool = False) -> sqlite3.Connection:
@@ -768,7 +773,9 @@ class ResultStore:
     # ----------------------------------------------------------------------------- reading
 
     def spec(self) -> dict[str, Any] | None:
-        """The grid spec last run in this store (``GridSpec.to_dict()``), or ``None``."""
+        """The grid spec last run in this store (``GridSpec.to_dict()``, with ``execution`` when
+        the run recorded how it ran: then it is a study file's resolved form, which
+        ``resablate.grid.study.read_study`` reads back), or ``None``."""
         row = self._conn.execute("SELECT spec FROM grid WHERE id = 1").fetchone()
         return None if row is None else json.loads(row["spec"])
 

@@ -129,19 +129,19 @@ def misclassified(
     return samples
 
 
-def stage_activations(
-    model: nn.Module, image: np.ndarray, recipe: Recipe, row: CellRow
-) -> dict[str, np.ndarray]:
-    """Outputs ``[C, H, W]`` of :data:`FEATURE_STAGES` for one RGB uint8 image.
+def stage_activations(model: nn.Module, image: np.ndarray, recipe: Recipe) -> dict[str, np.ndarray]:
+    """Outputs ``[C, H, W]`` of :data:`FEATURE_STAGES` for one RGB uint8 image (those the model
+    has: a model without named stages has none).
 
     The image is resized to the recipe's ``image_size`` and normalised with its mean and std.
     """
     import torch
     import torch.nn.functional as functional
 
-    from resablate.families import get_family
+    from resablate.families import stage_layout
 
-    family = get_family(row.cell.arch, row.cell.source)
+    layout = stage_layout(model)
+    stages = {} if layout is None else layout[1]  # a model without named stages shows none
     pixels = torch.from_numpy(image.copy()).permute(2, 0, 1).float().div(255.0).unsqueeze(0)
     pixels = functional.interpolate(
         pixels, size=(recipe.image_size, recipe.image_size), mode="bilinear", antialias=True
@@ -150,8 +150,8 @@ def stage_activations(
     std = torch.tensor(recipe.std).view(1, 3, 1, 1)
     captured: dict[str, np.ndarray] = {}
     handles = []
-    for stage in FEATURE_STAGES:
-        module = model.get_submodule(family.stages[stage][-1])
+    for stage in (name for name in FEATURE_STAGES if name in stages):
+        module = model.get_submodule(stages[stage][-1])
 
         def hook(_module: Any, _inputs: Any, output: Any, stage: str = stage) -> None:
             captured[stage] = output[0].detach().float().numpy()
@@ -439,7 +439,7 @@ def _feature_map_figures(
         recipe = cell_recipe(on)
         maps = {
             f"residual {row.cell.residual.text}": stage_activations(
-                rebuild_model(RunDir(str(row.run_dir))), image, recipe, row
+                rebuild_model(RunDir(str(row.run_dir))), image, recipe
             )
             for row in (on, off)
         }
