@@ -172,7 +172,10 @@ def test_invalid_axis_values_fail_before_training(
             for pack in ("x", "-2", "0")
         ),
         *(
-            (["--workers", workers], f"error: workers={workers} must be at least 1 (--workers)")
+            (
+                ["--workers", workers],
+                f"error: workers {workers} must be a positive integer (--workers)",
+            )
             for workers in ("0", "-1")
         ),
     ],

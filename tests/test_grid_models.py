@@ -260,7 +260,7 @@ def test_bad_model_names_are_one_line(workdir: Path) -> None:
     inet = workdir / "inet"
     args = [*_grid(inet, FACTORY), "--weights", "imagenet"]
     result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output  # every cell skipped
     with ResultStore.open(workdir / "inet") as store:
         rows = store.cells()
     assert {row.status for row in rows} == {"skipped"}
