@@ -58,7 +58,8 @@ Examples:
 
 Axes (the grid is their product; baselines skip the residual axis):
 
-  --depths 18 34 50 101 152 (of --family resnet) · --arch resnet18 resnext50_32x4d ...
+  --depths 18 34 50 101 152 (of --family resnet; 20 32 44 56 of --family cifar_resnet)
+  · --arch resnet18 resnext50_32x4d ...
   · --residual on | off | off:conv4_x,conv5_x · --residual-alpha 1 0.5 0
   · --weights imagenet | demo | none | PATH · --freeze none conv1 conv1-2 conv1-3 conv1-4 all
   · --seeds 0 1 2 · --baselines vgg16 efficientnet_b3 efficientnet_b4 alexnet
@@ -204,12 +205,17 @@ def grid(
         list[int] | None,
         typer.Option(
             "--depths",
-            help="Depths of the family: 18 34 50 101 152. \\[default: 18 50 101 152 unless "
-            "--arch names the architectures]",
+            help="Depths of the family: 18 34 50 101 152 (resnet), 20 32 44 56 "
+            "(cifar_resnet). \\[default: 18 50 101 152 unless --arch names the architectures]",
         ),
     ] = None,
     family: Annotated[
-        str, typer.Option("--family", help="Residual family the depths belong to.")
+        str,
+        typer.Option(
+            "--family",
+            help="Residual family the depths belong to: resnet, or cifar_resnet (He et al. "
+            "2016's CIFAR ResNets, three stages).",
+        ),
     ] = "resnet",
     arch: GridArchOption = None,
     residual: GridResidualOption = None,
