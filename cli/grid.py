@@ -44,6 +44,9 @@ Examples:
 
   resablate grid --depths 18 50 --data demo --out runs/demo
 
+  resablate grid --family cifar_resnet --depths 20 32 44 56 --residual on off --weights none \\
+      --seeds 0 1 2 --recipe cifar_demo --data demo --pack 6 --out runs/demo
+
   resablate grid --depths 18 50 101 152 --residual on off --weights imagenet none \\
       --data ~/data/cifake --recipe cifake --out runs/cifake
 
