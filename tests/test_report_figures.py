@@ -69,6 +69,29 @@ FIGURES: dict[str, tuple[Callable[[Path], F.FigureFile], tuple[float, float]]] =
         ),
         F.FEATURES_SIZE,
     ),
+    "seed-curves": (
+        lambda p: F.seed_curves_figure(
+            {
+                "train loss": [
+                    F.CurveBand(
+                        "ResNet-20", "residual on", (4, 8), (0.6, 0.4), (0.5, 0.3), (0.7, 0.5), 3
+                    ),
+                    F.CurveBand(
+                        "ResNet-20", "residual off", (4, 8), (0.7, 0.6), (0.6, 0.5), (0.8, 0.7), 3
+                    ),
+                ],
+                "test accuracy": [],
+            },
+            p,
+        ),
+        F.SEED_CURVES_SIZE,
+    ),
+    "bars": (
+        lambda p: F.bars_figure(
+            {"final train loss": [F.Bar("ResNet-20", "residual on", t_interval([0.3, 0.4]))]}, p
+        ),
+        F.BARS_SIZE,
+    ),
     "depth": (
         lambda p: F.depth_figure(
             {"residual on": [(18, t_interval([0.9, 0.92])), (50, t_interval([0.95]))]}, p
@@ -95,6 +118,10 @@ def test_figure_input_errors_are_one_line(tmp_path: Path) -> None:
         F.feature_maps_figure({"on": {"conv1": np.zeros((4, 4))}}, tmp_path / "x.png")
     with pytest.raises(ConfigError, match="no evaluation history"):
         F.curves_figure([], tmp_path / "x.png")
+    with pytest.raises(ConfigError, match="no seed-averaged curves to plot"):
+        F.seed_curves_figure({"train loss": []}, tmp_path / "x.png")
+    with pytest.raises(ConfigError, match="no final values to plot"):
+        F.bars_figure({}, tmp_path / "x.png")
 
 
 @pytest.fixture(scope="module")

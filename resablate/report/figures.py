@@ -496,6 +496,20 @@ def _first_seen(values: Sequence[str]) -> dict[str, int]:
     return {value: index for index, value in enumerate(dict.fromkeys(values))}
 
 
+def _shown_panels(
+    panels: Mapping[str, Sequence[Any]], what: str
+) -> tuple[dict[str, Sequence[Any]], list[Any]]:
+    """The panels that have something to draw, and all their items in order.
+
+    Raises:
+        ConfigError: No panel has an item (``what`` names them).
+    """
+    shown = {name: items for name, items in panels.items() if items}
+    if not shown:
+        raise ConfigError(f"no {what} to plot")
+    return shown, [item for items in shown.values() for item in items]
+
+
 def seed_curves_figure(
     panels: Mapping[str, Sequence[CurveBand]],
     path: str | Path,
@@ -518,12 +532,9 @@ def seed_curves_figure(
     Raises:
         ConfigError: No panel has a line.
     """
-    shown = {name: lines for name, lines in panels.items() if lines}
-    if not shown:
-        raise ConfigError("no seed-averaged curves to plot")
+    shown, every = _shown_panels(panels, "seed-averaged curves")
     from matplotlib import colormaps
 
-    every = [line for lines in shown.values() for line in lines]
     colours = _first_seen([line.category for line in every])
     styles = _first_seen([line.variant for line in every])
     palette = colormaps["viridis"]
@@ -565,12 +576,9 @@ def bars_figure(
     Raises:
         ConfigError: No panel has a bar.
     """
-    shown = {name: bars for name, bars in panels.items() if bars}
-    if not shown:
-        raise ConfigError("no final values to plot")
+    shown, every = _shown_panels(panels, "final values")
     from matplotlib import colormaps
 
-    every = [bar for bars in shown.values() for bar in bars]
     variants = _first_seen([bar.variant for bar in every])
     palette = colormaps["tab10"]
     width = 0.8 / len(variants)
