@@ -50,6 +50,9 @@ Examples:
 
   resablate grid --depths 18 50 --data demo --out runs/demo
 
+  resablate grid --family cifar_resnet --depths 20 32 44 56 --residual on off --weights none \\
+      --seeds 0 1 2 --recipe cifar_demo --data demo --pack 6 --out runs/demo
+
   resablate grid --depths 18 50 101 152 --residual on off --weights imagenet none \\
       --data ~/data/cifake --recipe cifake --out runs/cifake
 
@@ -71,7 +74,8 @@ Examples:
 
 Axes (the grid is their product; baselines skip the residual axis):
 
-  --depths 18 34 50 101 152 (of --family resnet) · --arch resnet18 resnext50_32x4d ...
+  --depths 18 34 50 101 152 (of --family resnet; 20 32 44 56 of --family cifar_resnet)
+  · --arch resnet18 resnext50_32x4d ...
     (any model: timm:NAME, hf:OWNER/NAME or hf:DIR, package.module:factory)
   · --residual on | off | off:conv4_x,conv5_x · --residual-alpha 1 0.5 0
   · --weights imagenet | demo | none | PATH · --freeze none conv1 conv1-2 conv1-3 conv1-4 all
@@ -346,12 +350,17 @@ def grid(
         list[int] | None,
         typer.Option(
             "--depths",
-            help="Depths of the family: 18 34 50 101 152. \\[default: 18 50 101 152 unless "
-            "--arch names the architectures]",
+            help="Depths of the family: 18 34 50 101 152 (resnet), 20 32 44 56 "
+            "(cifar_resnet). \\[default: 18 50 101 152 unless --arch names the architectures]",
         ),
     ] = None,
     family: Annotated[
-        str, typer.Option("--family", help="Residual family the depths belong to.")
+        str,
+        typer.Option(
+            "--family",
+            help="Residual family the depths belong to: resnet, or cifar_resnet (He et al. "
+            "2016's CIFAR ResNets, three stages).",
+        ),
     ] = "resnet",
     arch: GridArchOption = None,
     residual: GridResidualOption = None,

@@ -7,6 +7,8 @@ themselves are not declared here (surgery finds them by tracing, or through
 
 Stage names follow the papers (He et al. 2016, Table 1): ``conv1`` is the stem (conv1, bn1,
 relu, maxpool), ``conv2_x`` … ``conv5_x`` are torchvision's and timm's ``layer1`` … ``layer4``.
+The CIFAR ResNets (Section 4.2, :mod:`resablate.cifar_resnet`) have three: ``conv2_x`` …
+``conv4_x`` = ``layer1`` … ``layer3``, after a stem of conv1, bn1 and relu.
 AlexNet and VGG16 have stages ``conv1`` … ``conv5`` (AlexNet's five conv layers, VGG16's five conv
 blocks, each with its ReLUs and following max-pool). EfficientNet-B3/B4 follow the EfficientNet
 paper's Table 1: ``conv1`` is the stem convolution (``features.0``), ``conv2`` … ``conv8`` are the
@@ -36,6 +38,7 @@ from resablate.errors import ConfigError
 
 RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
 RESNET_DEPTHS = (18, 34, 50, 101, 152)
+CIFAR_DEPTHS = (20, 32, 44, 56)
 
 _PAPER_TO_CODE = {
     "conv2_x": "layer1",
@@ -55,14 +58,16 @@ class Family:
         source: ``"torchvision"``, ``"timm"`` or ``"hf"`` (Hugging Face ``transformers``).
         kind: ``"resnet"``, ``"resnetv2"``, ``"alexnet"``, ``"vgg"``, ``"efficientnet"``,
             ``"mobilenet"``, ``"convnext"``, ``"regnet"`` or ``"vit"``.
-        depth: 18, 34, 50, 101 or 152 for ResNets (ResNeXt/Wide-ResNet included), else None.
+        depth: 18, 34, 50, 101 or 152 for ResNets (ResNeXt/Wide-ResNet included), 20, 32, 44 or
+            56 for the CIFAR ResNets, else None.
         builder: Builds the model with random initialisation and a 1000-class head.
         stages: Paper stage name -> module (or parameter) paths of that stage, in forward order.
         head: Module path of the final classifier (an ``nn.Linear``, or a 1×1 ``nn.Conv2d`` as in
             timm's ResNetV2).
         imagenet: The official ImageNet weights: a torchvision weights enum name
             (``"ResNet50_Weights.IMAGENET1K_V1"``), a timm pretrained tag (``"resnet50.a1_in1k"``)
-            or a Hugging Face model repository (``"microsoft/resnet-50"``).
+            or a Hugging Face model repository (``"microsoft/resnet-50"``); None where there are
+            none (the CIFAR ResNets).
         residual: Whether residual surgery applies (the model has residual blocks).
         model_type: Dotted name of the class ``builder`` returns or one of its bases (instances of
             it and of its subclasses are recognised).
@@ -433,9 +438,10 @@ def _timm_builder(arch: str) -> Callable[[], nn.Module]:
     return build
 
 
-def _resnet_stages(stem: tuple[str, ...]) -> Mapping[str, tuple[str, ...]]:
+def _resnet_stages(stem: tuple[str, ...], count: int = 4) -> Mapping[str, tuple[str, ...]]:
+    """The stem, then the first ``count`` of ``conv2_x`` .. ``conv5_x`` (``layer1`` ..)."""
     stages = {"conv1": stem}
-    stages.update({paper: (code,) for paper, code in _PAPER_TO_CODE.items()})
+    stages.update({paper: (code,) for paper, code in list(_PAPER_TO_CODE.items())[:count]})
     return MappingProxyType(stages)
 
 
@@ -477,6 +483,12 @@ _PARAMS = {
     "resnetv2_50": 25_549_352,
     "vit_tiny_patch16_224": 5_717_416,
     "vit_b_16": 86_567_656,
+    # He et al. 2016's CIFAR ResNets with projection shortcuts (option B): 272,474 / 466,906 /
+    # 661,338 / 855,770 parameters with a 10-class head
+    "cifar_resnet20": 336_824,
+    "cifar_resnet32": 531_256,
+    "cifar_resnet44": 725_688,
+    "cifar_resnet56": 920_120,
 }
 
 _TV_RESNETS = {
@@ -533,6 +545,37 @@ for _source, _table, _stem, _make, _type in (
                 params=_PARAMS[_arch],
             )
         )
+
+
+def _cifar_builder(depth: int) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        from resablate.cifar_resnet import CifarResNet
+
+        return CifarResNet(depth)
+
+    build.__name__ = f"build_cifar_resnet{depth}"
+    return build
+
+
+# He et al. 2016, Section 4.2: the CIFAR-10 ResNets (depth 6n + 2; resablate/cifar_resnet.py),
+# a 3×3 stem without max-pool and three stages (conv2_x .. conv4_x = layer1 .. layer3); no
+# ImageNet weights.
+for _depth in CIFAR_DEPTHS:
+    register(
+        Family(
+            arch=f"cifar_resnet{_depth}",
+            source="torchvision",
+            kind="resnet",
+            depth=_depth,
+            builder=_cifar_builder(_depth),
+            stages=_resnet_stages(("conv1", "bn1", "relu"), count=3),
+            head="fc",
+            imagenet=None,
+            residual=True,
+            model_type="resablate.cifar_resnet.CifarResNet",
+            params=_PARAMS[f"cifar_resnet{_depth}"],
+        )
+    )
 
 
 def _hf_builder(depth: int) -> Callable[[], nn.Module]:

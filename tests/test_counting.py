@@ -31,8 +31,8 @@ GOLDEN_RESNETS = {
 }
 
 # fvcore FlopCountAnalysis totals at 64×64 (ViTs: 224×224, their fixed position embedding's size;
-# see SIZE), batch 1, eval mode: (residual on, residual dropped). Recomputed live against fvcore for
-# a representative subset below.
+# CIFAR ResNets: 32×32; see SIZE), batch 1, eval mode: (residual on, residual dropped). Recomputed
+# live against fvcore for a representative subset below.
 FVCORE_PINNED = {
     ("torchvision", "resnet18"): (148965376, 147363840),
     ("torchvision", "resnet34"): (300165120, 298563584),
@@ -55,6 +55,12 @@ FVCORE_PINNED = {
     ("hf", "resnet50"): (337514496, 307908608),
     ("hf", "resnet101"): (641388544, 611782656),
     ("hf", "resnet152"): (945459200, 915853312),
+    # He et al. 2016's CIFAR ResNets, at their 32×32 (see SIZE; tests/test_cifar_resnet.py has
+    # their 10-class counts and a live fvcore check)
+    ("torchvision", "cifar_resnet20"): (41282048, 40995328),
+    ("torchvision", "cifar_resnet32"): (69822976, 69536256),
+    ("torchvision", "cifar_resnet44"): (98363904, 98077184),
+    ("torchvision", "cifar_resnet56"): (126904832, 126618112),
     ("torchvision", "alexnet"): (98145216, None),
     ("torchvision", "vgg16"): (1376421888, None),
     # inverted residuals: dropping an identity shortcut removes only additions (fvcore counts none)
@@ -76,7 +82,11 @@ FVCORE_PINNED = {
     ("timm", "vit_tiny_patch16_224"): (1079579328, 1079579328),
     ("torchvision", "vit_b_16"): (16867412736, 16867412736),
 }
-SIZE = {("timm", "vit_tiny_patch16_224"): 224, ("torchvision", "vit_b_16"): 224}
+SIZE = {
+    ("timm", "vit_tiny_patch16_224"): 224,
+    ("torchvision", "vit_b_16"): 224,
+    **{("torchvision", f"cifar_resnet{depth}"): 32 for depth in (20, 32, 44, 56)},
+}
 
 
 # fvcore FlopCountAnalysis totals at 224×224, batch 1, eval mode, and parameters (1000-class heads)

@@ -33,6 +33,10 @@ TORCHVISION = [
     "resnext101_64x4d",
     "wide_resnet50_2",
     "wide_resnet101_2",
+    "cifar_resnet20",
+    "cifar_resnet32",
+    "cifar_resnet44",
+    "cifar_resnet56",
     "alexnet",
     "vgg16",
     "efficientnet_b0",
@@ -137,11 +141,15 @@ def test_stage_map_and_head_fit_the_built_model(family) -> None:  # type: ignore
     assert head.weight.shape[0] == 1000
     assert head_of(model) == family.head
     if family.kind == "resnet":
-        assert list(family.stages) == ["conv1", "conv2_x", "conv3_x", "conv4_x", "conv5_x"]
+        # He et al. 2016: four stages for ImageNet, three for CIFAR (depth 6n + 2)
+        blocks = {18: 8, 34: 16, 50: 16, 101: 33, 152: 50, 20: 9, 32: 15, 44: 21, 56: 27}
+        last = "conv4_x" if family.arch.startswith("cifar_") else "conv5_x"
+        stages = ["conv1", "conv2_x", "conv3_x", "conv4_x", "conv5_x"]
+        assert list(family.stages) == stages[: stages.index(last) + 1]
         names = [name for name, _ in residual_blocks(model)]
-        assert len(names) == {18: 8, 34: 16, 50: 16, 101: 33, 152: 50}[family.depth]
+        assert len(names) == blocks[family.depth]
         assert names[0].startswith(family.stages["conv2_x"][0] + ".")
-        assert names[-1].startswith(family.stages["conv5_x"][0] + ".")
+        assert names[-1].startswith(family.stages[last][0] + ".")
     else:
         # every conv layer of the feature extractor belongs to exactly one stage
         convs = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)} - {family.head}

@@ -34,9 +34,10 @@ def test_help_shows_the_axes_with_examples() -> None:
     text = _flat(result.output)
     for piece in (
         "--depths",
-        "Depths of the family: 18 34 50 101 152. [default: 18 50 101 152 unless --arch names "
-        "the architectures]",
+        "Depths of the family: 18 34 50 101 152 (resnet), 20 32 44 56 (cifar_resnet).",
         "--family",
+        "Residual family the depths belong to: resnet, or cifar_resnet (He et al. 2016's CIFAR "
+        "ResNets, three stages).",
         "Architectures, e.g. resnet18 resnet50 vgg16 (several values or repeated). After the "
         "depths'.",
         "--weights",
@@ -46,6 +47,8 @@ def test_help_shows_the_axes_with_examples() -> None:
         "--freeze",
         "--baselines",
         "resablate grid --depths 18 50 --data demo --out runs/demo",
+        "resablate grid --family cifar_resnet --depths 20 32 44 56 --residual on off --weights "
+        "none \\ --seeds 0 1 2 --recipe cifar_demo --data demo --pack 6 --out runs/demo",
         "--retry-failed",
         "--dry-run",
     ):

@@ -26,8 +26,22 @@ def test_food_matches_the_study() -> None:
 
 
 def test_names() -> None:
-    assert sorted(RECIPES) == ["cifake", "demo", "food"]
+    assert sorted(RECIPES) == ["cifake", "cifar_demo", "demo", "food"]
     assert get_recipe("demo").image_size == 32
+
+
+def test_cifar_demo_gives_ten_evaluations_in_40_steps_of_32_native_images() -> None:
+    r = get_recipe("cifar_demo")
+    assert (r.name, r.optimizer, r.lr, r.batch_size, r.image_size) == (
+        "cifar_demo",
+        "adamw",
+        3e-3,
+        32,
+        32,
+    )
+    assert r.max_steps == 40
+    assert r.max_steps // r.eval_every == 10
+    assert r.max_steps % r.eval_every == 0  # the last step is an evaluation
 
 
 def test_overrides_and_native_resolution() -> None:

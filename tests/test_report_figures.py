@@ -69,6 +69,29 @@ FIGURES: dict[str, tuple[Callable[[Path], F.FigureFile], tuple[float, float]]] =
         ),
         F.FEATURES_SIZE,
     ),
+    "seed-curves": (
+        lambda p: F.seed_curves_figure(
+            {
+                "train loss": [
+                    F.CurveBand(
+                        "ResNet-20", "residual on", (4, 8), (0.6, 0.4), (0.5, 0.3), (0.7, 0.5), 3
+                    ),
+                    F.CurveBand(
+                        "ResNet-20", "residual off", (4, 8), (0.7, 0.6), (0.6, 0.5), (0.8, 0.7), 3
+                    ),
+                ],
+                "test accuracy": [],
+            },
+            p,
+        ),
+        F.SEED_CURVES_SIZE,
+    ),
+    "bars": (
+        lambda p: F.bars_figure(
+            {"final train loss": [F.Bar("ResNet-20", "residual on", t_interval([0.3, 0.4]))]}, p
+        ),
+        F.BARS_SIZE,
+    ),
     "depth": (
         lambda p: F.depth_figure(
             {"residual on": [(18, t_interval([0.9, 0.92])), (50, t_interval([0.95]))]}, p
@@ -95,6 +118,10 @@ def test_figure_input_errors_are_one_line(tmp_path: Path) -> None:
         F.feature_maps_figure({"on": {"conv1": np.zeros((4, 4))}}, tmp_path / "x.png")
     with pytest.raises(ConfigError, match="no evaluation history"):
         F.curves_figure([], tmp_path / "x.png")
+    with pytest.raises(ConfigError, match="no seed-averaged curves to plot"):
+        F.seed_curves_figure({"train loss": []}, tmp_path / "x.png")
+    with pytest.raises(ConfigError, match="no final values to plot"):
+        F.bars_figure({}, tmp_path / "x.png")
 
 
 @pytest.fixture(scope="module")
@@ -212,3 +239,129 @@ def test_report_html_in_headless_chromium(written: dict[str, Path], tmp_path: Pa
     console = [line for line in result.stderr.splitlines() if "CONSOLE" in line]
     assert console == [], console
     assert png_size(shot) == (1280, 2000)
+
+
+# --- seed-averaged curves and bars ---------------------------------------------------------------
+
+CURVE_STEPS = tuple(range(6, 61, 6))  # ten evaluations, as the demo's recipe gives
+# Final train loss per (depth, residual), reached from 9/8 higher in steps of 1/8; the seeds add
+# -0.25, 0 and +0.25 (dyadic values: the mean over the three seeds is exact).
+BASE_LOSS = {(20, "on"): 0.5, (20, "off"): 0.625, (56, "on"): 0.5, (56, "off"): 1.0}
+SEED_SHIFT = {0: -0.25, 1: 0.0, 2: 0.25}
+
+
+def _mean_loss(key: tuple[int, str], step: int) -> float:
+    return BASE_LOSS[key] + (CURVE_STEPS[-1] - step) / 48
+
+
+def _train_loss(depth: int, residual: str, seed: int, step: int) -> float:
+    return _mean_loss((depth, residual), step) + SEED_SHIFT[seed]
+
+
+def _curve_store(out: Path) -> Path:
+    from resablate.grid.cell import Cell
+    from resablate.grid.store import ResultStore
+
+    cells = [
+        Cell.from_dict(
+            dict(arch=f"cifar_resnet{d}", residual=r, weights="none", recipe="demo", seed=s)
+        )
+        for d in (20, 56)
+        for r in ("on", "off")
+        for s in SEED_SHIFT
+    ]
+    with ResultStore(out) as store:
+        store.set_spec({"family": "cifar_resnet", "depths": [20, 56], "seeds": list(SEED_SHIFT)})
+        store.sync_cells(cells, run_dirs={c.cell_id: str(out / c.cell_id) for c in cells})
+        for cell in cells:
+            depth, residual, seed = int(cell.arch[12:]), cell.residual.text, cell.seed
+            accuracy = 0.75 - SEED_SHIFT[seed] / 2 - (0.25 if residual == "off" else 0.0)
+            history = []
+            for step in CURVE_STEPS:
+                loss = _train_loss(depth, residual, seed, step)
+                history += [
+                    {"step": step, "epoch": step / 25, "split": "train", "loss": loss,
+                     "accuracy": 1.0 - loss / 2},
+                    {"step": step, "epoch": step / 25, "split": "test", "loss": loss,
+                     "accuracy": accuracy, "f1": accuracy},
+                ]  # fmt: skip
+            store.record_result(
+                cell.cell_id,
+                "done",
+                metrics={"f1": accuracy, "accuracy": accuracy, "loss": 0.5},
+                values={"steps": CURVE_STEPS[-1]},
+                evaluations=history,
+            )
+    return out
+
+
+@pytest.fixture(scope="module")
+def curve_report(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    return build_report(_curve_store(tmp_path_factory.mktemp("curves") / "grid"))
+
+
+def _groups_and_histories(report):  # type: ignore[no-untyped-def]
+    from resablate.report.build import open_store
+    from resablate.report.figure_data import history_records
+    from resablate.report.tables import group_cells
+
+    groups = group_cells(report.cells)
+    with open_store(report.store_path) as store:
+        histories = {r.cell_id: history_records(store.evaluations(r.cell_id)) for r in report.cells}
+    return groups, histories
+
+
+def test_seed_curves_are_the_means_and_ranges_over_seeds(curve_report) -> None:  # type: ignore[no-untyped-def]
+    from resablate.report.figure_data import seed_curves
+
+    groups, histories = _groups_and_histories(curve_report)
+    panels = seed_curves(groups, histories)
+    assert list(panels) == ["train loss", "train accuracy", "test accuracy"]
+    lines = panels["train loss"]
+    assert [(line.category, line.variant, line.seeds) for line in lines] == [
+        ("ResNet-20", "residual on", 3),
+        ("ResNet-20", "residual off", 3),
+        ("ResNet-56", "residual on", 3),
+        ("ResNet-56", "residual off", 3),
+    ]
+    for line, key in zip(lines, [(20, "on"), (20, "off"), (56, "on"), (56, "off")], strict=True):
+        assert line.steps == CURVE_STEPS
+        assert len(line.steps) >= 10
+        assert line.mean == tuple(_mean_loss(key, s) for s in CURVE_STEPS)
+        assert line.low == tuple(_mean_loss(key, s) - 0.25 for s in CURVE_STEPS)
+        assert line.high == tuple(_mean_loss(key, s) + 0.25 for s in CURVE_STEPS)
+    assert panels["test accuracy"][1].mean == (0.5,) * 10
+    assert (panels["test accuracy"][1].low, panels["test accuracy"][1].high) == (
+        (0.375,) * 10,
+        (0.625,) * 10,
+    )
+
+
+def test_final_bars_hold_each_configurations_seeds(curve_report) -> None:  # type: ignore[no-untyped-def]
+    from resablate.report.figure_data import final_bars
+
+    groups, histories = _groups_and_histories(curve_report)
+    panels = final_bars(groups, histories, "accuracy")
+    assert list(panels) == ["final train loss", "test accuracy"]
+    losses = {(b.category, b.variant): b.value for b in panels["final train loss"]}
+    assert losses[("ResNet-56", "residual off")].values == (0.75, 1.0, 1.25)
+    assert losses[("ResNet-56", "residual off")].mean == 1.0
+    assert losses[("ResNet-20", "residual on")].mean == 0.5
+    expected = t_interval([0.75, 1.0, 1.25])
+    assert losses[("ResNet-56", "residual off")].half_width == expected.half_width
+    accuracy = {(b.category, b.variant): b.value for b in panels["test accuracy"]}
+    assert accuracy[("ResNet-20", "residual off")].values == (0.625, 0.5, 0.375)
+    assert accuracy[("ResNet-20", "residual off")].mean == 0.5
+
+
+def test_report_draws_the_seed_figures(curve_report, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from resablate.report.figure_data import report_figures
+
+    sections = {s.title: s for s in report_figures(curve_report, tmp_path, feature_maps=False)}
+    curves = sections["Seed-averaged training curves"].figures
+    bars = sections["Final values over seeds"].figures
+    assert [f.path.name for f in curves] == ["seed-curves-0.png"]
+    assert [f.path.name for f in bars] == ["final-bars-0.png"]
+    assert png_size(curves[0].path) == _px(F.SEED_CURVES_SIZE)
+    assert png_size(bars[0].path) == _px(F.BARS_SIZE)
+    assert curves[0].title.startswith("seed-averaged curves · weights none;")

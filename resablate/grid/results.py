@@ -68,6 +68,11 @@ class ResultRow:
         """The cell (its configuration)."""
         return self.cell_row.cell
 
+    @property
+    def cell_id(self) -> str:
+        """The cell's id."""
+        return self.cell_row.cell_id
+
     def metric(self, name: str) -> float | None:
         """The value of one of :data:`~resablate.choices.METRICS`."""
         value: float | None = getattr(self, name)

@@ -73,10 +73,11 @@ class GridSpec:
     (ImageNet) or not, one seed.
 
     Attributes:
-        family: The residual family, e.g. ``"resnet"``; each depth names the architecture
-            ``f"{family}{depth}"`` (a cell's ``arch``, e.g. ``"resnet50"``).
+        family: The residual family, ``"resnet"`` or ``"cifar_resnet"``; each depth names the
+            architecture ``f"{family}{depth}"`` (a cell's ``arch``, e.g. ``"resnet50"``).
         source: ``"torchvision"`` or ``"timm"``.
-        depths: Depths of the family (18, 34, 50, 101, 152 for ResNets); may be empty when
+        depths: Depths of the family (18, 34, 50, 101, 152 for ResNets; 20, 32, 44, 56 for the
+            CIFAR ResNets); may be empty when
             ``archs`` or ``baselines`` name the architectures.
         archs: Models named in full, after the depths': any name
             :func:`resablate.model_spec.parse_model` reads (``"resnet50"``, ``"vgg16"``,

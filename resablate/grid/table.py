@@ -26,10 +26,11 @@ C = TypeVar("C", bound=Hashable)
 
 
 def arch_label(row: CellRow) -> str:
-    """``"ResNet-50"`` for ResNets, else the architecture (plus its source unless torchvision)."""
+    """``"ResNet-50"`` for ResNets (the CIFAR ResNets too: ``"ResNet-56"``, He et al.'s name),
+    else the architecture (plus its source unless torchvision)."""
     name = (
         f"ResNet-{row.depth}"
-        if row.depth is not None and row.cell.arch.startswith("resnet")
+        if row.depth is not None and row.cell.arch.startswith(("resnet", "cifar_resnet"))
         else row.cell.arch
     )
     return name if row.cell.source == "torchvision" else f"{name} ({row.cell.source})"

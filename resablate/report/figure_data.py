@@ -11,15 +11,18 @@ models rebuilt from their run directories, and the ablation table's values again
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from resablate.choices import CellStatus
 from resablate.report.document import FigureSection
 from resablate.report.figures import (
+    Bar,
+    CurveBand,
     FigureFile,
     GallerySample,
+    bars_figure,
     confusion_figure,
     curves_figure,
     depth_figure,
@@ -28,7 +31,9 @@ from resablate.report.figures import (
     gradflow_figure,
     lesion_figure,
     lr_schedule_figure,
+    seed_curves_figure,
 )
+from resablate.report.stats import t_interval
 from resablate.report.tables import Group, group_cells, row_label
 from resablate.residual_plan import PLAN_FIELDS, RESIDUAL_OFF
 from resablate.run_dir import RunDir
@@ -44,8 +49,17 @@ if TYPE_CHECKING:
     from resablate.report.stats import MeanInterval
     from resablate.report.tables import Predictions
 
+History = Sequence[dict[str, Any]]
+
 #: Stages whose outputs the feature-map figure shows (the stem and the first two stages).
 FEATURE_STAGES = ("conv1", "conv2_x", "conv3_x")
+#: The first panels of the seed-averaged curves, (split, value) of the history records, before
+#: each evaluated split's accuracy. Train records are running means since the previous
+#: evaluation: the degradation problem (He et al. 2016, Fig. 1) is about them.
+SEED_CURVES = (("train", "loss"), ("train", "accuracy"))
+#: Cell fields a seed-averaged figure varies inside it (lines or bars); cells that agree on every
+#: other field share a figure.
+_OVERLAID = ("arch", "source", *PLAN_FIELDS, "seed")
 
 
 def class_names(predictions: Sequence[PredictionRow]) -> tuple[str, ...]:
@@ -187,8 +201,140 @@ def _feature_pairs(report: Report) -> list[tuple[CellRow, CellRow]]:
 
 def _but_residual(row: CellRow) -> str:
     """A cell's config without its residual plan: cells that differ only there share it."""
-    rest = {k: v for k, v in row.cell.to_dict().items() if k not in PLAN_FIELDS}
+    return _config_without(row, PLAN_FIELDS)
+
+
+def _config_without(row: CellRow, fields: Sequence[str]) -> str:
+    """A cell's config without ``fields``: cells that differ only there share it."""
+    rest = {k: v for k, v in row.cell.to_dict().items() if k not in fields}
     return json.dumps(rest, sort_keys=True)
+
+
+def seed_band(histories: Sequence[History], split: str, key: str) -> list[tuple[int, list[float]]]:
+    """``(step, the seeds' values)`` at every step where each history has ``key`` for ``split``.
+
+    Args:
+        histories: One seed's records each (:func:`history_records`).
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        key: ``"loss"``, ``"accuracy"`` or ``"f1"``.
+    """
+    by_seed = [
+        {int(r["step"]): float(r[key]) for r in h if r["split"] == split and r.get(key) is not None}
+        for h in histories
+    ]
+    steps = sorted(set.intersection(*(set(values) for values in by_seed))) if by_seed else []
+    return [(step, [values[step] for values in by_seed]) for step in steps]
+
+
+def _last_value(history: History, split: str, key: str) -> float | None:
+    """The value of ``key`` in the last record of ``split`` (by step), or None."""
+    points = [(int(r["step"]), r[key]) for r in history if r["split"] == split]
+    points = [(step, value) for step, value in points if value is not None]
+    return float(max(points)[1]) if points else None
+
+
+def _variant(row: CellRow) -> str:
+    return f"residual {row.cell.residual.label}"
+
+
+def _overlaid(groups: Sequence[Group]) -> list[list[Group]]:
+    """Groups of seeds side by side in one figure: those that differ only in architecture and
+    residual plan, ordered by depth, then residual on before off."""
+    figures: dict[str, list[Group]] = {}
+    for group in groups:
+        figures.setdefault(_config_without(group.first.cell_row, _OVERLAID), []).append(group)
+    return [
+        sorted(
+            members, key=lambda g: (g.first.cell_row.depth or 0, not g.first.cell.residual.is_on)
+        )
+        for members in figures.values()
+    ]
+
+
+def seed_curves(
+    groups: Sequence[Group], histories: Mapping[str, History]
+) -> dict[str, list[CurveBand]]:
+    """The panels of one seed-averaged curves figure: ``"train loss"``, ``"train accuracy"``
+    (:data:`SEED_CURVES`), then ``"<split> accuracy"`` for each evaluated split (``"test"``) ->
+    one line per group (mean over its finished seeds; band: their minimum and maximum), at the
+    steps every seed has.
+
+    Args:
+        groups: Groups of cells that differ only in their seed, one line each.
+        histories: Cell id -> its history records (:func:`history_records`).
+    """
+    rows = [r for g in groups for r in g.done]
+    evaluated = sorted({str(e["split"]) for r in rows for e in histories.get(r.cell_id, [])})
+    quantities = [*SEED_CURVES, *((split, "accuracy") for split in evaluated if split != "train")]
+    panels: dict[str, list[CurveBand]] = {}
+    for split, key in quantities:
+        lines = []
+        for group in groups:
+            points = seed_band([histories.get(r.cell_id, []) for r in group.done], split, key)
+            if not points:
+                continue
+            lines.append(
+                CurveBand(
+                    category=row_label(group.first.cell_row),
+                    variant=_variant(group.first.cell_row),
+                    steps=tuple(step for step, _ in points),
+                    mean=tuple(sum(v) / len(v) for _, v in points),
+                    low=tuple(min(v) for _, v in points),
+                    high=tuple(max(v) for _, v in points),
+                    seeds=len(group.done),
+                )
+            )
+        panels[f"{split} {key}"] = lines
+    return panels
+
+
+def final_bars(
+    groups: Sequence[Group], histories: Mapping[str, History], metric: str
+) -> dict[str, list[Bar]]:
+    """The panels of one bar chart: the last training loss (running mean over the steps since
+    the previous evaluation) and the test ``metric`` of each group, each as its mean and
+    t-interval over the group's finished seeds."""
+    losses, metrics = [], []
+    for group in groups:
+        finals = [
+            value
+            for row in group.done
+            if (value := _last_value(histories.get(row.cell_id, []), "train", "loss")) is not None
+        ]
+        if finals:
+            losses.append(
+                Bar(
+                    row_label(group.first.cell_row),
+                    _variant(group.first.cell_row),
+                    t_interval(finals),
+                )
+            )
+        test = group.interval(metric)
+        if test is not None:
+            metrics.append(
+                Bar(row_label(group.first.cell_row), _variant(group.first.cell_row), test)
+            )
+    return {"final train loss": losses, f"test {metric}": metrics}
+
+
+def _seed_figures(
+    groups: Sequence[Group], histories: Mapping[str, History], metric: str, target: Path
+) -> tuple[list[FigureFile], list[FigureFile]]:
+    curves, bars = [], []
+    for index, members in enumerate(_overlaid(groups)):
+        if not any(len(g.done) > 1 for g in members):
+            continue  # one seed each: the per-cell curves show it all
+        rest = members[0].first.cell.label.split(" · ")[1:-1]
+        shared = " · ".join(p for p in rest if not p.startswith("residual")) or "all cells"
+        lines = seed_curves(members, histories)
+        if any(lines.values()):
+            path = target / f"seed-curves-{index}.png"
+            curves.append(seed_curves_figure(lines, path, title=f"seed-averaged curves · {shared}"))
+        finals = final_bars(members, histories, metric)
+        if any(finals.values()):
+            path = target / f"final-bars-{index}.png"
+            bars.append(bars_figure(finals, path, title=f"final values · {shared}"))
+    return curves, bars
 
 
 def gradflow_figures(done: Sequence[CellRow], target: Path) -> list[FigureFile]:
@@ -269,12 +415,14 @@ def report_figures(
 ) -> list[FigureSection]:
     """Draw every figure of a report into ``folder``, grouped in sections.
 
-    Sections (each only when it has something to show): metric vs depth; training curves per
-    finished cell; the learning-rate schedule per recipe; confusion matrices and misclassified
-    test images per configuration (seeds pooled for the matrix, lowest seed for the gallery);
-    gradient norms per stage over training (cells run with ``grid --log-gradflow``); saved lesion
-    studies (``resablate lesion RUN_DIR``) and CKA comparisons (``resablate compare-features``);
-    feature maps of the stem and first stages with and without residuals.
+    Sections (each only when it has something to show): metric vs depth; seed-averaged curves
+    and bar charts of the final values over seeds (configurations with several finished seeds);
+    training curves per finished cell; the learning-rate schedule per recipe; confusion
+    matrices and misclassified test images per configuration (seeds pooled for the matrix,
+    lowest seed for the gallery); gradient norms per stage over training (cells run with
+    ``grid --log-gradflow``); saved lesion studies (``resablate lesion RUN_DIR``) and CKA
+    comparisons (``resablate compare-features``); feature maps of the stem and first stages
+    with and without residuals.
 
     Args:
         report: The report whose store and cells to read.
@@ -293,19 +441,20 @@ def report_figures(
     finished = [r for r in results.final if r.done]
     done = [r.cell_row for r in finished]
     groups = group_cells(finished)
-    curves = []
-    for row in done:
-        history = history_records(results.histories[row.cell_id])
-        if history:
-            curves.append(
-                curves_figure(
-                    history,
-                    target / f"curves-{row.cell_id}.png",
-                    metric=report.metric if report.metric != "loss" else "f1",
-                    title=row.cell.label,
-                )
-            )
+    metric = report.metric if report.metric != "loss" else "f1"
+    histories = {row.cell_id: history_records(results.histories[row.cell_id]) for row in done}
+    curves = [
+        curves_figure(
+            histories[row.cell_id],
+            target / f"curves-{row.cell_id}.png",
+            metric=metric,
+            title=row.cell.label,
+        )
+        for row in done
+        if histories[row.cell_id]
+    ]
     predictions = results.predictions
+    seed_curves_figures, bar_figures = _seed_figures(groups, histories, metric, target)
     confusions, galleries = _prediction_figures(groups, predictions, target, gallery_size)
     maps = _feature_map_figures(report, predictions, target) if feature_maps else []
     candidates = [
@@ -314,6 +463,20 @@ def report_figures(
             "One line per residual × weights scenario; error bars: 95 % t-interval over "
             "seeds (none where a single seed finished).",
             depth,
+        ),
+        (
+            "Seed-averaged training curves",
+            "Mean over seeds against the optimiser step, one line per architecture × residual "
+            "plan (colour: architecture, line style: residual plan), the band from the lowest "
+            "to the highest seed; train: running means since the previous evaluation, test: "
+            "evaluations. A figure per configuration of the other axes.",
+            seed_curves_figures,
+        ),
+        (
+            "Final values over seeds",
+            "The last training loss and the test metric of each architecture × residual plan: "
+            "bars the mean over seeds, error bars the 95 % t-interval, dots the seeds.",
+            bar_figures,
         ),
         (
             "Training curves",

@@ -34,6 +34,8 @@ FEATURES_SIZE = (9.0, 6.0)
 DEPTH_SIZE = (6.0, 3.8)
 GRADFLOW_SIZE = (9.0, 3.6)
 LESION_SIZE = (6.0, 3.8)
+SEED_CURVES_SIZE = (12.0, 4.0)
+BARS_SIZE = (9.0, 3.8)
 GALLERY_MAX = 12
 FEATURE_CHANNELS = 8
 
@@ -79,6 +81,51 @@ class GallerySample:
     true_label: str
     predicted_label: str
     confidence: float
+
+
+@dataclass(frozen=True)
+class CurveBand:
+    """One line of :func:`seed_curves_figure`: a configuration's mean over seeds, with a band.
+
+    Attributes:
+        category: What the line's colour stands for, e.g. ``"ResNet-20"``.
+        variant: What its line style stands for, e.g. ``"residual off"`` (the first variant
+            met is drawn solid, the others dashed or dotted).
+        steps: Optimiser steps of the points, increasing.
+        mean: Mean over the seeds at each step.
+        low: Lower edge of the band at each step (e.g. the lowest seed's value).
+        high: Upper edge of the band at each step.
+        seeds: How many seeds the mean is over.
+    """
+
+    category: str
+    variant: str
+    steps: tuple[int, ...]
+    mean: tuple[float, ...]
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+    seeds: int
+
+    @property
+    def label(self) -> str:
+        """``"ResNet-20 · residual off (n=3)"``."""
+        return f"{self.category} · {self.variant} (n={self.seeds})"
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One bar of :func:`bars_figure`: a configuration's mean over seeds and its interval.
+
+    Attributes:
+        category: The group of bars it stands in (x axis), e.g. ``"ResNet-20"``.
+        variant: Its colour within the group, e.g. ``"residual off"``.
+        value: The mean, its confidence interval (the error bar; none for one seed) and the
+            seeds' values (drawn as dots).
+    """
+
+    category: str
+    variant: str
+    value: MeanInterval
 
 
 def _new_figure(size: tuple[float, float], **margins: float) -> Figure:
@@ -440,3 +487,125 @@ def _error_lines(
     ax.legend(fontsize=legend_size)
     ax.set_title(title, fontsize=10)
     return _save(fig, path, alt)
+
+
+_LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def _first_seen(values: Sequence[str]) -> dict[str, int]:
+    return {value: index for index, value in enumerate(dict.fromkeys(values))}
+
+
+def _shown_panels(
+    panels: Mapping[str, Sequence[Any]], what: str
+) -> tuple[dict[str, Sequence[Any]], list[Any]]:
+    """The panels that have something to draw, and all their items in order.
+
+    Raises:
+        ConfigError: No panel has an item (``what`` names them).
+    """
+    shown = {name: items for name, items in panels.items() if items}
+    if not shown:
+        raise ConfigError(f"no {what} to plot")
+    return shown, [item for items in shown.values() for item in items]
+
+
+def seed_curves_figure(
+    panels: Mapping[str, Sequence[CurveBand]],
+    path: str | Path,
+    *,
+    band: str = "min–max over seeds",
+    title: str = "",
+) -> FigureFile:
+    """Seed-averaged curves overlaid, one panel per quantity (e.g. train loss, test accuracy).
+
+    Each line is a configuration's mean over seeds against the optimiser step, its shaded band
+    what ``band`` says; colour = category (e.g. depth), line style = variant (e.g. residual
+    plan), the same in every panel. Panels share the x axis.
+
+    Args:
+        panels: ``panel title (the y label) -> lines``.
+        path: Where to write the PNG.
+        band: What the bands are, for the caption.
+        title: A caption.
+
+    Raises:
+        ConfigError: No panel has a line.
+    """
+    shown, every = _shown_panels(panels, "seed-averaged curves")
+    from matplotlib import colormaps
+
+    colours = _first_seen([line.category for line in every])
+    styles = _first_seen([line.variant for line in every])
+    palette = colormaps["viridis"]
+    fig = _new_figure(SEED_CURVES_SIZE, left=0.06, right=0.8, bottom=0.13, top=0.86, wspace=0.3)
+    axes = fig.subplots(1, len(shown), sharex=True, squeeze=False)[0]
+    for ax, (name, lines) in zip(axes, shown.items(), strict=True):
+        for line in lines:
+            # viridis up to 0.85: its last yellows are too pale on white
+            colour = palette(0.85 * colours[line.category] / max(1, len(colours) - 1))
+            style = _LINE_STYLES[styles[line.variant] % len(_LINE_STYLES)]
+            ax.fill_between(line.steps, line.low, line.high, color=colour, alpha=0.15, lw=0)
+            ax.plot(line.steps, line.mean, style, color=colour, marker=".", label=line.label)
+        ax.set_xlabel("optimiser step")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=7, frameon=False)
+    caption = title or "seed-averaged curves"
+    fig.suptitle(f"{caption} (lines: mean; bands: {band})", fontsize=10)
+    return _save(fig, path, f"{caption}; lines: mean over seeds, bands: {band}")
+
+
+def bars_figure(
+    panels: Mapping[str, Sequence[Bar]],
+    path: str | Path,
+    *,
+    title: str = "",
+) -> FigureFile:
+    """Bars of means over seeds with their confidence intervals, one panel per quantity.
+
+    In each panel the bars stand in groups by category (x axis), coloured by variant; error
+    bars are the intervals (none where one seed finished), dots the seeds' own values.
+
+    Args:
+        panels: ``panel title (the y label) -> bars``.
+        path: Where to write the PNG.
+        title: A caption.
+
+    Raises:
+        ConfigError: No panel has a bar.
+    """
+    shown, every = _shown_panels(panels, "final values")
+    from matplotlib import colormaps
+
+    variants = _first_seen([bar.variant for bar in every])
+    palette = colormaps["tab10"]
+    width = 0.8 / len(variants)
+    fig = _new_figure(BARS_SIZE, left=0.08, right=0.98, bottom=0.2, top=0.86, wspace=0.25)
+    axes = fig.subplots(1, len(shown), squeeze=False)[0]
+    for ax, (name, bars) in zip(axes, shown.items(), strict=True):
+        categories = _first_seen([bar.category for bar in bars])
+        for variant, v in variants.items():
+            mine = [bar for bar in bars if bar.variant == variant]
+            xs = [categories[bar.category] + (v - (len(variants) - 1) / 2) * width for bar in mine]
+            errors = [bar.value.half_width or 0.0 for bar in mine]
+            ax.bar(
+                xs,
+                [bar.value.mean for bar in mine],
+                width,
+                yerr=errors,
+                capsize=3,
+                color=palette(v),
+                label=variant if ax is axes[0] else None,
+            )
+            for x, bar in zip(xs, mine, strict=True):
+                ax.plot([x] * len(bar.value.values), bar.value.values, "k.", markersize=3)
+        ax.set_xticks(range(len(categories)), list(categories), fontsize=8)
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0].legend(fontsize=7)
+    caption = title or "final values over seeds"
+    level = f"{every[0].value.confidence * 100:g} % t-interval"
+    fig.suptitle(f"{caption} (error bars: {level}; dots: seeds)", fontsize=10)
+    return _save(fig, path, f"{caption}; error bars: {level} over seeds, dots: seeds")
