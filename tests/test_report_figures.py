@@ -301,13 +301,12 @@ def curve_report(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-u
 
 
 def _groups_and_histories(report):  # type: ignore[no-untyped-def]
-    from resablate.report.build import open_store
     from resablate.report.figure_data import history_records
     from resablate.report.tables import group_cells
 
-    groups = group_cells(report.cells)
-    with open_store(report.store_path) as store:
-        histories = {r.cell_id: history_records(store.evaluations(r.cell_id)) for r in report.cells}
+    results = report.results
+    groups = group_cells(results.final)
+    histories = {r.cell_id: history_records(results.histories[r.cell_id]) for r in report.cells}
     return groups, histories
 
 
