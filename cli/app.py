@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from resablate import __version__
-from resablate_cli.errors import DEBUG, EXIT_CODES_HELP, ResablateGroup
+from resablate_cli.errors import DEBUG, EXIT_CODES_HELP, ResablateGroup, closed_pipe
 
 app = typer.Typer(
     cls=ResablateGroup,
@@ -68,4 +68,7 @@ for _name in _COMMAND_MODULES:
 
 def main() -> None:
     """Console-script entry point."""
+    from rich.console import Console
+
+    Console.on_broken_pipe = closed_pipe  # type: ignore[method-assign]
     app()

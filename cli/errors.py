@@ -60,6 +60,15 @@ def debug_enabled(ctx: Any) -> bool:
     return bool(root is not None and isinstance(root.obj, dict) and root.obj.get("debug"))
 
 
+def closed_pipe(console: Any) -> None:
+    """What rich does when its output pipe closes (``resablate --help | head``), as the commands
+    do: stop quietly with :data:`EXIT_PIPE_CLOSED` (rich's default exits 1). Installed as
+    ``rich.console.Console.on_broken_pipe``, the hook rich documents for this."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    raise SystemExit(EXIT_PIPE_CLOSED)
+
+
 class ResablateGroup(TyperGroup):
     """The root group: turns exceptions into one line on stderr and an exit code.
 
@@ -81,6 +90,19 @@ class ResablateGroup(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
+        except (typer.exceptions.TyperException, click.ClickException) as exc:
+            # A usage error (a flag's value, an unknown command: exit code 2, the framework's
+            # and click's alike) is one line too; the framework handles the rest.
+            if debug_enabled(ctx) or getattr(exc, "exit_code", None) != EXIT_BAD_INPUT:
+                raise
+            where = getattr(exc, "ctx", None)
+            command = (where or ctx).command_path
+            err.print(
+                f"[bold red]error:[/] {escape(exc.format_message())} (see: {command} --help)",
+                markup=True,
+                highlight=False,
+            )
+            raise typer.Exit(EXIT_BAD_INPUT) from None
         except _FRAMEWORK_EXCEPTIONS:
             raise
         except ResablateError as exc:

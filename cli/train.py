@@ -24,6 +24,7 @@ from resablate_cli.cells import (
     KeepCheckpointsOption,
     LrOption,
     MaxStepsOption,
+    QuietOption,
     RecipeOption,
     ResidualAlphaOption,
     SeedsOption,
@@ -38,7 +39,7 @@ from resablate_cli.cells import (
     device_of,
     grid_tracking,
 )
-from resablate_cli.errors import EXIT_BAD_INPUT
+from resablate_cli.errors import EXIT_CELLS_NOT_DONE
 from resablate_cli.options import BnPolicy, Source, SourceOption
 from resablate_cli.vocabulary import AxisCommand
 
@@ -59,9 +60,10 @@ class TrainView:
     """Draws a grid's events as ``train`` shows them: each cell's model summary, then a rich
     progress bar per cell (terminal) or plain log lines (otherwise)."""
 
-    def __init__(self, *, plain: bool, summary: bool = True) -> None:
-        self.plain = plain
-        self.summary = summary
+    def __init__(self, *, plain: bool, summary: bool = True, quiet: bool = False) -> None:
+        self.plain = plain or quiet
+        self.summary = summary and not quiet
+        self.quiet = quiet
         self.progress: Any = None
         self.tasks: dict[str, Any] = {}
         self.several = False
@@ -69,7 +71,12 @@ class TrainView:
 
     def __call__(self, event: object) -> None:
         from resablate.engine import Evaluated, StepProgress, TrainFinished, TrainStarted
-        from resablate.grid.events import CellProgress, GridStarted
+        from resablate.grid.events import (
+            CellProgress,
+            DemoWeightsPretraining,
+            DemoWeightsReady,
+            GridStarted,
+        )
         from resablate.grid.job import CellPrepared
 
         if isinstance(event, GridStarted):
@@ -78,7 +85,15 @@ class TrainView:
         if not isinstance(event, CellProgress):
             return
         cell_id, inner = event.cell_id, event.event
-        if isinstance(inner, CellPrepared):
+        if isinstance(inner, DemoWeightsPretraining):
+            self.log(
+                cell_id,
+                f"pre-training the demo weights of {inner.arch} on the proxy task (once per "
+                "architecture, on the CPU; cached for every later run)",
+            )
+        elif isinstance(inner, DemoWeightsReady):
+            self.log(cell_id, f"demo weights ready in {inner.seconds:.0f} s: {inner.path}")
+        elif isinstance(inner, CellPrepared):
             if self.summary:
                 render_prepared(inner)
         elif isinstance(inner, TrainStarted):
@@ -98,6 +113,8 @@ class TrainView:
                 self.close()
 
     def started(self, event: Any) -> None:
+        if self.quiet:
+            return
         for note in event.notes:
             console.err.print(f"note: {note}", highlight=False, markup=False)
         self.several = len(event.to_run) > 1
@@ -111,6 +128,8 @@ class TrainView:
             )
 
     def log(self, cell_id: str, line: str) -> None:
+        if self.quiet:
+            return
         text = f"{cell_id} {line}" if self.several else line
         if self.progress is not None:
             self.progress.console.print(text, highlight=False, markup=False)
@@ -280,6 +299,7 @@ def train(
     as_json: JsonOption = False,
     keep_checkpoints: KeepCheckpointsOption = False,
     track: TrackOption = None,
+    quiet: QuietOption = False,
 ) -> None:
     """Train and evaluate one cell (or a few: several values of an axis): surgery, freezing,
     recipe, metrics.
@@ -299,7 +319,7 @@ def train(
     spec = cell_spec(ctx.params, TRAIN_DEFAULTS, depths=(), archs=tuple(arch))
     folder = out if out is not None else output_folder(spec)
     tracking = grid_tracking(ctx.params)
-    view = TrainView(plain=as_json or not console.err.is_terminal, summary=not as_json)
+    view = TrainView(plain=as_json or not console.err.is_terminal, summary=not as_json, quiet=quiet)
     try:
         summary = run_grid(
             spec,
@@ -314,7 +334,7 @@ def train(
     summary = summary.with_warnings(*tracking.problems)
     if as_json:
         console.print_json(summary.to_dict())
-    else:
+    elif not quiet:
         for row in summary.cells:
             if row.status in ("done", "diverged"):
                 render_result(row)
@@ -326,8 +346,8 @@ def train(
         console.err.print(
             f"error: cell {row.cell_id} {row.status}: {row.reason}", highlight=False, markup=False
         )
-    if problems:
-        raise typer.Exit(EXIT_BAD_INPUT)
+    if summary.not_done:
+        raise typer.Exit(EXIT_CELLS_NOT_DONE)
 
 
 def register(app: typer.Typer) -> None:

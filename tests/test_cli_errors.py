@@ -172,3 +172,19 @@ def test_a_broken_model_factory_is_one_line_exit_2(
     assert result.stderr.startswith(message)
     assert len(result.stderr.splitlines()) == 1
     assert "Traceback" not in result.output
+
+
+def test_help_into_a_closed_pipe_ends_quietly_with_141() -> None:
+    import subprocess
+    import sys
+
+    reader, writer = os.pipe()
+    os.close(reader)  # the reader has left before the help is written (`| head` done)
+    done = subprocess.run(
+        [sys.executable, "-m", "resablate_cli", "grid", "--help"],
+        stdout=writer,
+        stderr=subprocess.PIPE,
+        check=False,
+    )
+    os.close(writer)
+    assert (done.returncode, done.stderr) == (141, b"")

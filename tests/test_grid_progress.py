@@ -113,3 +113,22 @@ def test_quiet_prints_nothing_and_plain_output_says_each_cell(tmp_path: Path) ->
         progress[0],
     )
     assert (quiet.exit_code, quiet.stdout, quiet.stderr) == (0, "", "")
+
+
+@pytest.mark.slow
+def test_train_quiet_prints_nothing(tmp_path: Path) -> None:
+    data = write_tiny_dataset(tmp_path / "data")
+    args = ["train", "--arch", "resnet18", "--data", str(data), "--recipe", "demo"]
+    args += ["--image-size", "16", "--batch-size", "4", "--max-steps", "1", "--device", "cpu"]
+    with one_thread():
+        result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "out"), "--quiet"])
+    assert (result.exit_code, result.stdout, result.stderr) == (0, "", "")
+
+
+def test_usage_errors_are_one_line() -> None:
+    result = CliRunner().invoke(app, ["grid", "--track", "neptune", "--dry-run"])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "error: Invalid value for '--track': Value error, 'neptune' is not one of "
+        "'tensorboard', 'mlflow', 'wandb'. (see: resablate grid --help)\n"
+    )
