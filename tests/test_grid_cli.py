@@ -155,7 +155,7 @@ def test_invalid_axis_values_fail_before_training(
         (
             ["--set", "name=zzz"],
             "error: recipe field name='zzz' cannot be overridden; choose a recipe by name "
-            "instead (cifake, food, demo) (--recipe)",
+            "instead (cifake, food, demo, cifar_demo) (--recipe)",
         ),
         (["--set", "hflip=7"], "error: recipe field hflip=7 must be true or false"),
         (

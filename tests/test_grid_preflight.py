@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from grid_helpers import write_tiny_dataset
 
@@ -34,6 +35,12 @@ def _other_architecture(path: Path) -> str:
     torch.manual_seed(0)
     save_state_dict_file(build_model("resnet34", num_classes=2).state_dict(), path)
     return str(path)
+
+
+@pytest.fixture(autouse=True)
+def no_imagenet_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An empty upstream cache (other tests write ImageNet stand-ins into the session's)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
 
 
 def test_a_run_records_what_would_stop_before_training(tmp_path: Path) -> None:
