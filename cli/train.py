@@ -68,6 +68,7 @@ class TrainView:
         self.tasks: dict[str, Any] = {}
         self.several = False
         self.last_line = 0.0
+        self.begun = time.monotonic()
 
     def __call__(self, event: object) -> None:
         from resablate.engine import Evaluated, StepProgress, TrainFinished, TrainStarted
@@ -148,16 +149,22 @@ class TrainView:
         )
         if self.plain:
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         if self.progress is None:
             self.progress = Progress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn(
-                    "loss {task.fields[loss]}  {task.fields[rate]} img/s  ETA {task.fields[eta]}"
-                ),
+                TextColumn("loss {task.fields[loss]}  {task.fields[rate]} img/s  elapsed"),
+                TimeElapsedColumn(),
+                TextColumn("ETA {task.fields[eta]}"),
                 console=console.err,
                 transient=False,
             )
@@ -189,7 +196,8 @@ class TrainView:
                 cell_id,
                 f"step {event.step}/{event.total_steps}  epoch {event.epoch:.2f}  "
                 f"loss {event.loss:.4f}  lr {event.lr:.3g}  "
-                f"{event.images_per_second:,.0f} img/s  ETA {eta}",
+                f"{event.images_per_second:,.0f} img/s  elapsed "
+                f"{time.strftime('%H:%M:%S', time.gmtime(now - self.begun))}  ETA {eta}",
             )
 
     def close(self) -> None:

@@ -132,3 +132,18 @@ def test_usage_errors_are_one_line() -> None:
         "error: Invalid value for '--track': Value error, 'neptune' is not one of "
         "'tensorboard', 'mlflow', 'wandb'. (see: resablate grid --help)\n"
     )
+
+
+def test_train_plain_lines_show_elapsed_and_eta(monkeypatch: pytest.MonkeyPatch) -> None:
+    from resablate_cli import train as train_cli
+
+    clock = [500.0]
+    monkeypatch.setattr(train_cli.time, "monotonic", lambda: clock[0])
+    lines: list[str] = []
+    view = train_cli.TrainView(plain=True)
+    monkeypatch.setattr(view, "log", lambda cell_id, line: lines.append(line))
+    clock[0] += 75.0
+    view.step("a", _step(4, 10, eta=90.0))
+    assert lines == [
+        "step 4/10  epoch 0.40  loss 0.6931  lr 0.001  100 img/s  elapsed 00:01:15  ETA 00:01:30"
+    ]
