@@ -211,12 +211,10 @@ def open_grid(
     spec: GridSpec,
     out_dir: str | os.PathLike[str],
     execution: Mapping[str, Any] | None = None,
-    *,
-    dataset: DatasetScan | None = None,
 ) -> Iterator[ResultStore]:
-    """Check the data (``dataset``: its scan, when the caller has made it), lock ``out_dir``,
-    sweep stale temporary files, write the spec (with ``execution``, how the grid was asked to
-    run, under that key: a study file's resolved form) and every cell (pending).
+    """Check the data, lock ``out_dir``, sweep stale temporary files, write the spec (with
+    ``execution``, how the grid was asked to run, under that key: a study file's resolved form)
+    and every cell (pending).
 
     Yields the writable store; the lock is held (and its file kept) until the block exits.
 
@@ -229,7 +227,7 @@ def open_grid(
         StoreError: The store is empty, newer, foreign, or on a network file system.
     """
     out = output_dir(out_dir)
-    dataset = dataset or check_data(spec)
+    dataset = check_data(spec)
     with RunLock(out):
         sweep_stale(out)
         check_store_file(out)
@@ -317,15 +315,14 @@ def run_grid(
 
     emit = callback or (lambda event: None)
     base_env = driver_environment()
-    dataset = check_data(spec)
-    with open_grid(spec, out_dir, execution, dataset=dataset) as store:
+    with open_grid(spec, out_dir, execution) as store:
         rows = store.cells()
         to_run = select_cells(rows, retry_failed=retry_failed)
         notes = (*spec.notes, *runner.prepare(out_dir))
         emit(GridStarted(str(out_dir), tuple(rows), tuple(to_run), notes))
         wanted = set(to_run)
         cells = [row.cell for row in rows if row.cell_id in wanted]
-        blocked = preflight_outcomes(cells, len(dataset.classes), device or "")
+        blocked = preflight_outcomes(cells, len(check_data(spec).classes), device or "")
         stopped = {outcome.cell_id for outcome in blocked}
         cells = [cell for cell in cells if cell.cell_id not in stopped]
         jobs = _jobs(cells, out_dir, mode, device=device, step_hooks=step_hooks)
